@@ -1,0 +1,60 @@
+/* cli_common.c: model/tokenizer/adapter loading and id parsing for the CLI. */
+#include "cli_common.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fileio.h"
+#include "methods/adapter_set.h"
+
+int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err) {
+    memset(cm, 0, sizeof *cm);
+    int rc = llama_load(dir, &cm->model, err);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (rc == PEFT_OK && peft_file_exists(path)) rc = peft_tokenizer_load(dir, &cm->tok, err);
+    if (rc == PEFT_OK && adapter_dir) rc = peft_adapter_set_load(adapter_dir, cm->model, &cm->adapters, err);
+    if (rc) cli_model_free(cm);
+    return rc;
+}
+
+void cli_model_free(cli_model *cm) {
+    peft_adapter_set_free(cm->adapters);
+    peft_tokenizer_free(cm->tok);
+    llama_free(cm->model);
+    memset(cm, 0, sizeof *cm);
+}
+
+int cli_parse_ids(const char *s, const char *what, int32_t **ids, size_t *n, peft_err *err) {
+    size_t cap = 64, count = 0;
+    int32_t *out = malloc(cap * sizeof *out);
+    if (!out) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    const char *p = s;
+    while (*p) {
+        while (*p && (isspace((unsigned char)*p) || *p == ',')) p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && !isspace((unsigned char)*end) && *end != ',')) {
+            free(out);
+            return peft_fail(err, PEFT_EINVAL, "%s: '%.20s' is not a token id (expected non-negative integers)", what, p);
+        }
+        if (count == cap) {
+            int32_t *grown = realloc(out, (cap *= 2) * sizeof *out);
+            if (!grown) {
+                free(out);
+                return peft_fail(err, PEFT_ENOMEM, "out of memory");
+            }
+            out = grown;
+        }
+        out[count++] = (int32_t)v;
+        p = end;
+    }
+    *ids = out;
+    *n = count;
+    return PEFT_OK;
+}

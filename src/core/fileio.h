@@ -1,0 +1,47 @@
+/* fileio.h: whole-file reads, read-only mappings and crash-safe writes.
+ *
+ * Writes that matter (adapters, checkpoints, merged models) go through
+ * peft_atomic_open / peft_atomic_commit: the data goes to "<path>.tmp.<pid>",
+ * is fsync'ed, then renamed over <path>, so an interrupted run leaves either the
+ * old file or the new one, never a torn one. */
+#ifndef PEFT_CORE_FILEIO_H
+#define PEFT_CORE_FILEIO_H
+
+#include <stdio.h>
+#include "error.h"
+
+/* Reads the whole file into a NUL-terminated heap buffer (*out, caller frees). */
+int peft_read_file(const char *path, char **out, size_t *len, peft_err *err);
+
+/* A read-only mapping of a whole file. */
+typedef struct peft_mapping {
+    const unsigned char *data;
+    size_t size;
+} peft_mapping;
+int peft_map_file(const char *path, peft_mapping *m, peft_err *err);
+void peft_unmap_file(peft_mapping *m);
+
+/* Atomic write: open a temporary beside `path`; commit fsyncs, closes and renames;
+ * abort closes and removes the temporary. Exactly one of commit/abort must follow open. */
+typedef struct peft_atomic_file {
+    FILE *fp;
+    char path[4096];
+    char tmp_path[4200];
+} peft_atomic_file;
+int peft_atomic_open(peft_atomic_file *af, const char *path, peft_err *err);
+int peft_atomic_commit(peft_atomic_file *af, peft_err *err);
+void peft_atomic_abort(peft_atomic_file *af);
+
+/* Writes `len` bytes to `path` atomically. */
+int peft_write_file_atomic(const char *path, const void *data, size_t len, peft_err *err);
+
+/* mkdir -p for one directory level (the parent must exist); ok if it already exists. */
+int peft_mkdir(const char *path, peft_err *err);
+
+/* Copies a file atomically (used to carry tokenizer files into merged checkpoints). */
+int peft_copy_file(const char *src, const char *dst, peft_err *err);
+
+/* 1 if the path exists and is a regular file. */
+int peft_file_exists(const char *path);
+
+#endif

@@ -1,0 +1,90 @@
+/* kernels.h: the compute kernels of peft.c, as paired *_forward / *_backward functions
+ * on contiguous float buffers (llm.c style). One .c file per op family in src/kernels/.
+ *
+ * Conventions
+ *  - Shapes are given in brackets; N is the number of token rows (B*T flattened).
+ *  - Weights use PyTorch's nn.Linear layout: weight[OC, C] (out features, in features).
+ *  - Backward kernels ACCUMULATE (+=) into every gradient buffer they are given, so
+ *    residual branches and several adapters can add into one dx. Any gradient pointer
+ *    may be NULL, meaning "not needed" (frozen weight, or no input gradient): the
+ *    kernel then skips that work entirely.
+ *  - Kernels never allocate in the hot path unless documented; they are threaded with
+ *    OpenMP (elementwise/row ops) or BLAS (matmuls).
+ *  - These are the CPU backend. Model code calls only these entry points, so a CUDA
+ *    backend can provide the same functions over device buffers. */
+#ifndef PEFT_KERNELS_H
+#define PEFT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- matmul.c ---------------------------------------------------------------- */
+/* out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] if non-NULL). Overwrites out. */
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
+/* dinp[N,C] += dout[N,OC] @ weight[OC,C]; dweight[OC,C] += dout^T @ inp; dbias[OC] += sum_n dout. */
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int C, int OC);
+
+/* ---- rmsnorm.c --------------------------------------------------------------- */
+/* out[N,C] = inp * rstd * weight, rstd[N] = 1/sqrt(mean(inp^2) + eps) (saved for backward). */
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, float eps, int N, int C);
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int N, int C);
+
+/* ---- rope.c ------------------------------------------------------------------ */
+/* Rotary embedding in Hugging Face's rotate_half convention: for each head, the pair is
+ * (x[i], x[i + head_dim/2]), i < head_dim/2, rotated by angle pos * inv_freq[i].
+ * inv_freq[head_dim/2] is computed by the model from rope_theta and rope_scaling.
+ * cos/sin tables: [max_pos, head_dim/2], built once by rope_build_table. */
+void rope_build_table(float *cos_table, float *sin_table, const float *inv_freq, int max_pos, int half_dim);
+/* x[N, n_heads*head_dim] rotated in place; pos[N] is each row's position (< max_pos). */
+void rope_forward(float *x, const int32_t *pos, const float *cos_table, const float *sin_table, int N, int n_heads,
+                  int head_dim);
+/* dx[N, n_heads*head_dim]: in place, applies the inverse rotation (the transpose). */
+void rope_backward(float *dx, const int32_t *pos, const float *cos_table, const float *sin_table, int N, int n_heads,
+                   int head_dim);
+
+/* ---- attention.c ------------------------------------------------------------- */
+/* Causal grouped-query attention with packed-sequence support.
+ *  q[B, Tq, n_head*hd], k,v[B, Tk, n_kv_head*hd], out[B, Tq, n_head*hd], lse[B, n_head, Tq].
+ *  Query head h uses kv head h / (n_head/n_kv_head).
+ *  Query row i sits at absolute index a = Tk - Tq + i of its sequence (Tq == Tk in training;
+ *  Tq < Tk when decoding against a KV cache). It attends keys j in [a - pos_i, a], where
+ *  pos_i = pos[b*Tq + i] is its position inside its own packed example (pos == NULL means
+ *  pos_i = a: attend to everything before). Scale is 1/sqrt(hd).
+ *  lse saves each row's log-sum-exp of the scaled scores so backward can recompute the
+ *  probabilities without storing the T x T matrix. lse may be NULL (inference). */
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                       int B, int Tq, int Tk, int n_head, int n_kv_head, int hd);
+/* Training case (Tq == Tk == T). dq, dk, dv accumulate. */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, const float *out, const float *lse, const int32_t *pos, int B, int T,
+                        int n_head, int n_kv_head, int hd);
+
+/* ---- swiglu.c ---------------------------------------------------------------- */
+/* out[N,F] = silu(gate[N,F]) * up[N,F], silu(x) = x * sigmoid(x). */
+void swiglu_forward(float *out, const float *gate, const float *up, int N, int F);
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int N, int F);
+
+/* ---- embedding.c ------------------------------------------------------------- */
+/* out[N,C] = table[ids[n], :]. ids must be validated (< V) by the caller. */
+void embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
+/* dtable[V,C] += scatter of dout[N,C] rows at ids. */
+void embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C);
+
+/* ---- crossentropy.c ---------------------------------------------------------- */
+/* losses[N] = -log softmax(logits[N,V])[targets[n]]; rows with targets[n] < 0 are
+ * ignored (loss 0). Returns the number of counted rows. */
+int crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V);
+/* dlogits[N,V] += scale * (softmax(logits) - onehot(target)) for counted rows.
+ * dlogits may alias logits (in-place, saves an N x V buffer); then the row is overwritten
+ * instead of accumulated. */
+void crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets, float scale, int N, int V);
+
+/* ---- elementwise.c ----------------------------------------------------------- */
+/* y[n] += x[n] (residual connections). */
+void add_inplace(float *y, const float *x, size_t n);
+/* y[n] = a * y[n] */
+void scale_inplace(float *y, float a, size_t n);
+
+#endif

@@ -1,0 +1,444 @@
+/* llama.c: loading, forward, backward and cached decoding of Llama-family models. */
+#include "llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+#define ROPE_TABLE_CAP 32768 /* positions precomputed; longer contexts are refused */
+
+static const char *const site_kinds[SITES_PER_LAYER] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                          "gate_proj", "up_proj", "down_proj"};
+
+/* ---- loading ----------------------------------------------------------------- */
+
+/* One base tensor the model needs: name, shape, and where to put its f32 pointer. */
+typedef struct wanted {
+    char name[160];
+    int ndim;
+    int64_t shape[2];
+    float **dst;
+} wanted;
+
+static void want(wanted *w, int *n, float **dst, int64_t d0, int64_t d1, const char *fmt, int layer) {
+    wanted *x = &w[(*n)++];
+    snprintf(x->name, sizeof x->name, fmt, layer);
+    x->ndim = d1 ? 2 : 1;
+    x->shape[0] = d0;
+    x->shape[1] = d1;
+    x->dst = dst;
+}
+
+/* Lists every tensor of the checkpoint with its expected shape. Returns the count. */
+static int list_wanted(peft_llama *m, wanted *w) {
+    const peft_llama_config *c = &m->cfg;
+    int n = 0, C = c->hidden_size, F = c->intermediate_size, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    want(w, &n, &m->embed, c->vocab_size, C, "model.embed_tokens.weight", 0);
+    want(w, &n, &m->final_norm, C, 0, "model.norm.weight", 0);
+    if (!c->tie_word_embeddings) want(w, &n, &m->lm_head, c->vocab_size, C, "lm_head.weight", 0);
+    const int out_dim[SITES_PER_LAYER] = {QD, KD, KD, C, F, F, C}, in_dim[SITES_PER_LAYER] = {C, C, C, QD, C, C, F};
+    const int has_bias[SITES_PER_LAYER] = {c->qkv_bias, c->qkv_bias, c->qkv_bias, c->o_bias, c->mlp_bias, c->mlp_bias, c->mlp_bias};
+    for (int l = 0; l < c->n_layers; l++) {
+        peft_llama_layer *L = &m->layers[l];
+        want(w, &n, &L->attn_norm, C, 0, "model.layers.%d.input_layernorm.weight", l);
+        want(w, &n, &L->mlp_norm, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int s = 0; s < SITES_PER_LAYER; s++) {
+            peft_site *site = &L->sites[s];
+            snprintf(site->name, sizeof site->name, "model.layers.%d.%s.%s", l, s < SITE_GATE ? "self_attn" : "mlp", site_kinds[s]);
+            site->kind = site_kinds[s];
+            site->layer = l;
+            site->in_features = in_dim[s];
+            site->out_features = out_dim[s];
+            char fmt[192];
+            snprintf(fmt, sizeof fmt, "%s.weight", site->name);
+            want(w, &n, &site->weight, out_dim[s], in_dim[s], fmt, 0);
+            if (has_bias[s]) {
+                snprintf(fmt, sizeof fmt, "%s.bias", site->name);
+                want(w, &n, &site->bias, out_dim[s], 0, fmt, 0);
+            }
+        }
+    }
+    return n;
+}
+
+static int check_finite(const float *x, size_t n, const char *name, const char *dir, peft_err *err) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value (%g) at index %zu", dir, name, x[i], i);
+    return PEFT_OK;
+}
+
+/* Points each wanted tensor into the mapping (aligned f32) or into the conversion slab. */
+static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
+    size_t slab = 0;
+    const peft_st_tensor **found = calloc((size_t)n, sizeof *found);
+    if (!found) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    int rc = PEFT_OK;
+    for (int i = 0; i < n && rc == PEFT_OK; i++) {
+        const char *file = NULL;
+        const peft_st_tensor *t = peft_weights_find(m->weights, w[i].name, &file);
+        if (!t) {
+            rc = peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\" for %s", m->dir, w[i].name, m->cfg.arch_name);
+            break;
+        }
+        int same = t->ndim == w[i].ndim;
+        for (int d = 0; same && d < w[i].ndim; d++) same = t->shape[d] == w[i].shape[d];
+        if (!same) {
+            rc = peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" has shape [%lld%s%lld], config.json implies [%lld%s%lld]", file,
+                           w[i].name, (long long)t->shape[0], t->ndim > 1 ? "," : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                           (long long)w[i].shape[0], w[i].ndim > 1 ? "," : "", w[i].ndim > 1 ? (long long)w[i].shape[1] : 0LL);
+            break;
+        }
+        if (t->dtype != PEFT_F32 && t->dtype != PEFT_BF16 && t->dtype != PEFT_F16) {
+            rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" has dtype %s (supported: F32, BF16, F16)", file, w[i].name,
+                           peft_dtype_name(t->dtype));
+            break;
+        }
+        found[i] = t;
+        if (t->dtype != PEFT_F32 || ((uintptr_t)t->data & 3)) slab += t->numel;
+        m->n_params += t->numel;
+    }
+    if (rc == PEFT_OK && slab && !(m->converted = malloc(slab * sizeof(float))))
+        rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB to widen weights to f32", m->dir, slab * 4 >> 20);
+    size_t off = 0;
+    for (int i = 0; i < n && rc == PEFT_OK; i++) {
+        const peft_st_tensor *t = found[i];
+        if (t->dtype == PEFT_F32 && !((uintptr_t)t->data & 3)) {
+            *w[i].dst = (float *)t->data; /* the mapping is private copy-on-write */
+        } else {
+            *w[i].dst = m->converted + off;
+            peft_convert_to_f32(*w[i].dst, t->data, t->dtype, t->numel);
+            off += t->numel;
+        }
+        rc = check_finite(*w[i].dst, t->numel, w[i].name, m->dir, err);
+    }
+    free(found);
+    return rc;
+}
+
+int llama_load(const char *dir, peft_llama **out, peft_err *err) {
+    *out = NULL;
+    peft_llama *m = calloc(1, sizeof *m);
+    if (!m) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int rc = peft_llama_config_load(path, &m->cfg, err);
+    const peft_llama_config *c = &m->cfg;
+    if (rc == PEFT_OK) rc = peft_weights_open(dir, &m->weights, err);
+    wanted *w = NULL;
+    if (rc == PEFT_OK) {
+        m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+        w = calloc((size_t)c->n_layers * 2 * (SITES_PER_LAYER + 1) + 3, sizeof *w);
+        if (!m->layers || !w) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+    }
+    if (rc == PEFT_OK) rc = bind_weights(m, w, list_wanted(m, w), err);
+    free(w);
+    if (rc == PEFT_OK) {
+        if (c->tie_word_embeddings) m->lm_head = m->embed;
+        int half = c->head_dim / 2;
+        m->rope_max_pos = c->max_position_embeddings < ROPE_TABLE_CAP ? c->max_position_embeddings : ROPE_TABLE_CAP;
+        float *inv_freq = malloc((size_t)half * sizeof(float));
+        m->rope_cos = malloc((size_t)m->rope_max_pos * half * sizeof(float));
+        m->rope_sin = malloc((size_t)m->rope_max_pos * half * sizeof(float));
+        if (!inv_freq || !m->rope_cos || !m->rope_sin) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+        else {
+            peft_llama_rope_inv_freq(c, inv_freq);
+            rope_build_table(m->rope_cos, m->rope_sin, inv_freq, m->rope_max_pos, half);
+        }
+        free(inv_freq);
+    }
+    if (rc) {
+        llama_free(m);
+        return rc;
+    }
+    *out = m;
+    return PEFT_OK;
+}
+
+void llama_free(peft_llama *m) {
+    if (!m) return;
+    peft_weights_close(m->weights);
+    free(m->converted);
+    free(m->layers);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m);
+}
+
+int llama_n_sites(const peft_llama *m) { return m->cfg.n_layers * SITES_PER_LAYER; }
+
+peft_site *llama_site(peft_llama *m, int i) { return &m->layers[i / SITES_PER_LAYER].sites[i % SITES_PER_LAYER]; }
+
+peft_site *llama_find_site(peft_llama *m, const char *name) {
+    for (int i = 0; i < llama_n_sites(m); i++)
+        if (!strcmp(llama_site(m, i)->name, name)) return llama_site(m, i);
+    return NULL;
+}
+
+/* ---- activations ------------------------------------------------------------- */
+
+/* Floats per token of one layer's saved activations. */
+static size_t layer_floats(const peft_llama_config *c) {
+    size_t C = c->hidden_size, F = c->intermediate_size, QD = (size_t)c->n_heads * c->head_dim,
+           KD = (size_t)c->n_kv_heads * c->head_dim;
+    return 3 * C + 2 + 2 * QD + 2 * KD + c->n_heads + 3 * F;
+}
+
+int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int training, llama_acts *a, peft_err *err) {
+    memset(a, 0, sizeof *a);
+    const peft_llama_config *c = &m->cfg;
+    size_t N = (size_t)B * T, C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->n_layers,
+           QD = (size_t)c->n_heads * c->head_dim, KD = (size_t)c->n_kv_heads * c->head_dim;
+    size_t n_layer_sets = save_all ? L : 1;
+    size_t total = (L + 1) * N * C + n_layer_sets * N * layer_floats(c) + N * C + N + N * V + N;
+    if (training) total += 2 * N * C + N * (2 * QD + 2 * KD) + 3 * N * F;
+    a->B = B;
+    a->T = T;
+    a->save_all = save_all;
+    a->slab = malloc(total * sizeof(float));
+    a->pos = malloc(N * sizeof(int32_t));
+    a->layer = calloc(L, sizeof *a->layer);
+    if (!a->slab || !a->pos || !a->layer) {
+        llama_acts_free(a);
+        return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB of activations for %d x %d tokens", total * 4 >> 20, B, T);
+    }
+    float *p = a->slab;
+#define TAKE(ptr, count) (ptr = p, p += (count))
+    TAKE(a->residual, (L + 1) * N * C);
+    for (size_t l = 0; l < n_layer_sets; l++) {
+        llama_layer_acts *la = &a->layer[l];
+        TAKE(la->xn1, N * C);
+        TAKE(la->rstd1, N);
+        TAKE(la->q, N * QD);
+        TAKE(la->k, N * KD);
+        TAKE(la->v, N * KD);
+        TAKE(la->att, N * QD);
+        TAKE(la->lse, N * c->n_heads);
+        TAKE(la->x_mid, N * C);
+        TAKE(la->xn2, N * C);
+        TAKE(la->rstd2, N);
+        TAKE(la->gate, N * F);
+        TAKE(la->up, N * F);
+        TAKE(la->act, N * F);
+    }
+    for (size_t l = n_layer_sets; l < L; l++) a->layer[l] = a->layer[0];
+    TAKE(a->xnf, N * C);
+    TAKE(a->rstdf, N);
+    TAKE(a->logits, N * V);
+    TAKE(a->losses, N);
+    if (training) {
+        TAKE(a->dres, N * C);
+        TAKE(a->dxn, N * C);
+        TAKE(a->dq, N * QD);
+        TAKE(a->datt, N * QD);
+        TAKE(a->dk, N * KD);
+        TAKE(a->dv, N * KD);
+        TAKE(a->dgate, N * F);
+        TAKE(a->dup, N * F);
+        TAKE(a->dact, N * F);
+    }
+#undef TAKE
+    return PEFT_OK;
+}
+
+void llama_acts_free(llama_acts *a) {
+    free(a->slab);
+    free(a->pos);
+    free(a->layer);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---- forward ------------------------------------------------------------------ */
+
+/* One decoder layer: x_out[N,C] from x_in[N,C]. rope_pos[N] are RoPE positions; attn_pos
+ * the packed-example window (see attention_forward). With a KV cache (kc, vc: this layer's
+ * [capacity, KD] rows, kv_len already stored), new k/v rows are appended and attention runs
+ * over the cache. slot is the adapters' saved-activation slot (-1: save nothing). */
+static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out,
+                          const int32_t *rope_pos, const int32_t *attn_pos, int B, int T, float *kc, float *vc,
+                          int kv_len, int slot) {
+    const peft_llama_config *c = &m->cfg;
+    peft_llama_layer *L = &m->layers[l];
+    int N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim, KD = c->n_kv_heads * HD;
+    rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm, c->rms_norm_eps, N, C);
+    site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, slot);
+    site_forward(&L->sites[SITE_K], la->k, la->xn1, N, slot);
+    site_forward(&L->sites[SITE_V], la->v, la->xn1, N, slot);
+    rope_forward(la->q, rope_pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
+    rope_forward(la->k, rope_pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
+    if (kc) {
+        memcpy(kc + (size_t)kv_len * KD, la->k, (size_t)N * KD * sizeof(float));
+        memcpy(vc + (size_t)kv_len * KD, la->v, (size_t)N * KD * sizeof(float));
+        attention_forward(la->att, NULL, la->q, kc, vc, NULL, 1, T, kv_len + T, c->n_heads, c->n_kv_heads, HD);
+    } else {
+        attention_forward(la->att, la->lse, la->q, la->k, la->v, attn_pos, B, T, T, c->n_heads, c->n_kv_heads, HD);
+    }
+    site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, slot);
+    add_inplace(la->x_mid, x_in, (size_t)N * C);
+    rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm, c->rms_norm_eps, N, C);
+    site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, slot);
+    site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, slot);
+    swiglu_forward(la->act, la->gate, la->up, N, F);
+    site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, slot);
+    add_inplace(x_out, la->x_mid, (size_t)N * C);
+}
+
+static int check_ids(const peft_llama *m, const int32_t *ids, size_t n, peft_err *err) {
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
+            return peft_fail(err, PEFT_EINVAL, "token id %d at index %zu is outside the vocabulary [0, %d)", ids[i], i,
+                             m->cfg.vocab_size);
+    return PEFT_OK;
+}
+
+static int check_context(const peft_llama *m, int T, peft_err *err) {
+    int limit = m->rope_max_pos;
+    if (m->cfg.sliding_window > 0 && m->cfg.sliding_window < limit) limit = m->cfg.sliding_window;
+    if (T > limit)
+        return peft_fail(err, PEFT_EINVAL, "%d tokens exceed the model's context of %d (max_position_embeddings%s)", T, limit,
+                         m->cfg.sliding_window ? " or sliding_window" : "");
+    return PEFT_OK;
+}
+
+int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *pos, const int32_t *targets,
+                  double *loss, int *n_counted, peft_err *err) {
+    const peft_llama_config *c = &m->cfg;
+    int B = a->B, T = a->T, N = B * T, C = c->hidden_size, V = c->vocab_size;
+    int rc = check_ids(m, ids, (size_t)N, err);
+    if (rc == PEFT_OK) rc = check_context(m, T, err);
+    if (rc) return rc;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int p = pos ? pos[b * T + t] : t;
+            if (p < 0 || p > t) return peft_fail(err, PEFT_EINVAL, "position %d of token %d in row %d must be in [0, %d]", p, t, b, t);
+            a->pos[b * T + t] = p;
+        }
+    a->pos_is_packed = pos != NULL;
+    embedding_forward(a->residual, ids, m->embed, N, C);
+    for (int l = 0; l < c->n_layers; l++)
+        layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
+                      pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->save_all ? l : 0);
+    rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm, c->rms_norm_eps, N, C);
+    matmul_forward(a->logits, a->xnf, m->lm_head, NULL, N, C, V);
+    if (targets) {
+        for (int i = 0; i < N; i++)
+            if (targets[i] >= V) return peft_fail(err, PEFT_EINVAL, "target id %d is outside the vocabulary", targets[i]);
+        int counted = crossentropy_forward(a->losses, a->logits, targets, N, V);
+        double sum = 0;
+        for (int i = 0; i < N; i++) sum += a->losses[i];
+        if (loss) *loss = counted ? sum / counted : 0.0;
+        if (n_counted) *n_counted = counted;
+    }
+    return PEFT_OK;
+}
+
+/* ---- backward ----------------------------------------------------------------- */
+
+/* dres[N,C]: on entry dL/dx_out, on return dL/dx_in. Frozen weights get no gradient. */
+static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts *a, const float *x_in, int slot) {
+    const peft_llama_config *c = &m->cfg;
+    peft_llama_layer *L = &m->layers[l];
+    int B = a->B, T = a->T, N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim;
+    size_t QD = (size_t)c->n_heads * HD, KD = (size_t)c->n_kv_heads * HD;
+    /* MLP: x_out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
+    memset(a->dact, 0, (size_t)N * F * sizeof(float));
+    site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N, slot);
+    memset(a->dgate, 0, (size_t)N * F * sizeof(float));
+    memset(a->dup, 0, (size_t)N * F * sizeof(float));
+    swiglu_backward(a->dgate, a->dup, a->dact, la->gate, la->up, N, F);
+    memset(a->dxn, 0, (size_t)N * C * sizeof(float));
+    site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N, slot);
+    site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N, slot);
+    rmsnorm_backward(a->dres, NULL, a->dxn, la->x_mid, L->mlp_norm, la->rstd2, N, C);
+    /* attention: x_mid = x_in + o(attn(q, k, v)) */
+    memset(a->datt, 0, QD * N * sizeof(float));
+    site_backward(&L->sites[SITE_O], a->datt, a->dres, la->att, N, slot);
+    memset(a->dq, 0, QD * N * sizeof(float));
+    memset(a->dk, 0, KD * N * sizeof(float));
+    memset(a->dv, 0, KD * N * sizeof(float));
+    attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse,
+                       a->pos_is_packed ? a->pos : NULL, B, T, c->n_heads, c->n_kv_heads, HD);
+    rope_backward(a->dq, a->pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
+    rope_backward(a->dk, a->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
+    memset(a->dxn, 0, (size_t)N * C * sizeof(float));
+    site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N, slot);
+    site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N, slot);
+    site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N, slot);
+    rmsnorm_backward(a->dres, NULL, a->dxn, x_in, L->attn_norm, la->rstd1, N, C);
+}
+
+void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted) {
+    const peft_llama_config *c = &m->cfg;
+    int B = a->B, T = a->T, N = B * T, C = c->hidden_size, V = c->vocab_size;
+    (void)ids;
+    if (n_counted <= 0) return;
+    /* d(mean loss)/dlogits, in place over the logits: no second N x V buffer. */
+    crossentropy_backward(a->logits, a->logits, targets, 1.0f / (float)n_counted, N, V);
+    memset(a->dxn, 0, (size_t)N * C * sizeof(float));
+    matmul_backward(a->dxn, NULL, NULL, a->logits, a->xnf, m->lm_head, N, C, V);
+    memset(a->dres, 0, (size_t)N * C * sizeof(float));
+    rmsnorm_backward(a->dres, NULL, a->dxn, a->residual + (size_t)c->n_layers * N * C, m->final_norm, a->rstdf, N, C);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const float *x_in = a->residual + (size_t)l * N * C;
+        if (!a->save_all) /* gradient checkpointing: rebuild this layer's intermediates */
+            layer_forward(m, l, &a->layer[l], x_in, a->residual + (size_t)(l + 1) * N * C, a->pos,
+                          a->pos_is_packed ? a->pos : NULL, B, T, NULL, NULL, 0, 0);
+        layer_backward(m, l, &a->layer[l], a, x_in, a->save_all ? l : 0);
+    }
+}
+
+/* ---- cached decoding ---------------------------------------------------------- */
+
+int llama_kv_alloc(const peft_llama *m, int capacity, int chunk, llama_kv_cache *kv, peft_err *err) {
+    memset(kv, 0, sizeof *kv);
+    const peft_llama_config *c = &m->cfg;
+    int rc = check_context(m, capacity, err);
+    if (rc) return rc;
+    size_t n = (size_t)c->n_layers * capacity * c->n_kv_heads * c->head_dim;
+    kv->capacity = capacity;
+    kv->chunk = chunk;
+    kv->k = malloc(n * sizeof(float));
+    kv->v = malloc(n * sizeof(float));
+    if (!kv->k || !kv->v) {
+        llama_kv_free(kv);
+        return peft_fail(err, PEFT_ENOMEM, "cannot allocate a KV cache of %d tokens", capacity);
+    }
+    rc = llama_acts_alloc(m, 1, chunk, 0, 0, &kv->acts, err);
+    if (rc) llama_kv_free(kv);
+    return rc;
+}
+
+void llama_kv_free(llama_kv_cache *kv) {
+    free(kv->k);
+    free(kv->v);
+    llama_acts_free(&kv->acts);
+    memset(kv, 0, sizeof *kv);
+}
+
+int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err) {
+    const peft_llama_config *c = &m->cfg;
+    int C = c->hidden_size, KD = c->n_kv_heads * c->head_dim;
+    if (n < 1 || n > kv->chunk) return peft_fail(err, PEFT_EINVAL, "decode of %d tokens (chunk is %d)", n, kv->chunk);
+    if (kv->len + n > kv->capacity)
+        return peft_fail(err, PEFT_EINVAL, "context full: %d + %d tokens exceed %d", kv->len, n, kv->capacity);
+    int rc = check_ids(m, ids, (size_t)n, err);
+    if (rc) return rc;
+    llama_acts *a = &kv->acts;
+    for (int i = 0; i < n; i++) a->pos[i] = kv->len + i;
+    embedding_forward(a->residual, ids, m->embed, n, C);
+    /* Inference reuses two residual rows of the slab: layer l reads slot l%2, writes the other. */
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t off = (size_t)l * kv->capacity * KD;
+        layer_forward(m, l, &a->layer[0], a->residual + (size_t)(l % 2) * n * C, a->residual + (size_t)((l + 1) % 2) * n * C,
+                      a->pos, NULL, 1, n, kv->k + off, kv->v + off, kv->len, -1);
+    }
+    const float *last = a->residual + (size_t)(c->n_layers % 2) * n * C + (size_t)(n - 1) * C;
+    rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm, c->rms_norm_eps, 1, C);
+    matmul_forward(logits, a->xnf, m->lm_head, NULL, 1, C, c->vocab_size);
+    kv->len += n;
+    return PEFT_OK;
+}

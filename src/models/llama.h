@@ -1,0 +1,115 @@
+/* llama.h: the Llama family (Llama 1-3, Mistral, Qwen2) as HF's LlamaForCausalLM computes it:
+ *   x = embed(ids)
+ *   for each layer: x += o_proj(attn(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
+ *                   x += down_proj(silu(gate_proj(rms(x))) * up_proj(rms(x)))
+ *   logits = lm_head(rms(x))
+ * Base weights are frozen: f32 tensors point into the mmapped checkpoint (copy-on-write, so
+ * an in-place merge never touches the file); bf16/f16 tensors are widened to f32 once.
+ * Every linear layer is an adapter site (models/site.h) named as in HF. */
+#ifndef PEFT_MODELS_LLAMA_H
+#define PEFT_MODELS_LLAMA_H
+
+#include <stdint.h>
+
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+#include "models/site.h"
+
+enum { SITE_Q, SITE_K, SITE_V, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, SITES_PER_LAYER };
+
+typedef struct peft_llama_layer {
+    float *attn_norm;  /* [C] input_layernorm */
+    float *mlp_norm;   /* [C] post_attention_layernorm */
+    peft_site sites[SITES_PER_LAYER]; /* q [NH*HD,C], k,v [NKV*HD,C], o [C,NH*HD], gate,up [F,C], down [C,F] */
+} peft_llama_layer;
+
+typedef struct peft_llama {
+    peft_llama_config cfg;
+    char dir[4096];
+    peft_weights *weights;   /* the mapped checkpoint */
+    float *converted;        /* slab of widened bf16/f16 tensors (NULL if all f32) */
+    float *embed;            /* [V, C] */
+    float *lm_head;          /* [V, C]; == embed when tied */
+    float *final_norm;       /* [C] */
+    peft_llama_layer *layers;/* [L] */
+    int rope_max_pos;
+    float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
+    size_t n_params;
+} peft_llama;
+
+/* Loads DIR/config.json and the weights. Errors name the file and the problem. */
+int llama_load(const char *dir, peft_llama **out, peft_err *err);
+void llama_free(peft_llama *m);
+
+/* Finds a site by HF module name ("model.layers.0.self_attn.q_proj"); NULL if none. */
+peft_site *llama_find_site(peft_llama *m, const char *name);
+int llama_n_sites(const peft_llama *m);
+peft_site *llama_site(peft_llama *m, int i);
+
+/* Activations of one forward/backward over B x T tokens (N = B*T). With save_all, every
+ * layer keeps its intermediates for backward; otherwise (inference, or recompute during
+ * backward) one set is reused by all layers. */
+typedef struct llama_layer_acts {
+    float *xn1;       /* [N, C]    rms(x) before attention */
+    float *rstd1;     /* [N] */
+    float *q;         /* [N, NH*HD] after RoPE */
+    float *k, *v;     /* [N, NKV*HD] (k after RoPE) */
+    float *att;       /* [N, NH*HD] attention output, before o_proj */
+    float *lse;       /* [B, NH, T] */
+    float *x_mid;     /* [N, C]    residual after attention */
+    float *xn2;       /* [N, C] */
+    float *rstd2;     /* [N] */
+    float *gate, *up; /* [N, F] */
+    float *act;       /* [N, F]    silu(gate) * up */
+} llama_layer_acts;
+
+typedef struct llama_acts {
+    int B, T, save_all;
+    float *slab;
+    int32_t *pos;          /* [N] position of each token inside its example */
+    int pos_is_packed;     /* the last forward got explicit positions: attention is windowed */
+    float *residual;       /* [L+1, N, C] residual stream entering each layer; [L] = final */
+    llama_layer_acts *layer; /* [L] (all alias layer 0 when !save_all) */
+    float *xnf;            /* [N, C] final rms */
+    float *rstdf;          /* [N] */
+    float *logits;         /* [N, V] */
+    float *losses;         /* [N] */
+    /* backward scratch, one layer at a time */
+    float *dres;           /* [N, C] gradient of the residual stream */
+    float *dxn;            /* [N, C] */
+    float *dq, *dk, *dv, *datt; /* sized like q, k, v, att */
+    float *dgate, *dup, *dact;  /* [N, F] */
+} llama_acts;
+
+/* training: also allocate the backward scratch. */
+int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int training, llama_acts *a, peft_err *err);
+void llama_acts_free(llama_acts *a);
+
+/* Forward over ids[B,T]; pos[B,T] gives each token's position inside its own packed example
+ * (attention is restricted to that example), or NULL for plain causal sequences.
+ * Leaves logits in a->logits. If targets (B*T ids, -1 = ignored) is non-NULL, returns the
+ * mean loss over counted tokens in *loss and their number in *n_counted. */
+int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *pos, const int32_t *targets,
+                  double *loss, int *n_counted, peft_err *err);
+
+/* Backward of the mean loss of the last llama_forward (same ids/pos/targets): gradients flow
+ * to the adapters attached at sites (base weights stay frozen, no dW is formed). When the
+ * acts were not saved (save_all == 0) each layer is recomputed from its saved input first
+ * (gradient checkpointing). */
+void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted);
+
+/* KV cache for incremental decoding of one sequence (B = 1). */
+typedef struct llama_kv_cache {
+    int capacity;  /* max tokens */
+    int len;       /* tokens stored */
+    float *k, *v;  /* [L, capacity, NKV*HD] */
+    llama_acts acts; /* inference activations for up to `chunk` new tokens */
+    int chunk;
+} llama_kv_cache;
+
+int llama_kv_alloc(const peft_llama *m, int capacity, int chunk, llama_kv_cache *kv, peft_err *err);
+void llama_kv_free(llama_kv_cache *kv);
+/* Appends n tokens (n <= chunk) and writes the logits of the last one into logits[V]. */
+int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err);
+
+#endif

@@ -1,0 +1,22 @@
+/* site.c: the frozen linear layer plus whatever adapter is attached to it. */
+#include "site.h"
+
+#include "kernels/kernels.h"
+#include "methods/adapter.h"
+
+void site_forward(const peft_site *s, float *y, const float *x, int N, int slot) {
+    peft_adapter *a = s->adapter;
+    if (a && a->method->forward_replaces_base) {
+        a->method->forward(a, s, y, x, N, slot);
+        return;
+    }
+    matmul_forward(y, x, s->weight, s->bias, N, s->in_features, s->out_features);
+    if (a) a->method->forward(a, s, y, x, N, slot);
+}
+
+void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N, int slot) {
+    peft_adapter *a = s->adapter;
+    if (!(a && a->method->forward_replaces_base) && dx)
+        matmul_backward(dx, NULL, NULL, dy, x, s->weight, N, s->in_features, s->out_features);
+    if (a) a->method->backward(a, s, dx, dy, x, N, slot);
+}

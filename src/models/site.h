@@ -1,0 +1,31 @@
+/* site.h: an adapter site, a frozen linear layer of the base model named by its Hugging
+ * Face module name ("model.layers.3.self_attn.q_proj"). PEFT methods attach to sites; the
+ * model computes every linear layer through site_forward / site_backward so that a
+ * method's contribution is added without the model knowing which method it is. */
+#ifndef PEFT_MODELS_SITE_H
+#define PEFT_MODELS_SITE_H
+
+#include <stdint.h>
+
+struct peft_adapter; /* methods/adapter.h */
+
+typedef struct peft_site {
+    char name[128];        /* HF module name */
+    const char *kind;      /* "q_proj", "k_proj", ... (the last name component) */
+    int layer;             /* decoder layer index, -1 for sites outside the layers */
+    int in_features;       /* C_in */
+    int out_features;      /* C_out */
+    float *weight;         /* [out, in], frozen (written only by merge/unmerge) */
+    float *bias;           /* [out] or NULL */
+    struct peft_adapter *adapter; /* attached method, or NULL */
+} peft_site;
+
+/* y[N,out] = x[N,in] W^T + b, plus the attached adapter's term. `slot` selects which saved
+ * activation slot the adapter uses (the layer index in training, so backward finds what
+ * forward stored; -1 in inference, when nothing is saved). */
+void site_forward(const peft_site *s, float *y, const float *x, int N, int slot);
+/* dx[N,in] += dy W (+ adapter's input gradient); adapter parameter gradients accumulate.
+ * dx may be NULL when no input gradient is needed. */
+void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N, int slot);
+
+#endif
