@@ -16,7 +16,7 @@ int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (rc == PEFT_OK && peft_file_exists(path)) rc = peft_tokenizer_load(dir, &cm->tok, err);
-    if (rc == PEFT_OK && adapter_dir) rc = peft_adapter_set_load(adapter_dir, cm->model, &cm->adapters, err);
+    if (rc == PEFT_OK && adapter_dir) rc = peft_adapter_set_load(adapter_dir, cm->model, 0, &cm->adapters, err);
     if (rc) cli_model_free(cm);
     return rc;
 }

@@ -8,6 +8,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "fileio.h"
+#include "methods/adapter_set.h"
 
 static void usage(void) {
     printf("usage: peft eval --model DIR --data FILE [options]\n"
@@ -72,6 +73,7 @@ int cmd_eval(int argc, char **argv) {
     llama_acts acts;
     int32_t *inp = malloc((size_t)B * T * sizeof *inp), *tgt = malloc((size_t)B * T * sizeof *tgt);
     rc = llama_acts_alloc(cm.model, (int)B, (int)T, 0, 0, &acts, &err);
+    if (rc == PEFT_OK) rc = peft_adapter_set_reserve(cm.adapters, (int)(B * T), &err);
     if (rc == PEFT_OK && (!inp || !tgt)) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
     double total_loss = 0;
     long counted_total = 0;

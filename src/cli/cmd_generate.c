@@ -6,6 +6,7 @@
 #include "args.h"
 #include "cli_common.h"
 #include "commands.h"
+#include "methods/adapter_set.h"
 #include "models/sampler.h"
 
 static void usage(void) {
@@ -72,6 +73,7 @@ int cmd_generate(int argc, char **argv) {
     llama_kv_cache kv = {0};
     int chunk = n > 64 ? 64 : (int)n;
     if (rc == PEFT_OK) rc = llama_kv_alloc(cm.model, (int)(n + (size_t)max_new), chunk, &kv, &err);
+    if (rc == PEFT_OK) rc = peft_adapter_set_reserve(cm.adapters, chunk, &err);
     float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
     sample_candidate *scratch = malloc((size_t)c->vocab_size * sizeof *scratch);
     int32_t *out = malloc(((size_t)max_new + 1) * sizeof *out);

@@ -1,8 +1,174 @@
-/* cmd_train.c: `peft train` (not implemented yet). */
+/* cmd_train.c: `peft train`: fine-tune a model with a PEFT method and save the adapter. */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "args.h"
+#include "cli_common.h"
 #include "commands.h"
+#include "methods/adapter_set.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+static void usage(void) {
+    printf(
+        "usage: peft train --model DIR --data FILE --out DIR [options]\n"
+        "Data (.txt plain text; .jsonl/.json with {text} | {prompt,completion} | Alpaca | {messages}):\n"
+        "  --seq-len T          tokens per row (default 256)\n"
+        "  --val-fraction F     share of examples held out for validation (default 0.1)\n"
+        "  --no-pack            one example per row instead of packing several\n"
+        "  --chat-template NAME chatml | llama3 | llama2 (default: from tokenizer_config.json)\n"
+        "Method:\n"
+        "  --method lora        (default lora)\n"
+        "  --target LIST        module names, e.g. q_proj,v_proj (default) or all-linear\n"
+        "  --target-regex RE    a regex matching whole module names instead of --target\n"
+        "  --layers LIST        only these layer indices\n"
+        "  --rank R --alpha A   (default 8, 16)\n"
+        "  --rank-pattern P     per-module ranks, e.g. 'q_proj=16,down_proj=4' (PEFT rank_pattern)\n"
+        "  --alpha-pattern P    per-module alphas, same form\n"
+        "  --rslora             scale alpha/sqrt(r) instead of alpha/r\n"
+        "  --dropout P          LoRA dropout (default 0)\n"
+        "  --init gaussian      A ~ N(0, 1/r) instead of PEFT's Kaiming-uniform\n"
+        "  --lora-plus-ratio K  LoRA+: learning rate of B is K x lr (default 1)\n"
+        "Optimisation:\n"
+        "  --steps N | --epochs E   updates (default 100) or passes over the training rows\n"
+        "  --batch B --grad-accum K rows per micro-batch (default 4), micro-batches per update (1)\n"
+        "  --lr LR --weight-decay WD --warmup N --schedule cosine|linear|constant --clip NORM\n"
+        "  --seed S             data order, init and dropout (default 42)\n"
+        "  --recompute          gradient checkpointing: less memory, one more forward per step\n"
+        "Output and control:\n"
+        "  --eval-every N --eval-batches K  validation every N updates on K micro-batches (0 = all)\n"
+        "  --save-every N       crash-safe checkpoint every N updates\n"
+        "  --resume             continue from DIR/checkpoint.safetensors\n"
+        "  --skip-nonfinite     skip updates whose loss or gradient is NaN/Inf instead of stopping\n"
+        "  --no-progress        no progress bar\n"
+        "Writes DIR/adapter_config.json + adapter_model.safetensors (HF PEFT format),\n"
+        "DIR/train_log.jsonl, DIR/loss.svg and DIR/checkpoint.safetensors.\n");
+}
+
+/* "q_proj=16,v_proj=4" -> patterns. */
+static int parse_patterns(const char *s, peft_pattern *out, int *n, const char *what, peft_err *err) {
+    *n = 0;
+    while (s && *s) {
+        size_t len = strcspn(s, ","), eq = strcspn(s, "=");
+        if (eq >= len || eq == 0 || eq >= sizeof out->key || *n == PEFT_MAX_PATTERNS)
+            return peft_fail(err, PEFT_EINVAL, "%s: expected NAME=VALUE[,NAME=VALUE...], got '%s'", what, s);
+        memcpy(out[*n].key, s, eq);
+        out[*n].key[eq] = '\0';
+        out[(*n)++].value = atof(s + eq + 1);
+        s += len + (s[len] == ',');
+    }
+    return PEFT_OK;
+}
+
+static int parse_layers(const char *s, peft_adapter_config *cfg, peft_err *err) {
+    int32_t *ids;
+    size_t n;
+    int rc = cli_parse_ids(s, "--layers", &ids, &n, err);
+    if (rc) return rc;
+    if (n > 64) rc = peft_fail(err, PEFT_EINVAL, "--layers: at most 64 layers");
+    for (size_t i = 0; rc == PEFT_OK && i < n; i++) cfg->layers_to_transform[cfg->n_layers_to_transform++] = ids[i];
+    free(ids);
+    return rc;
+}
 
 int cmd_train(int argc, char **argv) {
-    fprintf(stderr, "peft train: not implemented yet\n");
-    return 2;
+    cli_args a;
+    args_init(&a, "train", argc, argv);
+    if (args_has(&a, "--help")) {
+        usage();
+        return 0;
+    }
+    const char *dir = args_str(&a, "--model", NULL), *data = args_str(&a, "--data", NULL), *out = args_str(&a, "--out", NULL);
+    peft_adapter_config acfg;
+    peft_adapter_config_default(&acfg);
+    acfg.opts.alpha = 16;
+    snprintf(acfg.method, sizeof acfg.method, "%s", args_str(&a, "--method", "lora"));
+    const char *target = args_str(&a, "--target", NULL), *target_re = args_str(&a, "--target-regex", NULL);
+    const char *layers = args_str(&a, "--layers", NULL), *rank_pat = args_str(&a, "--rank-pattern", NULL),
+               *alpha_pat = args_str(&a, "--alpha-pattern", NULL), *init = args_str(&a, "--init", "kaiming");
+    acfg.opts.rank = (int)args_int(&a, "--rank", 8);
+    acfg.opts.alpha = args_double(&a, "--alpha", 16);
+    acfg.opts.use_rslora = args_has(&a, "--rslora");
+    acfg.opts.dropout = args_double(&a, "--dropout", 0.0);
+
+    peft_train_opts o;
+    peft_train_opts_default(&o);
+    peft_data_opts dopts = {0};
+    o.seq_len = dopts.seq_len = (int)args_int(&a, "--seq-len", 256);
+    dopts.val_fraction = args_double(&a, "--val-fraction", 0.1);
+    dopts.pack = !args_has(&a, "--no-pack");
+    dopts.chat_template = args_str(&a, "--chat-template", NULL);
+    o.batch = (int)args_int(&a, "--batch", 4);
+    o.grad_accum = (int)args_int(&a, "--grad-accum", 1);
+    o.steps = args_int(&a, "--steps", 100);
+    double epochs = args_double(&a, "--epochs", 0);
+    o.lr = args_double(&a, "--lr", 2e-4);
+    o.weight_decay = args_double(&a, "--weight-decay", 0.0);
+    o.warmup = args_int(&a, "--warmup", 0);
+    const char *sched = args_str(&a, "--schedule", "cosine");
+    o.max_grad_norm = args_double(&a, "--clip", 1.0);
+    o.lr_ratio_b = args_double(&a, "--lora-plus-ratio", 1.0);
+    o.seed = (uint64_t)args_int(&a, "--seed", 42);
+    o.recompute = args_has(&a, "--recompute");
+    o.eval_every = args_int(&a, "--eval-every", 0);
+    o.eval_batches = (int)args_int(&a, "--eval-batches", 0);
+    o.save_every = args_int(&a, "--save-every", 0);
+    o.resume = args_has(&a, "--resume");
+    o.skip_nonfinite = args_has(&a, "--skip-nonfinite");
+    o.progress = !args_has(&a, "--no-progress") && isatty(2);
+    o.out_dir = out;
+    int rc = args_finish(&a);
+    if (rc) return rc;
+    int sk = peft_schedule_parse(sched);
+    if (!dir || !data || !out || sk < 0 || (target && target_re) || (strcmp(init, "kaiming") && strcmp(init, "gaussian"))) {
+        fprintf(stderr, "peft train: needs --model, --data and --out; --schedule cosine|linear|constant; --init kaiming|gaussian; "
+                        "at most one of --target / --target-regex (see --help)\n");
+        return 2;
+    }
+    o.schedule = (peft_schedule)sk;
+    dopts.seed = acfg.opts.seed = o.seed;
+    acfg.opts.init_gaussian = !strcmp(init, "gaussian");
+    if (target_re) acfg.target_regex = 1;
+    if (target || target_re) snprintf(acfg.target_modules, sizeof acfg.target_modules, "%s", target ? target : target_re);
+    snprintf(acfg.base_model, sizeof acfg.base_model, "%s", dir);
+
+    peft_err err = {0};
+    if ((rank_pat && parse_patterns(rank_pat, acfg.rank_pattern, &acfg.n_rank_pattern, "--rank-pattern", &err)) ||
+        (alpha_pat && parse_patterns(alpha_pat, acfg.alpha_pattern, &acfg.n_alpha_pattern, "--alpha-pattern", &err)) ||
+        (layers && parse_layers(layers, &acfg, &err))) {
+        fprintf(stderr, "peft train: %s\n", err.msg);
+        return 2;
+    }
+    cli_model cm;
+    if (cli_model_load(dir, NULL, &cm, &err)) return cli_report(err.msg);
+    if (!cm.tok) {
+        cli_model_free(&cm);
+        return cli_report("the model directory has no tokenizer.json; training data must be tokenized");
+    }
+    peft_dataset *ds = NULL;
+    peft_adapter_set *set = NULL;
+    rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
+    if (rc == PEFT_OK && epochs > 0)
+        o.steps = (long)ceil(epochs * peft_dataset_rows(ds, 0) / ((double)o.batch * o.grad_accum));
+    if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
+    if (rc == PEFT_OK) {
+        size_t trainable = peft_adapter_set_numel(set);
+        fprintf(stderr, "%s: %s on %d modules, %zu trainable parameters (%.3f%% of %zu); %d train / %d validation rows of %d tokens\n",
+                dir, acfg.method, peft_adapter_set_n_sites(set), trainable, 100.0 * trainable / cm.model->n_params,
+                cm.model->n_params, peft_dataset_rows(ds, 0), peft_dataset_rows(ds, 1), o.seq_len);
+        peft_train_result res;
+        rc = peft_train(cm.model, set, ds, &o, &res, &err);
+        if (rc == PEFT_OK) {
+            printf("steps %ld  train loss %.4f  validation loss %.4f -> %.4f  %.0f tokens/s%s\n", res.steps_done, res.final_train_loss,
+                   res.first_val_loss, res.final_val_loss, res.tokens_per_s, res.skipped_steps ? "  (some steps skipped)" : "");
+            printf("adapter written to %s\n", out);
+        }
+    }
+    peft_adapter_set_free(set);
+    peft_dataset_free(ds);
+    cli_model_free(&cm);
+    return rc ? cli_report(err.msg) : 0;
 }

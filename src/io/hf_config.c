@@ -110,6 +110,8 @@ static int parse_config(const cJSON *root, const char *what, peft_llama_config *
                          cfg->n_heads, cfg->n_kv_heads);
     cfg->head_dim = cfg->hidden_size / cfg->n_heads;
     if ((rc = get_int(root, "head_dim", 0, 2, 1 << 12, &cfg->head_dim, what, err))) return rc;
+    if (cfg->head_dim > 256) /* the attention kernels keep one head's accumulators on the stack */
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: head_dim %d is above the supported 256", what, cfg->head_dim);
     if (cfg->head_dim % 2) return peft_fail(err, PEFT_EFORMAT, "%s: head_dim %d must be even for RoPE", what, cfg->head_dim);
     if (!cJSON_GetObjectItemCaseSensitive(root, "head_dim") && cfg->hidden_size % cfg->n_heads)
         return peft_fail(err, PEFT_EFORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d and no head_dim is given",

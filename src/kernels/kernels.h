@@ -87,4 +87,10 @@ void add_inplace(float *y, const float *x, size_t n);
 /* y[n] = a * y[n] */
 void scale_inplace(float *y, float a, size_t n);
 
+/* ---- gemm.c ------------------------------------------------------------------ */
+/* General accumulate: c[M,N] += alpha * op(a) @ op(b), op(x) = x or x^T (trans_a, trans_b);
+ * a is [M,K] (or [K,M] when transposed), b is [K,N] (or [N,K]). Used where the
+ * nn.Linear-shaped matmuls do not fit: adapter merges (W += s*B@A) and low-rank terms. */
+void gemm_acc(float *c, const float *a, const float *b, int M, int N, int K, int trans_a, int trans_b, float alpha);
+
 #endif

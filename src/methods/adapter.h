@@ -64,12 +64,15 @@ typedef struct peft_method {
     int (*merge)(peft_adapter *a, peft_site *s, int sign, peft_err *err);
     /* Fills up to max params; returns how many the adapter has. */
     int (*params)(peft_adapter *a, peft_param *out, int max);
+    /* Floats of shared scratch (peft_adapter.work) forward/backward need for N rows. */
+    size_t (*work_floats)(const peft_adapter *a, const peft_site *s, int N);
 } peft_method;
 
 struct peft_adapter {
     const peft_method *method;
     int training;        /* dropout and activation saving are on only while training */
     uint64_t step_seed;  /* advanced by the trainer each step: dropout masks derive from it */
+    float *work;         /* scratch shared by all adapters of a set (sites run one at a time) */
 };
 
 #endif

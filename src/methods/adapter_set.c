@@ -1,9 +1,435 @@
-/* adapter_set.c: attaching, saving and loading a model's adapters. */
+/* adapter_set.c: attaching, saving and loading a model's adapters in HF PEFT's format. */
 #include "adapter_set.h"
 
-int peft_adapter_set_load(const char *dir, peft_llama *model, peft_adapter_set **out, peft_err *err) {
-    *out = NULL;
-    return peft_fail(err, PEFT_EUNSUPPORTED, "%s: loading adapters is not implemented yet", dir);
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <cjson/cJSON.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "methods/lora.h"
+
+#define MAX_PARAMS_PER_ADAPTER 8
+
+struct peft_adapter_set {
+    peft_adapter_config cfg;
+    const peft_method *method;
+    int n_sites;
+    peft_site **sites;        /* the sites that carry this set's adapters */
+    int n_params;
+    peft_named_param *params;
+    float *work;
+    size_t work_floats;
+    int work_rows;
+};
+
+static const struct {
+    const char *name;
+    const peft_method *method;
+} methods[] = {
+    {"lora", &peft_method_lora},
+};
+
+const peft_method *peft_method_find(const char *name) {
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (!strcmp(methods[i].name, name)) return methods[i].method;
+    return NULL;
 }
 
-void peft_adapter_set_free(peft_adapter_set *set) { (void)set; }
+void peft_adapter_config_default(peft_adapter_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    strcpy(cfg->method, "lora");
+    strcpy(cfg->target_modules, "q_proj,v_proj");
+    cfg->opts.rank = 8;
+    cfg->opts.alpha = 8;
+}
+
+/* ---- target selection (PEFT's check_target_module_exists and get_pattern_key) ---- */
+
+/* 1 if the regex matches all of subject, 0 if not, negative on a bad pattern. */
+static int regex_match(const char *pattern, const char *subject, int whole, peft_err *err) {
+    int errcode;
+    PCRE2_SIZE erroff;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &errcode, &erroff, NULL);
+    if (!re) return peft_fail(err, PEFT_EINVAL, "bad regular expression \"%s\" at offset %zu", pattern, (size_t)erroff);
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    int rc = md ? pcre2_match(re, (PCRE2_SPTR)subject, PCRE2_ZERO_TERMINATED, 0, PCRE2_ANCHORED | (whole ? PCRE2_ENDANCHORED : 0),
+                              md, NULL)
+                : PCRE2_ERROR_NOMEMORY;
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    if (rc == PCRE2_ERROR_NOMATCH) return 0;
+    if (rc < 0) return peft_fail(err, PEFT_ENOMEM, "regular expression \"%s\" failed to run", pattern);
+    return 1;
+}
+
+/* PEFT: a list entry t matches module name `key` if key == t or key ends with "." + t. */
+static int name_matches(const char *key, const char *target, size_t tlen) {
+    size_t klen = strlen(key);
+    if (klen == tlen) return !strncmp(key, target, tlen);
+    return klen > tlen && key[klen - tlen - 1] == '.' && !strncmp(key + klen - tlen, target, tlen);
+}
+
+static int site_is_target(const peft_adapter_config *cfg, const peft_site *s, peft_err *err) {
+    if (cfg->n_layers_to_transform > 0) {
+        int in = 0;
+        for (int i = 0; i < cfg->n_layers_to_transform; i++) in |= cfg->layers_to_transform[i] == s->layer;
+        if (!in) return 0;
+    }
+    if (cfg->target_regex) return regex_match(cfg->target_modules, s->name, 1, err);
+    if (!strcmp(cfg->target_modules, "all-linear")) return 1; /* every linear site except lm_head */
+    for (const char *t = cfg->target_modules; *t;) {
+        size_t len = strcspn(t, ",");
+        if (len && name_matches(s->name, t, len)) return 1;
+        t += len + (t[len] == ',');
+    }
+    return 0;
+}
+
+/* rank_pattern / alpha_pattern: the first key k with re.match("(.*\.)?(k)$", name) wins. */
+static int pattern_value(const peft_pattern *pats, int n, const char *name, double *value, peft_err *err) {
+    for (int i = 0; i < n; i++) {
+        char re[300];
+        snprintf(re, sizeof re, "(.*\\.)?(%s)$", pats[i].key);
+        int m = regex_match(re, name, 0, err);
+        if (m < 0) return m;
+        if (m) {
+            *value = pats[i].value;
+            return PEFT_OK;
+        }
+    }
+    return PEFT_OK;
+}
+
+/* ---- creation ---------------------------------------------------------------- */
+
+void peft_adapter_set_free(peft_adapter_set *set) {
+    if (!set) return;
+    for (int i = 0; i < set->n_sites; i++) {
+        peft_site *s = set->sites[i];
+        if (s->adapter) s->adapter->method->destroy(s->adapter);
+        s->adapter = NULL;
+    }
+    free(set->sites);
+    free(set->params);
+    free(set->work);
+    free(set);
+}
+
+int peft_adapter_set_reserve(peft_adapter_set *set, int N, peft_err *err) {
+    if (!set || N <= set->work_rows) return PEFT_OK;
+    size_t need = 0;
+    for (int i = 0; i < set->n_sites; i++) {
+        size_t w = set->method->work_floats(set->sites[i]->adapter, set->sites[i], N);
+        if (w > need) need = w;
+    }
+    float *work = realloc(set->work, need * sizeof(float));
+    if (!work && need) return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB of adapter scratch", need * 4 >> 20);
+    set->work = work;
+    set->work_floats = need;
+    set->work_rows = N;
+    for (int i = 0; i < set->n_sites; i++) set->sites[i]->adapter->work = work;
+    return PEFT_OK;
+}
+
+int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int max_rows, peft_adapter_set **out,
+                            peft_err *err) {
+    *out = NULL;
+    const peft_method *method = peft_method_find(cfg->method);
+    if (!method) return peft_fail(err, PEFT_EUNSUPPORTED, "unknown PEFT method \"%s\" (available: lora)", cfg->method);
+    peft_adapter_set *set = calloc(1, sizeof *set);
+    int n_all = llama_n_sites(m);
+    if (!set || !(set->sites = calloc((size_t)n_all, sizeof *set->sites)) ||
+        !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER, sizeof *set->params))) {
+        peft_adapter_set_free(set);
+        return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    }
+    set->cfg = *cfg;
+    set->method = method;
+    int rc = PEFT_OK;
+    for (int i = 0; i < n_all && rc == PEFT_OK; i++) {
+        peft_site *s = llama_site(m, i);
+        int hit = site_is_target(cfg, s, err);
+        if (hit < 0) rc = hit;
+        if (hit <= 0) continue;
+        if (s->adapter) {
+            rc = peft_fail(err, PEFT_EINVAL, "%s already carries an adapter", s->name);
+            break;
+        }
+        peft_method_opts o = cfg->opts;
+        double rank = o.rank, alpha = o.alpha;
+        if ((rc = pattern_value(cfg->rank_pattern, cfg->n_rank_pattern, s->name, &rank, err)) ||
+            (rc = pattern_value(cfg->alpha_pattern, cfg->n_alpha_pattern, s->name, &alpha, err)))
+            break;
+        o.rank = (int)rank;
+        o.alpha = alpha;
+        if ((rc = method->create(&o, s, 1, max_rows, &s->adapter, err))) break;
+        set->sites[set->n_sites++] = s;
+        peft_param p[MAX_PARAMS_PER_ADAPTER];
+        int np = method->params(s->adapter, p, MAX_PARAMS_PER_ADAPTER);
+        for (int k = 0; k < np; k++) {
+            peft_named_param *np_ = &set->params[set->n_params++];
+            snprintf(np_->key, sizeof np_->key, "base_model.model.%.127s.%.63s", s->name, p[k].name);
+            np_->p = p[k];
+        }
+    }
+    if (rc == PEFT_OK && set->n_sites == 0)
+        rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have q_proj, k_proj, "
+                                         "v_proj, o_proj, gate_proj, up_proj, down_proj)",
+                       cfg->target_modules, m->cfg.arch_name);
+    if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, max_rows > 0 ? max_rows : 1, err);
+    if (rc) {
+        peft_adapter_set_free(set);
+        return rc;
+    }
+    *out = set;
+    return PEFT_OK;
+}
+
+void peft_adapter_set_mode(peft_adapter_set *set, int training, uint64_t step_seed) {
+    for (int i = 0; i < set->n_sites; i++) {
+        set->sites[i]->adapter->training = training;
+        set->sites[i]->adapter->step_seed = step_seed;
+    }
+}
+
+int peft_adapter_set_merge(peft_adapter_set *set, int sign, peft_err *err) {
+    for (int i = 0; i < set->n_sites; i++) {
+        peft_site *s = set->sites[i];
+        if (!s->weight) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", s->name);
+        int rc = set->method->merge(s->adapter, s, sign, err);
+        if (rc) return rc;
+    }
+    return PEFT_OK;
+}
+
+int peft_adapter_set_n_params(const peft_adapter_set *set) { return set->n_params; }
+peft_named_param *peft_adapter_set_params(peft_adapter_set *set) { return set->params; }
+int peft_adapter_set_n_sites(const peft_adapter_set *set) { return set->n_sites; }
+const peft_adapter_config *peft_adapter_set_config(const peft_adapter_set *set) { return &set->cfg; }
+
+size_t peft_adapter_set_numel(const peft_adapter_set *set) {
+    size_t n = 0;
+    for (int i = 0; i < set->n_params; i++) n += set->params[i].p.numel;
+    return n;
+}
+
+void peft_adapter_set_zero_grad(peft_adapter_set *set) {
+    for (int i = 0; i < set->n_params; i++) memset(set->params[i].p.grad, 0, set->params[i].p.numel * sizeof(float));
+}
+
+/* ---- PEFT files ------------------------------------------------------------------ */
+
+static cJSON *patterns_json(const peft_pattern *p, int n) {
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; i < n; i++) cJSON_AddNumberToObject(o, p[i].key, p[i].value);
+    return o;
+}
+
+/* The target list as PEFT writes it: the distinct module kinds that carry adapters (PEFT
+ * resolves "all-linear" to names the same way), or the regex string. */
+static cJSON *targets_json(const peft_adapter_set *set) {
+    if (set->cfg.target_regex) return cJSON_CreateString(set->cfg.target_modules);
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; i < set->n_sites; i++) {
+        const char *kind = set->sites[i]->kind;
+        int seen = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr) seen |= !strcmp(e->valuestring, kind);
+        if (!seen) cJSON_AddItemToArray(arr, cJSON_CreateString(kind));
+    }
+    return arr;
+}
+
+static char *config_json(const peft_adapter_set *set) {
+    const peft_adapter_config *c = &set->cfg;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "alpha_pattern", patterns_json(c->alpha_pattern, c->n_alpha_pattern));
+    cJSON_AddNullToObject(o, "auto_mapping");
+    cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
+    cJSON_AddStringToObject(o, "bias", "none");
+    cJSON_AddBoolToObject(o, "fan_in_fan_out", 0);
+    cJSON_AddBoolToObject(o, "inference_mode", 1);
+    if (c->opts.init_gaussian) cJSON_AddStringToObject(o, "init_lora_weights", "gaussian");
+    else cJSON_AddBoolToObject(o, "init_lora_weights", 1);
+    cJSON_AddNullToObject(o, "layer_replication");
+    cJSON_AddNullToObject(o, "layers_pattern");
+    if (c->n_layers_to_transform > 0) cJSON_AddItemToObject(o, "layers_to_transform", cJSON_CreateIntArray(c->layers_to_transform, c->n_layers_to_transform));
+    else cJSON_AddNullToObject(o, "layers_to_transform");
+    cJSON_AddNumberToObject(o, "lora_alpha", c->opts.alpha);
+    cJSON_AddNumberToObject(o, "lora_dropout", c->opts.dropout);
+    cJSON_AddNullToObject(o, "modules_to_save");
+    cJSON_AddStringToObject(o, "peft_type", "LORA");
+    cJSON_AddNumberToObject(o, "r", c->opts.rank);
+    cJSON_AddItemToObject(o, "rank_pattern", patterns_json(c->rank_pattern, c->n_rank_pattern));
+    cJSON_AddNullToObject(o, "revision");
+    cJSON_AddItemToObject(o, "target_modules", targets_json(set));
+    cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
+    cJSON_AddBoolToObject(o, "use_dora", 0);
+    cJSON_AddBoolToObject(o, "use_rslora", c->opts.use_rslora);
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err *err) {
+    int rc = peft_mkdir(dir, err);
+    if (rc) return rc;
+    peft_st_entry *e = calloc((size_t)set->n_params + 1, sizeof *e);
+    if (!e) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    for (int i = 0; i < set->n_params; i++) {
+        const peft_param *p = &set->params[i].p;
+        e[i].name = set->params[i].key;
+        e[i].dtype = PEFT_F32;
+        e[i].ndim = p->ndim;
+        for (int d = 0; d < p->ndim; d++) e[i].shape[d] = p->shape[d];
+        e[i].data = p->data;
+    }
+    char path[4200];
+    static const char *const meta[] = {"format", "pt"};
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    rc = peft_st_write(path, e, set->n_params, meta, 1, err);
+    free(e);
+    char *json = rc ? NULL : config_json(set);
+    if (rc == PEFT_OK) {
+        snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+        rc = json ? peft_write_file_atomic(path, json, strlen(json), err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
+    }
+    free(json);
+    return rc;
+}
+
+static int parse_patterns(const cJSON *root, const char *key, peft_pattern *out, int *n, const char *what, peft_err *err) {
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, key);
+    *n = 0;
+    if (!o || cJSON_IsNull(o)) return PEFT_OK;
+    if (!cJSON_IsObject(o)) return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" must be an object", what, key);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, o) {
+        if (*n == PEFT_MAX_PATTERNS || !cJSON_IsNumber(e) || strlen(e->string) >= sizeof out->key)
+            return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" entries must be numbers (at most %d)", what, key, PEFT_MAX_PATTERNS);
+        snprintf(out[*n].key, sizeof out[*n].key, "%s", e->string);
+        out[(*n)++].value = e->valuedouble;
+    }
+    return PEFT_OK;
+}
+
+/* Fills cfg from a PEFT adapter_config.json, refusing what peft.c would get wrong. */
+static int parse_adapter_config(const cJSON *root, const char *what, peft_adapter_config *cfg, peft_err *err) {
+    peft_adapter_config_default(cfg);
+    const char *type = NULL, *bias = "none", *base = "";
+    int rc = peft_json_string(root, "peft_type", 1, &type, what, err);
+    if (rc) return rc;
+    if (strcmp(type, "LORA")) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported here (LORA)", what, type);
+    long long r = 8;
+    int flag = 0;
+    if ((rc = peft_json_int(root, "r", 1, &r, what, err)) || (rc = peft_json_double(root, "lora_alpha", 0, &cfg->opts.alpha, what, err)) ||
+        (rc = peft_json_double(root, "lora_dropout", 0, &cfg->opts.dropout, what, err)) ||
+        (rc = peft_json_bool(root, "use_rslora", 0, &cfg->opts.use_rslora, what, err)) ||
+        (rc = peft_json_string(root, "bias", 0, &bias, what, err)) ||
+        (rc = peft_json_string(root, "base_model_name_or_path", 0, &base, what, err)))
+        return rc;
+    if (r < 1 || r > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: r = %lld is out of range", what, r);
+    cfg->opts.rank = (int)r;
+    snprintf(cfg->base_model, sizeof cfg->base_model, "%s", base);
+    if (strcmp(bias, "none")) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", what, bias);
+    if ((rc = peft_json_bool(root, "use_dora", 0, &flag, what, err))) return rc;
+    if (flag) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: use_dora adapters are not supported yet", what);
+    if ((rc = peft_json_bool(root, "fan_in_fan_out", 0, &flag, what, err))) return rc;
+    if (flag) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
+    const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
+    if (mts && !cJSON_IsNull(mts) && !(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 0))
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: modules_to_save is not supported", what);
+    const cJSON *tm = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    if (cJSON_IsString(tm)) {
+        cfg->target_regex = 1;
+        snprintf(cfg->target_modules, sizeof cfg->target_modules, "%s", tm->valuestring);
+    } else if (cJSON_IsArray(tm)) {
+        cfg->target_modules[0] = '\0';
+        const cJSON *e;
+        cJSON_ArrayForEach(e, tm) {
+            if (!cJSON_IsString(e)) return peft_fail(err, PEFT_EFORMAT, "%s: target_modules must hold strings", what);
+            size_t used = strlen(cfg->target_modules);
+            if (used + strlen(e->valuestring) + 2 > sizeof cfg->target_modules)
+                return peft_fail(err, PEFT_EFORMAT, "%s: target_modules is too long", what);
+            snprintf(cfg->target_modules + used, sizeof cfg->target_modules - used, "%s%s", used ? "," : "", e->valuestring);
+        }
+    } else {
+        return peft_fail(err, PEFT_EFORMAT, "%s: target_modules must be a list of names or a regex string", what);
+    }
+    const cJSON *ltt = cJSON_GetObjectItemCaseSensitive(root, "layers_to_transform");
+    if (cJSON_IsNumber(ltt)) cfg->layers_to_transform[cfg->n_layers_to_transform++] = ltt->valueint;
+    else if (cJSON_IsArray(ltt)) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, ltt) {
+            if (!cJSON_IsNumber(e) || cfg->n_layers_to_transform == 64)
+                return peft_fail(err, PEFT_EFORMAT, "%s: layers_to_transform must hold at most 64 integers", what);
+            cfg->layers_to_transform[cfg->n_layers_to_transform++] = e->valueint;
+        }
+    }
+    if ((rc = parse_patterns(root, "rank_pattern", cfg->rank_pattern, &cfg->n_rank_pattern, what, err)) ||
+        (rc = parse_patterns(root, "alpha_pattern", cfg->alpha_pattern, &cfg->n_alpha_pattern, what, err)))
+        return rc;
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(root, "init_lora_weights");
+    cfg->opts.init_gaussian = cJSON_IsString(init) && !strcmp(init->valuestring, "gaussian");
+    return PEFT_OK;
+}
+
+/* Copies every parameter from the file; every tensor in the file must be used. */
+static int read_params(peft_adapter_set *set, const peft_st_file *f, peft_err *err) {
+    for (int i = 0; i < set->n_params; i++) {
+        peft_named_param *np = &set->params[i];
+        const peft_st_tensor *t = peft_st_find(f, np->key);
+        if (!t) return peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\"", f->path, np->key);
+        int same = t->ndim == np->p.ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == np->p.shape[d];
+        if (!same)
+            return peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], the model needs [%lld, %lld]", f->path,
+                             np->key, (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                             (long long)np->p.shape[0], (long long)np->p.shape[1]);
+        if (peft_convert_to_f32(np->p.data, t->data, t->dtype, t->numel))
+            return peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" has non-float dtype %s", f->path, np->key,
+                             peft_dtype_name(t->dtype));
+    }
+    if (f->n_tensors != set->n_params) {
+        for (int i = 0; i < f->n_tensors; i++) {
+            int used = 0;
+            for (int k = 0; k < set->n_params && !used; k++) used = !strcmp(f->tensors[i].name, set->params[k].key);
+            if (!used)
+                return peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" matches no adapter site of this model", f->path,
+                                 f->tensors[i].name);
+        }
+    }
+    return PEFT_OK;
+}
+
+int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_adapter_set **out, peft_err *err) {
+    *out = NULL;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    cJSON *root;
+    int rc = peft_json_load(path, &root, err);
+    if (rc) return rc;
+    peft_adapter_config cfg;
+    rc = parse_adapter_config(root, path, &cfg, err);
+    cJSON_Delete(root);
+    if (rc) return rc;
+    peft_adapter_set *set;
+    if ((rc = peft_adapter_set_create(m, &cfg, max_rows, &set, err))) return peft_err_prefix(err, "%s", dir);
+    peft_st_file *f;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    rc = peft_st_open(path, &f, err);
+    if (rc == PEFT_OK) {
+        rc = read_params(set, f, err);
+        peft_st_close(f);
+    }
+    if (rc) {
+        peft_adapter_set_free(set);
+        return rc;
+    }
+    *out = set;
+    return PEFT_OK;
+}

@@ -159,6 +159,28 @@ int llama_load(const char *dir, peft_llama **out, peft_err *err) {
     return PEFT_OK;
 }
 
+int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err) {
+    *out = NULL;
+    peft_llama *m = calloc(1, sizeof *m);
+    if (!m) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    snprintf(m->dir, sizeof m->dir, "%s", config_path);
+    int rc = peft_llama_config_load(config_path, &m->cfg, err);
+    wanted *w = NULL;
+    if (rc == PEFT_OK) {
+        m->layers = calloc((size_t)m->cfg.n_layers, sizeof *m->layers);
+        w = calloc((size_t)m->cfg.n_layers * 2 * (SITES_PER_LAYER + 1) + 3, sizeof *w);
+        if (!m->layers || !w) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+        else list_wanted(m, w); /* names and shapes of the sites; weights stay NULL */
+    }
+    free(w);
+    if (rc) {
+        llama_free(m);
+        return rc;
+    }
+    *out = m;
+    return PEFT_OK;
+}
+
 void llama_free(peft_llama *m) {
     if (!m) return;
     peft_weights_close(m->weights);

@@ -39,6 +39,9 @@ typedef struct peft_llama {
 
 /* Loads DIR/config.json and the weights. Errors name the file and the problem. */
 int llama_load(const char *dir, peft_llama **out, peft_err *err);
+/* Only config.json: the sites with their names and shapes but no weights (to validate an
+ * adapter against a model that is not at hand). Forward and merge are not possible. */
+int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err);
 void llama_free(peft_llama *m);
 
 /* Finds a site by HF module name ("model.layers.0.self_attn.q_proj"); NULL if none. */

@@ -1,0 +1,170 @@
+/* lora.c: the LoRA method on the adapter interface.
+ *
+ * Forward (N rows):   xd = dropout(x)            [N, in]   (x itself when not training)
+ *                     ax = xd A^T                [N, r]    saved for backward
+ *                     y += s * ax B^T            [N, out]
+ * Backward:           dB += s * dy^T ax          [out, r]
+ *                     g   = s * dy B             [N, r]
+ *                     dA += g^T xd               [r, in]
+ *                     dx += mask * (g A)         [N, in]
+ * The dropout mask is a hash of (step seed, site, element), so backward regenerates it
+ * instead of storing an N x in mask per site. */
+#include "lora.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "rng.h"
+
+typedef struct lora_adapter {
+    peft_adapter base;
+    int r, in, out;
+    float scale, dropout;
+    float *A, *B;   /* [r, in], [out, r] */
+    float *dA, *dB; /* same shapes */
+    float *ax;      /* [max_rows, r] saved by a training forward */
+    int max_rows;
+    uint64_t site_hash;
+} lora_adapter;
+
+static uint64_t hash_name(const char *s) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+    return h;
+}
+
+/* The dropout factor of element i: 0 (dropped) or 1/(1-p), from a hash of (step, site, i). */
+static inline float dropout_factor(uint64_t seed, size_t i, float p) {
+    float u = (float)(peft_mix64(seed + i) >> 40) * (1.0f / 16777216.0f);
+    return u >= p ? 1.0f / (1.0f - p) : 0.0f;
+}
+
+static int dropout_active(const lora_adapter *a) { return a->base.training && a->dropout > 0.0f; }
+
+/* out[n] = in[n] * dropout_factor(n) (mode 0) or out[n] += in[n] * dropout_factor(n) (mode 1). */
+static void dropout_apply(const lora_adapter *a, float *out, const float *in, int N, int accumulate) {
+    uint64_t seed = peft_mix64(a->base.step_seed ^ a->site_hash);
+    size_t n = (size_t)N * a->in;
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float v = in[i] * dropout_factor(seed, i, a->dropout);
+        out[i] = accumulate ? out[i] + v : v;
+    }
+}
+
+/* xd[N,in] = dropout(x), or x itself when no dropout is in effect. */
+static const float *apply_dropout(const lora_adapter *a, const float *x, float *xd, int N) {
+    if (!dropout_active(a)) return x;
+    dropout_apply(a, xd, x, N, 0);
+    return xd;
+}
+
+static int lora_create(const peft_method_opts *o, const peft_site *s, int n_slots, int max_rows, peft_adapter **out,
+                       peft_err *err) {
+    (void)n_slots;
+    if (o->rank < 1 || o->rank > s->in_features || o->rank > s->out_features)
+        return peft_fail(err, PEFT_EINVAL, "%s: LoRA rank %d must be in [1, min(in, out) = %d]", s->name, o->rank,
+                         s->in_features < s->out_features ? s->in_features : s->out_features);
+    if (o->dropout < 0 || o->dropout >= 1) return peft_fail(err, PEFT_EINVAL, "LoRA dropout %g must be in [0, 1)", o->dropout);
+    lora_adapter *a = calloc(1, sizeof *a);
+    if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    a->base.method = &peft_method_lora;
+    a->r = o->rank;
+    a->in = s->in_features;
+    a->out = s->out_features;
+    a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+    a->dropout = (float)o->dropout;
+    a->max_rows = max_rows;
+    a->site_hash = hash_name(s->name);
+    size_t nA = (size_t)a->r * a->in, nB = (size_t)a->out * a->r;
+    a->A = calloc(2 * (nA + nB) + (size_t)max_rows * a->r, sizeof(float));
+    if (!a->A) {
+        free(a);
+        return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate LoRA weights", s->name);
+    }
+    a->B = a->A + nA;
+    a->dA = a->B + nB;
+    a->dB = a->dA + nA;
+    a->ax = a->dB + nB;
+    /* PEFT's init: A as nn.Linear's default (Kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(in))),
+     * or N(0, 1/r) for init_lora_weights="gaussian"; B = 0 so training starts at the base model. */
+    peft_rng rng;
+    peft_rng_seed(&rng, o->seed, a->site_hash);
+    float bound = 1.0f / sqrtf((float)a->in), sd = 1.0f / (float)a->r;
+    for (size_t i = 0; i < nA; i++)
+        a->A[i] = o->init_gaussian ? sd * peft_rng_normal(&rng) : bound * (2.0f * peft_rng_uniform(&rng) - 1.0f);
+    *out = &a->base;
+    return PEFT_OK;
+}
+
+static void lora_destroy(peft_adapter *base) {
+    lora_adapter *a = (lora_adapter *)base;
+    if (!a) return;
+    free(a->A);
+    free(a);
+}
+
+static size_t lora_work_floats(const peft_adapter *base, const peft_site *s, int N) {
+    const lora_adapter *a = (const lora_adapter *)base;
+    return (size_t)N * (2 * (size_t)a->in + a->out + a->r);
+}
+
+static void lora_forward(peft_adapter *base, const peft_site *s, float *y, const float *x, int N, int slot) {
+    lora_adapter *a = (lora_adapter *)base;
+    float *xd_buf = a->base.work, *ax = slot >= 0 ? a->ax : a->base.work + (size_t)N * a->in;
+    const float *xd = apply_dropout(a, x, xd_buf, N);
+    matmul_forward(ax, xd, a->A, NULL, N, a->in, a->r);         /* ax[N,r] = xd A^T */
+    gemm_acc(y, ax, a->B, N, a->out, a->r, 0, 1, a->scale);   /* y += s * ax B^T */
+}
+
+static void lora_backward(peft_adapter *base, const peft_site *s, float *dx, const float *dy, const float *x, int N,
+                          int slot) {
+    lora_adapter *a = (lora_adapter *)base;
+    float *xd_buf = a->base.work, *dxd = xd_buf + (size_t)N * a->in, *g = dxd + (size_t)N * a->in;
+    gemm_acc(a->dB, dy, a->ax, a->out, a->r, N, 1, 0, a->scale); /* dB += s * dy^T ax */
+    memset(g, 0, (size_t)N * a->r * sizeof(float));
+    gemm_acc(g, dy, a->B, N, a->r, a->out, 0, 0, a->scale);      /* g = s * dy B */
+    const float *xd = apply_dropout(a, x, xd_buf, N);
+    gemm_acc(a->dA, g, xd, a->r, a->in, N, 1, 0, 1.0f);          /* dA += g^T xd */
+    if (!dx) return;
+    if (xd == x) {
+        gemm_acc(dx, g, a->A, N, a->in, a->r, 0, 0, 1.0f);       /* dx += g A */
+        return;
+    }
+    /* Through the dropout: dx += dropout_factor * (g A), the mask regenerated from its seed. */
+    memset(dxd, 0, (size_t)N * a->in * sizeof(float));
+    gemm_acc(dxd, g, a->A, N, a->in, a->r, 0, 0, 1.0f);
+    dropout_apply(a, dx, dxd, N, 1);
+}
+
+static int lora_merge(peft_adapter *base, peft_site *s, int sign, peft_err *err) {
+    lora_adapter *a = (lora_adapter *)base;
+    gemm_acc(s->weight, a->B, a->A, a->out, a->in, a->r, 0, 0, (float)sign * a->scale); /* W += +-s B A */
+    return PEFT_OK;
+}
+
+static int lora_params(peft_adapter *base, peft_param *out, int max) {
+    lora_adapter *a = (lora_adapter *)base;
+    if (max >= 2) {
+        out[0] = (peft_param){.name = "lora_A.weight", .data = a->A, .grad = a->dA, .numel = (size_t)a->r * a->in,
+                              .ndim = 2, .shape = {a->r, a->in}, .lr_scale = 1.0f};
+        out[1] = (peft_param){.name = "lora_B.weight", .data = a->B, .grad = a->dB, .numel = (size_t)a->out * a->r,
+                              .ndim = 2, .shape = {a->out, a->r}, .lr_scale = 1.0f};
+    }
+    return 2;
+}
+
+const peft_method peft_method_lora = {
+    .abi_version = PEFT_METHOD_ABI,
+    .name = "lora",
+    .forward_replaces_base = 0,
+    .create = lora_create,
+    .destroy = lora_destroy,
+    .forward = lora_forward,
+    .backward = lora_backward,
+    .merge = lora_merge,
+    .params = lora_params,
+    .work_floats = lora_work_floats,
+};

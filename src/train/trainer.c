@@ -1,0 +1,446 @@
+/* trainer.c: the fine-tuning loop. Everything a step depends on is a function of (seed,
+ * step): the data order (a seeded permutation per epoch) and the dropout masks (seeded per
+ * micro-batch). So a checkpoint only holds the parameters, the AdamW moments and the step,
+ * and a resumed run repeats an uninterrupted one bit for bit. */
+#include "trainer.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fileio.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "rng.h"
+
+#define CHECKPOINT_FORMAT "peft.c-checkpoint-1"
+
+void peft_train_opts_default(peft_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->batch = 4;
+    o->seq_len = 256;
+    o->grad_accum = 1;
+    o->steps = 100;
+    o->lr = 2e-4;
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->eps = 1e-8;
+    o->weight_decay = 0.0;
+    o->lr_ratio_b = 1.0;
+    o->max_grad_norm = 1.0;
+    o->schedule = PEFT_SCHED_COSINE;
+    o->eval_batches = 0;
+    o->seed = 42;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- data order ----------------------------------------------------------------- */
+
+typedef struct row_order {
+    int rows;
+    long epoch;   /* epoch whose permutation is in perm (-1: none) */
+    int *perm;
+    uint64_t seed;
+} row_order;
+
+/* The dataset row of global draw index k: epoch k / rows, shuffled by (seed, epoch). */
+static int row_at(row_order *o, long k) {
+    long epoch = k / o->rows;
+    if (epoch != o->epoch) {
+        peft_rng rng;
+        peft_rng_seed(&rng, o->seed, 0x6461746100000000ull + (uint64_t)epoch);
+        for (int i = 0; i < o->rows; i++) o->perm[i] = i;
+        for (int i = o->rows - 1; i > 0; i--) {
+            int j = (int)peft_rng_below(&rng, (uint32_t)i + 1), t = o->perm[i];
+            o->perm[i] = o->perm[j];
+            o->perm[j] = t;
+        }
+        o->epoch = epoch;
+    }
+    return o->perm[k % o->rows];
+}
+
+/* Rows [first, first+B) of a split in file order; rows past the end are padding (no loss). */
+static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, int T, int32_t *in, int32_t *tgt,
+                     int32_t *pos, peft_err *err) {
+    for (int b = 0; b < B; b++) {
+        int32_t *bi = in + (size_t)b * T, *bt = tgt + (size_t)b * T, *bp = pos + (size_t)b * T;
+        if (rows[b] < 0) {
+            for (int t = 0; t < T; t++) bi[t] = 0, bt[t] = -1, bp[t] = t;
+            continue;
+        }
+        int rc = peft_dataset_row(ds, split, rows[b], bi, bt, bp);
+        if (rc) return peft_fail(err, rc, "dataset row %d of split %d could not be read", rows[b], split);
+    }
+    return PEFT_OK;
+}
+
+/* ---- evaluation ------------------------------------------------------------------- */
+
+typedef struct batch_bufs {
+    int32_t *in, *tgt, *pos;
+    int *rows;
+} batch_bufs;
+
+static int eval_split(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, llama_acts *acts, batch_bufs *bb,
+                      int split, int max_batches, double *loss, peft_err *err) {
+    int B = acts->B, T = acts->T, n_rows = peft_dataset_rows(ds, split);
+    peft_adapter_set_mode(set, 0, 0);
+    double sum = 0;
+    long count = 0;
+    for (int r0 = 0, k = 0; r0 < n_rows && (max_batches <= 0 || k < max_batches); r0 += B, k++) {
+        for (int b = 0; b < B; b++) bb->rows[b] = r0 + b < n_rows ? r0 + b : -1;
+        int rc = fill_rows(ds, split, bb->rows, B, T, bb->in, bb->tgt, bb->pos, err);
+        double l;
+        int counted;
+        if (rc == PEFT_OK) rc = llama_forward(m, acts, bb->in, bb->pos, bb->tgt, &l, &counted, err);
+        if (rc) return rc;
+        sum += l * counted;
+        count += counted;
+    }
+    *loss = count ? sum / count : NAN;
+    return PEFT_OK;
+}
+
+static int bufs_alloc(batch_bufs *bb, int B, int T, peft_err *err) {
+    size_t n = (size_t)B * T;
+    bb->in = malloc(n * sizeof(int32_t));
+    bb->tgt = malloc(n * sizeof(int32_t));
+    bb->pos = malloc(n * sizeof(int32_t));
+    bb->rows = malloc((size_t)B * sizeof(int));
+    return bb->in && bb->tgt && bb->pos && bb->rows ? PEFT_OK : peft_fail(err, PEFT_ENOMEM, "out of memory");
+}
+
+static void bufs_free(batch_bufs *bb) {
+    free(bb->in);
+    free(bb->tgt);
+    free(bb->pos);
+    free(bb->rows);
+}
+
+int peft_evaluate(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, llama_acts *acts, int split,
+                  int max_batches, double *loss, peft_err *err) {
+    batch_bufs bb;
+    int rc = bufs_alloc(&bb, acts->B, acts->T, err);
+    if (rc == PEFT_OK) rc = eval_split(m, set, ds, acts, &bb, split, max_batches, loss, err);
+    bufs_free(&bb);
+    return rc;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------ */
+
+/* Everything that must match for a resume to repeat the same run. */
+static void run_signature(const peft_train_opts *o, const peft_adapter_set *set, char *out, size_t n) {
+    snprintf(out, n, "seed=%llu batch=%d seq=%d accum=%d steps=%ld lr=%g sched=%d warmup=%ld params=%zu",
+             (unsigned long long)o->seed, o->batch, o->seq_len, o->grad_accum, o->steps, o->lr, (int)o->schedule, o->warmup,
+             peft_adapter_set_numel(set));
+}
+
+static int checkpoint_save(const char *path, peft_adapter_set *set, peft_adamw *opt, long step, const char *signature,
+                           peft_err *err) {
+    int n = peft_adapter_set_n_params(set);
+    peft_named_param *p = peft_adapter_set_params(set);
+    peft_st_entry *e = calloc((size_t)n * 3, sizeof *e);
+    char(*names)[300] = calloc((size_t)n * 2, sizeof *names);
+    if (!e || !names) {
+        free(e);
+        free(names);
+        return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        snprintf(names[2 * i], sizeof names[0], "adamw.m.%s", p[i].key);
+        snprintf(names[2 * i + 1], sizeof names[0], "adamw.v.%s", p[i].key);
+        const float *data[3] = {p[i].p.data, peft_adamw_m(opt, i), peft_adamw_v(opt, i)};
+        const char *keys[3] = {p[i].key, names[2 * i], names[2 * i + 1]};
+        for (int k = 0; k < 3; k++) {
+            peft_st_entry *x = &e[3 * i + k];
+            x->name = keys[k];
+            x->dtype = PEFT_F32;
+            x->ndim = p[i].p.ndim;
+            memcpy(x->shape, p[i].p.shape, sizeof p[i].p.shape);
+            x->data = data[k];
+        }
+    }
+    char step_s[32], adam_s[32];
+    snprintf(step_s, sizeof step_s, "%ld", step);
+    snprintf(adam_s, sizeof adam_s, "%ld", opt->step);
+    const char *meta[] = {"format", CHECKPOINT_FORMAT, "step", step_s, "adamw_step", adam_s, "run", signature};
+    int rc = peft_st_write(path, e, 3 * n, meta, 4, err);
+    free(e);
+    free(names);
+    return rc;
+}
+
+static const char *meta_get(const cJSON *meta, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int checkpoint_load(const char *path, peft_adapter_set *set, peft_adamw *opt, const char *signature, long *step,
+                           peft_err *err) {
+    peft_st_file *f;
+    int rc = peft_st_open(path, &f, err);
+    if (rc) return rc;
+    cJSON *meta = f->metadata_json ? cJSON_Parse(f->metadata_json) : NULL;
+    const char *fmt = meta_get(meta, "format"), *st = meta_get(meta, "step"), *as = meta_get(meta, "adamw_step"),
+               *run = meta_get(meta, "run");
+    if (!fmt || strcmp(fmt, CHECKPOINT_FORMAT) || !st || !as || !run)
+        rc = peft_fail(err, PEFT_EFORMAT, "%s: not a peft.c checkpoint (metadata missing)", path);
+    else if (strcmp(run, signature))
+        rc = peft_fail(err, PEFT_EINVAL, "%s: was written by a run with other settings (%s); this run has %s", path, run,
+                       signature);
+    int n = peft_adapter_set_n_params(set);
+    peft_named_param *p = peft_adapter_set_params(set);
+    for (int i = 0; i < n && rc == PEFT_OK; i++) {
+        char key[300];
+        float *dst[3] = {p[i].p.data, peft_adamw_m(opt, i), peft_adamw_v(opt, i)};
+        for (int k = 0; k < 3 && rc == PEFT_OK; k++) {
+            snprintf(key, sizeof key, "%s%s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.", p[i].key);
+            const peft_st_tensor *t = peft_st_find(f, key);
+            if (!t || t->dtype != PEFT_F32 || t->numel != p[i].p.numel)
+                rc = peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" is missing or has the wrong size", path, key);
+            else memcpy(dst[k], t->data, t->nbytes);
+        }
+    }
+    if (rc == PEFT_OK) {
+        *step = atol(st);
+        opt->step = atol(as);
+    }
+    cJSON_Delete(meta);
+    peft_st_close(f);
+    return rc;
+}
+
+/* ---- log and plot ------------------------------------------------------------------ */
+
+typedef struct curve {
+    int n, cap;
+    double *x, *y;
+} curve;
+
+static void curve_add(curve *c, double x, double y) {
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 256;
+        double *nx = realloc(c->x, (size_t)cap * sizeof *nx);
+        if (!nx) return;
+        c->x = nx;
+        double *ny = realloc(c->y, (size_t)cap * sizeof *ny);
+        if (!ny) return;
+        c->y = ny;
+        c->cap = cap;
+    }
+    c->x[c->n] = x;
+    c->y[c->n++] = y;
+}
+
+static void curve_free(curve *c) {
+    free(c->x);
+    free(c->y);
+}
+
+/* Keeps the log lines of steps <= last_step (a resumed run rewrites what came after) and
+ * reloads their points into the curves. */
+static int log_restore(const char *path, long last_step, curve *train, curve *val, peft_err *err) {
+    char *text;
+    size_t len;
+    if (!peft_file_exists(path)) return PEFT_OK;
+    int rc = peft_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    size_t kept = 0;
+    for (char *line = text; *line;) {
+        char *nl = strchr(line, '\n');
+        size_t ll = nl ? (size_t)(nl - line + 1) : strlen(line);
+        cJSON *o = cJSON_ParseWithLength(line, ll);
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "step");
+        if (cJSON_IsNumber(s) && s->valuedouble <= (double)last_step) {
+            const cJSON *l = cJSON_GetObjectItemCaseSensitive(o, "loss"), *v = cJSON_GetObjectItemCaseSensitive(o, "val_loss");
+            if (cJSON_IsNumber(l)) curve_add(train, s->valuedouble, l->valuedouble);
+            if (cJSON_IsNumber(v)) curve_add(val, s->valuedouble, v->valuedouble);
+            memmove(text + kept, line, ll);
+            kept += ll;
+        }
+        cJSON_Delete(o);
+        line += ll;
+    }
+    rc = peft_write_file_atomic(path, text, kept, err);
+    free(text);
+    return rc;
+}
+
+static void write_svg(const char *path, const curve *train, const curve *val) {
+    double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+    const curve *cs[2] = {train, val};
+    for (int c = 0; c < 2; c++)
+        for (int i = 0; i < cs[c]->n; i++) {
+            x0 = fmin(x0, cs[c]->x[i]), x1 = fmax(x1, cs[c]->x[i]);
+            y0 = fmin(y0, cs[c]->y[i]), y1 = fmax(y1, cs[c]->y[i]);
+        }
+    if (x0 > x1) return;
+    if (x1 - x0 < 1) x1 = x0 + 1;
+    if (y1 - y0 < 1e-9) y1 = y0 + 1e-9;
+    const double W = 720, H = 400, L = 60, R = 20, TOP = 30, BOT = 40;
+    FILE *fp = fopen(path, "w");
+    if (!fp) return;
+    fprintf(fp, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    fprintf(fp, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%.0f\" y=\"18\">loss (nats/token) vs. step</text>\n", L);
+    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", L, H - BOT, W - R, H - BOT);
+    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", L, TOP, L, H - BOT);
+    fprintf(fp, "<text x=\"5\" y=\"%.0f\">%.3f</text><text x=\"5\" y=\"%.0f\">%.3f</text>\n", TOP + 10, y1, H - BOT, y0);
+    fprintf(fp, "<text x=\"%.0f\" y=\"%.0f\">%.0f</text><text x=\"%.0f\" y=\"%.0f\">step %.0f</text>\n", L, H - 20, x0, W - R - 70,
+            H - 20, x1);
+    const char *colors[2] = {"#1f77b4", "#ff7f0e"}, *labels[2] = {"train", "validation"};
+    for (int c = 0; c < 2; c++) {
+        if (!cs[c]->n) continue;
+        fprintf(fp, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", colors[c]);
+        for (int i = 0; i < cs[c]->n; i++)
+            fprintf(fp, "%.1f,%.1f ", L + (cs[c]->x[i] - x0) / (x1 - x0) * (W - L - R),
+                    H - BOT - (cs[c]->y[i] - y0) / (y1 - y0) * (H - TOP - BOT));
+        fprintf(fp, "\"/>\n<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\">%s</text>\n", W - R - 90, TOP + 15 + 15 * c, colors[c], labels[c]);
+    }
+    fprintf(fp, "</svg>\n");
+    fclose(fp);
+}
+
+static void progress_bar(long step, long total, double loss, double tps, double eta_s) {
+    int width = 30, filled = (int)(width * step / (total ? total : 1));
+    fprintf(stderr, "\r[");
+    for (int i = 0; i < width; i++) fputc(i < filled ? '#' : '.', stderr);
+    fprintf(stderr, "] %ld/%ld loss %.4f  %.0f tok/s  ETA %02d:%02d ", step, total, loss, tps, (int)eta_s / 60, (int)eta_s % 60);
+    fflush(stderr);
+}
+
+/* ---- the loop ----------------------------------------------------------------------- */
+
+int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
+               peft_train_result *res, peft_err *err) {
+    memset(res, 0, sizeof *res);
+    res->first_val_loss = res->final_val_loss = NAN;
+    int B = o->batch, T = o->seq_len, n_train = peft_dataset_rows(ds, 0), n_val = peft_dataset_rows(ds, 1);
+    if (B < 1 || T < 2 || o->grad_accum < 1 || o->steps < 1)
+        return peft_fail(err, PEFT_EINVAL, "batch, grad_accum and steps must be >= 1 and seq_len >= 2");
+    if (n_train < 1) return peft_fail(err, PEFT_EINVAL, "the training split is empty");
+    int rc = peft_mkdir(o->out_dir, err);
+    if (rc) return rc;
+
+    llama_acts acts;
+    peft_adamw opt = {0};
+    batch_bufs bb = {0};
+    row_order order = {.rows = n_train, .epoch = -1, .seed = o->seed, .perm = malloc((size_t)n_train * sizeof(int))};
+    curve train_curve = {0}, val_curve = {0};
+    int n_params = peft_adapter_set_n_params(set);
+    peft_named_param *params = peft_adapter_set_params(set);
+    for (int i = 0; i < n_params; i++)
+        if (strstr(params[i].key, "lora_B")) params[i].p.lr_scale = (float)o->lr_ratio_b;
+    rc = llama_acts_alloc(m, B, T, !o->recompute, 1, &acts, err);
+    if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, B * T, err);
+    if (rc == PEFT_OK) rc = bufs_alloc(&bb, B, T, err);
+    if (rc == PEFT_OK) rc = peft_adamw_init(&opt, params, n_params, o->beta1, o->beta2, o->eps, o->weight_decay, err);
+    if (rc == PEFT_OK && !order.perm) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+
+    char ckpt[4200], log_path[4200], svg_path[4200], signature[512];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", o->out_dir);
+    snprintf(log_path, sizeof log_path, "%s/train_log.jsonl", o->out_dir);
+    snprintf(svg_path, sizeof svg_path, "%s/loss.svg", o->out_dir);
+    run_signature(o, set, signature, sizeof signature);
+    long step = 0;
+    if (rc == PEFT_OK && o->resume && peft_file_exists(ckpt)) {
+        rc = checkpoint_load(ckpt, set, &opt, signature, &step, err);
+        if (rc == PEFT_OK) rc = log_restore(log_path, step, &train_curve, &val_curve, err);
+        if (rc == PEFT_OK) fprintf(stderr, "resuming from %s at step %ld\n", ckpt, step);
+    } else if (rc == PEFT_OK) {
+        unlink(log_path);
+    }
+    FILE *log = rc == PEFT_OK ? fopen(log_path, "a") : NULL;
+    if (rc == PEFT_OK && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing", log_path);
+
+    if (rc == PEFT_OK && n_val > 0 && step == 0) {
+        rc = eval_split(m, set, ds, &acts, &bb, 1, o->eval_batches, &res->first_val_loss, err);
+        if (rc == PEFT_OK) {
+            fprintf(log, "{\"step\":0,\"val_loss\":%.6f}\n", res->first_val_loss);
+            curve_add(&val_curve, 0, res->first_val_loss);
+        }
+    }
+    double t_start = now_s(), tokens_seen = 0;
+    long step_start = step;
+    while (rc == PEFT_OK && step < o->steps) {
+        double t0 = now_s(), loss_sum = 0;
+        long tokens = 0;
+        peft_adapter_set_zero_grad(set);
+        for (int micro = 0; micro < o->grad_accum && rc == PEFT_OK; micro++) {
+            long k0 = (step * o->grad_accum + micro) * (long)B;
+            for (int b = 0; b < B; b++) bb.rows[b] = row_at(&order, k0 + b);
+            rc = fill_rows(ds, 0, bb.rows, B, T, bb.in, bb.tgt, bb.pos, err);
+            peft_adapter_set_mode(set, 1, peft_mix64(o->seed ^ ((uint64_t)step << 20) ^ (uint64_t)micro));
+            double loss;
+            int counted;
+            if (rc == PEFT_OK) rc = llama_forward(m, &acts, bb.in, bb.pos, bb.tgt, &loss, &counted, err);
+            if (rc == PEFT_OK) llama_backward(m, &acts, bb.in, bb.tgt, counted);
+            loss_sum += loss;
+            tokens += (long)B * T;
+        }
+        if (rc) break;
+        /* Each micro-batch contributed the gradient of its mean loss: average them. */
+        if (o->grad_accum > 1) peft_grad_scale(params, n_params, 1.0f / (float)o->grad_accum);
+        double loss = loss_sum / o->grad_accum, gnorm = peft_grad_norm(params, n_params);
+        if (!isfinite(loss) || !isfinite(gnorm)) {
+            if (!o->skip_nonfinite) {
+                rc = peft_fail(err, PEFT_ENUMERIC,
+                               "step %ld: %s is not finite (loss %g, gradient norm %g); stopping before the adapter is "
+                               "poisoned (--skip-nonfinite skips such steps instead)",
+                               step + 1, isfinite(loss) ? "the gradient" : "the loss", loss, gnorm);
+                break;
+            }
+            res->skipped_steps++;
+        } else {
+            if (o->max_grad_norm > 0 && gnorm > o->max_grad_norm)
+                peft_grad_scale(params, n_params, (float)(o->max_grad_norm / (gnorm + 1e-6)));
+            peft_adamw_step(&opt, peft_lr_at(o->schedule, o->lr, step, o->steps, o->warmup));
+        }
+        step++;
+        double dt = now_s() - t0;
+        tokens_seen += (double)tokens;
+        double tps = tokens_seen / (now_s() - t_start), eta = (now_s() - t_start) / (step - step_start) * (o->steps - step);
+        fprintf(log, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,\"step_s\":%.4f}\n", step,
+                loss, peft_lr_at(o->schedule, o->lr, step - 1, o->steps, o->warmup), gnorm, tps, dt);
+        curve_add(&train_curve, (double)step, loss);
+        res->final_train_loss = loss;
+        if (o->progress) progress_bar(step, o->steps, loss, tps, eta);
+        if (n_val > 0 && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)) {
+            double vl;
+            rc = eval_split(m, set, ds, &acts, &bb, 1, o->eval_batches, &vl, err);
+            if (rc) break;
+            res->final_val_loss = vl;
+            fprintf(log, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, vl);
+            curve_add(&val_curve, (double)step, vl);
+            if (o->progress) fprintf(stderr, "\n  step %ld: validation loss %.4f\n", step, vl);
+        }
+        fflush(log);
+        if (o->save_every > 0 && step % o->save_every == 0 && step < o->steps) {
+            rc = checkpoint_save(ckpt, set, &opt, step, signature, err);
+            write_svg(svg_path, &train_curve, &val_curve);
+        }
+    }
+    if (o->progress) fputc('\n', stderr);
+    res->steps_done = step;
+    res->tokens_per_s = tokens_seen / fmax(now_s() - t_start, 1e-9);
+    if (rc == PEFT_OK) rc = peft_adapter_set_save(set, o->out_dir, err);
+    if (rc == PEFT_OK) rc = checkpoint_save(ckpt, set, &opt, step, signature, err);
+    write_svg(svg_path, &train_curve, &val_curve);
+    if (log) fclose(log);
+    curve_free(&train_curve);
+    curve_free(&val_curve);
+    free(order.perm);
+    bufs_free(&bb);
+    peft_adamw_free(&opt);
+    llama_acts_free(&acts);
+    return rc;
+}

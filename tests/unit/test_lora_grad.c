@@ -1,0 +1,234 @@
+/* test_lora_grad.c: finite-difference checks of LoRA (method level and through the whole
+ * model's backward), and merge/unmerge exactness. The model is a random Llama written to a
+ * temporary directory as config.json + model.safetensors. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "fileio.h"
+#include "io/safetensors.h"
+#include "kernels/kernels.h"
+#include "methods/adapter_set.h"
+#include "methods/lora.h"
+#include "models/llama.h"
+#include "rng.h"
+
+static void fill(float *x, size_t n, float scale, peft_rng *r) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * peft_rng_uniform(r) - 1.0f);
+}
+
+/* sum(y * R) for the site output at x. */
+static double site_loss(const peft_site *s, const float *x, const float *R, int N, float *y) {
+    site_forward(s, y, x, N, 0);
+    double L = 0;
+    for (size_t i = 0; i < (size_t)N * s->out_features; i++) L += (double)y[i] * R[i];
+    return L;
+}
+
+/* Relative error of analytic vs numeric gradient over a few coordinates of x. */
+static double fd_check(const peft_site *s, float *param, const float *grad, size_t n, const float *x, const float *R, int N,
+                       float *y) {
+    double worst = 0;
+    for (size_t k = 0; k < 12; k++) {
+        size_t i = (k * 7919) % n;
+        float old = param[i], eps = 1e-2f;
+        param[i] = old + eps;
+        double lp = site_loss(s, x, R, N, y);
+        param[i] = old - eps;
+        double lm = site_loss(s, x, R, N, y);
+        param[i] = old;
+        double num = (lp - lm) / (2 * eps), err = fabs(num - grad[i]) / fmax(1e-2, fabs(num));
+        if (err > worst) worst = err;
+    }
+    return worst;
+}
+
+static void method_level(double dropout) {
+    int N = 5, in = 12, out = 10;
+    peft_rng r;
+    peft_rng_seed(&r, 7, 1);
+    peft_site s = {.name = "model.layers.0.self_attn.q_proj", .kind = "q_proj", .in_features = in, .out_features = out};
+    float *W = malloc(sizeof(float) * in * out), *bias = malloc(sizeof(float) * out), *x = malloc(sizeof(float) * N * in),
+          *R = malloc(sizeof(float) * N * out), *y = malloc(sizeof(float) * N * out), *dx = calloc((size_t)N * in, sizeof(float));
+    fill(W, (size_t)in * out, 0.5f, &r);
+    fill(bias, out, 0.5f, &r);
+    fill(x, (size_t)N * in, 1.0f, &r);
+    fill(R, (size_t)N * out, 1.0f, &r);
+    s.weight = W;
+    s.bias = bias;
+    peft_method_opts o = {.rank = 3, .alpha = 6, .dropout = dropout, .seed = 3};
+    peft_err err;
+    CHECK(peft_method_lora.create(&o, &s, 1, N, &s.adapter, &err) == 0);
+    float *work = malloc(peft_method_lora.work_floats(s.adapter, &s, N) * sizeof(float));
+    s.adapter->work = work;
+    s.adapter->training = 1;
+    s.adapter->step_seed = 99;
+    peft_param p[2];
+    peft_method_lora.params(s.adapter, p, 2);
+    fill(p[1].data, p[1].numel, 0.5f, &r); /* B != 0 so dA and dx through the adapter are non-trivial */
+    site_loss(&s, x, R, N, y);
+    site_backward(&s, dx, R, x, N, 0);
+    double eA = fd_check(&s, p[0].data, p[0].grad, p[0].numel, x, R, N, y);
+    double eB = fd_check(&s, p[1].data, p[1].grad, p[1].numel, x, R, N, y);
+    double ex = fd_check(&s, x, dx, (size_t)N * in, x, R, N, y);
+    CHECK_MSG(eA < 2e-3 && eB < 2e-3 && ex < 2e-3, "dropout %g: rel err dA %.2e dB %.2e dx %.2e", dropout, eA, eB, ex);
+    printf("lora dropout=%.1f: max rel err dA %.1e dB %.1e dx %.1e\n", dropout, eA, eB, ex);
+
+    /* merge: the merged base alone reproduces base + adapter (no dropout at inference) */
+    s.adapter->training = 0;
+    float *y1 = malloc(sizeof(float) * N * out), *W0 = malloc(sizeof(float) * in * out);
+    memcpy(W0, W, sizeof(float) * in * out);
+    site_forward(&s, y1, x, N, -1);
+    CHECK(peft_method_lora.merge(s.adapter, &s, +1, &err) == 0);
+    peft_adapter *keep = s.adapter;
+    s.adapter = NULL;
+    site_forward(&s, y, x, N, -1);
+    double md = 0, ud = 0;
+    for (int i = 0; i < N * out; i++) md = fmax(md, fabs(y[i] - y1[i]));
+    s.adapter = keep;
+    CHECK(peft_method_lora.merge(s.adapter, &s, -1, &err) == 0);
+    for (int i = 0; i < in * out; i++) ud = fmax(ud, fabs(W[i] - W0[i]));
+    CHECK_MSG(md < 1e-5, "merged vs unmerged output differ by %g", md);
+    CHECK_MSG(ud < 1e-6, "unmerge leaves W off by %g", ud);
+    peft_method_lora.destroy(s.adapter);
+    free(W), free(bias), free(x), free(R), free(y), free(dx), free(work), free(y1), free(W0);
+}
+
+/* ---- whole model ------------------------------------------------------------------- */
+
+static const char *tiny_config =
+    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":16,\"intermediate_size\":24,\"num_hidden_layers\":2,"
+    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"vocab_size\":37,\"rms_norm_eps\":1e-5,\"rope_theta\":10000,"
+    "\"max_position_embeddings\":64,\"tie_word_embeddings\":false}";
+
+static int write_tiny_model(const char *dir, peft_rng *r) {
+    peft_err err;
+    if (peft_mkdir(dir, &err)) return -1;
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (peft_write_file_atomic(path, tiny_config, strlen(tiny_config), &err)) return -1;
+    peft_llama *shape;
+    if (llama_load_shapes(path, &shape, &err)) return -1;
+    peft_st_entry e[64];
+    float *bufs[64];
+    char names[64][160];
+    int n = 0;
+    const int C = 16, V = 37;
+    struct { const char *name; int d0, d1; } extra[] = {{"model.embed_tokens.weight", V, C}, {"lm_head.weight", V, C}, {"model.norm.weight", C, 0}};
+    for (int i = 0; i < 3; i++) {
+        snprintf(names[n], sizeof names[n], "%s", extra[i].name);
+        e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = extra[i].d1 ? 2 : 1, .shape = {extra[i].d0, extra[i].d1}};
+        n++;
+    }
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < 2; k++) {
+            snprintf(names[n], sizeof names[n], "model.layers.%d.%s.weight", l, k ? "post_attention_layernorm" : "input_layernorm");
+            e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = 1, .shape = {C}};
+            n++;
+        }
+    for (int i = 0; i < llama_n_sites(shape); i++) {
+        peft_site *s = llama_site(shape, i);
+        snprintf(names[n], sizeof names[n], "%s.weight", s->name);
+        e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = 2, .shape = {s->out_features, s->in_features}};
+        n++;
+    }
+    for (int i = 0; i < n; i++) {
+        size_t numel = (size_t)e[i].shape[0] * (e[i].ndim == 2 ? (size_t)e[i].shape[1] : 1);
+        bufs[i] = malloc(numel * sizeof(float));
+        if (e[i].ndim == 1) for (size_t j = 0; j < numel; j++) bufs[i][j] = 1.0f + 0.2f * (peft_rng_uniform(r) - 0.5f);
+        else fill(bufs[i], numel, 0.4f, r);
+        e[i].data = bufs[i];
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int rc = peft_st_write(path, e, n, NULL, 0, &err);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    llama_free(shape);
+    return rc;
+}
+
+static double model_loss(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *pos, const int32_t *tgt) {
+    double loss;
+    int counted;
+    peft_err err;
+    llama_forward(m, a, ids, pos, tgt, &loss, &counted, &err);
+    return loss;
+}
+
+static void model_level(int recompute) {
+    char dir[] = "/tmp/peft_lora_grad_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    peft_rng r;
+    peft_rng_seed(&r, 11, 2);
+    CHECK(write_tiny_model(dir, &r) == 0);
+    peft_err err = {0};
+    peft_llama *m;
+    CHECK_MSG(llama_load(dir, &m, &err) == 0, "%s", err.msg);
+    peft_adapter_config cfg;
+    peft_adapter_config_default(&cfg);
+    strcpy(cfg.target_modules, "all-linear");
+    cfg.opts.rank = 2;
+    cfg.opts.alpha = 4;
+    int B = 2, T = 6;
+    peft_adapter_set *set;
+    CHECK_MSG(peft_adapter_set_create(m, &cfg, B * T, &set, &err) == 0, "%s", err.msg);
+    peft_named_param *p = peft_adapter_set_params(set);
+    int np = peft_adapter_set_n_params(set);
+    for (int i = 0; i < np; i++) fill(p[i].p.data, p[i].p.numel, 0.3f, &r);
+    llama_acts a;
+    CHECK(llama_acts_alloc(m, B, T, !recompute, 1, &a, &err) == 0);
+    /* row 0: one sequence; row 1: two packed examples (positions restart) */
+    int32_t ids[12], tgt[12], pos[12] = {0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1, 2};
+    for (int i = 0; i < 12; i++) ids[i] = (int32_t)peft_rng_below(&r, 37), tgt[i] = (int32_t)peft_rng_below(&r, 37);
+    tgt[8] = -1; /* an example boundary carries no loss */
+    peft_adapter_set_zero_grad(set);
+    peft_adapter_set_mode(set, 0, 0);
+    double loss;
+    int counted;
+    CHECK(llama_forward(m, &a, ids, pos, tgt, &loss, &counted, &err) == 0);
+    llama_backward(m, &a, ids, tgt, counted);
+    double worst = 0;
+    for (int i = 0; i < np; i++) {
+        for (int k = 0; k < 3; k++) {
+            size_t j = (k * 104729u + i) % p[i].p.numel;
+            float old = p[i].p.data[j], eps = 5e-3f;
+            p[i].p.data[j] = old + eps;
+            double lp = model_loss(m, &a, ids, pos, tgt);
+            p[i].p.data[j] = old - eps;
+            double lm = model_loss(m, &a, ids, pos, tgt);
+            p[i].p.data[j] = old;
+            double num = (lp - lm) / (2 * eps), e = fabs(num - p[i].p.grad[j]) / fmax(2e-3, fabs(num));
+            if (e > worst) worst = e;
+        }
+    }
+    CHECK_MSG(worst < 2e-2, "model-level LoRA gradient rel err %.3e (recompute=%d)", worst, recompute);
+    printf("model-level LoRA grads (recompute=%d): max rel err %.2e over %d params\n", recompute, worst, np * 3);
+
+    /* merge equivalence over the whole model */
+    CHECK(llama_forward(m, &a, ids, pos, tgt, &loss, &counted, &err) == 0);
+    size_t NV = (size_t)B * T * 37;
+    float *ref = malloc(NV * sizeof(float));
+    memcpy(ref, a.logits, NV * sizeof(float));
+    CHECK(peft_adapter_set_merge(set, +1, &err) == 0);
+    peft_adapter_set_free(set); /* detaches: the merged weights alone must reproduce the logits */
+    CHECK(llama_forward(m, &a, ids, pos, tgt, &loss, &counted, &err) == 0);
+    double md = 0;
+    for (size_t i = 0; i < NV; i++) md = fmax(md, fabs(a.logits[i] - ref[i]) / fmax(1.0, fabs(ref[i])));
+    CHECK_MSG(md < 1e-5, "merged logits differ by %g", md);
+    free(ref);
+    llama_acts_free(&a);
+    llama_free(m);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
+int main(void) {
+    method_level(0.0);
+    method_level(0.3);
+    model_level(0);
+    model_level(1);
+    return check_report("test_lora_grad");
+}
