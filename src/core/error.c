@@ -24,7 +24,7 @@ int peft_err_prefix(peft_err *err, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %.*s", prefix, (int)(sizeof old - sizeof prefix), old);
+    snprintf(err->msg, sizeof err->msg, "%s: %.*s", prefix, (int)(sizeof old - sizeof prefix - 2), old);
     return err->code;
 }
 

@@ -1,0 +1,103 @@
+/* test_driver_train.c: driver for tests/parity/test_lora_parity.py. As a plain CTest it
+ * only checks that a missing work directory is reported. With PEFT_DRIVER_TRAIN=DIR it reads
+ *   DIR/model/ (HF checkpoint), DIR/adapter/ (PEFT LoRA adapter: the initial weights),
+ *   DIR/batch.safetensors ("ids", "targets", optional "pos": I32 [B, T])
+ * and writes DIR/out.safetensors with
+ *   "loss" [1]           mean loss of the first forward,
+ *   "grad.<PEFT key>"     every LoRA gradient of that loss,
+ *   "final.<PEFT key>"    the parameters after PEFT_DRIVER_STEPS AdamW updates on the batch
+ *   "losses" [steps]      the loss before each update.
+ * Options: PEFT_DRIVER_LR, PEFT_DRIVER_WD, PEFT_DRIVER_STEPS, PEFT_DRIVER_RECOMPUTE. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "io/safetensors.h"
+#include "methods/adapter_set.h"
+#include "train/optim.h"
+
+static double env_num(const char *name, double dflt) {
+    const char *v = getenv(name);
+    return v ? atof(v) : dflt;
+}
+
+static int run(const char *dir, peft_err *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model", dir);
+    peft_llama *m;
+    int rc = llama_load(path, &m, err);
+    if (rc) return rc;
+    peft_st_file *batch;
+    snprintf(path, sizeof path, "%s/batch.safetensors", dir);
+    if ((rc = peft_st_open(path, &batch, err))) return rc;
+    const peft_st_tensor *ids = peft_st_find(batch, "ids"), *tgt = peft_st_find(batch, "targets"), *pos = peft_st_find(batch, "pos");
+    if (!ids || !tgt || ids->dtype != PEFT_I32 || ids->ndim != 2)
+        return peft_fail(err, PEFT_EFORMAT, "%s: needs I32 ids and targets [B, T]", path);
+    int B = (int)ids->shape[0], T = (int)ids->shape[1], steps = (int)env_num("PEFT_DRIVER_STEPS", 3);
+    peft_adapter_set *set;
+    snprintf(path, sizeof path, "%s/adapter", dir);
+    if ((rc = peft_adapter_set_load(path, m, B * T, &set, err))) return rc;
+    llama_acts a;
+    if ((rc = llama_acts_alloc(m, B, T, env_num("PEFT_DRIVER_RECOMPUTE", 0) == 0, 1, &a, err))) return rc;
+    int np = peft_adapter_set_n_params(set);
+    peft_named_param *p = peft_adapter_set_params(set);
+    peft_adamw opt;
+    if ((rc = peft_adamw_init(&opt, p, np, 0.9, 0.999, 1e-8, env_num("PEFT_DRIVER_WD", 0.0), err))) return rc;
+    float *grads = malloc(peft_adapter_set_numel(set) * sizeof(float)), *losses = malloc((size_t)steps * sizeof(float)), loss0 = 0;
+    peft_adapter_set_mode(set, 0, 0);
+    for (int s = 0; s < steps && rc == PEFT_OK; s++) {
+        peft_adapter_set_zero_grad(set);
+        double loss;
+        int counted;
+        rc = llama_forward(m, &a, ids->data, pos ? pos->data : NULL, tgt->data, &loss, &counted, err);
+        if (rc) break;
+        llama_backward(m, &a, ids->data, tgt->data, counted);
+        losses[s] = (float)loss;
+        if (s == 0) {
+            loss0 = (float)loss;
+            size_t off = 0;
+            for (int i = 0; i < np; i++, off += p[i - 1].p.numel) memcpy(grads + off, p[i].p.grad, p[i].p.numel * sizeof(float));
+        }
+        peft_adamw_step(&opt, env_num("PEFT_DRIVER_LR", 1e-2));
+    }
+    peft_st_entry *e = calloc((size_t)2 * np + 2, sizeof *e);
+    char(*names)[300] = calloc((size_t)2 * np, sizeof *names);
+    size_t off = 0;
+    for (int i = 0; i < np; i++) {
+        snprintf(names[2 * i], sizeof names[0], "grad.%s", p[i].key);
+        snprintf(names[2 * i + 1], sizeof names[0], "final.%s", p[i].key);
+        for (int k = 0; k < 2; k++) {
+            e[2 * i + k] = (peft_st_entry){.name = names[2 * i + k], .dtype = PEFT_F32, .ndim = p[i].p.ndim,
+                                           .data = k ? (const void *)p[i].p.data : (const void *)(grads + off)};
+            memcpy(e[2 * i + k].shape, p[i].p.shape, sizeof p[i].p.shape);
+        }
+        off += p[i].p.numel;
+    }
+    e[2 * np] = (peft_st_entry){.name = "loss", .dtype = PEFT_F32, .ndim = 1, .shape = {1}, .data = &loss0};
+    e[2 * np + 1] = (peft_st_entry){.name = "losses", .dtype = PEFT_F32, .ndim = 1, .shape = {steps}, .data = losses};
+    snprintf(path, sizeof path, "%s/out.safetensors", dir);
+    if (rc == PEFT_OK) rc = peft_st_write(path, e, 2 * np + 2, NULL, 0, err);
+    free(e), free(names), free(grads), free(losses);
+    peft_adamw_free(&opt);
+    llama_acts_free(&a);
+    peft_adapter_set_free(set);
+    peft_st_close(batch);
+    llama_free(m);
+    return rc;
+}
+
+int main(void) {
+    const char *dir = getenv("PEFT_DRIVER_TRAIN");
+    peft_err err = {0};
+    if (!dir) {
+        CHECK(run("/nonexistent-peft-dir", &err) == PEFT_EIO);
+        CHECK(strstr(err.msg, "/nonexistent-peft-dir/model/config.json") != NULL);
+        return check_report("test_driver_train");
+    }
+    if (run(dir, &err)) {
+        fprintf(stderr, "driver: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
