@@ -8,12 +8,20 @@
  * and saved activations.
  *
  * Forward/backward contract (llm.c style):
- *   forward(a, s, y, x, N, slot): y[N,out] already holds x W^T + b; the method ADDS its
- *     term (or, when forward_replaces_base, computes y itself). When slot >= 0 (training)
- *     it saves what backward needs under that slot (one slot per layer-recomputation unit).
- *   backward(a, s, dx, dy, x, N, slot): ACCUMULATES (+=) parameter gradients and, when dx
- *     is non-NULL, its part of the input gradient. The base term's dx is done by the site.
- *   merge(a, s, +1) folds the adapter into s->weight; merge(a, s, -1) takes it out again. */
+ *   forward(a, s, y, x, N, save): y[N,out] already holds x W^T + b; the method ADDS its
+ *     term (or, when forward_replaces_base, computes y itself). When save is set (a
+ *     training forward) it keeps what backward needs; each adapter sits at one site, so
+ *     one saved set of max_rows rows suffices.
+ *   backward(a, s, dx, dy, x, N): ACCUMULATES (+=) parameter gradients and, when dx is
+ *     non-NULL, its part of the input gradient. The base term's dx is done by the site,
+ *     unless forward_replaces_base, when the method does all of it.
+ *   merge(a, s, +1) folds the adapter into s->weight; merge(a, s, -1) takes it out again
+ *     (NULL when the method's function cannot be folded into W).
+ *
+ * Adapter files: params() names each tensor with the key suffix PEFT uses after the site
+ * name; tensors shared by all sites of a set (VeRA's random bases, MoS's shard pools) come
+ * from peft_shared_tensor() under a full key of their own. config_write/config_read carry
+ * the method's own adapter_config.json fields; the set writes the common ones. */
 #ifndef PEFT_METHODS_ADAPTER_H
 #define PEFT_METHODS_ADAPTER_H
 
@@ -39,8 +47,10 @@ typedef struct peft_param {
 } peft_param;
 
 typedef struct peft_adapter peft_adapter;
+typedef struct peft_shared peft_shared;
+struct cJSON;
 
-/* Options shared by the low-rank family; each method reads what it uses. */
+/* Options of a set of adapters; each method reads the fields it uses. */
 typedef struct peft_method_opts {
     int rank;
     double alpha;
@@ -48,24 +58,38 @@ typedef struct peft_method_opts {
     double dropout;      /* on the adapter's input, training only */
     int init_gaussian;   /* 0: PEFT default (A Kaiming-uniform, B zero); 1: A ~ N(0, 1/r), B zero */
     uint64_t seed;       /* the adapter's own RNG stream (init, dropout) */
+    double init_scale;   /* method-specific initial value (VeRA's d_initial, ...) */
+    char feedforward_modules[256]; /* IA3: comma list of sites whose input (not output) is scaled */
+    peft_shared *shared; /* the set's shared tensors (filled in by the set) */
 } peft_method_opts;
+
+/* The shared tensor `key` of the set ([ndim] shape), zero-filled and *created = 1 on first
+ * request, the same memory afterwards. trainable: gets a gradient and an optimizer entry;
+ * saved: written to / read from the adapter file under `key`. NULL when out of memory. */
+float *peft_shared_tensor(peft_shared *sh, const char *key, int ndim, const int64_t *shape, int trainable, int saved,
+                          float **grad, int *created);
 
 typedef struct peft_method {
     int abi_version;     /* PEFT_METHOD_ABI when the table was written */
     const char *name;    /* "lora" */
     int forward_replaces_base;
-    /* Creates an adapter for site s. n_slots saved-activation slots of max_rows rows each. */
-    int (*create)(const peft_method_opts *opts, const peft_site *s, int n_slots, int max_rows, peft_adapter **out,
-                  peft_err *err);
+    /* Creates an adapter for site s, able to save activations for up to max_rows rows. */
+    int (*create)(const peft_method_opts *opts, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err);
     void (*destroy)(peft_adapter *a);
-    void (*forward)(peft_adapter *a, const peft_site *s, float *y, const float *x, int N, int slot);
-    void (*backward)(peft_adapter *a, const peft_site *s, float *dx, const float *dy, const float *x, int N, int slot);
-    /* sign = +1 merges into s->weight, -1 unmerges. */
+    void (*forward)(peft_adapter *a, const peft_site *s, float *y, const float *x, int N, int save);
+    void (*backward)(peft_adapter *a, const peft_site *s, float *dx, const float *dy, const float *x, int N);
+    /* sign = +1 merges into s->weight, -1 unmerges. NULL: not mergeable. */
     int (*merge)(peft_adapter *a, peft_site *s, int sign, peft_err *err);
     /* Fills up to max params; returns how many the adapter has. */
     int (*params)(peft_adapter *a, peft_param *out, int max);
     /* Floats of shared scratch (peft_adapter.work) forward/backward need for N rows. */
     size_t (*work_floats)(const peft_adapter *a, const peft_site *s, int N);
+    /* PEFT's peft_type for adapter_config.json ("LORA", "IA3", ...). */
+    const char *peft_type;
+    /* The method's own adapter_config.json fields. config_read returns 1 for a config of
+     * its peft_type that another method handles (LoRA vs DoRA), 0 when it read it. */
+    void (*config_write)(const peft_method_opts *o, struct cJSON *obj);
+    int (*config_read)(const struct cJSON *obj, peft_method_opts *o, const char *what, peft_err *err);
 } peft_method;
 
 struct peft_adapter {

@@ -10,12 +10,57 @@
 
 #include "io/json.h"
 #include "io/safetensors.h"
-#include "methods/lora.h"
 
 #define MAX_PARAMS_PER_ADAPTER 8
 
+typedef struct shared_tensor {
+    char key[256];
+    float *data, *grad;
+    size_t numel;
+    int ndim;
+    int64_t shape[PEFT_PARAM_MAX_DIMS];
+    int trainable, saved;
+} shared_tensor;
+
+struct peft_shared {
+    int n;
+    shared_tensor t[16];
+};
+
+float *peft_shared_tensor(peft_shared *sh, const char *key, int ndim, const int64_t *shape, int trainable, int saved,
+                          float **grad, int *created) {
+    *created = 0;
+    for (int i = 0; i < sh->n; i++)
+        if (!strcmp(sh->t[i].key, key)) {
+            if (grad) *grad = sh->t[i].grad;
+            return sh->t[i].data;
+        }
+    if (sh->n == (int)(sizeof sh->t / sizeof sh->t[0]) || ndim > PEFT_PARAM_MAX_DIMS) return NULL;
+    shared_tensor *t = &sh->t[sh->n];
+    memset(t, 0, sizeof *t);
+    snprintf(t->key, sizeof t->key, "%s", key);
+    t->numel = 1;
+    for (int d = 0; d < ndim; d++) t->numel *= (size_t)(t->shape[d] = shape[d]);
+    t->ndim = ndim;
+    t->trainable = trainable;
+    t->saved = saved;
+    t->data = calloc(t->numel * (trainable ? 2 : 1), sizeof(float));
+    if (!t->data) return NULL;
+    if (trainable) t->grad = t->data + t->numel;
+    if (grad) *grad = t->grad;
+    sh->n++;
+    *created = 1;
+    return t->data;
+}
+
+static void shared_free(peft_shared *sh) {
+    for (int i = 0; i < sh->n; i++) free(sh->t[i].data);
+    sh->n = 0;
+}
+
 struct peft_adapter_set {
     peft_adapter_config cfg;
+    peft_shared shared;
     const peft_method *method;
     int n_sites;
     peft_site **sites;        /* the sites that carry this set's adapters */
@@ -25,19 +70,6 @@ struct peft_adapter_set {
     size_t work_floats;
     int work_rows;
 };
-
-static const struct {
-    const char *name;
-    const peft_method *method;
-} methods[] = {
-    {"lora", &peft_method_lora},
-};
-
-const peft_method *peft_method_find(const char *name) {
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
-        if (!strcmp(methods[i].name, name)) return methods[i].method;
-    return NULL;
-}
 
 void peft_adapter_config_default(peft_adapter_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -116,6 +148,7 @@ void peft_adapter_set_free(peft_adapter_set *set) {
     free(set->sites);
     free(set->params);
     free(set->work);
+    shared_free(&set->shared);
     free(set);
 }
 
@@ -139,11 +172,16 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
                             peft_err *err) {
     *out = NULL;
     const peft_method *method = peft_method_find(cfg->method);
-    if (!method) return peft_fail(err, PEFT_EUNSUPPORTED, "unknown PEFT method \"%s\" (available: lora)", cfg->method);
+    if (!method) {
+        char names[512] = "";
+        for (int i = 0; peft_methods[i]; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", peft_methods[i]->name);
+        return peft_fail(err, PEFT_EUNSUPPORTED, "unknown PEFT method \"%s\" (available: %s)", cfg->method, names);
+    }
     peft_adapter_set *set = calloc(1, sizeof *set);
     int n_all = llama_n_sites(m);
     if (!set || !(set->sites = calloc((size_t)n_all, sizeof *set->sites)) ||
-        !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER, sizeof *set->params))) {
+        !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER + 16, sizeof *set->params))) {
         peft_adapter_set_free(set);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
@@ -160,13 +198,14 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
             break;
         }
         peft_method_opts o = cfg->opts;
+        o.shared = &set->shared;
         double rank = o.rank, alpha = o.alpha;
         if ((rc = pattern_value(cfg->rank_pattern, cfg->n_rank_pattern, s->name, &rank, err)) ||
             (rc = pattern_value(cfg->alpha_pattern, cfg->n_alpha_pattern, s->name, &alpha, err)))
             break;
         o.rank = (int)rank;
         o.alpha = alpha;
-        if ((rc = method->create(&o, s, 1, max_rows, &s->adapter, err))) break;
+        if ((rc = method->create(&o, s, max_rows, &s->adapter, err))) break;
         set->sites[set->n_sites++] = s;
         peft_param p[MAX_PARAMS_PER_ADAPTER];
         int np = method->params(s->adapter, p, MAX_PARAMS_PER_ADAPTER);
@@ -175,6 +214,15 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
             snprintf(np_->key, sizeof np_->key, "base_model.model.%.127s.%.63s", s->name, p[k].name);
             np_->p = p[k];
         }
+    }
+    for (int i = 0; rc == PEFT_OK && i < set->shared.n; i++) {
+        shared_tensor *t = &set->shared.t[i];
+        if (!t->trainable) continue;
+        peft_named_param *np_ = &set->params[set->n_params++];
+        snprintf(np_->key, sizeof np_->key, "%s", t->key);
+        np_->p = (peft_param){.data = t->data, .grad = t->grad, .numel = t->numel, .ndim = t->ndim, .lr_scale = 1.0f};
+        memcpy(np_->p.shape, t->shape, sizeof t->shape);
+        snprintf(np_->p.name, sizeof np_->p.name, "%s", strrchr(t->key, '.') ? strrchr(t->key, '.') + 1 : t->key);
     }
     if (rc == PEFT_OK && set->n_sites == 0)
         rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have q_proj, k_proj, "
@@ -197,6 +245,8 @@ void peft_adapter_set_mode(peft_adapter_set *set, int training, uint64_t step_se
 }
 
 int peft_adapter_set_merge(peft_adapter_set *set, int sign, peft_err *err) {
+    if (!set->method->merge)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s adapters cannot be merged into the base weights", set->method->name);
     for (int i = 0; i < set->n_sites; i++) {
         peft_site *s = set->sites[i];
         if (!s->weight) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", s->name);
@@ -244,6 +294,7 @@ static cJSON *targets_json(const peft_adapter_set *set) {
     return arr;
 }
 
+/* adapter_config.json: the fields every PEFT config has, then the method's own. */
 static char *config_json(const peft_adapter_set *set) {
     const peft_adapter_config *c = &set->cfg;
     cJSON *o = cJSON_CreateObject();
@@ -253,23 +304,16 @@ static char *config_json(const peft_adapter_set *set) {
     cJSON_AddStringToObject(o, "bias", "none");
     cJSON_AddBoolToObject(o, "fan_in_fan_out", 0);
     cJSON_AddBoolToObject(o, "inference_mode", 1);
-    if (c->opts.init_gaussian) cJSON_AddStringToObject(o, "init_lora_weights", "gaussian");
-    else cJSON_AddBoolToObject(o, "init_lora_weights", 1);
-    cJSON_AddNullToObject(o, "layer_replication");
     cJSON_AddNullToObject(o, "layers_pattern");
     if (c->n_layers_to_transform > 0) cJSON_AddItemToObject(o, "layers_to_transform", cJSON_CreateIntArray(c->layers_to_transform, c->n_layers_to_transform));
     else cJSON_AddNullToObject(o, "layers_to_transform");
-    cJSON_AddNumberToObject(o, "lora_alpha", c->opts.alpha);
-    cJSON_AddNumberToObject(o, "lora_dropout", c->opts.dropout);
     cJSON_AddNullToObject(o, "modules_to_save");
-    cJSON_AddStringToObject(o, "peft_type", "LORA");
-    cJSON_AddNumberToObject(o, "r", c->opts.rank);
+    cJSON_AddStringToObject(o, "peft_type", set->method->peft_type);
     cJSON_AddItemToObject(o, "rank_pattern", patterns_json(c->rank_pattern, c->n_rank_pattern));
     cJSON_AddNullToObject(o, "revision");
     cJSON_AddItemToObject(o, "target_modules", targets_json(set));
     cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
-    cJSON_AddBoolToObject(o, "use_dora", 0);
-    cJSON_AddBoolToObject(o, "use_rslora", c->opts.use_rslora);
+    set->method->config_write(&c->opts, o);
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
     return text;
@@ -278,20 +322,25 @@ static char *config_json(const peft_adapter_set *set) {
 int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err *err) {
     int rc = peft_mkdir(dir, err);
     if (rc) return rc;
-    peft_st_entry *e = calloc((size_t)set->n_params + 1, sizeof *e);
+    peft_st_entry *e = calloc((size_t)set->n_params + (size_t)set->shared.n + 1, sizeof *e);
     if (!e) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    for (int i = 0; i < set->n_params; i++) {
+    int n = 0;
+    for (int i = 0; i < set->n_params; i++, n++) {
         const peft_param *p = &set->params[i].p;
-        e[i].name = set->params[i].key;
-        e[i].dtype = PEFT_F32;
-        e[i].ndim = p->ndim;
-        for (int d = 0; d < p->ndim; d++) e[i].shape[d] = p->shape[d];
-        e[i].data = p->data;
+        e[n] = (peft_st_entry){.name = set->params[i].key, .dtype = PEFT_F32, .ndim = p->ndim, .data = p->data};
+        for (int d = 0; d < p->ndim; d++) e[n].shape[d] = p->shape[d];
+    }
+    for (int i = 0; i < set->shared.n; i++) {
+        const shared_tensor *t = &set->shared.t[i];
+        if (t->trainable || !t->saved) continue; /* trainable ones are among the params */
+        e[n] = (peft_st_entry){.name = t->key, .dtype = PEFT_F32, .ndim = t->ndim, .data = t->data};
+        for (int d = 0; d < t->ndim; d++) e[n].shape[d] = t->shape[d];
+        n++;
     }
     char path[4200];
     static const char *const meta[] = {"format", "pt"};
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    rc = peft_st_write(path, e, set->n_params, meta, 1, err);
+    rc = peft_st_write(path, e, n, meta, 1, err);
     free(e);
     char *json = rc ? NULL : config_json(set);
     if (rc == PEFT_OK) {
@@ -317,29 +366,18 @@ static int parse_patterns(const cJSON *root, const char *key, peft_pattern *out,
     return PEFT_OK;
 }
 
-/* Fills cfg from a PEFT adapter_config.json, refusing what peft.c would get wrong. */
+/* Fills cfg from a PEFT adapter_config.json: the common fields here, the method's own by the
+ * first method of that peft_type that claims the config. */
 static int parse_adapter_config(const cJSON *root, const char *what, peft_adapter_config *cfg, peft_err *err) {
     peft_adapter_config_default(cfg);
     const char *type = NULL, *bias = "none", *base = "";
-    int rc = peft_json_string(root, "peft_type", 1, &type, what, err);
-    if (rc) return rc;
-    if (strcmp(type, "LORA")) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported here (LORA)", what, type);
-    long long r = 8;
-    int flag = 0;
-    if ((rc = peft_json_int(root, "r", 1, &r, what, err)) || (rc = peft_json_double(root, "lora_alpha", 0, &cfg->opts.alpha, what, err)) ||
-        (rc = peft_json_double(root, "lora_dropout", 0, &cfg->opts.dropout, what, err)) ||
-        (rc = peft_json_bool(root, "use_rslora", 0, &cfg->opts.use_rslora, what, err)) ||
+    int rc;
+    if ((rc = peft_json_string(root, "peft_type", 1, &type, what, err)) ||
         (rc = peft_json_string(root, "bias", 0, &bias, what, err)) ||
         (rc = peft_json_string(root, "base_model_name_or_path", 0, &base, what, err)))
         return rc;
-    if (r < 1 || r > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: r = %lld is out of range", what, r);
-    cfg->opts.rank = (int)r;
     snprintf(cfg->base_model, sizeof cfg->base_model, "%s", base);
     if (strcmp(bias, "none")) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", what, bias);
-    if ((rc = peft_json_bool(root, "use_dora", 0, &flag, what, err))) return rc;
-    if (flag) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: use_dora adapters are not supported yet", what);
-    if ((rc = peft_json_bool(root, "fan_in_fan_out", 0, &flag, what, err))) return rc;
-    if (flag) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
     if (mts && !cJSON_IsNull(mts) && !(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 0))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: modules_to_save is not supported", what);
@@ -373,35 +411,52 @@ static int parse_adapter_config(const cJSON *root, const char *what, peft_adapte
     if ((rc = parse_patterns(root, "rank_pattern", cfg->rank_pattern, &cfg->n_rank_pattern, what, err)) ||
         (rc = parse_patterns(root, "alpha_pattern", cfg->alpha_pattern, &cfg->n_alpha_pattern, what, err)))
         return rc;
-    const cJSON *init = cJSON_GetObjectItemCaseSensitive(root, "init_lora_weights");
-    cfg->opts.init_gaussian = cJSON_IsString(init) && !strcmp(init->valuestring, "gaussian");
+    for (int i = 0; peft_methods[i]; i++) {
+        const peft_method *m = peft_methods[i];
+        if (strcmp(m->peft_type, type)) continue;
+        rc = m->config_read(root, &cfg->opts, what, err);
+        if (rc == 1) continue; /* another method of this peft_type */
+        if (rc == PEFT_OK) snprintf(cfg->method, sizeof cfg->method, "%s", m->name);
+        return rc;
+    }
+    return peft_fail(err, PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" (with these settings) is not supported", what, type);
+}
+
+/* Copies one tensor from the file into dst after checking its shape. */
+static int read_tensor(const peft_st_file *f, const char *key, int ndim, const int64_t *shape, float *dst, peft_err *err) {
+    const peft_st_tensor *t = peft_st_find(f, key);
+    if (!t) return peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\"", f->path, key);
+    int same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+    if (!same)
+        return peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], the model needs [%lld, %lld]", f->path, key,
+                         (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : 0LL, (long long)shape[0],
+                         ndim > 1 ? (long long)shape[1] : 0LL);
+    if (peft_convert_to_f32(dst, t->data, t->dtype, t->numel))
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" has non-float dtype %s", f->path, key, peft_dtype_name(t->dtype));
     return PEFT_OK;
 }
 
-/* Copies every parameter from the file; every tensor in the file must be used. */
+/* Copies every parameter and saved shared tensor from the file; every tensor in the file
+ * must be one of them. */
 static int read_params(peft_adapter_set *set, const peft_st_file *f, peft_err *err) {
-    for (int i = 0; i < set->n_params; i++) {
-        peft_named_param *np = &set->params[i];
-        const peft_st_tensor *t = peft_st_find(f, np->key);
-        if (!t) return peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\"", f->path, np->key);
-        int same = t->ndim == np->p.ndim;
-        for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == np->p.shape[d];
-        if (!same)
-            return peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], the model needs [%lld, %lld]", f->path,
-                             np->key, (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : 0LL,
-                             (long long)np->p.shape[0], (long long)np->p.shape[1]);
-        if (peft_convert_to_f32(np->p.data, t->data, t->dtype, t->numel))
-            return peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" has non-float dtype %s", f->path, np->key,
-                             peft_dtype_name(t->dtype));
+    int used = 0, rc;
+    for (int i = 0; i < set->n_params; i++, used++)
+        if ((rc = read_tensor(f, set->params[i].key, set->params[i].p.ndim, set->params[i].p.shape, set->params[i].p.data, err)))
+            return rc;
+    for (int i = 0; i < set->shared.n; i++) {
+        shared_tensor *t = &set->shared.t[i];
+        if (t->trainable || !t->saved) continue;
+        if ((rc = read_tensor(f, t->key, t->ndim, t->shape, t->data, err))) return rc;
+        used++;
     }
-    if (f->n_tensors != set->n_params) {
-        for (int i = 0; i < f->n_tensors; i++) {
-            int used = 0;
-            for (int k = 0; k < set->n_params && !used; k++) used = !strcmp(f->tensors[i].name, set->params[k].key);
-            if (!used)
-                return peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" matches no adapter site of this model", f->path,
-                                 f->tensors[i].name);
-        }
+    if (f->n_tensors == used) return PEFT_OK;
+    for (int i = 0; i < f->n_tensors; i++) {
+        int known = 0;
+        for (int k = 0; k < set->n_params && !known; k++) known = !strcmp(f->tensors[i].name, set->params[k].key);
+        for (int k = 0; k < set->shared.n && !known; k++) known = !strcmp(f->tensors[i].name, set->shared.t[k].key);
+        if (!known)
+            return peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" matches no adapter site of this model", f->path, f->tensors[i].name);
     }
     return PEFT_OK;
 }

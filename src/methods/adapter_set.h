@@ -71,6 +71,8 @@ int peft_adapter_set_n_sites(const peft_adapter_set *set);
 const peft_adapter_config *peft_adapter_set_config(const peft_adapter_set *set);
 void peft_adapter_set_zero_grad(peft_adapter_set *set);
 
+/* Every method peft.c has, NULL-terminated (methods/registry.c). */
+extern const peft_method *const peft_methods[];
 /* Resolves a method name ("lora") to its table; NULL if unknown. */
 const peft_method *peft_method_find(const char *name);
 

@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "io/json.h"
 #include "kernels/kernels.h"
 #include "rng.h"
 
@@ -61,9 +64,7 @@ static const float *apply_dropout(const lora_adapter *a, const float *x, float *
     return xd;
 }
 
-static int lora_create(const peft_method_opts *o, const peft_site *s, int n_slots, int max_rows, peft_adapter **out,
-                       peft_err *err) {
-    (void)n_slots;
+static int lora_create(const peft_method_opts *o, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err) {
     if (o->rank < 1 || o->rank > s->in_features || o->rank > s->out_features)
         return peft_fail(err, PEFT_EINVAL, "%s: LoRA rank %d must be in [1, min(in, out) = %d]", s->name, o->rank,
                          s->in_features < s->out_features ? s->in_features : s->out_features);
@@ -111,16 +112,15 @@ static size_t lora_work_floats(const peft_adapter *base, const peft_site *s, int
     return (size_t)N * (2 * (size_t)a->in + a->out + a->r);
 }
 
-static void lora_forward(peft_adapter *base, const peft_site *s, float *y, const float *x, int N, int slot) {
+static void lora_forward(peft_adapter *base, const peft_site *s, float *y, const float *x, int N, int save) {
     lora_adapter *a = (lora_adapter *)base;
-    float *xd_buf = a->base.work, *ax = slot >= 0 ? a->ax : a->base.work + (size_t)N * a->in;
+    float *xd_buf = a->base.work, *ax = save ? a->ax : a->base.work + (size_t)N * a->in;
     const float *xd = apply_dropout(a, x, xd_buf, N);
     matmul_forward(ax, xd, a->A, NULL, N, a->in, a->r);         /* ax[N,r] = xd A^T */
     gemm_acc(y, ax, a->B, N, a->out, a->r, 0, 1, a->scale);   /* y += s * ax B^T */
 }
 
-static void lora_backward(peft_adapter *base, const peft_site *s, float *dx, const float *dy, const float *x, int N,
-                          int slot) {
+static void lora_backward(peft_adapter *base, const peft_site *s, float *dx, const float *dy, const float *x, int N) {
     lora_adapter *a = (lora_adapter *)base;
     float *xd_buf = a->base.work, *dxd = xd_buf + (size_t)N * a->in, *g = dxd + (size_t)N * a->in;
     gemm_acc(a->dB, dy, a->ax, a->out, a->r, N, 1, 0, a->scale); /* dB += s * dy^T ax */
@@ -156,6 +156,40 @@ static int lora_params(peft_adapter *base, peft_param *out, int max) {
     return 2;
 }
 
+static void lora_config_write(const peft_method_opts *o, cJSON *obj) {
+    if (o->init_gaussian) cJSON_AddStringToObject(obj, "init_lora_weights", "gaussian");
+    else cJSON_AddBoolToObject(obj, "init_lora_weights", 1);
+    cJSON_AddNumberToObject(obj, "lora_alpha", o->alpha);
+    cJSON_AddNumberToObject(obj, "lora_dropout", o->dropout);
+    cJSON_AddNumberToObject(obj, "r", o->rank);
+    cJSON_AddBoolToObject(obj, "use_dora", 0);
+    cJSON_AddBoolToObject(obj, "use_rslora", o->use_rslora);
+}
+
+/* Reads PEFT's LoraConfig fields shared by LoRA and DoRA; use_dora picks between them. */
+int lora_config_read_common(const cJSON *obj, peft_method_opts *o, int want_dora, const char *what, peft_err *err) {
+    long long r = 8;
+    int dora = 0, fifo = 0;
+    int rc;
+    if ((rc = peft_json_int(obj, "r", 1, &r, what, err)) || (rc = peft_json_double(obj, "lora_alpha", 0, &o->alpha, what, err)) ||
+        (rc = peft_json_double(obj, "lora_dropout", 0, &o->dropout, what, err)) ||
+        (rc = peft_json_bool(obj, "use_rslora", 0, &o->use_rslora, what, err)) ||
+        (rc = peft_json_bool(obj, "use_dora", 0, &dora, what, err)) ||
+        (rc = peft_json_bool(obj, "fan_in_fan_out", 0, &fifo, what, err)))
+        return rc;
+    if (dora != want_dora) return 1; /* the other method of the pair reads it */
+    if (r < 1 || r > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: r = %lld is out of range", what, r);
+    if (fifo) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
+    o->rank = (int)r;
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(obj, "init_lora_weights");
+    o->init_gaussian = cJSON_IsString(init) && !strcmp(init->valuestring, "gaussian");
+    return PEFT_OK;
+}
+
+static int lora_config_read(const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
+    return lora_config_read_common(obj, o, 0, what, err);
+}
+
 const peft_method peft_method_lora = {
     .abi_version = PEFT_METHOD_ABI,
     .name = "lora",
@@ -167,4 +201,7 @@ const peft_method peft_method_lora = {
     .merge = lora_merge,
     .params = lora_params,
     .work_floats = lora_work_floats,
+    .peft_type = "LORA",
+    .config_write = lora_config_write,
+    .config_read = lora_config_read,
 };

@@ -8,4 +8,8 @@
 
 extern const peft_method peft_method_lora;
 
+/* PEFT LoraConfig fields (r, lora_alpha, lora_dropout, use_rslora, init_lora_weights) into o;
+ * returns 1 (not mine) when use_dora differs from want_dora (DoRA shares the config type). */
+int lora_config_read_common(const struct cJSON *obj, peft_method_opts *o, int want_dora, const char *what, peft_err *err);
+
 #endif

@@ -221,6 +221,7 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
     a->B = B;
     a->T = T;
     a->save_all = save_all;
+    a->training = training;
     a->slab = malloc(total * sizeof(float));
     a->pos = malloc(N * sizeof(int32_t));
     a->layer = calloc(L, sizeof *a->layer);
@@ -279,17 +280,17 @@ void llama_acts_free(llama_acts *a) {
 /* One decoder layer: x_out[N,C] from x_in[N,C]. rope_pos[N] are RoPE positions; attn_pos
  * the packed-example window (see attention_forward). With a KV cache (kc, vc: this layer's
  * [capacity, KD] rows, kv_len already stored), new k/v rows are appended and attention runs
- * over the cache. slot is the adapters' saved-activation slot (-1: save nothing). */
+ * over the cache. save: a training forward (adapters keep what backward needs). */
 static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out,
                           const int32_t *rope_pos, const int32_t *attn_pos, int B, int T, float *kc, float *vc,
-                          int kv_len, int slot) {
+                          int kv_len, int save) {
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
     int N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim, KD = c->n_kv_heads * HD;
     rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm, c->rms_norm_eps, N, C);
-    site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, slot);
-    site_forward(&L->sites[SITE_K], la->k, la->xn1, N, slot);
-    site_forward(&L->sites[SITE_V], la->v, la->xn1, N, slot);
+    site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, save);
+    site_forward(&L->sites[SITE_K], la->k, la->xn1, N, save);
+    site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
     rope_forward(la->q, rope_pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
     rope_forward(la->k, rope_pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
     if (kc) {
@@ -299,13 +300,13 @@ static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const floa
     } else {
         attention_forward(la->att, la->lse, la->q, la->k, la->v, attn_pos, B, T, T, c->n_heads, c->n_kv_heads, HD);
     }
-    site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, slot);
+    site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, save);
     add_inplace(la->x_mid, x_in, (size_t)N * C);
     rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm, c->rms_norm_eps, N, C);
-    site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, slot);
-    site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, slot);
+    site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, save);
+    site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, save);
     swiglu_forward(la->act, la->gate, la->up, N, F);
-    site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, slot);
+    site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, save);
     add_inplace(x_out, la->x_mid, (size_t)N * C);
 }
 
@@ -343,7 +344,7 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
     embedding_forward(a->residual, ids, m->embed, N, C);
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
-                      pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->save_all ? l : 0);
+                      pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
     rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm, c->rms_norm_eps, N, C);
     matmul_forward(a->logits, a->xnf, m->lm_head, NULL, N, C, V);
     if (targets) {
@@ -361,24 +362,24 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
 /* ---- backward ----------------------------------------------------------------- */
 
 /* dres[N,C]: on entry dL/dx_out, on return dL/dx_in. Frozen weights get no gradient. */
-static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts *a, const float *x_in, int slot) {
+static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts *a, const float *x_in) {
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
     int B = a->B, T = a->T, N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim;
     size_t QD = (size_t)c->n_heads * HD, KD = (size_t)c->n_kv_heads * HD;
     /* MLP: x_out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
     memset(a->dact, 0, (size_t)N * F * sizeof(float));
-    site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N, slot);
+    site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N);
     memset(a->dgate, 0, (size_t)N * F * sizeof(float));
     memset(a->dup, 0, (size_t)N * F * sizeof(float));
     swiglu_backward(a->dgate, a->dup, a->dact, la->gate, la->up, N, F);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N, slot);
-    site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N, slot);
+    site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N);
+    site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N);
     rmsnorm_backward(a->dres, NULL, a->dxn, la->x_mid, L->mlp_norm, la->rstd2, N, C);
     /* attention: x_mid = x_in + o(attn(q, k, v)) */
     memset(a->datt, 0, QD * N * sizeof(float));
-    site_backward(&L->sites[SITE_O], a->datt, a->dres, la->att, N, slot);
+    site_backward(&L->sites[SITE_O], a->datt, a->dres, la->att, N);
     memset(a->dq, 0, QD * N * sizeof(float));
     memset(a->dk, 0, KD * N * sizeof(float));
     memset(a->dv, 0, KD * N * sizeof(float));
@@ -387,9 +388,9 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     rope_backward(a->dq, a->pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
     rope_backward(a->dk, a->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N, slot);
-    site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N, slot);
-    site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N, slot);
+    site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N);
+    site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N);
+    site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N);
     rmsnorm_backward(a->dres, NULL, a->dxn, x_in, L->attn_norm, la->rstd1, N, C);
 }
 
@@ -408,8 +409,8 @@ void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int3
         const float *x_in = a->residual + (size_t)l * N * C;
         if (!a->save_all) /* gradient checkpointing: rebuild this layer's intermediates */
             layer_forward(m, l, &a->layer[l], x_in, a->residual + (size_t)(l + 1) * N * C, a->pos,
-                          a->pos_is_packed ? a->pos : NULL, B, T, NULL, NULL, 0, 0);
-        layer_backward(m, l, &a->layer[l], a, x_in, a->save_all ? l : 0);
+                          a->pos_is_packed ? a->pos : NULL, B, T, NULL, NULL, 0, 1);
+        layer_backward(m, l, &a->layer[l], a, x_in);
     }
 }
 
@@ -456,7 +457,7 @@ int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, f
     for (int l = 0; l < c->n_layers; l++) {
         size_t off = (size_t)l * kv->capacity * KD;
         layer_forward(m, l, &a->layer[0], a->residual + (size_t)(l % 2) * n * C, a->residual + (size_t)((l + 1) % 2) * n * C,
-                      a->pos, NULL, 1, n, kv->k + off, kv->v + off, kv->len, -1);
+                      a->pos, NULL, 1, n, kv->k + off, kv->v + off, kv->len, 0);
     }
     const float *last = a->residual + (size_t)(c->n_layers % 2) * n * C + (size_t)(n - 1) * C;
     rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm, c->rms_norm_eps, 1, C);

@@ -68,6 +68,7 @@ typedef struct llama_layer_acts {
 
 typedef struct llama_acts {
     int B, T, save_all;
+    int training;          /* backward scratch allocated; forwards save adapter activations */
     float *slab;
     int32_t *pos;          /* [N] position of each token inside its example */
     int pos_is_packed;     /* the last forward got explicit positions: attention is windowed */

@@ -4,19 +4,19 @@
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
 
-void site_forward(const peft_site *s, float *y, const float *x, int N, int slot) {
+void site_forward(const peft_site *s, float *y, const float *x, int N, int save) {
     peft_adapter *a = s->adapter;
     if (a && a->method->forward_replaces_base) {
-        a->method->forward(a, s, y, x, N, slot);
+        a->method->forward(a, s, y, x, N, save);
         return;
     }
     matmul_forward(y, x, s->weight, s->bias, N, s->in_features, s->out_features);
-    if (a) a->method->forward(a, s, y, x, N, slot);
+    if (a) a->method->forward(a, s, y, x, N, save);
 }
 
-void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N, int slot) {
+void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N) {
     peft_adapter *a = s->adapter;
     if (!(a && a->method->forward_replaces_base) && dx)
         matmul_backward(dx, NULL, NULL, dy, x, s->weight, N, s->in_features, s->out_features);
-    if (a) a->method->backward(a, s, dx, dy, x, N, slot);
+    if (a) a->method->backward(a, s, dx, dy, x, N);
 }

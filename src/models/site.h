@@ -20,12 +20,11 @@ typedef struct peft_site {
     struct peft_adapter *adapter; /* attached method, or NULL */
 } peft_site;
 
-/* y[N,out] = x[N,in] W^T + b, plus the attached adapter's term. `slot` selects which saved
- * activation slot the adapter uses (the layer index in training, so backward finds what
- * forward stored; -1 in inference, when nothing is saved). */
-void site_forward(const peft_site *s, float *y, const float *x, int N, int slot);
+/* y[N,out] = x[N,in] W^T + b, plus the attached adapter's term. save: a training forward,
+ * after which site_backward follows (the adapter keeps what it needs). */
+void site_forward(const peft_site *s, float *y, const float *x, int N, int save);
 /* dx[N,in] += dy W (+ adapter's input gradient); adapter parameter gradients accumulate.
  * dx may be NULL when no input gradient is needed. */
-void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N, int slot);
+void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N);
 
 #endif

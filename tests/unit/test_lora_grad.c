@@ -22,7 +22,7 @@ static void fill(float *x, size_t n, float scale, peft_rng *r) {
 
 /* sum(y * R) for the site output at x. */
 static double site_loss(const peft_site *s, const float *x, const float *R, int N, float *y) {
-    site_forward(s, y, x, N, 0);
+    site_forward(s, y, x, N, 1);
     double L = 0;
     for (size_t i = 0; i < (size_t)N * s->out_features; i++) L += (double)y[i] * R[i];
     return L;
@@ -61,7 +61,7 @@ static void method_level(double dropout) {
     s.bias = bias;
     peft_method_opts o = {.rank = 3, .alpha = 6, .dropout = dropout, .seed = 3};
     peft_err err;
-    CHECK(peft_method_lora.create(&o, &s, 1, N, &s.adapter, &err) == 0);
+    CHECK(peft_method_lora.create(&o, &s, N, &s.adapter, &err) == 0);
     float *work = malloc(peft_method_lora.work_floats(s.adapter, &s, N) * sizeof(float));
     s.adapter->work = work;
     s.adapter->training = 1;
@@ -70,7 +70,7 @@ static void method_level(double dropout) {
     peft_method_lora.params(s.adapter, p, 2);
     fill(p[1].data, p[1].numel, 0.5f, &r); /* B != 0 so dA and dx through the adapter are non-trivial */
     site_loss(&s, x, R, N, y);
-    site_backward(&s, dx, R, x, N, 0);
+    site_backward(&s, dx, R, x, N);
     double eA = fd_check(&s, p[0].data, p[0].grad, p[0].numel, x, R, N, y);
     double eB = fd_check(&s, p[1].data, p[1].grad, p[1].numel, x, R, N, y);
     double ex = fd_check(&s, x, dx, (size_t)N * in, x, R, N, y);
@@ -81,11 +81,11 @@ static void method_level(double dropout) {
     s.adapter->training = 0;
     float *y1 = malloc(sizeof(float) * N * out), *W0 = malloc(sizeof(float) * in * out);
     memcpy(W0, W, sizeof(float) * in * out);
-    site_forward(&s, y1, x, N, -1);
+    site_forward(&s, y1, x, N, 0);
     CHECK(peft_method_lora.merge(s.adapter, &s, +1, &err) == 0);
     peft_adapter *keep = s.adapter;
     s.adapter = NULL;
-    site_forward(&s, y, x, N, -1);
+    site_forward(&s, y, x, N, 0);
     double md = 0, ud = 0;
     for (int i = 0; i < N * out; i++) md = fmax(md, fabs(y[i] - y1[i]));
     s.adapter = keep;

@@ -1,0 +1,17 @@
+/* registry.c: the PEFT methods peft.c has. A new method is one file in src/methods/ that
+ * defines a `const peft_method peft_method_<name>`, plus one line in each list below. */
+#include <string.h>
+
+#include "methods/adapter_set.h"
+#include "methods/lora.h"
+
+const peft_method *const peft_methods[] = {
+    &peft_method_lora,
+    NULL,
+};
+
+const peft_method *peft_method_find(const char *name) {
+    for (int i = 0; peft_methods[i]; i++)
+        if (!strcmp(peft_methods[i]->name, name)) return peft_methods[i];
+    return NULL;
+}
