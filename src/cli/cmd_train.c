@@ -21,7 +21,7 @@ static void usage(void) {
         "  --no-pack            one example per row instead of packing several\n"
         "  --chat-template NAME chatml | llama3 | llama2 (default: from tokenizer_config.json)\n"
         "Method:\n"
-        "  --method lora        (default lora)\n"
+        "  --method NAME        lora (default); `peft train --methods` lists all\n"
         "  --target LIST        module names, e.g. q_proj,v_proj (default) or all-linear\n"
         "  --target-regex RE    a regex matching whole module names instead of --target\n"
         "  --layers LIST        only these layer indices\n"
@@ -32,6 +32,8 @@ static void usage(void) {
         "  --dropout P          LoRA dropout (default 0)\n"
         "  --init gaussian      A ~ N(0, 1/r) instead of PEFT's Kaiming-uniform\n"
         "  --lora-plus-ratio K  LoRA+: learning rate of B is K x lr (default 1)\n"
+        "  --init-scale X       method-specific initial value (VeRA d_initial, default 0.1)\n"
+        "  --feedforward-modules LIST  IA3: modules whose input is scaled (default down_proj)\n"
         "Optimisation:\n"
         "  --steps N | --epochs E   updates (default 100) or passes over the training rows\n"
         "  --batch B --grad-accum K rows per micro-batch (default 4), micro-batches per update (1)\n"
@@ -81,6 +83,10 @@ int cmd_train(int argc, char **argv) {
         usage();
         return 0;
     }
+    if (args_has(&a, "--methods")) {
+        for (int i = 0; peft_methods[i]; i++) printf("%-12s (adapter_config peft_type %s)\n", peft_methods[i]->name, peft_methods[i]->peft_type);
+        return 0;
+    }
     const char *dir = args_str(&a, "--model", NULL), *data = args_str(&a, "--data", NULL), *out = args_str(&a, "--out", NULL);
     peft_adapter_config acfg;
     peft_adapter_config_default(&acfg);
@@ -93,6 +99,9 @@ int cmd_train(int argc, char **argv) {
     acfg.opts.alpha = args_double(&a, "--alpha", 16);
     acfg.opts.use_rslora = args_has(&a, "--rslora");
     acfg.opts.dropout = args_double(&a, "--dropout", 0.0);
+    acfg.opts.init_scale = args_double(&a, "--init-scale", 0.1);
+    snprintf(acfg.opts.feedforward_modules, sizeof acfg.opts.feedforward_modules, "%s",
+             args_str(&a, "--feedforward-modules", "down_proj"));
 
     peft_train_opts o;
     peft_train_opts_default(&o);

@@ -1,5 +1,6 @@
 /* registry.c: the PEFT methods peft.c has. A new method is one file in src/methods/ that
- * defines a `const peft_method peft_method_<name>`, plus one line in each list below. */
+ * defines a `const peft_method peft_method_<name>` (declared in its header), plus one line
+ * in the list below. */
 #include <string.h>
 
 #include "methods/adapter_set.h"
