@@ -1,6 +1,6 @@
 /* test_lora_grad.c: finite-difference checks of LoRA (method level and through the whole
  * model's backward), and merge/unmerge exactness. The model is a random Llama written to a
- * temporary directory as config.json + model.safetensors. */
+ * temporary directory (tests/tiny_model.h). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "tiny_model.h"
 #include "fileio.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
@@ -16,9 +17,6 @@
 #include "models/llama.h"
 #include "rng.h"
 
-static void fill(float *x, size_t n, float scale, peft_rng *r) {
-    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * peft_rng_uniform(r) - 1.0f);
-}
 
 /* sum(y * R) for the site output at x. */
 static double site_loss(const peft_site *s, const float *x, const float *R, int N, float *y) {
@@ -53,10 +51,10 @@ static void method_level(double dropout) {
     peft_site s = {.name = "model.layers.0.self_attn.q_proj", .kind = "q_proj", .in_features = in, .out_features = out};
     float *W = malloc(sizeof(float) * in * out), *bias = malloc(sizeof(float) * out), *x = malloc(sizeof(float) * N * in),
           *R = malloc(sizeof(float) * N * out), *y = malloc(sizeof(float) * N * out), *dx = calloc((size_t)N * in, sizeof(float));
-    fill(W, (size_t)in * out, 0.5f, &r);
-    fill(bias, out, 0.5f, &r);
-    fill(x, (size_t)N * in, 1.0f, &r);
-    fill(R, (size_t)N * out, 1.0f, &r);
+    tiny_fill(W, (size_t)in * out, 0.5f, &r);
+    tiny_fill(bias, out, 0.5f, &r);
+    tiny_fill(x, (size_t)N * in, 1.0f, &r);
+    tiny_fill(R, (size_t)N * out, 1.0f, &r);
     s.weight = W;
     s.bias = bias;
     peft_method_opts o = {.rank = 3, .alpha = 6, .dropout = dropout, .seed = 3};
@@ -68,7 +66,7 @@ static void method_level(double dropout) {
     s.adapter->step_seed = 99;
     peft_param p[2];
     peft_method_lora.params(s.adapter, p, 2);
-    fill(p[1].data, p[1].numel, 0.5f, &r); /* B != 0 so dA and dx through the adapter are non-trivial */
+    tiny_fill(p[1].data, p[1].numel, 0.5f, &r); /* B != 0 so dA and dx through the adapter are non-trivial */
     site_loss(&s, x, R, N, y);
     site_backward(&s, dx, R, x, N);
     double eA = fd_check(&s, p[0].data, p[0].grad, p[0].numel, x, R, N, y);
@@ -99,56 +97,6 @@ static void method_level(double dropout) {
 
 /* ---- whole model ------------------------------------------------------------------- */
 
-static const char *tiny_config =
-    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":16,\"intermediate_size\":24,\"num_hidden_layers\":2,"
-    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"vocab_size\":37,\"rms_norm_eps\":1e-5,\"rope_theta\":10000,"
-    "\"max_position_embeddings\":64,\"tie_word_embeddings\":false}";
-
-static int write_tiny_model(const char *dir, peft_rng *r) {
-    peft_err err;
-    if (peft_mkdir(dir, &err)) return -1;
-    char path[512];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    if (peft_write_file_atomic(path, tiny_config, strlen(tiny_config), &err)) return -1;
-    peft_llama *shape;
-    if (llama_load_shapes(path, &shape, &err)) return -1;
-    peft_st_entry e[64];
-    float *bufs[64];
-    char names[64][160];
-    int n = 0;
-    const int C = 16, V = 37;
-    struct { const char *name; int d0, d1; } extra[] = {{"model.embed_tokens.weight", V, C}, {"lm_head.weight", V, C}, {"model.norm.weight", C, 0}};
-    for (int i = 0; i < 3; i++) {
-        snprintf(names[n], sizeof names[n], "%s", extra[i].name);
-        e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = extra[i].d1 ? 2 : 1, .shape = {extra[i].d0, extra[i].d1}};
-        n++;
-    }
-    for (int l = 0; l < 2; l++)
-        for (int k = 0; k < 2; k++) {
-            snprintf(names[n], sizeof names[n], "model.layers.%d.%s.weight", l, k ? "post_attention_layernorm" : "input_layernorm");
-            e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = 1, .shape = {C}};
-            n++;
-        }
-    for (int i = 0; i < llama_n_sites(shape); i++) {
-        peft_site *s = llama_site(shape, i);
-        snprintf(names[n], sizeof names[n], "%s.weight", s->name);
-        e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = 2, .shape = {s->out_features, s->in_features}};
-        n++;
-    }
-    for (int i = 0; i < n; i++) {
-        size_t numel = (size_t)e[i].shape[0] * (e[i].ndim == 2 ? (size_t)e[i].shape[1] : 1);
-        bufs[i] = malloc(numel * sizeof(float));
-        if (e[i].ndim == 1) for (size_t j = 0; j < numel; j++) bufs[i][j] = 1.0f + 0.2f * (peft_rng_uniform(r) - 0.5f);
-        else fill(bufs[i], numel, 0.4f, r);
-        e[i].data = bufs[i];
-    }
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int rc = peft_st_write(path, e, n, NULL, 0, &err);
-    for (int i = 0; i < n; i++) free(bufs[i]);
-    llama_free(shape);
-    return rc;
-}
-
 static double model_loss(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *pos, const int32_t *tgt) {
     double loss;
     int counted;
@@ -162,7 +110,7 @@ static void model_level(int recompute) {
     CHECK(mkdtemp(dir) != NULL);
     peft_rng r;
     peft_rng_seed(&r, 11, 2);
-    CHECK(write_tiny_model(dir, &r) == 0);
+    CHECK(tiny_model_write(dir, PEFT_F32, 11) == 0);
     peft_err err = {0};
     peft_llama *m;
     CHECK_MSG(llama_load(dir, &m, &err) == 0, "%s", err.msg);
@@ -176,7 +124,7 @@ static void model_level(int recompute) {
     CHECK_MSG(peft_adapter_set_create(m, &cfg, B * T, &set, &err) == 0, "%s", err.msg);
     peft_named_param *p = peft_adapter_set_params(set);
     int np = peft_adapter_set_n_params(set);
-    for (int i = 0; i < np; i++) fill(p[i].p.data, p[i].p.numel, 0.3f, &r);
+    for (int i = 0; i < np; i++) tiny_fill(p[i].p.data, p[i].p.numel, 0.3f, &r);
     llama_acts a;
     CHECK(llama_acts_alloc(m, B, T, !recompute, 1, &a, &err) == 0);
     /* row 0: one sequence; row 1: two packed examples (positions restart) */
