@@ -13,10 +13,19 @@ void args_init(cli_args *a, const char *cmd, int argc, char **argv) {
     a->used[0] = 1; /* the subcommand itself */
 }
 
+/* The last occurrence wins (so scripts can override a default by appending); earlier
+ * occurrences and their values are marked used too. */
 static int find(cli_args *a, const char *name) {
+    int found = -1;
     for (int i = 1; i < a->argc; i++)
-        if (!strcmp(a->argv[i], name)) return i;
-    return -1;
+        if (!strcmp(a->argv[i], name)) {
+            if (found >= 0) {
+                a->used[found] = 1;
+                if (found + 1 < a->argc && a->argv[found + 1][0] != '-') a->used[found + 1] = 1;
+            }
+            found = i;
+        }
+    return found;
 }
 
 int args_has(cli_args *a, const char *name) {

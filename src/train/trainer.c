@@ -404,6 +404,16 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
             if (o->max_grad_norm > 0 && gnorm > o->max_grad_norm)
                 peft_grad_scale(params, n_params, (float)(o->max_grad_norm / (gnorm + 1e-6)));
             peft_adamw_step(&opt, peft_lr_at(o->schedule, o->lr, step, o->steps, o->warmup));
+            /* A finite gradient can still overflow a parameter (a huge learning rate): never
+             * carry non-finite weights into a checkpoint or the adapter. */
+            for (int i = 0; i < n_params && rc == PEFT_OK; i++)
+                for (size_t j = 0; j < params[i].p.numel; j++)
+                    if (!isfinite(params[i].p.data[j])) {
+                        rc = peft_fail(err, PEFT_ENUMERIC, "step %ld: the update made %s non-finite (learning rate %g too high?); "
+                                       "stopping before the adapter is poisoned", step + 1, params[i].key, o->lr);
+                        break;
+                    }
+            if (rc) break;
         }
         step++;
         double dt = now_s() - t0;

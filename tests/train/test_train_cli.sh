@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# End-to-end `peft train` on the embedded demo model (models/demo):
+#  1. an uninterrupted run writes a PEFT adapter, a JSONL log, an SVG curve, and lowers the
+#     validation loss;
+#  2. runs killed with SIGKILL at random moments (checkpoint every step) leave only complete
+#     files, and resuming them gives an adapter byte-identical to the uninterrupted run;
+#  3. a write that hits the file-size limit (disk full) fails with a message and leaves the
+#     earlier adapter intact;
+#  4. a learning rate that overflows the weights stops with a clear message, no adapter;
+#  5. an empty dataset and a malformed line are refused with the file named.
+set -u
+BIN=${PEFT_BIN:?PEFT_BIN not set}
+SRC=${PEFT_SRC:?PEFT_SRC not set}
+MODEL="$SRC/models/demo"
+[ -f "$MODEL/model.safetensors" ] || { echo "SKIP: $MODEL/model.safetensors missing"; exit 77; }
+W=$(mktemp -d /tmp/peft_train_cli.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+pass=0 fail=0
+ok() { echo "ok: $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL: $1"; fail=$((fail + 1)); }
+
+# A small prompt/completion set: copy the word after "Echo:".
+words=(king queen night day sweet love death heaven earth blood crown sword)
+for i in $(seq 0 59); do
+    w=${words[$((i % 12))]} v=${words[$(((i * 7 + 3) % 12))]}
+    printf '{"prompt": "Echo: %s %s\\nAnswer:", "completion": " %s %s\\n"}\n' "$w" "$v" "$w" "$v"
+done > "$W/data.jsonl"
+ARGS=(--model "$MODEL" --data "$W/data.jsonl" --target all-linear --rank 4 --alpha 8 --lr 3e-3 --steps 8
+      --batch 4 --seq-len 32 --no-pack --eval-every 4 --dropout 0.1 --seed 7 --no-progress)
+
+"$BIN" train "${ARGS[@]}" --out "$W/full" > "$W/full.txt" 2>&1 || bad "uninterrupted run failed: $(tail -2 "$W/full.txt")"
+for f in adapter_config.json adapter_model.safetensors train_log.jsonl loss.svg checkpoint.safetensors; do
+    [ -s "$W/full/$f" ] || bad "missing $f"
+done
+grep -q '"peft_type":[[:space:]]*"LORA"' "$W/full/adapter_config.json" && ok "adapter_config.json is PEFT's LORA config" || bad "adapter config"
+grep -q '<svg' "$W/full/loss.svg" && ok "loss curve written" || bad "loss.svg"
+first=$(grep -m1 val_loss "$W/full/train_log.jsonl" | sed 's/.*"val_loss":\([0-9.]*\).*/\1/')
+last=$(grep val_loss "$W/full/train_log.jsonl" | tail -1 | sed 's/.*"val_loss":\([0-9.]*\).*/\1/')
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' && ok "validation loss fell $first -> $last" || bad "validation loss $first -> $last"
+
+# Kill -9 at random points, resume until done; the result must equal the uninterrupted run.
+for trial in 1 2 3; do
+    out="$W/killed$trial"
+    "$BIN" train "${ARGS[@]}" --out "$out" --save-every 1 > /dev/null 2>&1 &
+    pid=$!
+    sleep "0.$((RANDOM % 9 + 1))"
+    kill -9 "$pid" 2> /dev/null
+    wait "$pid" 2> /dev/null
+    # Whatever exists must be complete: no temporary left behind that a reader would take.
+    for f in "$out"/*.safetensors; do
+        [ -e "$f" ] || continue
+        head -c 8 "$f" > /dev/null || bad "unreadable $f"
+    done
+    for attempt in 1 2 3 4 5; do
+        "$BIN" train "${ARGS[@]}" --out "$out" --save-every 1 --resume > "$out.txt" 2>&1 && break
+    done
+    if cmp -s "$W/full/adapter_model.safetensors" "$out/adapter_model.safetensors"; then
+        ok "trial $trial: killed and resumed run gives the identical adapter"
+    else
+        bad "trial $trial: resumed adapter differs ($(tail -1 "$out.txt"))"
+    fi
+done
+
+# Disk full: a file-size limit below the adapter's size; earlier outputs must survive.
+cp -r "$W/full" "$W/diskfull"
+before=$(sha256sum "$W/diskfull/adapter_model.safetensors" | cut -d' ' -f1)
+( ulimit -f 8; trap '' XFSZ; exec "$BIN" train "${ARGS[@]}" --out "$W/diskfull" --steps 2 ) > "$W/df.txt" 2>&1
+rc=$?
+after=$(sha256sum "$W/diskfull/adapter_model.safetensors" | cut -d' ' -f1)
+if [ $rc -eq 1 ] && grep -q "write failed\|cannot" "$W/df.txt" && [ "$before" = "$after" ]; then
+    ok "disk full is reported and the earlier adapter is intact"
+else
+    bad "disk full: rc=$rc, adapter changed: $([ "$before" = "$after" ] && echo no || echo yes): $(tail -1 "$W/df.txt")"
+fi
+ls "$W/diskfull" | grep -q '\.tmp\.' && bad "temporary file left behind" || ok "no temporary file left behind"
+
+# A learning rate that blows the weights up: a clear stop, no adapter written.
+"$BIN" train "${ARGS[@]}" --out "$W/nan" --lr 1e38 --clip 0 > "$W/nan.txt" 2>&1
+rc=$?
+if [ $rc -eq 1 ] && grep -q "non-finite\|not finite" "$W/nan.txt" && [ ! -e "$W/nan/adapter_model.safetensors" ]; then
+    ok "non-finite training stops without writing an adapter"
+else
+    bad "non-finite: rc=$rc $(tail -1 "$W/nan.txt")"
+fi
+
+# Bad data.
+: > "$W/empty.jsonl"
+"$BIN" train "${ARGS[@]}" --data "$W/empty.jsonl" --out "$W/e" > "$W/e.txt" 2>&1
+[ $? -eq 1 ] && grep -q "empty.jsonl" "$W/e.txt" && ok "empty dataset refused naming the file" || bad "empty dataset: $(cat "$W/e.txt")"
+{ head -3 "$W/data.jsonl"; echo '{"prompt": "x", "completion": '; } > "$W/broken.jsonl"
+"$BIN" train "${ARGS[@]}" --data "$W/broken.jsonl" --out "$W/b" > "$W/b.txt" 2>&1
+[ $? -eq 1 ] && grep -q "broken.jsonl:4" "$W/b.txt" && ok "malformed line refused with file:line" || bad "malformed line: $(cat "$W/b.txt")"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
