@@ -3,7 +3,7 @@ BUILD ?= build
 SAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 
-.PHONY: all build test test-asan demo clean
+.PHONY: all build test test-asan demo fuzz clean
 
 all: build
 
@@ -22,6 +22,11 @@ test-asan:
 
 demo: build
 	bash tools/demo.sh $(BUILD)/peft
+
+# Every libFuzzer target for FUZZ_SECONDS each (fuzz/README.md).
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD)

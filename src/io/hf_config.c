@@ -50,7 +50,7 @@ static int parse_rope_scaling(const cJSON *root, peft_llama_config *cfg, const c
         (rc = peft_json_double(rs, "original_max_position_embeddings", 1, &orig, what, err)))
         return rc;
     if (cfg->rope_factor <= 0 || cfg->rope_low_freq_factor <= 0 || cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor ||
-        orig < 1)
+        !(orig >= 1 && orig <= 1 << 30))
         return peft_fail(err, PEFT_EFORMAT, "%s: rope_scaling llama3 needs factor > 0 and high_freq_factor > low_freq_factor > 0", what);
     cfg->rope_original_max_pos = (int)orig;
     return PEFT_OK;
@@ -121,7 +121,8 @@ static int parse_config(const cJSON *root, const char *what, peft_llama_config *
     if ((rc = peft_json_double(root, "rms_norm_eps", 0, &eps, what, err)) ||
         (rc = peft_json_double(root, "rope_theta", 0, &theta, what, err)))
         return rc;
-    if (!(eps > 0) || !(theta > 1)) return peft_fail(err, PEFT_EFORMAT, "%s: rms_norm_eps must be > 0 and rope_theta > 1", what);
+    if (!((float)eps > 0) || !(theta > 1)) /* eps is used as a float: 1e-85 would be 0 */
+        return peft_fail(err, PEFT_EFORMAT, "%s: rms_norm_eps must be > 0 (as a float) and rope_theta > 1", what);
     cfg->rms_norm_eps = (float)eps;
     cfg->rope_theta = theta;
     if ((rc = parse_rope_scaling(root, cfg, what, err))) return rc;

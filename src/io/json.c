@@ -6,6 +6,37 @@
 #include <string.h>
 #include "fileio.h"
 
+static int cmp_str_ptr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Python's json keeps the last of duplicate keys, cJSON the first: refuse them rather than
+ * read a file differently from Hugging Face. Sorting keeps large objects (vocabularies) fast. */
+static int check_duplicate_keys(const cJSON *node, const char *what, peft_err *err) {
+    for (; node; node = node->next) {
+        if (cJSON_IsObject(node)) {
+            int n = cJSON_GetArraySize(node);
+            if (n > 1) {
+                char **keys = malloc((size_t)n * sizeof *keys);
+                if (!keys) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", what);
+                int k = 0;
+                for (const cJSON *c = node->child; c; c = c->next) keys[k++] = c->string;
+                qsort(keys, (size_t)n, sizeof *keys, cmp_str_ptr);
+                for (int i = 1; i < n; i++)
+                    if (!strcmp(keys[i - 1], keys[i])) {
+                        int rc = peft_fail(err, PEFT_EFORMAT, "%s: duplicate key \"%.200s\"", what, keys[i]);
+                        free(keys);
+                        return rc;
+                    }
+                free(keys);
+            }
+        }
+        if ((cJSON_IsObject(node) || cJSON_IsArray(node)) && node->child) {
+            int rc = check_duplicate_keys(node->child, what, err);
+            if (rc) return rc;
+        }
+    }
+    return PEFT_OK;
+}
+
 int peft_json_parse(const char *text, size_t len, const char *what, cJSON **out, peft_err *err) {
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
@@ -18,6 +49,18 @@ int peft_json_parse(const char *text, size_t len, const char *what, cJSON **out,
             if (text[i] == '\n') { line++; col = 1; } else col++;
         }
         return peft_fail(err, PEFT_EFORMAT, "%s: invalid JSON at line %d, column %d", what, line, col);
+    }
+    /* Like Python's json.loads, nothing but whitespace may follow the document. */
+    for (const char *p = end; p && p < text + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            cJSON_Delete(root);
+            return peft_fail(err, PEFT_EFORMAT, "%s: unexpected characters after the JSON document at byte %zu", what,
+                             (size_t)(p - text));
+        }
+    int rc = check_duplicate_keys(root, what, err);
+    if (rc) {
+        cJSON_Delete(root);
+        return rc;
     }
     *out = root;
     return PEFT_OK;

@@ -61,11 +61,13 @@ typedef struct peft_method_opts {
     double init_scale;   /* method-specific initial value (VeRA's d_initial, ...) */
     char feedforward_modules[256]; /* IA3: comma list of sites whose input (not output) is scaled */
     peft_shared *shared; /* the set's shared tensors (filled in by the set) */
+    int max_in, max_out; /* largest in/out features over the set's target sites (filled in by the set) */
 } peft_method_opts;
 
 /* The shared tensor `key` of the set ([ndim] shape), zero-filled and *created = 1 on first
  * request, the same memory afterwards. trainable: gets a gradient and an optimizer entry;
- * saved: written to / read from the adapter file under `key`. NULL when out of memory. */
+ * saved: written to / read from the adapter file under `key`. NULL when out of memory or
+ * when `key` exists with another shape. */
 float *peft_shared_tensor(peft_shared *sh, const char *key, int ndim, const int64_t *shape, int trainable, int saved,
                           float **grad, int *created);
 

@@ -32,6 +32,9 @@ float *peft_shared_tensor(peft_shared *sh, const char *key, int ndim, const int6
     *created = 0;
     for (int i = 0; i < sh->n; i++)
         if (!strcmp(sh->t[i].key, key)) {
+            int same = sh->t[i].ndim == ndim;
+            for (int d = 0; same && d < ndim; d++) same = sh->t[i].shape[d] == shape[d];
+            if (!same) return NULL;
             if (grad) *grad = sh->t[i].grad;
             return sh->t[i].data;
         }
@@ -187,18 +190,29 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
     }
     set->cfg = *cfg;
     set->method = method;
-    int rc = PEFT_OK;
+    int rc = PEFT_OK, max_in = 0, max_out = 0;
+    /* First the targets (methods with shared tensors size them by the largest site). */
     for (int i = 0; i < n_all && rc == PEFT_OK; i++) {
         peft_site *s = llama_site(m, i);
         int hit = site_is_target(cfg, s, err);
         if (hit < 0) rc = hit;
         if (hit <= 0) continue;
+        set->sites[set->n_sites++] = s;
+        if (s->in_features > max_in) max_in = s->in_features;
+        if (s->out_features > max_out) max_out = s->out_features;
+    }
+    int n_targets = set->n_sites;
+    set->n_sites = 0;
+    for (int i = 0; i < n_targets && rc == PEFT_OK; i++) {
+        peft_site *s = set->sites[i];
         if (s->adapter) {
             rc = peft_fail(err, PEFT_EINVAL, "%s already carries an adapter", s->name);
             break;
         }
         peft_method_opts o = cfg->opts;
         o.shared = &set->shared;
+        o.max_in = max_in;
+        o.max_out = max_out;
         double rank = o.rank, alpha = o.alpha;
         if ((rc = pattern_value(cfg->rank_pattern, cfg->n_rank_pattern, s->name, &rank, err)) ||
             (rc = pattern_value(cfg->alpha_pattern, cfg->n_alpha_pattern, s->name, &alpha, err)))
@@ -298,7 +312,8 @@ static cJSON *targets_json(const peft_adapter_set *set) {
 static char *config_json(const peft_adapter_set *set) {
     const peft_adapter_config *c = &set->cfg;
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddItemToObject(o, "alpha_pattern", patterns_json(c->alpha_pattern, c->n_alpha_pattern));
+    int lora_family = !strcmp(set->method->peft_type, "LORA"); /* only LoraConfig has the patterns */
+    if (lora_family) cJSON_AddItemToObject(o, "alpha_pattern", patterns_json(c->alpha_pattern, c->n_alpha_pattern));
     cJSON_AddNullToObject(o, "auto_mapping");
     cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
     cJSON_AddStringToObject(o, "bias", "none");
@@ -309,7 +324,7 @@ static char *config_json(const peft_adapter_set *set) {
     else cJSON_AddNullToObject(o, "layers_to_transform");
     cJSON_AddNullToObject(o, "modules_to_save");
     cJSON_AddStringToObject(o, "peft_type", set->method->peft_type);
-    cJSON_AddItemToObject(o, "rank_pattern", patterns_json(c->rank_pattern, c->n_rank_pattern));
+    if (lora_family) cJSON_AddItemToObject(o, "rank_pattern", patterns_json(c->rank_pattern, c->n_rank_pattern));
     cJSON_AddNullToObject(o, "revision");
     cJSON_AddItemToObject(o, "target_modules", targets_json(set));
     cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");

@@ -5,9 +5,15 @@
 
 #include "methods/adapter_set.h"
 #include "methods/lora.h"
+#include "methods/dora.h"
+#include "methods/ia3.h"
+#include "methods/vera.h"
 
 const peft_method *const peft_methods[] = {
     &peft_method_lora,
+    &peft_method_dora,
+    &peft_method_ia3,
+    &peft_method_vera,
     NULL,
 };
 

@@ -64,10 +64,10 @@ static int list_wanted(peft_llama *m, wanted *w) {
     return n;
 }
 
-static int check_finite(const float *x, size_t n, const char *name, const char *dir, peft_err *err) {
+static int check_finite(const float *x, size_t n, const char *name, const char *file, peft_err *err) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i]))
-            return peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value (%g) at index %zu", dir, name, x[i], i);
+            return peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value (%g) at index %zu", file, name, x[i], i);
     return PEFT_OK;
 }
 
@@ -75,7 +75,12 @@ static int check_finite(const float *x, size_t n, const char *name, const char *
 static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
     size_t slab = 0;
     const peft_st_tensor **found = calloc((size_t)n, sizeof *found);
-    if (!found) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    const char **files = calloc((size_t)n, sizeof *files);
+    if (!found || !files) {
+        free(found);
+        free(files);
+        return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    }
     int rc = PEFT_OK;
     for (int i = 0; i < n && rc == PEFT_OK; i++) {
         const char *file = NULL;
@@ -98,6 +103,7 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
             break;
         }
         found[i] = t;
+        files[i] = file;
         if (t->dtype != PEFT_F32 || ((uintptr_t)t->data & 3)) slab += t->numel;
         m->n_params += t->numel;
     }
@@ -113,9 +119,10 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
             peft_convert_to_f32(*w[i].dst, t->data, t->dtype, t->numel);
             off += t->numel;
         }
-        rc = check_finite(*w[i].dst, t->numel, w[i].name, m->dir, err);
+        rc = check_finite(*w[i].dst, t->numel, w[i].name, files[i], err);
     }
     free(found);
+    free(files);
     return rc;
 }
 

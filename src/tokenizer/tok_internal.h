@@ -1,0 +1,176 @@
+/* tok_internal.h: the parts of a loaded tokenizer shared by tokenizer.c (loading, encoding),
+ * bpe.c (vocabulary maps, merges), pretok.c (normalizers, pre-tokenizers) and decode.c. */
+#ifndef PEFT_TOKENIZER_TOK_INTERNAL_H
+#define PEFT_TOKENIZER_TOK_INTERNAL_H
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "tokenizer.h"
+
+/* Open-addressing map from byte strings (kept elsewhere, not copied) to ids. */
+typedef struct tok_strmap {
+    const char **key;
+    uint32_t *len;
+    int32_t *val;
+    size_t cap, n; /* cap: a power of two */
+} tok_strmap;
+int tok_strmap_init(tok_strmap *m, size_t expected);
+void tok_strmap_free(tok_strmap *m);
+/* Inserts or overwrites. Returns 0, or -1 when out of memory. */
+int tok_strmap_put(tok_strmap *m, const char *key, uint32_t len, int32_t val);
+int32_t tok_strmap_get(const tok_strmap *m, const char *key, size_t len); /* -1 if absent */
+
+/* Map from a pair of ids to the merge's rank and the merged id. */
+typedef struct tok_mergemap {
+    uint64_t *key; /* (a << 32 | b) + 1; 0 marks an empty slot */
+    uint32_t *rank;
+    int32_t *merged;
+    size_t cap, n;
+} tok_mergemap;
+int tok_mergemap_init(tok_mergemap *m, size_t expected);
+void tok_mergemap_free(tok_mergemap *m);
+int tok_mergemap_put(tok_mergemap *m, int32_t a, int32_t b, uint32_t rank, int32_t merged);
+/* Returns 1 and fills rank/merged when the pair merges. */
+int tok_mergemap_get(const tok_mergemap *m, int32_t a, int32_t b, uint32_t *rank, int32_t *merged);
+
+enum { TOK_NORM_NFC, TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_LOWERCASE, TOK_NORM_STRIP };
+typedef struct tok_norm {
+    int kind;
+    char *a, *b; /* PREPEND: a; REPLACE: a -> b (literal) */
+    size_t an, bn;
+    int left, right; /* STRIP */
+} tok_norm;
+
+enum { TOK_PRE_SPLIT, TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_DIGITS };
+enum { TOK_SPLIT_REMOVED, TOK_SPLIT_ISOLATED, TOK_SPLIT_MERGED_PREV, TOK_SPLIT_MERGED_NEXT, TOK_SPLIT_CONTIGUOUS };
+enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
+typedef struct tok_pre {
+    int kind;
+    pcre2_code *re;         /* SPLIT, and BYTELEVEL with use_regex */
+    int behavior, invert;   /* SPLIT */
+    int add_prefix_space;   /* BYTELEVEL */
+    char repl[8];           /* METASPACE replacement character (UTF-8) */
+    size_t repl_n;
+    int prepend_scheme, split; /* METASPACE */
+    int individual_digits;  /* DIGITS */
+} tok_pre;
+
+enum { TOK_DEC_BYTELEVEL, TOK_DEC_REPLACE, TOK_DEC_BYTEFALLBACK, TOK_DEC_FUSE, TOK_DEC_STRIP, TOK_DEC_METASPACE };
+typedef struct tok_dec {
+    int kind;
+    char *a, *b; /* REPLACE: a -> b; STRIP: a is the character; METASPACE: a is the replacement */
+    size_t an, bn;
+    int start, stop; /* STRIP */
+    int prefix;      /* METASPACE: strip the space its prefix added */
+} tok_dec;
+
+enum { TOK_ADDED = 1, TOK_SPECIAL = 2 };
+
+typedef struct tok_added {
+    const char *text;
+    uint32_t len;
+    int32_t id;
+    int lstrip, rstrip, single_word;
+} tok_added;
+
+struct peft_tokenizer {
+    /* Every id's text: raw bytes for a byte-level vocabulary, UTF-8 otherwise, the content for
+     * added tokens. NULL where an id is unused. */
+    char **text;
+    uint32_t *text_len;
+    uint8_t *flags; /* TOK_ADDED | TOK_SPECIAL */
+    int n_ids;
+
+    tok_strmap vocab; /* model vocabulary and added tokens: text -> id */
+    tok_mergemap merges;
+    int byte_level;       /* words are merged starting from their bytes */
+    int32_t byte_id[256]; /* byte-level: id of each byte's symbol; otherwise the <0xNN> ids (or -1) */
+    int byte_fallback, fuse_unk, ignore_merges;
+    int sp_word_split; /* words may be cut before U+2581 (see tok_bpe_piece) */
+    int32_t unk_id;
+
+    tok_added *added; /* sorted by (first byte, length descending) */
+    int n_added;
+    int first_added[257]; /* added[first_added[c] .. first_added[c+1]) start with byte c */
+
+    tok_norm *norm;
+    int n_norm;
+    tok_pre *pre;
+    int n_pre;
+    tok_dec *dec;
+    int n_dec;
+    int32_t *post_prefix, *post_suffix; /* ids the post-processor puts around one sequence */
+    int n_post_prefix, n_post_suffix;
+
+    int32_t bos_id, eos_id, pad_id;
+    char *bos_text, *eos_text, *chat_template;
+    int clean_up_spaces;
+};
+
+/* Growable output of an encode call: ids and the original byte span of each. */
+typedef struct tok_out {
+    int32_t *ids;
+    uint32_t *start, *end;
+    size_t n, cap;
+} tok_out;
+int tok_out_push(tok_out *o, int32_t id, uint32_t start, uint32_t end);
+
+/* A piece of (possibly normalized) text: the original offset of byte i is
+ * align ? align[i] : base + i. */
+typedef struct tok_piece {
+    const char *s;
+    size_t n;
+    const uint32_t *align;
+    uint32_t base;
+} tok_piece;
+static inline uint32_t tok_piece_orig(const tok_piece *p, size_t i) {
+    return p->align ? p->align[i] : p->base + (uint32_t)i;
+}
+
+/* Scratch memory of one encode call (never shared between threads). */
+typedef struct tok_scratch {
+    /* BPE symbols */
+    int32_t *sym_id;
+    uint32_t *sym_start, *sym_len;
+    int32_t *prev, *next;
+    size_t sym_cap;
+    struct tok_heap_entry *heap;
+    size_t heap_cap;
+    pcre2_match_data *md;
+    /* buffers owned by normalizers and pre-tokenizers, freed at the end of the call */
+    void **blocks;
+    size_t n_blocks, cap_blocks;
+} tok_scratch;
+void *tok_scratch_alloc(tok_scratch *sc, size_t bytes);
+/* Hands a malloc'ed block to sc (freed with it); on failure frees p and returns -1. */
+int tok_scratch_keep(tok_scratch *sc, void *p);
+void tok_scratch_free(tok_scratch *sc);
+
+/* bpe.c: merges one pre-tokenized piece and appends its ids to out. */
+int tok_bpe_piece(const peft_tokenizer *tok, tok_scratch *sc, const tok_piece *p, tok_out *out);
+
+/* pretok.c */
+int tok_parse_normalizer(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
+int tok_parse_pre_tokenizer(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
+/* Normalizes and pre-tokenizes one section of text between added tokens, then BPEs each piece.
+ * first: the section starts the text (Metaspace's prepend_scheme "first"). */
+int tok_encode_section(const peft_tokenizer *tok, tok_scratch *sc, const char *s, size_t n, uint32_t base,
+                       int first, tok_out *out);
+void tok_free_steps(peft_tokenizer *tok);
+
+/* decode.c */
+int tok_parse_decoder(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
+
+/* Whitespace as JavaScript's String.prototype.trim sees it (what @huggingface/jinja's trim and
+ * transformers.js's lstrip/rstrip use). */
+static inline int tok_is_space(uint32_t cp) {
+    return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x3000 || cp == 0xFEFF;
+}
+
+#endif

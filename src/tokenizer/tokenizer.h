@@ -1,0 +1,66 @@
+/* tokenizer.h: Hugging Face tokenizer.json BPE tokenizers in C.
+ *
+ * Two kinds of BPE are in use and both are handled:
+ *  - byte-level BPE (GPT-2, Llama-3, Qwen2/3, SmolLM): a Split regex and/or ByteLevel
+ *    pre-tokenizer, then merges by rank over the bytes of each piece;
+ *  - SentencePiece-style BPE (Llama-2, TinyLlama, Mistral): Prepend/Replace normalizers or a
+ *    Metaspace pre-tokenizer, merges over characters, and <0xNN> byte fallback.
+ * Added tokens (specials such as <|im_start|>) are matched in the raw text first, longest
+ * match wins, and are never split (lstrip/rstrip/single_word honoured; "normalized" tokens
+ * are matched in the raw text too, which is the same for the files in use). BOS/EOS come from
+ * tokenizer_config.json.
+ *
+ * Thread safety: a loaded tokenizer is read-only; any number of threads may encode and
+ * decode with it at once. */
+#ifndef PEFT_TOKENIZER_H
+#define PEFT_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "peft.h"
+
+typedef struct peft_tokenizer peft_tokenizer;
+
+/* Loads DIR/tokenizer.json and (if present) DIR/tokenizer_config.json.
+ * Returns PEFT_OK and *out (free with peft_tokenizer_free), or PEFT_EIO/PEFT_EFORMAT, or
+ * PEFT_EUNSUPPORTED naming the component (model, normalizer, pre-tokenizer...) not handled. */
+int peft_tokenizer_load(const char *model_dir, peft_tokenizer **out, peft_err *err);
+void peft_tokenizer_free(peft_tokenizer *tok);
+
+/* Encodes text (len bytes of UTF-8; invalid UTF-8 is PEFT_EINVAL naming the byte offset).
+ * add_special: apply the post-processor (e.g. BOS) as HF's add_special_tokens=True.
+ * *ids is malloc'ed, caller frees. */
+int peft_tokenizer_encode(const peft_tokenizer *tok, const char *text, size_t len, int add_special,
+                          int32_t **ids, size_t *n_ids, peft_err *err);
+
+/* As peft_tokenizer_encode, and also the span of the original text each token came from:
+ * token i covers bytes [(*starts)[i], (*ends)[i]). Tokens the post-processor adds (BOS) get
+ * an empty span at the start (or end) of the text. starts/ends are malloc'ed. */
+int peft_tokenizer_encode_spans(const peft_tokenizer *tok, const char *text, size_t len, int add_special,
+                                int32_t **ids, uint32_t **starts, uint32_t **ends, size_t *n_ids,
+                                peft_err *err);
+
+/* Decodes ids to a malloc'ed NUL-terminated string (skip_special: drop special tokens).
+ * Byte sequences that are not valid UTF-8 become U+FFFD, as HF does. */
+int peft_tokenizer_decode(const peft_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+                          char **out, peft_err *err);
+
+/* Number of ids: one past the largest id of the vocabulary and the added tokens. */
+int peft_tokenizer_vocab_size(const peft_tokenizer *tok);
+int peft_tokenizer_bos_id(const peft_tokenizer *tok); /* -1 if none */
+int peft_tokenizer_eos_id(const peft_tokenizer *tok); /* -1 if none */
+/* The pad token of tokenizer_config.json, -1 if none. */
+int peft_tokenizer_pad_id(const peft_tokenizer *tok);
+
+/* The text of an added/special token (e.g. "<|im_end|>"), or NULL if id is not one. */
+const char *peft_tokenizer_added_text(const peft_tokenizer *tok, int id);
+/* The id of an added token or vocabulary entry spelled exactly `text`, -1 if none. */
+int peft_tokenizer_token_id(const peft_tokenizer *tok, const char *text);
+/* tokenizer_config.json's bos_token / eos_token strings, NULL if absent. */
+const char *peft_tokenizer_bos_text(const peft_tokenizer *tok);
+const char *peft_tokenizer_eos_text(const peft_tokenizer *tok);
+/* tokenizer_config.json's chat_template (the "default" one when it is a list), NULL if absent. */
+const char *peft_tokenizer_chat_template(const peft_tokenizer *tok);
+
+#endif
