@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fileio.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 
@@ -476,16 +477,26 @@ static int read_params(peft_adapter_set *set, const peft_st_file *f, peft_err *e
     return PEFT_OK;
 }
 
+int peft_adapter_config_parse(const char *text, size_t len, const char *what, peft_adapter_config *cfg, peft_err *err) {
+    cJSON *root;
+    int rc = peft_json_parse(text, len, what, &root, err);
+    if (rc) return rc;
+    rc = cJSON_IsObject(root) ? parse_adapter_config(root, what, cfg, err) : peft_fail(err, PEFT_EFORMAT, "%s: not a JSON object", what);
+    cJSON_Delete(root);
+    return rc;
+}
+
 int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_adapter_set **out, peft_err *err) {
     *out = NULL;
     char path[4200];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    cJSON *root;
-    int rc = peft_json_load(path, &root, err);
+    char *text;
+    size_t len;
+    int rc = peft_read_file(path, &text, &len, err);
     if (rc) return rc;
     peft_adapter_config cfg;
-    rc = parse_adapter_config(root, path, &cfg, err);
-    cJSON_Delete(root);
+    rc = peft_adapter_config_parse(text, len, path, &cfg, err);
+    free(text);
     if (rc) return rc;
     peft_adapter_set *set;
     if ((rc = peft_adapter_set_create(m, &cfg, max_rows, &set, err))) return peft_err_prefix(err, "%s", dir);
