@@ -17,6 +17,7 @@ static void usage(void) {
         "usage: peft train --model DIR --data FILE --out DIR [options]\n"
         "Data (.txt plain text; .jsonl/.json with {text} | {prompt,completion} | Alpaca | {messages}):\n"
         "  --seq-len T          tokens per row (default 256)\n"
+        "  --val-data FILE      validate on this file instead of a held-out share of --data\n"
         "  --val-fraction F     share of examples held out for validation (default 0.1)\n"
         "  --no-pack            one example per row instead of packing several\n"
         "  --chat-template NAME chatml | llama3 | llama2 (default: from tokenizer_config.json)\n"
@@ -87,7 +88,8 @@ int cmd_train(int argc, char **argv) {
         for (int i = 0; peft_methods[i]; i++) printf("%-12s (adapter_config peft_type %s)\n", peft_methods[i]->name, peft_methods[i]->peft_type);
         return 0;
     }
-    const char *dir = args_str(&a, "--model", NULL), *data = args_str(&a, "--data", NULL), *out = args_str(&a, "--out", NULL);
+    const char *dir = args_str(&a, "--model", NULL), *data = args_str(&a, "--data", NULL), *out = args_str(&a, "--out", NULL),
+               *val_data = args_str(&a, "--val-data", NULL);
     peft_adapter_config acfg;
     peft_adapter_config_default(&acfg);
     acfg.opts.alpha = 16;
@@ -157,9 +159,14 @@ int cmd_train(int argc, char **argv) {
         cli_model_free(&cm);
         return cli_report("the model directory has no tokenizer.json; training data must be tokenized");
     }
-    peft_dataset *ds = NULL;
+    peft_dataset *ds = NULL, *val = NULL;
     peft_adapter_set *set = NULL;
+    if (val_data) dopts.val_fraction = 0;
     rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
+    if (rc == PEFT_OK && val_data) {
+        rc = peft_dataset_load(val_data, cm.tok, &dopts, &val, &err);
+        o.val_data = val;
+    }
     if (rc == PEFT_OK && epochs > 0)
         o.steps = (long)ceil(epochs * peft_dataset_rows(ds, 0) / ((double)o.batch * o.grad_accum));
     if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
@@ -167,7 +174,7 @@ int cmd_train(int argc, char **argv) {
         size_t trainable = peft_adapter_set_numel(set);
         fprintf(stderr, "%s: %s on %d modules, %zu trainable parameters (%.3f%% of %zu); %d train / %d validation rows of %d tokens\n",
                 dir, acfg.method, peft_adapter_set_n_sites(set), trainable, 100.0 * trainable / cm.model->n_params,
-                cm.model->n_params, peft_dataset_rows(ds, 0), peft_dataset_rows(ds, 1), o.seq_len);
+                cm.model->n_params, peft_dataset_rows(ds, 0), val ? peft_dataset_rows(val, 0) : peft_dataset_rows(ds, 1), o.seq_len);
         peft_train_result res;
         rc = peft_train(cm.model, set, ds, &o, &res, &err);
         if (rc == PEFT_OK) {
@@ -178,6 +185,7 @@ int cmd_train(int argc, char **argv) {
     }
     peft_adapter_set_free(set);
     peft_dataset_free(ds);
+    peft_dataset_free(val);
     cli_model_free(&cm);
     return rc ? cli_report(err.msg) : 0;
 }

@@ -111,6 +111,18 @@ int peft_write_file_atomic(const char *path, const void *data, size_t len, peft_
 }
 
 int peft_mkdir(const char *path, peft_err *err) {
+    /* Parents first (mkdir -p). */
+    char parent[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof parent) return peft_fail(err, PEFT_EINVAL, "%s: path too long", path);
+    memcpy(parent, path, len + 1);
+    for (char *p = parent + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(parent, 0755) != 0 && errno != EEXIST)
+                return peft_fail(err, PEFT_EIO, "%s: cannot create directory: %s", parent, strerror(errno));
+            *p = '/';
+        }
     if (mkdir(path, 0755) == 0 || errno == EEXIST) {
         struct stat st;
         if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return PEFT_OK;

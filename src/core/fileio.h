@@ -35,7 +35,7 @@ void peft_atomic_abort(peft_atomic_file *af);
 /* Writes `len` bytes to `path` atomically. */
 int peft_write_file_atomic(const char *path, const void *data, size_t len, peft_err *err);
 
-/* mkdir -p for one directory level (the parent must exist); ok if it already exists. */
+/* mkdir -p: creates the directory and its missing parents; ok if it already exists. */
 int peft_mkdir(const char *path, peft_err *err);
 
 /* Copies a file atomically (used to carry tokenizer files into merged checkpoints). */

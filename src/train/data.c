@@ -186,15 +186,22 @@ static int add_json_record(loader *L, const cJSON *o, const char *where, peft_er
     return rc;
 }
 
-static int load_jsonl(loader *L, char *data, size_t len, peft_err *err) {
+/* The length of the run of bytes from `set` at the start of p[0, n) (p need not be NUL-terminated). */
+static size_t span_of(const char *p, size_t n, const char *set) {
+    size_t i = 0;
+    while (i < n && p[i] && strchr(set, p[i])) i++;
+    return i;
+}
+
+static int load_jsonl(loader *L, const char *data, size_t len, peft_err *err) {
     char where[4200];
     int lineno = 0, rc = 0;
-    for (char *p = data; !rc && p < data + len;) {
-        char *nl = memchr(p, '\n', (size_t)(data + len - p));
+    for (const char *p = data; !rc && p < data + len;) {
+        const char *nl = memchr(p, '\n', (size_t)(data + len - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(data + len - p);
         lineno++;
         snprintf(where, sizeof where, "%s:%d", L->path, lineno);
-        if (strspn(p, " \t\r") < n) {
+        if (span_of(p, n, " \t\r") < n) {
             cJSON *o = cJSON_ParseWithLength(p, n);
             rc = o ? add_json_record(L, o, where, err) : peft_fail(err, PEFT_EFORMAT, "%s: not valid JSON", where);
             cJSON_Delete(o);
@@ -272,21 +279,30 @@ static int build_rows(peft_dataset *ds, int split, int *idx, int n, uint64_t *rn
 }
 
 int peft_dataset_load(const char *path, const peft_tokenizer *tok, const peft_data_opts *opts, peft_dataset **out, peft_err *err) {
+    char *data;
+    size_t len;
+    *out = NULL;
+    int rc = peft_read_file(path, &data, &len, err);
+    if (rc) return rc;
+    rc = peft_dataset_load_memory(data, len, path, tok, opts, out, err);
+    free(data);
+    return rc;
+}
+
+int peft_dataset_load_memory(const char *data, size_t len, const char *path, const peft_tokenizer *tok,
+                             const peft_data_opts *opts, peft_dataset **out, peft_err *err) {
     *out = NULL;
     if (opts->seq_len < 2) return peft_fail(err, PEFT_EINVAL, "%s: seq_len must be at least 2 (got %d)", path, opts->seq_len);
     if (!(opts->val_fraction >= 0 && opts->val_fraction < 1))
         return peft_fail(err, PEFT_EINVAL, "%s: val_fraction must be in [0, 1) (got %g)", path, opts->val_fraction);
-    char *data;
-    size_t len;
-    int rc = peft_read_file(path, &data, &len, err);
-    if (rc) return rc;
+    int rc;
     peft_dataset *ds = calloc(1, sizeof *ds);
-    if (!ds) return free(data), peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
+    if (!ds) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
     ds->seq_len = opts->seq_len;
     ds->pack = opts->pack;
     ds->pad_id = peft_tokenizer_eos_id(tok) >= 0 ? peft_tokenizer_eos_id(tok) : 0;
     loader L = {ds, tok, opts, path, {0}, 0, FMT_NONE};
-    size_t lead = strspn(data, " \t\r\n");
+    size_t lead = span_of(data, len, " \t\r\n");
     if (lead == len) {
         rc = peft_fail(err, PEFT_EFORMAT, "%s: empty file", path);
     } else if (ends_with(path, ".jsonl")) {
@@ -295,13 +311,12 @@ int peft_dataset_load(const char *path, const peft_tokenizer *tok, const peft_da
         rc = data[lead] == '[' ? load_array(&L, data, len, err) : load_jsonl(&L, data, len, err);
     } else {
         /* not named as JSON: records only if the first line is a JSON object */
-        char *nl = memchr(data + lead, '\n', len - lead);
+        const char *nl = memchr(data + lead, '\n', len - lead);
         cJSON *first = data[lead] == '{' ? cJSON_ParseWithLength(data + lead, nl ? (size_t)(nl - data - lead) : len - lead) : NULL;
         int records = cJSON_IsObject(first);
         cJSON_Delete(first);
         rc = records ? load_jsonl(&L, data, len, err) : add_record(&L, data, len, 1, NULL, 0, 1, 1, 1, path, err);
     }
-    free(data);
     if (!rc && ds->n_ex == 0) rc = peft_fail(err, PEFT_EFORMAT, "%s: no usable example (nothing to learn)", path);
     int n = (int)ds->n_ex, n_val = 0;
     int *idx = rc ? NULL : malloc(((size_t)n + 1) * sizeof *idx);

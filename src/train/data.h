@@ -38,6 +38,10 @@ typedef struct peft_data_opts {
  * PEFT_EIO / PEFT_EFORMAT (malformed record, empty file) / PEFT_EINVAL (bad options). */
 int peft_dataset_load(const char *path, const peft_tokenizer *tok, const peft_data_opts *opts, peft_dataset **out,
                       peft_err *err);
+/* The same from len bytes of memory (need not be NUL-terminated); `name` stands for the path:
+ * its extension picks the format and messages name it. */
+int peft_dataset_load_memory(const char *text, size_t len, const char *name, const peft_tokenizer *tok,
+                             const peft_data_opts *opts, peft_dataset **out, peft_err *err);
 void peft_dataset_free(peft_dataset *ds);
 
 /* split: 0 = train, 1 = validation. Number of rows of seq_len tokens. */

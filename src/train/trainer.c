@@ -324,7 +324,10 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
                peft_train_result *res, peft_err *err) {
     memset(res, 0, sizeof *res);
     res->first_val_loss = res->final_val_loss = NAN;
-    int B = o->batch, T = o->seq_len, n_train = peft_dataset_rows(ds, 0), n_val = peft_dataset_rows(ds, 1);
+    /* Validation rows: a separate dataset's (all of it) or this one's held-out split. */
+    const peft_dataset *val_ds = o->val_data ? o->val_data : ds;
+    int val_split = o->val_data ? 0 : 1;
+    int B = o->batch, T = o->seq_len, n_train = peft_dataset_rows(ds, 0), n_val = peft_dataset_rows(val_ds, val_split);
     if (B < 1 || T < 2 || o->grad_accum < 1 || o->steps < 1)
         return peft_fail(err, PEFT_EINVAL, "batch, grad_accum and steps must be >= 1 and seq_len >= 2");
     if (n_train < 1) return peft_fail(err, PEFT_EINVAL, "the training split is empty");
@@ -363,7 +366,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     if (rc == PEFT_OK && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing", log_path);
 
     if (rc == PEFT_OK && n_val > 0 && step == 0) {
-        rc = eval_split(m, set, ds, &acts, &bb, 1, o->eval_batches, &res->first_val_loss, err);
+        rc = eval_split(m, set, val_ds, &acts, &bb, val_split, o->eval_batches, &res->first_val_loss, err);
         if (rc == PEFT_OK) {
             fprintf(log, "{\"step\":0,\"val_loss\":%.6f}\n", res->first_val_loss);
             curve_add(&val_curve, 0, res->first_val_loss);
@@ -426,7 +429,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
         if (o->progress) progress_bar(step, o->steps, loss, tps, eta);
         if (n_val > 0 && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)) {
             double vl;
-            rc = eval_split(m, set, ds, &acts, &bb, 1, o->eval_batches, &vl, err);
+            rc = eval_split(m, set, val_ds, &acts, &bb, val_split, o->eval_batches, &vl, err);
             if (rc) break;
             res->final_val_loss = vl;
             fprintf(log, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, vl);

@@ -32,6 +32,7 @@ typedef struct peft_train_opts {
     int resume;            /* continue from out_dir/checkpoint.safetensors if present */
     int progress;          /* draw a progress bar on stderr */
     const char *out_dir;   /* adapter, checkpoint, train_log.jsonl, loss.svg */
+    const peft_dataset *val_data; /* validate on all of this one (NULL: the held-out split of the training data) */
 } peft_train_opts;
 
 void peft_train_opts_default(peft_train_opts *o);
