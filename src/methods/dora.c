@@ -22,8 +22,8 @@
 #include <cjson/cJSON.h>
 
 #include "kernels/kernels.h"
+#include "methods/dropout.h"
 #include "methods/lora.h"
-#include "rng.h"
 
 typedef struct dora_adapter {
     peft_adapter base;
@@ -39,29 +39,10 @@ typedef struct dora_adapter {
     uint64_t site_hash;
 } dora_adapter;
 
-static uint64_t hash_name(const char *s) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return h;
-}
-
-/* Dropout as LoRA's: factor 0 or 1/(1-p) from a hash of (step seed, site, element). */
-static inline float dropout_factor(uint64_t seed, size_t i, float p) {
-    float u = (float)(peft_mix64(seed + i) >> 40) * (1.0f / 16777216.0f);
-    return u >= p ? 1.0f / (1.0f - p) : 0.0f;
-}
-
 static int dropout_active(const dora_adapter *a) { return a->base.training && a->dropout > 0.0f; }
 
-/* out = in * mask (accumulate 0) or out += in * mask (accumulate 1), over N rows of `in`. */
 static void dropout_apply(const dora_adapter *a, float *out, const float *in, int N, int accumulate) {
-    uint64_t seed = peft_mix64(a->base.step_seed ^ a->site_hash);
-    size_t n = (size_t)N * a->in;
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) {
-        float v = in[i] * dropout_factor(seed, i, a->dropout);
-        out[i] = accumulate ? out[i] + v : v;
-    }
+    peft_dropout_apply(out, in, (size_t)N * a->in, a->dropout, a->base.step_seed, a->site_hash, accumulate);
 }
 
 /* norm[o] = ||W_o + s (B A)_o|| using v[out, in] as scratch. */
@@ -92,7 +73,7 @@ static int dora_create(const peft_method_opts *o, const peft_site *s, int max_ro
     a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
     a->dropout = (float)o->dropout;
     a->max_rows = max_rows;
-    a->site_hash = hash_name(s->name);
+    a->site_hash = peft_site_hash(s->name);
     size_t nA = (size_t)a->r * a->in, nB = (size_t)a->out * a->r, no = (size_t)a->out;
     a->A = calloc(2 * (nA + nB + no) + (size_t)max_rows * a->r + 3 * no, sizeof(float));
     if (!a->A) {
@@ -108,12 +89,7 @@ static int dora_create(const peft_method_opts *o, const peft_site *s, int max_ro
     a->norm = a->ax + (size_t)max_rows * a->r;
     a->f = a->norm + no;
     a->merged_f = a->f + no;
-    /* A, B as PEFT's LoRA init (the same stream as lora.c, so one seed gives the same A). */
-    peft_rng rng;
-    peft_rng_seed(&rng, o->seed, a->site_hash);
-    float bound = 1.0f / sqrtf((float)a->in), sd = 1.0f / (float)a->r;
-    for (size_t i = 0; i < nA; i++)
-        a->A[i] = o->init_gaussian ? sd * peft_rng_normal(&rng) : bound * (2.0f * peft_rng_uniform(&rng) - 1.0f);
+    lora_init_A(a->A, a->r, a->in, o, a->site_hash); /* B = 0 */
     /* m = ||W + s B A||_row = ||W||_row since B = 0. A shapes-only model (no weights) gets
      * m = 0: such a model only ever loads m from a file. */
     if (s->weight)

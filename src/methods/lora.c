@@ -19,6 +19,7 @@
 
 #include "io/json.h"
 #include "kernels/kernels.h"
+#include "methods/dropout.h"
 #include "rng.h"
 
 typedef struct lora_adapter {
@@ -32,29 +33,10 @@ typedef struct lora_adapter {
     uint64_t site_hash;
 } lora_adapter;
 
-static uint64_t hash_name(const char *s) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return h;
-}
-
-/* The dropout factor of element i: 0 (dropped) or 1/(1-p), from a hash of (step, site, i). */
-static inline float dropout_factor(uint64_t seed, size_t i, float p) {
-    float u = (float)(peft_mix64(seed + i) >> 40) * (1.0f / 16777216.0f);
-    return u >= p ? 1.0f / (1.0f - p) : 0.0f;
-}
-
 static int dropout_active(const lora_adapter *a) { return a->base.training && a->dropout > 0.0f; }
 
-/* out[n] = in[n] * dropout_factor(n) (mode 0) or out[n] += in[n] * dropout_factor(n) (mode 1). */
 static void dropout_apply(const lora_adapter *a, float *out, const float *in, int N, int accumulate) {
-    uint64_t seed = peft_mix64(a->base.step_seed ^ a->site_hash);
-    size_t n = (size_t)N * a->in;
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) {
-        float v = in[i] * dropout_factor(seed, i, a->dropout);
-        out[i] = accumulate ? out[i] + v : v;
-    }
+    peft_dropout_apply(out, in, (size_t)N * a->in, a->dropout, a->base.step_seed, a->site_hash, accumulate);
 }
 
 /* xd[N,in] = dropout(x), or x itself when no dropout is in effect. */
@@ -62,6 +44,14 @@ static const float *apply_dropout(const lora_adapter *a, const float *x, float *
     if (!dropout_active(a)) return x;
     dropout_apply(a, xd, x, N, 0);
     return xd;
+}
+
+void lora_init_A(float *A, int r, int in, const peft_method_opts *o, uint64_t site_hash) {
+    peft_rng rng;
+    peft_rng_seed(&rng, o->seed, site_hash);
+    float bound = 1.0f / sqrtf((float)in), sd = 1.0f / (float)r;
+    for (size_t i = 0; i < (size_t)r * in; i++)
+        A[i] = o->init_gaussian ? sd * peft_rng_normal(&rng) : bound * (2.0f * peft_rng_uniform(&rng) - 1.0f);
 }
 
 static int lora_create(const peft_method_opts *o, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err) {
@@ -78,7 +68,7 @@ static int lora_create(const peft_method_opts *o, const peft_site *s, int max_ro
     a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
     a->dropout = (float)o->dropout;
     a->max_rows = max_rows;
-    a->site_hash = hash_name(s->name);
+    a->site_hash = peft_site_hash(s->name);
     size_t nA = (size_t)a->r * a->in, nB = (size_t)a->out * a->r;
     a->A = calloc(2 * (nA + nB) + (size_t)max_rows * a->r, sizeof(float));
     if (!a->A) {
@@ -89,13 +79,7 @@ static int lora_create(const peft_method_opts *o, const peft_site *s, int max_ro
     a->dA = a->B + nB;
     a->dB = a->dA + nA;
     a->ax = a->dB + nB;
-    /* PEFT's init: A as nn.Linear's default (Kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(in))),
-     * or N(0, 1/r) for init_lora_weights="gaussian"; B = 0 so training starts at the base model. */
-    peft_rng rng;
-    peft_rng_seed(&rng, o->seed, a->site_hash);
-    float bound = 1.0f / sqrtf((float)a->in), sd = 1.0f / (float)a->r;
-    for (size_t i = 0; i < nA; i++)
-        a->A[i] = o->init_gaussian ? sd * peft_rng_normal(&rng) : bound * (2.0f * peft_rng_uniform(&rng) - 1.0f);
+    lora_init_A(a->A, a->r, a->in, o, a->site_hash);
     *out = &a->base;
     return PEFT_OK;
 }
@@ -133,7 +117,7 @@ static void lora_backward(peft_adapter *base, const peft_site *s, float *dx, con
         gemm_acc(dx, g, a->A, N, a->in, a->r, 0, 0, 1.0f);       /* dx += g A */
         return;
     }
-    /* Through the dropout: dx += dropout_factor * (g A), the mask regenerated from its seed. */
+    /* Through the dropout: dx += mask * (g A), the mask regenerated from its seed. */
     memset(dxd, 0, (size_t)N * a->in * sizeof(float));
     gemm_acc(dxd, g, a->A, N, a->in, a->r, 0, 0, 1.0f);
     dropout_apply(a, dx, dxd, N, 1);

@@ -8,6 +8,11 @@
 
 extern const peft_method peft_method_lora;
 
+/* PEFT's init of A [r, in]: nn.Linear's default (Kaiming-uniform with a = sqrt(5), i.e.
+ * U(+-1/sqrt(in))), or N(0, 1/r) for init_lora_weights="gaussian"; seeded by (o->seed, site).
+ * B starts at zero, so training starts at the base model. */
+void lora_init_A(float *A, int r, int in, const peft_method_opts *o, uint64_t site_hash);
+
 /* PEFT LoraConfig fields (r, lora_alpha, lora_dropout, use_rslora, init_lora_weights) into o;
  * returns 1 (not mine) when use_dora differs from want_dora (DoRA shares the config type). */
 int lora_config_read_common(const struct cJSON *obj, peft_method_opts *o, int want_dora, const char *what, peft_err *err);

@@ -24,6 +24,7 @@
 
 #include "io/json.h"
 #include "kernels/kernels.h"
+#include "methods/dropout.h"
 #include "rng.h"
 
 typedef struct vera_adapter {
@@ -40,27 +41,10 @@ typedef struct vera_adapter {
     float *own;            /* standalone bases */
 } vera_adapter;
 
-static uint64_t hash_name(const char *s) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return h;
-}
-
-static inline float dropout_factor(uint64_t seed, size_t i, float p) {
-    float u = (float)(peft_mix64(seed + i) >> 40) * (1.0f / 16777216.0f);
-    return u >= p ? 1.0f / (1.0f - p) : 0.0f;
-}
-
 static int dropout_active(const vera_adapter *a) { return a->base.training && a->dropout > 0.0f; }
 
 static void dropout_apply(const vera_adapter *a, float *out, const float *in, int N, int accumulate) {
-    uint64_t seed = peft_mix64(a->base.step_seed ^ a->site_hash);
-    size_t n = (size_t)N * a->in;
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) {
-        float v = in[i] * dropout_factor(seed, i, a->dropout);
-        out[i] = accumulate ? out[i] + v : v;
-    }
+    peft_dropout_apply(out, in, (size_t)N * a->in, a->dropout, a->base.step_seed, a->site_hash, accumulate);
 }
 
 /* PEFT's _kaiming_init: U(+-sqrt(6 / fan_in)), fan_in = the tensor's second dimension. */
@@ -89,7 +73,7 @@ static int vera_create(const peft_method_opts *o, const peft_site *s, int max_ro
     a->out = s->out_features;
     a->dropout = (float)o->dropout;
     a->max_rows = max_rows;
-    a->site_hash = hash_name(s->name);
+    a->site_hash = peft_site_hash(s->name);
     a->seed = o->seed;
     size_t no = (size_t)a->out, nr = (size_t)a->r;
     a->lb = calloc(2 * (no + nr) + (size_t)max_rows * nr, sizeof(float));
