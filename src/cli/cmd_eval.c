@@ -68,7 +68,14 @@ int cmd_eval(int argc, char **argv) {
         return cli_report(err.msg);
     }
     if (max_tokens && (size_t)max_tokens < n) n = (size_t)max_tokens;
-    size_t n_windows = (n - 1 + (size_t)T - 1) / (size_t)T;
+    /* With prompt tuning each window starts with the virtual tokens (placeholder ids, no loss). */
+    long nv = cm.model->n_virtual, Td = T - nv;
+    if (Td < 1) {
+        free(ids);
+        cli_model_free(&cm);
+        return cli_report("--seq-len leaves no room after the adapter's virtual tokens");
+    }
+    size_t n_windows = (n - 1 + (size_t)Td - 1) / (size_t)Td;
     if ((size_t)B > n_windows) B = (long)n_windows;
     llama_acts acts;
     int32_t *inp = malloc((size_t)B * T * sizeof *inp), *tgt = malloc((size_t)B * T * sizeof *tgt);
@@ -78,12 +85,13 @@ int cmd_eval(int argc, char **argv) {
     double total_loss = 0;
     long counted_total = 0;
     for (size_t w0 = 0; rc == PEFT_OK && w0 < n_windows; w0 += (size_t)B) {
-        /* Window w predicts tokens w*T+1 .. w*T+T from the tokens before them. */
+        /* Window w predicts tokens w*Td+1 .. w*Td+Td from the tokens before them. */
         for (long b = 0; b < B; b++)
             for (long t = 0; t < T; t++) {
-                size_t i = (w0 + (size_t)b) * (size_t)T + (size_t)t;
-                inp[b * T + t] = i < n ? ids[i] : 0;
-                tgt[b * T + t] = i + 1 < n ? ids[i + 1] : -1;
+                size_t i = (w0 + (size_t)b) * (size_t)Td + (size_t)(t - nv);
+                int data = t >= nv;
+                inp[b * T + t] = data && i < n ? ids[i] : 0;
+                tgt[b * T + t] = data && i + 1 < n ? ids[i + 1] : -1;
             }
         double loss;
         int counted;

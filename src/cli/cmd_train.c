@@ -35,6 +35,8 @@ static void usage(void) {
         "  --lora-plus-ratio K  LoRA+: learning rate of B is K x lr (default 1)\n"
         "  --init-scale X       method-specific initial value (VeRA d_initial, default 0.1)\n"
         "  --feedforward-modules LIST  IA3: modules whose input is scaled (default down_proj)\n"
+        "  --num-virtual-tokens N      prompt tuning: virtual tokens (default 20; part of --seq-len)\n"
+        "  --prompt-init-text TEXT     prompt tuning: start from this text's token embeddings\n"
         "Optimisation:\n"
         "  --steps N | --epochs E   updates (default 100) or passes over the training rows\n"
         "  --batch B --grad-accum K rows per micro-batch (default 4), micro-batches per update (1)\n"
@@ -77,6 +79,23 @@ static int parse_layers(const char *s, peft_adapter_config *cfg, peft_err *err) 
     return rc;
 }
 
+/* PEFT's TEXT init of prompt tuning: the text's token embeddings (with the tokenizer's
+ * special tokens, as tokenizer(text) gives them), repeated or cut to n_virtual rows. */
+static int prompt_init_rows(const cli_model *cm, const char *text, int n_virtual, float **rows, peft_err *err) {
+    int32_t *ids;
+    size_t n;
+    int rc = peft_tokenizer_encode(cm->tok, text, strlen(text), 1, &ids, &n, err);
+    if (rc) return rc;
+    int C = cm->model->cfg.hidden_size;
+    *rows = n ? malloc((size_t)n_virtual * C * sizeof(float)) : NULL;
+    if (!n) rc = peft_fail(err, PEFT_EINVAL, "--prompt-init-text encodes to no tokens");
+    else if (!*rows) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+    for (int i = 0; rc == PEFT_OK && i < n_virtual; i++)
+        memcpy(*rows + (size_t)i * C, cm->model->embed + (size_t)ids[i % n] * C, (size_t)C * sizeof(float));
+    free(ids);
+    return rc;
+}
+
 int cmd_train(int argc, char **argv) {
     cli_args a;
     args_init(&a, "train", argc, argv);
@@ -102,6 +121,8 @@ int cmd_train(int argc, char **argv) {
     acfg.opts.use_rslora = args_has(&a, "--rslora");
     acfg.opts.dropout = args_double(&a, "--dropout", 0.0);
     acfg.opts.init_scale = args_double(&a, "--init-scale", 0.1);
+    acfg.opts.n_virtual = (int)args_int(&a, "--num-virtual-tokens", 20);
+    const char *init_text = args_str(&a, "--prompt-init-text", NULL);
     snprintf(acfg.opts.feedforward_modules, sizeof acfg.opts.feedforward_modules, "%s",
              args_str(&a, "--feedforward-modules", "down_proj"));
 
@@ -161,8 +182,23 @@ int cmd_train(int argc, char **argv) {
     }
     peft_dataset *ds = NULL, *val = NULL;
     peft_adapter_set *set = NULL;
+    float *init_rows = NULL;
     if (val_data) dopts.val_fraction = 0;
-    rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
+    const peft_method *method = peft_method_find(acfg.method);
+    if (method && method->attach_model) {
+        /* Prompt tuning: each row is the virtual tokens, then one example (no packing: a
+         * packed second example could not see the prompt). */
+        dopts.seq_len = o.seq_len - acfg.opts.n_virtual;
+        dopts.pack = 0;
+        if (dopts.seq_len < 2) rc = peft_fail(&err, PEFT_EINVAL, "--seq-len %d leaves no room after %d virtual tokens", o.seq_len,
+                                              acfg.opts.n_virtual);
+        if (rc == PEFT_OK && init_text)
+            rc = prompt_init_rows(&cm, init_text, acfg.opts.n_virtual, &init_rows, &err);
+        acfg.opts.init_rows = init_rows;
+        if (init_text) snprintf(acfg.opts.init_text, sizeof acfg.opts.init_text, "%s", init_text);
+    }
+    if (rc == PEFT_OK)
+        rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
     if (rc == PEFT_OK && val_data) {
         rc = peft_dataset_load(val_data, cm.tok, &dopts, &val, &err);
         o.val_data = val;
@@ -186,6 +222,7 @@ int cmd_train(int argc, char **argv) {
     peft_adapter_set_free(set);
     peft_dataset_free(ds);
     peft_dataset_free(val);
+    free(init_rows);
     cli_model_free(&cm);
     return rc ? cli_report(err.msg) : 0;
 }

@@ -1,40 +1,51 @@
-/* attention.c: causal grouped-query attention, flash-attention style on the CPU.
+/* attention.c: causal grouped-query attention, FlashAttention-2 style on the CPU.
  *
- * Forward streams over the keys of each query row in blocks with an online softmax
- * (running max m, running sum l, unnormalised accumulator), so the T x T score matrix is
- * never stored; it saves lse = m + log(l) per row. Backward recomputes
- *   P_ij = exp(s_ij - lse_i),  dP_ij = dout_i . v_j,  D_i = dout_i . out_i,
- *   dS_ij = P_ij * (dP_ij - D_i),  dq_i += scale * sum_j dS_ij k_j,
- *   dk_j += scale * sum_i dS_ij q_i,  dv_j += sum_i P_ij dout_i
- * in two race-free passes: one parallel over query rows (dq), one parallel over blocks
- * of keys of a kv head (dk, dv summed over the query heads of the group). This costs the
- * scores twice but needs no scratch memory and no atomics, and keeps every core busy
- * even when B * n_kv_head is small.
+ * Both passes work on tiles: a block of ATTN_BQ query rows against a block of ATTN_BK keys.
+ * Scores S = Q K^T and the products P V, dS K, P^T dO, dS^T Q are small matmuls done by two
+ * register-blocked micro-kernels (AVX-512 intrinsics when __AVX512F__, plain loops otherwise);
+ * the key block is transposed once (Kt[hd][ATTN_BK]) so the score kernel streams 64 keys per
+ * row in four zmm registers. exp is a vectorised polynomial (Cephes expf, ~1 ulp, scalef for
+ * the 2^n) in the AVX-512 path and libm expf in the portable one.
+ *
+ * Forward: one task per (b, query head, block of ATTN_BQ rows), tasks taken latest-block first
+ * (they have the most keys). It streams over key blocks with an online softmax (running max m,
+ * running sum l, unnormalised accumulator), so the T x T matrix is never stored, and saves
+ * lse = m + log(l) per row.
+ *
+ * Backward (one pass, P computed once per tile): one task per (b, kv head). For each key block
+ * it transposes K and V once and visits every query block of every query head of the GQA group
+ * that can see it:
+ *   P = exp(S - lse),  dP = dO V^T,  D_i = dO_i . O_i,  dS = scale * P * (dP - D),
+ *   dV_blk += P^T dO,  dK_blk += dS^T Q,  dQ += dS K_blk.
+ * The task owns dq of its group's heads in its sequence and its own dk/dv rows, so there are no
+ * atomics and no races. When B * n_kv_head is smaller than the thread count, each (b, kv head)
+ * is further split into ranges of key blocks; those tasks then add dQ into a private scratch
+ * that is summed in a fixed order afterwards (the only allocation of size O(T), documented in
+ * kernels.h). Results do not depend on the thread count in the unsplit case.
+ *
+ * Per-thread scratch (key-block transposes, tiles, accumulators) is malloc'ed once per parallel
+ * region, O(ATTN_BK * hd) floats.
  *
  * Masking: query row i of a sequence sits at absolute index a = Tk - Tq + i and sees keys
  * [a - pos_i, a]; pos_i is clamped to [0, a] (so a negative pos sees only itself). */
 #include <assert.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "kernels.h"
 
-#define ATTN_MAX_HD 256 /* per-thread accumulators live on the stack */
-#define ATTN_KBLOCK 32  /* keys scored per online-softmax step */
-#define ATTN_QTILE 4    /* query rows per forward task (the code below is unrolled for 4) */
-#define ATTN_BWD_KB 16  /* keys per backward dk/dv task */
+#define ATTN_MAX_HD 256
+#define ATTN_BK 64 /* keys per block (fixed: the score kernel holds 64 columns in 4 zmm) */
+#define ATTN_BQ 32 /* query rows per block */
 
-static inline float dot_(const float *a, const float *b, int n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static inline void axpy_(float *y, float a, const float *x, int n) {
-#pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
+#define AINL static inline __attribute__((always_inline))
 
 /* First key index seen by a query at absolute index a with packed position p (or -1). */
 static inline int window_lo_(const int32_t *pos, size_t row, int a) {
@@ -45,100 +56,360 @@ static inline int window_lo_(const int32_t *pos, size_t row, int a) {
     return a - p;
 }
 
+static void *scratch_alloc_(size_t nfloats) {
+    size_t bytes = (nfloats * sizeof(float) + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, bytes ? bytes : 64);
+    assert(p);
+    return p;
+}
+
+/* Kt[d][jj] = k[jj][d] for jj < nk, 0 for nk <= jj < ATTN_BK. */
+static void transpose_block_(float *Kt, const float *kb, size_t ks, int nk, int hd) {
+    for (int d = 0; d < hd; d++) {
+        float *row = Kt + (size_t)d * ATTN_BK;
+        for (int jj = 0; jj < nk; jj++) row[jj] = kb[(size_t)jj * ks + d];
+        for (int jj = nk; jj < ATTN_BK; jj++) row[jj] = 0.0f;
+    }
+}
+
+#ifdef __AVX512F__
+/* exp(x) for 16 lanes, Cephes expf polynomial; 0 for x < -104 (and -inf), inf above 88.7. */
+AINL __m512 exp512_(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.72283905f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Micro-kernels with named accumulators (gcc keeps arrays of __m512 indexed in loops in memory). */
+#define ATT_Z4(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
+#define ATT_FMA4(r, s)                                     \
+    do {                                                   \
+        const __m512 a_ = _mm512_set1_ps(s);               \
+        c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);        \
+        c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);        \
+        c##r##2 = _mm512_fmadd_ps(a_, b2, c##r##2);        \
+        c##r##3 = _mm512_fmadd_ps(a_, b3, c##r##3);        \
+    } while (0)
+#define ATT_ST4(r, dst)                                    \
+    do {                                                   \
+        _mm512_store_ps((dst), c##r##0);                   \
+        _mm512_store_ps((dst) + 16, c##r##1);              \
+        _mm512_store_ps((dst) + 32, c##r##2);              \
+        _mm512_store_ps((dst) + 48, c##r##3);              \
+    } while (0)
+
+/* S[r][0:64] = sum_d A[r*lda + d] * Bt[d][0:64], 4 rows / 1 row. */
+static void scores4_(float *S, const float *A, size_t lda, const float *Bt, int hd) {
+    ATT_Z4(0);
+    ATT_Z4(1);
+    ATT_Z4(2);
+    ATT_Z4(3);
+    const float *A0 = A, *A1 = A + lda, *A2 = A + 2 * lda, *A3 = A + 3 * lda;
+    for (int d = 0; d < hd; d++) {
+        const float *b = Bt + (size_t)d * ATTN_BK;
+        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), b2 = _mm512_load_ps(b + 32),
+                     b3 = _mm512_load_ps(b + 48);
+        ATT_FMA4(0, A0[d]);
+        ATT_FMA4(1, A1[d]);
+        ATT_FMA4(2, A2[d]);
+        ATT_FMA4(3, A3[d]);
+    }
+    ATT_ST4(0, S);
+    ATT_ST4(1, S + ATTN_BK);
+    ATT_ST4(2, S + 2 * ATTN_BK);
+    ATT_ST4(3, S + 3 * ATTN_BK);
+}
+static void scores1_(float *S, const float *A, const float *Bt, int hd) {
+    ATT_Z4(0);
+    for (int d = 0; d < hd; d++) {
+        const float *b = Bt + (size_t)d * ATTN_BK;
+        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), b2 = _mm512_load_ps(b + 32),
+                     b3 = _mm512_load_ps(b + 48);
+        ATT_FMA4(0, A[d]);
+    }
+    ATT_ST4(0, S);
+}
+
+#define ATT_LD4(r, src)                                                                         \
+    __m512 c##r##0 = _mm512_maskz_loadu_ps(m0, (src)), c##r##1 = _mm512_maskz_loadu_ps(m1, (src) + 16), \
+           c##r##2 = _mm512_maskz_loadu_ps(m2, (src) + 32), c##r##3 = _mm512_maskz_loadu_ps(m3, (src) + 48)
+#define ATT_MST4(r, dst)                                   \
+    do {                                                   \
+        _mm512_mask_storeu_ps((dst), m0, c##r##0);         \
+        _mm512_mask_storeu_ps((dst) + 16, m1, c##r##1);    \
+        _mm512_mask_storeu_ps((dst) + 32, m2, c##r##2);    \
+        _mm512_mask_storeu_ps((dst) + 48, m3, c##r##3);    \
+    } while (0)
+
+static inline __mmask16 lane_mask_(int rem) {
+    return rem >= 16 ? (__mmask16)0xFFFF : rem > 0 ? (__mmask16)((1u << rem) - 1) : 0;
+}
+
+/* C[r][0:hd] += sum_k P[r*psm + k*psk] * X[k*ldx + 0:hd], 4 rows / 1 row, 64-column chunks
+ * (masked at the end of hd). */
+static void pv4_(float *C, size_t ldc, const float *P, size_t psm, size_t psk, const float *X, size_t ldx, int nk,
+                 int hd) {
+    for (int d0 = 0; d0 < hd; d0 += 64) {
+        const __mmask16 m0 = lane_mask_(hd - d0), m1 = lane_mask_(hd - d0 - 16), m2 = lane_mask_(hd - d0 - 32),
+                        m3 = lane_mask_(hd - d0 - 48);
+        float *C0 = C + d0, *C1 = C0 + ldc, *C2 = C1 + ldc, *C3 = C2 + ldc;
+        const float *P0 = P, *P1 = P + psm, *P2 = P + 2 * psm, *P3 = P + 3 * psm;
+        ATT_LD4(0, C0);
+        ATT_LD4(1, C1);
+        ATT_LD4(2, C2);
+        ATT_LD4(3, C3);
+        for (int k = 0; k < nk; k++) {
+            const float *xr = X + (size_t)k * ldx + d0;
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, xr), b1 = _mm512_maskz_loadu_ps(m1, xr + 16),
+                         b2 = _mm512_maskz_loadu_ps(m2, xr + 32), b3 = _mm512_maskz_loadu_ps(m3, xr + 48);
+            const size_t o = (size_t)k * psk;
+            ATT_FMA4(0, P0[o]);
+            ATT_FMA4(1, P1[o]);
+            ATT_FMA4(2, P2[o]);
+            ATT_FMA4(3, P3[o]);
+        }
+        ATT_MST4(0, C0);
+        ATT_MST4(1, C1);
+        ATT_MST4(2, C2);
+        ATT_MST4(3, C3);
+    }
+}
+static void pv1_(float *C, const float *P, size_t psk, const float *X, size_t ldx, int nk, int hd) {
+    for (int d0 = 0; d0 < hd; d0 += 64) {
+        const __mmask16 m0 = lane_mask_(hd - d0), m1 = lane_mask_(hd - d0 - 16), m2 = lane_mask_(hd - d0 - 32),
+                        m3 = lane_mask_(hd - d0 - 48);
+        float *C0 = C + d0;
+        ATT_LD4(0, C0);
+        for (int k = 0; k < nk; k++) {
+            const float *xr = X + (size_t)k * ldx + d0;
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, xr), b1 = _mm512_maskz_loadu_ps(m1, xr + 16),
+                         b2 = _mm512_maskz_loadu_ps(m2, xr + 32), b3 = _mm512_maskz_loadu_ps(m3, xr + 48);
+            ATT_FMA4(0, P[(size_t)k * psk]);
+        }
+        ATT_MST4(0, C0);
+    }
+}
+
+static void scores_(float *S, const float *A, size_t lda, const float *Bt, int nrows, int hd) {
+    int r = 0;
+    for (; r + 4 <= nrows; r += 4) scores4_(S + (size_t)r * ATTN_BK, A + (size_t)r * lda, lda, Bt, hd);
+    for (; r < nrows; r++) scores1_(S + (size_t)r * ATTN_BK, A + (size_t)r * lda, Bt, hd);
+}
+
+static void pv_(float *C, size_t ldc, const float *P, size_t psm, size_t psk, const float *X, size_t ldx, int nrows,
+                int nk, int hd) {
+    int r = 0;
+    for (; r + 4 <= nrows; r += 4) pv4_(C + (size_t)r * ldc, ldc, P + (size_t)r * psm, psm, psk, X, ldx, nk, hd);
+    for (; r < nrows; r++) pv1_(C + (size_t)r * ldc, P + (size_t)r * psm, psk, X, ldx, nk, hd);
+}
+
+/* p[jj] = exp(s[jj] * scale - off) for jj in [jlo, jhi], 0 elsewhere (jj < ATTN_BK); returns the sum. */
+AINL float exp_row_(float *p, const float *s, float scale, float off, int jlo, int jhi) {
+    __m512 acc = _mm512_setzero_ps();
+    const __m512 vs = _mm512_set1_ps(scale), vo = _mm512_set1_ps(off);
+    for (int x = 0; x < ATTN_BK; x += 16) {
+        int a = jlo - x, b = jhi - x + 1;  // valid lanes [a, b)
+        a = a < 0 ? 0 : a;
+        b = b > 16 ? 16 : b;
+        __mmask16 m = a < b ? (__mmask16)((((1u << b) - 1)) & ~((1u << a) - 1)) : 0;
+        __m512 e = _mm512_maskz_mov_ps(m, exp512_(_mm512_fmsub_ps(_mm512_load_ps(s + x), vs, vo)));
+        _mm512_store_ps(p + x, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+#else  /* portable path: same blocking, plain loops */
+static void scores_(float *S, const float *A, size_t lda, const float *Bt, int nrows, int hd) {
+    for (int r = 0; r < nrows; r++) {
+        float *s = S + (size_t)r * ATTN_BK;
+        for (int jj = 0; jj < ATTN_BK; jj++) s[jj] = 0.0f;
+        for (int d = 0; d < hd; d++) {
+            const float a = A[(size_t)r * lda + d];
+            const float *b = Bt + (size_t)d * ATTN_BK;
+#pragma omp simd
+            for (int jj = 0; jj < ATTN_BK; jj++) s[jj] += a * b[jj];
+        }
+    }
+}
+
+static void pv_(float *C, size_t ldc, const float *P, size_t psm, size_t psk, const float *X, size_t ldx, int nrows,
+                int nk, int hd) {
+    for (int r = 0; r < nrows; r++) {
+        float *c = C + (size_t)r * ldc;
+        for (int k = 0; k < nk; k++) {
+            const float p = P[(size_t)r * psm + (size_t)k * psk];
+            const float *x = X + (size_t)k * ldx;
+#pragma omp simd
+            for (int d = 0; d < hd; d++) c[d] += p * x[d];
+        }
+    }
+}
+
+static inline float exp_row_(float *p, const float *s, float scale, float off, int jlo, int jhi) {
+    float sum = 0.0f;
+    for (int jj = 0; jj < ATTN_BK; jj++) {
+        float e = (jj >= jlo && jj <= jhi) ? expf(s[jj] * scale - off) : 0.0f;
+        p[jj] = e;
+        sum += e;
+    }
+    return sum;
+}
+#endif
+
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
                        int B, int Tq, int Tk, int n_head, int n_kv_head, int hd) {
     // out (B, Tq, n_head*hd), lse (B, n_head, Tq) or NULL
     // q (B, Tq, n_head*hd), k, v (B, Tk, n_kv_head*hd), pos (B, Tq) or NULL
-    // One task is a tile of ATTN_QTILE consecutive query rows of one head: every key and
-    // value row loaded is used by all rows of the tile (4 independent FMA chains), and
-    // each row keeps its own online-softmax state and its own window mask.
     assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0 && Tq <= Tk);
+    if (B <= 0 || Tq <= 0 || n_head <= 0 || hd <= 0) return;
     const int group = n_head / n_kv_head;
     const size_t qs = (size_t)n_head * hd, ks = (size_t)n_kv_head * hd;  // row strides
     const float scale = 1.0f / sqrtf((float)hd);
-    const int ntiles = (Tq + ATTN_QTILE - 1) / ATTN_QTILE;
-#pragma omp parallel for collapse(3) schedule(dynamic, 4)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < n_head; h++) {
-            for (int tile = 0; tile < ntiles; tile++) {
-                const int i0 = tile * ATTN_QTILE;
-                const int nr = Tq - i0 < ATTN_QTILE ? Tq - i0 : ATTN_QTILE;
-                const float *kb = k + (size_t)b * Tk * ks + (size_t)(h / group) * hd;
-                const float *vb = v + (size_t)b * Tk * ks + (size_t)(h / group) * hd;
-                // per-row state; rows past the end of a short tail tile duplicate the last row
-                const float *qr[ATTN_QTILE];
-                int lo[ATTN_QTILE], hi[ATTN_QTILE];
-                float m[ATTN_QTILE], l[ATTN_QTILE];
-                float acc[ATTN_QTILE][ATTN_MAX_HD];
-                float s[ATTN_QTILE][ATTN_KBLOCK];
-                int jlo = Tk, jhi = 0;
-                for (int r = 0; r < ATTN_QTILE; r++) {
-                    const int i = i0 + (r < nr ? r : nr - 1);
-                    hi[r] = Tk - Tq + i;
-                    lo[r] = window_lo_(pos, (size_t)b * Tq + i, hi[r]);
-                    qr[r] = q + ((size_t)b * Tq + i) * qs + (size_t)h * hd;
-                    m[r] = -INFINITY;
-                    l[r] = 0.0f;
-                    memset(acc[r], 0, (size_t)hd * sizeof(float));
-                    jlo = lo[r] < jlo ? lo[r] : jlo;
-                    jhi = hi[r] > jhi ? hi[r] : jhi;
-                }
-                const float *q0 = qr[0], *q1 = qr[1], *q2 = qr[2], *q3 = qr[3];
-                for (int j0 = jlo; j0 <= jhi; j0 += ATTN_KBLOCK) {
-                    const int nj = jhi - j0 + 1 < ATTN_KBLOCK ? jhi - j0 + 1 : ATTN_KBLOCK;
-                    // scores s[r][jj] = q_r . k_j * scale, -inf outside row r's window
-                    for (int jj = 0; jj < nj; jj++) {
-                        const float *kj = kb + (size_t)(j0 + jj) * ks;
-                        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-                        for (int d = 0; d < hd; d++) {
-                            s0 += q0[d] * kj[d];
-                            s1 += q1[d] * kj[d];
-                            s2 += q2[d] * kj[d];
-                            s3 += q3[d] * kj[d];
-                        }
-                        s[0][jj] = s0 * scale, s[1][jj] = s1 * scale, s[2][jj] = s2 * scale, s[3][jj] = s3 * scale;
-                        for (int r = 0; r < ATTN_QTILE; r++)
-                            if (j0 + jj < lo[r] || j0 + jj > hi[r]) s[r][jj] = -INFINITY;
-                    }
-                    // online softmax: rescale each row's state to its new max, turn scores into p
-                    for (int r = 0; r < ATTN_QTILE; r++) {
-                        float bm = -INFINITY;
-                        for (int jj = 0; jj < nj; jj++) bm = s[r][jj] > bm ? s[r][jj] : bm;
-                        if (bm > m[r]) {
-                            const float c = expf(m[r] - bm);  // 0 on the row's first block (m = -inf)
-                            l[r] *= c;
-                            for (int d = 0; d < hd; d++) acc[r][d] *= c;
-                            m[r] = bm;
-                        }
-                        for (int jj = 0; jj < nj; jj++) {
-                            const float p = s[r][jj] == -INFINITY ? 0.0f : expf(s[r][jj] - m[r]);
-                            s[r][jj] = p;
-                            l[r] += p;
-                        }
-                    }
-                    // acc_r += p_rj * v_j
-                    for (int jj = 0; jj < nj; jj++) {
-                        const float *vj = vb + (size_t)(j0 + jj) * ks;
-                        const float p0 = s[0][jj], p1 = s[1][jj], p2 = s[2][jj], p3 = s[3][jj];
-                        float *a0 = acc[0], *a1 = acc[1], *a2 = acc[2], *a3 = acc[3];
-#pragma omp simd
-                        for (int d = 0; d < hd; d++) {
-                            const float vd = vj[d];
-                            a0[d] += p0 * vd;
-                            a1[d] += p1 * vd;
-                            a2[d] += p2 * vd;
-                            a3[d] += p3 * vd;
-                        }
-                    }
-                }
+    const int ntiles = (Tq + ATTN_BQ - 1) / ATTN_BQ;
+    const long ntasks = (long)B * n_head * ntiles;
+#pragma omp parallel
+    {
+        float *Kt = scratch_alloc_((size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK + (size_t)ATTN_BQ * hd);
+        float *S = Kt + (size_t)hd * ATTN_BK, *P = S + ATTN_BQ * ATTN_BK, *acc = P + ATTN_BQ * ATTN_BK;
+#pragma omp for schedule(dynamic, 1)
+        for (long task = 0; task < ntasks; task++) {
+            const int tile = ntiles - 1 - (int)(task % ntiles);  // longest tiles first
+            const int h = (int)((task / ntiles) % n_head), b = (int)(task / ((long)ntiles * n_head));
+            const int i0 = tile * ATTN_BQ, nr = Tq - i0 < ATTN_BQ ? Tq - i0 : ATTN_BQ;
+            const float *kb = k + (size_t)b * Tk * ks + (size_t)(h / group) * hd;
+            const float *vb = v + (size_t)b * Tk * ks + (size_t)(h / group) * hd;
+            const float *qb = q + ((size_t)b * Tq + i0) * qs + (size_t)h * hd;
+            int lo[ATTN_BQ], hi[ATTN_BQ];
+            float m[ATTN_BQ], l[ATTN_BQ];
+            int jlo = Tk, jhi = 0;
+            for (int r = 0; r < nr; r++) {
+                hi[r] = Tk - Tq + i0 + r;
+                lo[r] = window_lo_(pos, (size_t)b * Tq + i0 + r, hi[r]);
+                m[r] = -INFINITY;
+                l[r] = 0.0f;
+                jlo = lo[r] < jlo ? lo[r] : jlo;
+                jhi = hi[r] > jhi ? hi[r] : jhi;
+            }
+            memset(acc, 0, (size_t)nr * hd * sizeof(float));
+            for (int j0 = jlo; j0 <= jhi; j0 += ATTN_BK) {
+                const int nj = jhi - j0 + 1 < ATTN_BK ? jhi - j0 + 1 : ATTN_BK;
+                transpose_block_(Kt, kb + (size_t)j0 * ks, ks, nj, hd);
+                scores_(S, qb, qs, Kt, nr, hd);
                 for (int r = 0; r < nr; r++) {
-                    const int i = i0 + r;
-                    float *oi = out + ((size_t)b * Tq + i) * qs + (size_t)h * hd;
-                    const float inv = 1.0f / l[r];
-                    for (int d = 0; d < hd; d++) oi[d] = acc[r][d] * inv;
-                    if (lse) lse[((size_t)b * n_head + h) * Tq + i] = m[r] + logf(l[r]);
+                    // valid keys of row r in this block, block-relative
+                    const int a = lo[r] - j0 > 0 ? lo[r] - j0 : 0;
+                    const int e = hi[r] - j0 < nj - 1 ? hi[r] - j0 : nj - 1;
+                    float *pr = P + (size_t)r * ATTN_BK;
+                    if (a > e) {
+                        memset(pr, 0, ATTN_BK * sizeof(float));
+                        continue;
+                    }
+                    const float *sr = S + (size_t)r * ATTN_BK;
+                    float bm = -INFINITY;
+                    for (int jj = a; jj <= e; jj++) bm = sr[jj] > bm ? sr[jj] : bm;
+                    bm *= scale;
+                    if (bm > m[r]) {
+                        const float c = expf(m[r] - bm);  // 0 on the row's first block (m = -inf)
+                        l[r] *= c;
+                        float *ar = acc + (size_t)r * hd;
+                        for (int d = 0; d < hd; d++) ar[d] *= c;
+                        m[r] = bm;
+                    }
+                    l[r] += exp_row_(pr, sr, scale, m[r], a, e);
                 }
+                pv_(acc, hd, P, ATTN_BK, 1, vb + (size_t)j0 * ks, ks, nr, nj, hd);
+            }
+            for (int r = 0; r < nr; r++) {
+                const int i = i0 + r;
+                float *oi = out + ((size_t)b * Tq + i) * qs + (size_t)h * hd;
+                const float inv = 1.0f / l[r];
+                for (int d = 0; d < hd; d++) oi[d] = acc[(size_t)r * hd + d] * inv;
+                if (lse) lse[((size_t)b * n_head + h) * Tq + i] = m[r] + logf(l[r]);
+            }
+        }
+        free(Kt);
+    }
+}
+
+/* One backward task: sequence b, kv head kvh, key blocks [kb0, kb1). dq rows of the group's
+ * heads go to dqbase (row stride qs, head h at column h*hd), which is either dq itself or a
+ * private scratch. */
+static void attn_bwd_task_(float *dqbase, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                           const float *v, const float *out, const float *lse, const int32_t *pos, int b, int kvh,
+                           int kb0, int kb1, int T, int n_head, int n_kv_head, int hd, float *scr) {
+    const int group = n_head / n_kv_head;
+    const size_t qs = (size_t)n_head * hd, ks = (size_t)n_kv_head * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *Kt = scr, *Vt = Kt + (size_t)hd * ATTN_BK, *dKa = Vt + (size_t)hd * ATTN_BK;
+    float *dVa = dKa + (size_t)hd * ATTN_BK, *P = dVa + (size_t)hd * ATTN_BK, *dP = P + ATTN_BQ * ATTN_BK;
+    const int need_dp = dqbase || dk;
+    for (int kbi = kb0; kbi < kb1; kbi++) {
+        const int j0 = kbi * ATTN_BK, nj = T - j0 < ATTN_BK ? T - j0 : ATTN_BK;
+        const float *kb = k + ((size_t)b * T + j0) * ks + (size_t)kvh * hd;
+        const float *vb = v + ((size_t)b * T + j0) * ks + (size_t)kvh * hd;
+        transpose_block_(Kt, kb, ks, nj, hd);
+        if (need_dp) transpose_block_(Vt, vb, ks, nj, hd);
+        if (dk) memset(dKa, 0, (size_t)nj * hd * sizeof(float));
+        if (dv) memset(dVa, 0, (size_t)nj * hd * sizeof(float));
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            for (int i0 = (j0 / ATTN_BQ) * ATTN_BQ; i0 < T; i0 += ATTN_BQ) {
+                const int nr = T - i0 < ATTN_BQ ? T - i0 : ATTN_BQ;
+                int a[ATTN_BQ], e[ATTN_BQ], any = 0;
+                for (int r = 0; r < nr; r++) {
+                    const int i = i0 + r, lo = window_lo_(pos, (size_t)b * T + i, i);
+                    a[r] = lo - j0 > 0 ? lo - j0 : 0;
+                    e[r] = i - j0 < nj - 1 ? i - j0 : nj - 1;
+                    any |= a[r] <= e[r];
+                }
+                if (!any) continue;
+                const size_t row0 = ((size_t)b * T + i0) * qs + (size_t)h * hd;
+                const float *qb = q + row0, *dob = dout + row0, *ob = out + row0;
+                const float *Lb = lse + ((size_t)b * n_head + h) * T + i0;
+                scores_(P, qb, qs, Kt, nr, hd);
+                for (int r = 0; r < nr; r++) {
+                    float *pr = P + (size_t)r * ATTN_BK;
+                    if (a[r] > e[r]) memset(pr, 0, ATTN_BK * sizeof(float));
+                    else exp_row_(pr, pr, scale, Lb[r], a[r], e[r]);
+                }
+                if (dv) pv_(dVa, hd, P, 1, ATTN_BK, dob, qs, nj, nr, hd);  // dV += P^T dO
+                if (!need_dp) continue;
+                scores_(dP, dob, qs, Vt, nr, hd);  // dP = dO V^T
+                for (int r = 0; r < nr; r++) {
+                    const float *dor = dob + (size_t)r * qs, *orr = ob + (size_t)r * qs;
+                    float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+                    for (int d = 0; d < hd; d++) D += dor[d] * orr[d];
+                    float *pr = P + (size_t)r * ATTN_BK, *dpr = dP + (size_t)r * ATTN_BK;
+#pragma omp simd
+                    for (int jj = 0; jj < ATTN_BK; jj++) dpr[jj] = scale * pr[jj] * (dpr[jj] - D);  // dS
+                }
+                if (dk) pv_(dKa, hd, dP, 1, ATTN_BK, qb, qs, nj, nr, hd);  // dK += dS^T Q
+                if (dqbase) pv_(dqbase + ((size_t)i0 * qs + (size_t)h * hd), qs, dP, ATTN_BK, 1, kb, ks, nr, nj, hd);
+            }
+        }
+        for (int jj = 0; jj < nj; jj++) {
+            const size_t krow = ((size_t)b * T + j0 + jj) * ks + (size_t)kvh * hd;
+            if (dk) {
+                float *dst = dk + krow, *src = dKa + (size_t)jj * hd;
+#pragma omp simd
+                for (int d = 0; d < hd; d++) dst[d] += src[d];
+            }
+            if (dv) {
+                float *dst = dv + krow, *src = dVa + (size_t)jj * hd;
+#pragma omp simd
+                for (int d = 0; d < hd; d++) dst[d] += src[d];
             }
         }
     }
@@ -150,83 +421,78 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     // dq (B, T, n_head*hd) +=, dk, dv (B, T, n_kv_head*hd) +=
     // dout, q, out (B, T, n_head*hd), k, v (B, T, n_kv_head*hd), lse (B, n_head, T), pos (B, T)
     assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0);
-    const int group = n_head / n_kv_head;
-    const size_t qs = (size_t)n_head * hd, ks = (size_t)n_kv_head * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-
-    // pass 1: dq, one task per query row
-    if (dq) {
-#pragma omp parallel for collapse(3) schedule(dynamic, 8)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < n_head; h++) {
-                for (int i = 0; i < T; i++) {
-                    const int lo = window_lo_(pos, (size_t)b * T + i, i);
-                    const size_t qrow = ((size_t)b * T + i) * qs + (size_t)h * hd;
-                    const float *qi = q + qrow, *doi = dout + qrow, *oi = out + qrow;
-                    const float *kb = k + (size_t)b * T * ks + (size_t)(h / group) * hd;
-                    const float *vb = v + (size_t)b * T * ks + (size_t)(h / group) * hd;
-                    const float L = lse[((size_t)b * n_head + h) * T + i];
-                    const float D = dot_(doi, oi, hd);
-                    float acc[ATTN_MAX_HD];
-                    memset(acc, 0, (size_t)hd * sizeof(float));
-                    for (int j = lo; j <= i; j++) {
-                        const float *kj = kb + (size_t)j * ks;
-                        float p = expf(dot_(qi, kj, hd) * scale - L);
-                        float ds = p * (dot_(doi, vb + (size_t)j * ks, hd) - D);
-                        axpy_(acc, ds, kj, hd);
-                    }
-                    axpy_(dq + qrow, scale, acc, hd);
-                }
+    if (B <= 0 || T <= 0 || n_head <= 0 || hd <= 0 || (!dq && !dk && !dv)) return;
+    const size_t qs = (size_t)n_head * hd;
+    const int nkb = (T + ATTN_BK - 1) / ATTN_BK;
+    const size_t scr_floats = 4 * (size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK;
+    int nthr = 1;
+#ifdef _OPENMP
+    nthr = omp_get_max_threads();
+#endif
+    const int base = B * n_kv_head;
+    // split each (b, kv head) into nsplit key-block ranges when there are fewer tasks than threads
+    int nsplit = base >= nthr ? 1 : (nthr + base - 1) / base;
+    if (nsplit > nkb) nsplit = nkb;
+    if (nsplit <= 1) {
+#pragma omp parallel
+        {
+            float *scr = scratch_alloc_(scr_floats);
+#pragma omp for schedule(dynamic, 1)
+            for (int t = 0; t < base; t++) {
+                const int b = t / n_kv_head, kvh = t % n_kv_head;
+                attn_bwd_task_(dq ? dq + (size_t)b * T * qs : NULL, dk, dv, dout, q, k, v, out, lse, pos, b, kvh, 0,
+                               nkb, T, n_head, n_kv_head, hd, scr);
             }
+            free(scr);
         }
+        return;
     }
-
-    // pass 2: dk and dv, one task per block of ATTN_BWD_KB keys of one kv head;
-    // it visits every query row of the group that can see the block
-    if (dk || dv) {
-        const int nkb = (T + ATTN_BWD_KB - 1) / ATTN_BWD_KB;
-#pragma omp parallel for collapse(3) schedule(dynamic, 1)
+    // split path: causal rows make late key blocks cheap, so ranges are balanced by work
+    // (key block kbi is seen by about T - kbi*BK rows); task s of a (b, kvh) gets [cut[s], cut[s+1]).
+    int cut[65];
+    if (nsplit > 64) nsplit = 64;
+    {
+        double total = 0;
+        for (int kbi = 0; kbi < nkb; kbi++) total += (double)(T - kbi * ATTN_BK);
+        int s = 1;
+        double accw = 0;
+        cut[0] = 0;
+        for (int kbi = 0; kbi < nkb && s < nsplit; kbi++) {
+            accw += (double)(T - kbi * ATTN_BK);
+            if (accw >= total * s / nsplit) cut[s++] = kbi + 1;
+        }
+        while (s <= nsplit) cut[s++] = nkb;
+    }
+    const size_t dq_slab = (size_t)T * qs;  // one sequence of dq
+    float *dqs = NULL;
+    if (dq) {
+        dqs = calloc((size_t)base * nsplit * dq_slab, sizeof(float));
+        assert(dqs);
+    }
+    const int ntasks = base * nsplit;
+#pragma omp parallel
+    {
+        float *scr = scratch_alloc_(scr_floats);
+#pragma omp for schedule(dynamic, 1)
+        for (int t = 0; t < ntasks; t++) {
+            const int s = t % nsplit, bk = t / nsplit, b = bk / n_kv_head, kvh = bk % n_kv_head;
+            if (cut[s] >= cut[s + 1]) continue;
+            // dk/dv rows of disjoint key ranges: no race; dq goes to this task's slab
+            attn_bwd_task_(dq ? dqs + (size_t)t * dq_slab : NULL, dk, dv, dout, q, k, v, out, lse, pos, b, kvh,
+                           cut[s], cut[s + 1], T, n_head, n_kv_head, hd, scr);
+        }
+        free(scr);
+    }
+    if (dq) {
+        // dq[b] += sum over (kvh, s) slabs, fixed order (each slab only touches its group's columns)
+#pragma omp parallel for schedule(static)
         for (int b = 0; b < B; b++) {
-            for (int kvh = 0; kvh < n_kv_head; kvh++) {
-                for (int kbi = 0; kbi < nkb; kbi++) {
-                    const int j0 = kbi * ATTN_BWD_KB;
-                    const int nj = T - j0 < ATTN_BWD_KB ? T - j0 : ATTN_BWD_KB;
-                    const float *kb = k + ((size_t)b * T + j0) * ks + (size_t)kvh * hd;
-                    const float *vb = v + ((size_t)b * T + j0) * ks + (size_t)kvh * hd;
-                    float dkacc[ATTN_BWD_KB][ATTN_MAX_HD];
-                    float dvacc[ATTN_BWD_KB][ATTN_MAX_HD];
-                    for (int jj = 0; jj < nj; jj++) {
-                        memset(dkacc[jj], 0, (size_t)hd * sizeof(float));
-                        memset(dvacc[jj], 0, (size_t)hd * sizeof(float));
-                    }
-                    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-                        for (int i = j0; i < T; i++) {
-                            const int lo = window_lo_(pos, (size_t)b * T + i, i);
-                            if (lo > j0 + nj - 1) continue;  // row sees none of this block
-                            const size_t qrow = ((size_t)b * T + i) * qs + (size_t)h * hd;
-                            const float *qi = q + qrow, *doi = dout + qrow;
-                            const float L = lse[((size_t)b * n_head + h) * T + i];
-                            const float D = dk ? dot_(doi, out + qrow, hd) : 0.0f;
-                            const int jlo = lo > j0 ? lo - j0 : 0;
-                            const int jhi = i - j0 < nj - 1 ? i - j0 : nj - 1;
-                            for (int jj = jlo; jj <= jhi; jj++) {
-                                const float *kj = kb + (size_t)jj * ks;
-                                float p = expf(dot_(qi, kj, hd) * scale - L);
-                                if (dv) axpy_(dvacc[jj], p, doi, hd);
-                                if (dk) {
-                                    float ds = p * (dot_(doi, vb + (size_t)jj * ks, hd) - D);
-                                    axpy_(dkacc[jj], ds * scale, qi, hd);
-                                }
-                            }
-                        }
-                    }
-                    for (int jj = 0; jj < nj; jj++) {
-                        const size_t krow = ((size_t)b * T + j0 + jj) * ks + (size_t)kvh * hd;
-                        if (dk) axpy_(dk + krow, 1.0f, dkacc[jj], hd);
-                        if (dv) axpy_(dv + krow, 1.0f, dvacc[jj], hd);
-                    }
-                }
+            float *dst = dq + (size_t)b * dq_slab;
+            for (int t = b * n_kv_head * nsplit; t < (b + 1) * n_kv_head * nsplit; t++) {
+                const float *src = dqs + (size_t)t * dq_slab;
+                for (size_t x = 0; x < dq_slab; x++) dst[x] += src[x];
             }
         }
+        free(dqs);
     }
 }

@@ -93,4 +93,26 @@ void scale_inplace(float *y, float a, size_t n);
  * nn.Linear-shaped matmuls do not fit: adapter merges (W += s*B@A) and low-rank terms. */
 void gemm_acc(float *c, const float *a, const float *b, int M, int N, int K, int trans_a, int trans_b, float alpha);
 
+/* ---- matmul_bf16.c ----------------------------------------------------------- */
+/* Dense layers over FROZEN weights stored once as bf16 (AVX512-BF16 vdpbf16ps, f32 accumulation;
+ * inputs are rounded to bf16 on the fly; expect ~1e-2 relative error of the norm vs f32; falls
+ * back to unpack + sgemm when compiled without __AVX512BF16__). Packed layout (matmul_bf16.c):
+ * panels of 64 output columns, reduction dim in interleaved pairs, zero padded:
+ *   packed[((p * Kp/2) + kp) * 128 + 2*c + t] = bf16(Bt[64p + c][2kp + t]), Kp = K rounded up to even.
+ * Two layouts of the same weight w[OC, C] (nn.Linear):
+ *   bf16_pack_weight:   Bt = w   (ncol = OC, K = C), for matmul_bf16_forward;
+ *   bf16_pack_weight_t: Bt = w^T (ncol = C, K = OC), for matmul_bf16_backward_input.
+ * Sizes are in uint16_t elements. Buffers may have any alignment (64 bytes is best).
+ * Both matmuls are threaded with OpenMP and allocate an N x K bf16 scratch per call; not to be
+ * called inside an OpenMP parallel region. */
+size_t bf16_packed_size(int OC, int C);   /* ceil(OC/64)*64 * (C + C%2) */
+size_t bf16_packed_t_size(int OC, int C); /* ceil(C/64)*64 * (OC + OC%2) */
+void bf16_pack_weight(uint16_t *packed, const float *w, int OC, int C);
+void bf16_pack_weight_t(uint16_t *packed_t, const float *w, int OC, int C);
+/* out[N,OC] = inp[N,C] @ w^T (+ bias[OC] if non-NULL). Overwrites out. */
+void matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C,
+                         int OC);
+/* dinp[N,C] += dout[N,OC] @ w (packed_wt from bf16_pack_weight_t). */
+void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
+
 #endif

@@ -49,6 +49,7 @@ typedef struct peft_param {
 typedef struct peft_adapter peft_adapter;
 typedef struct peft_shared peft_shared;
 struct cJSON;
+struct peft_llama;
 
 /* Options of a set of adapters; each method reads the fields it uses. */
 typedef struct peft_method_opts {
@@ -62,6 +63,9 @@ typedef struct peft_method_opts {
     char feedforward_modules[256]; /* IA3: comma list of sites whose input (not output) is scaled */
     peft_shared *shared; /* the set's shared tensors (filled in by the set) */
     int max_in, max_out; /* largest in/out features over the set's target sites (filled in by the set) */
+    int n_virtual;       /* prompt tuning: virtual tokens */
+    const float *init_rows; /* prompt tuning: [n_virtual, hidden] initial embeddings, or NULL (random) */
+    char init_text[256]; /* prompt tuning: the text init_rows came from (written to the config) */
 } peft_method_opts;
 
 /* The shared tensor `key` of the set ([ndim] shape), zero-filled and *created = 1 on first
@@ -92,6 +96,11 @@ typedef struct peft_method {
      * its peft_type that another method handles (LoRA vs DoRA), 0 when it read it. */
     void (*config_write)(const peft_method_opts *o, struct cJSON *obj);
     int (*config_read)(const struct cJSON *obj, peft_method_opts *o, const char *what, peft_err *err);
+    /* Model-level methods (prompt tuning) act on the model instead of on sites: the set calls
+     * attach_model (which may create shared tensors) instead of create per site, and
+     * detach_model when it is freed. NULL for site methods. */
+    int (*attach_model)(const peft_method_opts *o, struct peft_llama *m, peft_err *err);
+    void (*detach_model)(struct peft_llama *m);
 } peft_method;
 
 struct peft_adapter {

@@ -66,6 +66,7 @@ struct peft_adapter_set {
     peft_adapter_config cfg;
     peft_shared shared;
     const peft_method *method;
+    peft_llama *model;        /* for model-level methods' detach */
     int n_sites;
     peft_site **sites;        /* the sites that carry this set's adapters */
     int n_params;
@@ -144,6 +145,7 @@ static int pattern_value(const peft_pattern *pats, int n, const char *name, doub
 
 void peft_adapter_set_free(peft_adapter_set *set) {
     if (!set) return;
+    if (set->method && set->method->detach_model && set->model) set->method->detach_model(set->model);
     for (int i = 0; i < set->n_sites; i++) {
         peft_site *s = set->sites[i];
         if (s->adapter) s->adapter->method->destroy(s->adapter);
@@ -191,7 +193,18 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
     }
     set->cfg = *cfg;
     set->method = method;
+    set->model = m;
     int rc = PEFT_OK, max_in = 0, max_out = 0;
+    if (method->attach_model) { /* a model-level method: no sites */
+        peft_method_opts o = cfg->opts;
+        o.shared = &set->shared;
+        if ((rc = method->attach_model(&o, m, err))) {
+            set->model = NULL;
+            peft_adapter_set_free(set);
+            return rc;
+        }
+        n_all = 0;
+    }
     /* First the targets (methods with shared tensors size them by the largest site). */
     for (int i = 0; i < n_all && rc == PEFT_OK; i++) {
         peft_site *s = llama_site(m, i);
@@ -239,7 +252,7 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
         memcpy(np_->p.shape, t->shape, sizeof t->shape);
         snprintf(np_->p.name, sizeof np_->p.name, "%s", strrchr(t->key, '.') ? strrchr(t->key, '.') + 1 : t->key);
     }
-    if (rc == PEFT_OK && set->n_sites == 0)
+    if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model)
         rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have q_proj, k_proj, "
                                          "v_proj, o_proj, gate_proj, up_proj, down_proj)",
                        cfg->target_modules, m->cfg.arch_name);
@@ -313,6 +326,19 @@ static cJSON *targets_json(const peft_adapter_set *set) {
 static char *config_json(const peft_adapter_set *set) {
     const peft_adapter_config *c = &set->cfg;
     cJSON *o = cJSON_CreateObject();
+    if (set->method->attach_model) { /* PEFT's prompt-learning configs have no targets */
+        cJSON_AddNullToObject(o, "auto_mapping");
+        cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
+        cJSON_AddBoolToObject(o, "inference_mode", 1);
+        cJSON_AddNullToObject(o, "modules_to_save");
+        cJSON_AddStringToObject(o, "peft_type", set->method->peft_type);
+        cJSON_AddNullToObject(o, "revision");
+        cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
+        set->method->config_write(&c->opts, o);
+        char *text = cJSON_Print(o);
+        cJSON_Delete(o);
+        return text;
+    }
     int lora_family = !strcmp(set->method->peft_type, "LORA"); /* only LoraConfig has the patterns */
     if (lora_family) cJSON_AddItemToObject(o, "alpha_pattern", patterns_json(c->alpha_pattern, c->n_alpha_pattern));
     cJSON_AddNullToObject(o, "auto_mapping");
@@ -397,6 +423,18 @@ static int parse_adapter_config(const cJSON *root, const char *what, peft_adapte
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
     if (mts && !cJSON_IsNull(mts) && !(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 0))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: modules_to_save is not supported", what);
+    const peft_method *method = NULL;
+    for (int i = 0; peft_methods[i] && !method; i++) {
+        if (strcmp(peft_methods[i]->peft_type, type)) continue;
+        rc = peft_methods[i]->config_read(root, &cfg->opts, what, err);
+        if (rc == 1) continue; /* another method of this peft_type */
+        if (rc) return rc;
+        method = peft_methods[i];
+        snprintf(cfg->method, sizeof cfg->method, "%s", method->name);
+    }
+    if (!method)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" (with these settings) is not supported", what, type);
+    if (method->attach_model) return PEFT_OK;
     const cJSON *tm = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
     if (cJSON_IsString(tm)) {
         cfg->target_regex = 1;
@@ -424,18 +462,8 @@ static int parse_adapter_config(const cJSON *root, const char *what, peft_adapte
             cfg->layers_to_transform[cfg->n_layers_to_transform++] = e->valueint;
         }
     }
-    if ((rc = parse_patterns(root, "rank_pattern", cfg->rank_pattern, &cfg->n_rank_pattern, what, err)) ||
-        (rc = parse_patterns(root, "alpha_pattern", cfg->alpha_pattern, &cfg->n_alpha_pattern, what, err)))
-        return rc;
-    for (int i = 0; peft_methods[i]; i++) {
-        const peft_method *m = peft_methods[i];
-        if (strcmp(m->peft_type, type)) continue;
-        rc = m->config_read(root, &cfg->opts, what, err);
-        if (rc == 1) continue; /* another method of this peft_type */
-        if (rc == PEFT_OK) snprintf(cfg->method, sizeof cfg->method, "%s", m->name);
-        return rc;
-    }
-    return peft_fail(err, PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" (with these settings) is not supported", what, type);
+    if ((rc = parse_patterns(root, "rank_pattern", cfg->rank_pattern, &cfg->n_rank_pattern, what, err))) return rc;
+    return parse_patterns(root, "alpha_pattern", cfg->alpha_pattern, &cfg->n_alpha_pattern, what, err);
 }
 
 /* Copies one tensor from the file into dst after checking its shape. */

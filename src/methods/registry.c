@@ -8,12 +8,14 @@
 #include "methods/dora.h"
 #include "methods/ia3.h"
 #include "methods/vera.h"
+#include "methods/prompt_tuning.h"
 
 const peft_method *const peft_methods[] = {
     &peft_method_lora,
     &peft_method_dora,
     &peft_method_ia3,
     &peft_method_vera,
+    &peft_method_prompt_tuning,
     NULL,
 };
 

@@ -340,6 +340,8 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
     int B = a->B, T = a->T, N = B * T, C = c->hidden_size, V = c->vocab_size;
     int rc = check_ids(m, ids, (size_t)N, err);
     if (rc == PEFT_OK) rc = check_context(m, T, err);
+    if (rc == PEFT_OK && m->n_virtual >= T)
+        rc = peft_fail(err, PEFT_EINVAL, "rows of %d tokens leave no room after %d virtual tokens", T, m->n_virtual);
     if (rc) return rc;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -349,6 +351,8 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
         }
     a->pos_is_packed = pos != NULL;
     embedding_forward(a->residual, ids, m->embed, N, C);
+    for (int b = 0; b < B && m->n_virtual > 0; b++) /* prompt tuning: trained rows replace the placeholders */
+        memcpy(a->residual + (size_t)b * T * C, m->virtual_emb, (size_t)m->n_virtual * C * sizeof(float));
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
                       pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
@@ -419,6 +423,9 @@ void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int3
                           a->pos_is_packed ? a->pos : NULL, B, T, NULL, NULL, 0, 1);
         layer_backward(m, l, &a->layer[l], a, x_in);
     }
+    /* dres is now dL/d(embeddings): the virtual tokens' rows are prompt tuning's gradient. */
+    for (int b = 0; b < B && m->virtual_grad; b++)
+        add_inplace(m->virtual_grad, a->dres + (size_t)b * T * C, (size_t)m->n_virtual * C);
 }
 
 /* ---- cached decoding ---------------------------------------------------------- */
@@ -426,6 +433,7 @@ void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int3
 int llama_kv_alloc(const peft_llama *m, int capacity, int chunk, llama_kv_cache *kv, peft_err *err) {
     memset(kv, 0, sizeof *kv);
     const peft_llama_config *c = &m->cfg;
+    capacity += m->n_virtual; /* prompt tuning's virtual tokens take cache rows too */
     int rc = check_context(m, capacity, err);
     if (rc) return rc;
     size_t n = (size_t)c->n_layers * capacity * c->n_kv_heads * c->head_dim;
@@ -449,17 +457,14 @@ void llama_kv_free(llama_kv_cache *kv) {
     memset(kv, 0, sizeof *kv);
 }
 
-int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err) {
+/* Appends n rows to the cache: token ids, or (ids NULL) embedding rows emb[n, C]. */
+static void decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, const float *emb, int n, float *logits) {
     const peft_llama_config *c = &m->cfg;
     int C = c->hidden_size, KD = c->n_kv_heads * c->head_dim;
-    if (n < 1 || n > kv->chunk) return peft_fail(err, PEFT_EINVAL, "decode of %d tokens (chunk is %d)", n, kv->chunk);
-    if (kv->len + n > kv->capacity)
-        return peft_fail(err, PEFT_EINVAL, "context full: %d + %d tokens exceed %d", kv->len, n, kv->capacity);
-    int rc = check_ids(m, ids, (size_t)n, err);
-    if (rc) return rc;
     llama_acts *a = &kv->acts;
     for (int i = 0; i < n; i++) a->pos[i] = kv->len + i;
-    embedding_forward(a->residual, ids, m->embed, n, C);
+    if (ids) embedding_forward(a->residual, ids, m->embed, n, C);
+    else memcpy(a->residual, emb, (size_t)n * C * sizeof(float));
     /* Inference reuses two residual rows of the slab: layer l reads slot l%2, writes the other. */
     for (int l = 0; l < c->n_layers; l++) {
         size_t off = (size_t)l * kv->capacity * KD;
@@ -470,5 +475,18 @@ int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, f
     rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm, c->rms_norm_eps, 1, C);
     matmul_forward(logits, a->xnf, m->lm_head, NULL, 1, C, c->vocab_size);
     kv->len += n;
+}
+
+int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err) {
+    if (n < 1 || n > kv->chunk) return peft_fail(err, PEFT_EINVAL, "decode of %d tokens (chunk is %d)", n, kv->chunk);
+    int virt = kv->len == 0 ? m->n_virtual : 0;
+    if (kv->len + virt + n > kv->capacity)
+        return peft_fail(err, PEFT_EINVAL, "context full: %d + %d tokens exceed %d", kv->len + virt, n, kv->capacity);
+    int rc = check_ids(m, ids, (size_t)n, err);
+    if (rc) return rc;
+    for (int i = 0; i < virt; i += kv->chunk) /* prompt tuning: the virtual tokens come first */
+        decode_rows(m, kv, NULL, m->virtual_emb + (size_t)i * m->cfg.hidden_size, virt - i < kv->chunk ? virt - i : kv->chunk,
+                    logits);
+    decode_rows(m, kv, ids, NULL, n, logits);
     return PEFT_OK;
 }

@@ -35,6 +35,11 @@ typedef struct peft_llama {
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
     size_t n_params;
+    /* Prompt tuning: n_virtual trainable embeddings take the place of the first n_virtual
+     * tokens of every row (callers put placeholder ids there, with no loss on them). */
+    int n_virtual;
+    const float *virtual_emb; /* [n_virtual, C] */
+    float *virtual_grad;      /* [n_virtual, C], accumulated by llama_backward */
 } peft_llama;
 
 /* Loads DIR/config.json and the weights. Errors name the file and the problem. */
@@ -113,7 +118,8 @@ typedef struct llama_kv_cache {
 
 int llama_kv_alloc(const peft_llama *m, int capacity, int chunk, llama_kv_cache *kv, peft_err *err);
 void llama_kv_free(llama_kv_cache *kv);
-/* Appends n tokens (n <= chunk) and writes the logits of the last one into logits[V]. */
+/* Appends n tokens (n <= chunk) and writes the logits of the last one into logits[V]. With
+ * prompt tuning, the virtual tokens are fed first when the cache is empty. */
 int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err);
 
 #endif

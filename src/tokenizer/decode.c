@@ -42,6 +42,8 @@ static int dec_one(peft_tokenizer *tok, const cJSON *o, const char *what, peft_e
     } else if (!strcmp(type, "Strip")) {
         const char *c = jstr(o, "content");
         const cJSON *start = cJSON_GetObjectItemCaseSensitive(o, "start"), *stop = cJSON_GetObjectItemCaseSensitive(o, "stop");
+        /* an empty content would strip nothing `start` times over: up to 2^31 idle steps per token */
+        if (c && !*c) return peft_fail(err, PEFT_EFORMAT, "%s: Strip decoder with an empty \"content\"", what);
         d.kind = TOK_DEC_STRIP;
         d.a = strdup(c ? c : " "), d.an = strlen(c ? c : " ");
         d.start = cJSON_IsNumber(start) ? start->valueint : 0;

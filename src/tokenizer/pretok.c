@@ -101,10 +101,10 @@ static int norm_one(peft_tokenizer *tok, const cJSON *o, const char *what, peft_
         const char *from = jstr(pat, "String"), *to = jstr(o, "content");
         if (!from || !to)
             return peft_fail(err, PEFT_EUNSUPPORTED, "%s: Replace normalizer: only a String pattern is supported", what);
+        if (!*from) return peft_fail(err, PEFT_EFORMAT, "%s: Replace normalizer with an empty pattern", what);
         n.kind = TOK_NORM_REPLACE;
         n.a = dup_n(from, n.an = strlen(from));
         n.b = dup_n(to, n.bn = strlen(to));
-        if (!n.an) return peft_fail(err, PEFT_EFORMAT, "%s: Replace normalizer with an empty pattern", what);
     } else if (!strcmp(type, "Lowercase")) {
         n.kind = TOK_NORM_LOWERCASE;
     } else if (!strcmp(type, "Strip")) {

@@ -183,11 +183,15 @@ static int parse_post(peft_tokenizer *t, const cJSON *o, const char *path, peft_
         return 0;
     }
     if (!strcmp(ty, "RobertaProcessing") || !strcmp(ty, "BertProcessing")) {
-        const cJSON *cls = cJSON_GetObjectItemCaseSensitive(o, "cls"), *sep = cJSON_GetObjectItemCaseSensitive(o, "sep");
-        if (!cJSON_IsNumber(cJSON_GetArrayItem(cls, 1)) || !cJSON_IsNumber(cJSON_GetArrayItem(sep, 1)))
+        const cJSON *cls = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "cls"), 1);
+        const cJSON *sep = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "sep"), 1);
+        if (!cJSON_IsNumber(cls) || !cJSON_IsNumber(sep))
             return peft_fail(err, PEFT_EFORMAT, "%s: %s without cls/sep", path, ty);
-        if (push_id(&t->post_prefix, &t->n_post_prefix, cJSON_GetArrayItem(cls, 1)->valueint) ||
-            push_id(&t->post_suffix, &t->n_post_suffix, cJSON_GetArrayItem(sep, 1)->valueint))
+        /* the ids are emitted as they are: they must be ids of the vocabulary */
+        if (cls->valuedouble < 0 || cls->valuedouble >= t->n_ids || sep->valuedouble < 0 || sep->valuedouble >= t->n_ids)
+            return peft_fail(err, PEFT_EFORMAT, "%s: %s has a cls/sep id outside the vocabulary", path, ty);
+        if (push_id(&t->post_prefix, &t->n_post_prefix, cls->valueint) ||
+            push_id(&t->post_suffix, &t->n_post_suffix, sep->valueint))
             return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
         return 0;
     }
@@ -225,13 +229,11 @@ static const char *config_token(const cJSON *cfg, const char *key) {
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static int load_config(tok_full *f, const char *dir, peft_err *err) {
+/* Applies the text of a tokenizer_config.json (`path` names it in messages). */
+static int load_config(tok_full *f, const char *text, size_t len, const char *path, peft_err *err) {
     peft_tokenizer *t = &f->t;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    if (!peft_file_exists(path)) return 0;
     cJSON *cfg;
-    int rc = peft_json_load(path, &cfg, err);
+    int rc = peft_json_parse(text, len, path, &cfg, err);
     if (rc) return rc;
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token"), *pad = config_token(cfg, "pad_token");
     if ((bos && !(t->bos_text = strdup(bos))) || (eos && !(t->eos_text = strdup(eos)))) {
@@ -341,29 +343,48 @@ void peft_tokenizer_free(peft_tokenizer *tok) {
     free(f);
 }
 
-int peft_tokenizer_load(const char *model_dir, peft_tokenizer **out, peft_err *err) {
-    char path[4096];
+int peft_tokenizer_load_json(const char *tokenizer_json, size_t len, const char *config_json, size_t config_len,
+                             const char *what, peft_tokenizer **out, peft_err *err) {
+    char path[4096], cfg_path[4096];
     *out = NULL;
-    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", what);
+    snprintf(cfg_path, sizeof cfg_path, "%s/tokenizer_config.json", what);
     tok_full *f = calloc(1, sizeof *f);
     if (!f) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
     peft_tokenizer *t = &f->t;
     t->unk_id = t->bos_id = t->eos_id = t->pad_id = -1;
     cJSON *root = NULL;
-    int rc = peft_json_load(path, &root, err);
+    int rc = peft_json_parse(tokenizer_json, len, path, &root, err);
+    if (!rc && !cJSON_IsObject(root)) rc = peft_fail(err, PEFT_EFORMAT, "%s: not a JSON object", path);
     if (!rc) rc = tok_parse_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, err);
     if (!rc) rc = tok_parse_pre_tokenizer(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path, err);
     if (!rc) rc = tok_parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), path, err);
     if (!rc) rc = load_model(f, root, path, err);
     if (!rc) rc = parse_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), path, err);
     cJSON_Delete(root);
-    if (!rc) rc = load_config(f, model_dir, err);
+    if (!rc && config_json) rc = load_config(f, config_json, config_len, cfg_path, err);
     if (rc) {
         peft_tokenizer_free(t);
         return rc;
     }
     *out = t;
     return PEFT_OK;
+}
+
+int peft_tokenizer_load(const char *model_dir, peft_tokenizer **out, peft_err *err) {
+    char path[4096];
+    char *json, *cfg = NULL;
+    size_t len, cfg_len = 0;
+    *out = NULL;
+    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
+    int rc = peft_read_file(path, &json, &len, err);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
+    if (peft_file_exists(path)) rc = peft_read_file(path, &cfg, &cfg_len, err);
+    if (!rc) rc = peft_tokenizer_load_json(json, len, cfg, cfg_len, model_dir, out, err);
+    free(json);
+    free(cfg);
+    return rc;
 }
 
 /* ---- encoding ---- */

@@ -26,6 +26,11 @@ typedef struct peft_tokenizer peft_tokenizer;
  * Returns PEFT_OK and *out (free with peft_tokenizer_free), or PEFT_EIO/PEFT_EFORMAT, or
  * PEFT_EUNSUPPORTED naming the component (model, normalizer, pre-tokenizer...) not handled. */
 int peft_tokenizer_load(const char *model_dir, peft_tokenizer **out, peft_err *err);
+/* The same from memory: the text of a tokenizer.json (len bytes, need not be NUL-terminated)
+ * and optionally of a tokenizer_config.json (NULL: none). Messages name the texts
+ * WHAT/tokenizer.json and WHAT/tokenizer_config.json (peft_tokenizer_load passes its DIR). */
+int peft_tokenizer_load_json(const char *tokenizer_json, size_t len, const char *config_json, size_t config_len,
+                             const char *what, peft_tokenizer **out, peft_err *err);
 void peft_tokenizer_free(peft_tokenizer *tok);
 
 /* Encodes text (len bytes of UTF-8; invalid UTF-8 is PEFT_EINVAL naming the byte offset).

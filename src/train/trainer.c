@@ -69,8 +69,10 @@ static int row_at(row_order *o, long k) {
     return o->perm[k % o->rows];
 }
 
-/* Rows [first, first+B) of a split in file order; rows past the end are padding (no loss). */
-static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, int T, int32_t *in, int32_t *tgt,
+/* The given dataset rows (-1: padding, no loss) as model input rows of T tokens. With nv
+ * virtual tokens (prompt tuning) each row starts with nv placeholders that carry no loss, the
+ * data (T - nv tokens) follows and its positions count on from nv. */
+static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, int T, int nv, int32_t *in, int32_t *tgt,
                      int32_t *pos, peft_err *err) {
     for (int b = 0; b < B; b++) {
         int32_t *bi = in + (size_t)b * T, *bt = tgt + (size_t)b * T, *bp = pos + (size_t)b * T;
@@ -78,8 +80,10 @@ static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, 
             for (int t = 0; t < T; t++) bi[t] = 0, bt[t] = -1, bp[t] = t;
             continue;
         }
-        int rc = peft_dataset_row(ds, split, rows[b], bi, bt, bp);
+        int rc = peft_dataset_row(ds, split, rows[b], bi + nv, bt + nv, bp + nv);
         if (rc) return peft_fail(err, rc, "dataset row %d of split %d could not be read", rows[b], split);
+        for (int t = 0; t < nv; t++) bi[t] = 0, bt[t] = -1, bp[t] = t;
+        for (int t = nv; t < T && nv; t++) bp[t] += nv;
     }
     return PEFT_OK;
 }
@@ -99,7 +103,7 @@ static int eval_split(peft_llama *m, peft_adapter_set *set, const peft_dataset *
     long count = 0;
     for (int r0 = 0, k = 0; r0 < n_rows && (max_batches <= 0 || k < max_batches); r0 += B, k++) {
         for (int b = 0; b < B; b++) bb->rows[b] = r0 + b < n_rows ? r0 + b : -1;
-        int rc = fill_rows(ds, split, bb->rows, B, T, bb->in, bb->tgt, bb->pos, err);
+        int rc = fill_rows(ds, split, bb->rows, B, T, m->n_virtual, bb->in, bb->tgt, bb->pos, err);
         double l;
         int counted;
         if (rc == PEFT_OK) rc = llama_forward(m, acts, bb->in, bb->pos, bb->tgt, &l, &counted, err);
@@ -381,7 +385,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
         for (int micro = 0; micro < o->grad_accum && rc == PEFT_OK; micro++) {
             long k0 = (step * o->grad_accum + micro) * (long)B;
             for (int b = 0; b < B; b++) bb.rows[b] = row_at(&order, k0 + b);
-            rc = fill_rows(ds, 0, bb.rows, B, T, bb.in, bb.tgt, bb.pos, err);
+            rc = fill_rows(ds, 0, bb.rows, B, T, m->n_virtual, bb.in, bb.tgt, bb.pos, err);
             peft_adapter_set_mode(set, 1, peft_mix64(o->seed ^ ((uint64_t)step << 20) ^ (uint64_t)micro));
             double loss;
             int counted;

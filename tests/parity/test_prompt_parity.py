@@ -1,0 +1,96 @@
+"""Prompt tuning parity with PyTorch (Debian python3-torch).
+
+A PEFT PROMPT_TUNING adapter (prompt_embeddings [n_virtual, hidden]) on random Llama-family
+models: peft.c's loss, the gradient of the prompt embeddings and the embeddings after 3 AdamW
+steps must match PyTorch, which runs the model on cat(prompt, embed(ids)) exactly as HF PEFT
+does for causal LMs (virtual tokens first, positions 0..n_virtual+T-1, no loss on them).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import torch
+except Exception as e:  # noqa: BLE001
+    print(f"SKIP: torch is not importable ({e})")
+    sys.exit(77)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tools"))
+import llama_models  # noqa: E402
+import torch_llama as tl  # noqa: E402
+from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
+from test_lora_parity import DRIVER, TOL, rel  # noqa: E402
+
+CASES = [("gqa", "llama_gqa", 4, 0.0), ("tied+wd", "llama_mha_tied", 6, 0.1), ("qwen2", "qwen2_bias", 2, 0.0)]
+
+
+def run_case(tmp, case):
+    name, variant, nv, wd = case
+    work = os.path.join(tmp, name.replace("+", "_"))
+    os.makedirs(os.path.join(work, "adapter"))
+    cfg, params = llama_models.make_random_model(os.path.join(work, "model"), variant, seed=3)
+    H = cfg["hidden_size"]
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randn(nv, H, generator=g) * 0.5
+    with open(os.path.join(work, "adapter", "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": nv, "token_dim": H,
+                   "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM", "base_model_name_or_path": "random"}, f)
+    write_safetensors(os.path.join(work, "adapter", "adapter_model.safetensors"), {"prompt_embeddings": prompt},
+                      {"format": "pt"})
+    B, T, V = 2, 10, cfg["vocab_size"]
+    data = torch.randint(0, V, (B, T), generator=g)
+    tgt = torch.randint(0, V, (B, T), generator=g)
+    tgt[1, :4] = -1
+    ids = torch.cat([torch.zeros(B, nv, dtype=torch.long), data], 1)       # placeholders first
+    targets = torch.cat([torch.full((B, nv), -1, dtype=torch.long), tgt], 1)  # no loss on them
+    write_safetensors(os.path.join(work, "batch.safetensors"), {"ids": ids.int(), "targets": targets.int()})
+    lr, steps = 1e-2, 3
+    env = dict(os.environ, PEFT_DRIVER_TRAIN=work, PEFT_DRIVER_LR=str(lr), PEFT_DRIVER_WD=str(wd),
+               PEFT_DRIVER_STEPS=str(steps), PEFT_DRIVER_RECOMPUTE="0")
+    r = subprocess.run([DRIVER], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"{name}: driver failed: {r.stderr}")
+        return False
+    out = read_safetensors(os.path.join(work, "out.safetensors"))
+
+    leaf = prompt.clone().requires_grad_(True)
+
+    def loss_fn():
+        embeds = torch.cat([leaf[None].expand(B, nv, H), torch.nn.functional.embedding(data, params["model.embed_tokens.weight"])], 1)
+        logits = tl.forward(cfg, params, None, inputs_embeds=embeds)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+
+    loss = loss_fn()
+    loss.backward()
+    grad = leaf.grad.detach().clone()
+    opt = torch.optim.AdamW([leaf], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    for _ in range(steps):
+        opt.zero_grad()
+        l = loss_fn()
+        l.backward()
+        opt.step()
+    loss_err = abs(out["loss"].item() - loss.item()) / abs(loss.item())
+    grad_err = rel(out["grad.prompt_embeddings"], grad)
+    final_err = rel(out["final.prompt_embeddings"], leaf.detach())
+    ok = loss_err <= TOL and grad_err <= TOL and final_err <= TOL
+    print(f"{name:10s} n_virtual {nv}  loss {loss_err:.1e}  grad {grad_err:.1e}  after {steps} AdamW steps {final_err:.1e}  "
+          f"{'ok' if ok else 'FAIL'}")
+    return ok
+
+
+def main():
+    if not os.path.exists(DRIVER):
+        print(f"FAIL: driver {DRIVER} not built")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run_case(tmp, c) for c in CASES]
+    print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
