@@ -2,6 +2,15 @@
  * kernel by kernel (src/kernels/) on the shapes of a model's config.json with random data.
  *
  *   build/bench_train_parts --config DIR/config.json [--batch 4] [--seq 256] [--rank 16] [--reps 2]
+ *                           [--bf16 1] [--mm 1] [--mm-only 1]
+ *
+ * --bf16 1: the frozen linears and the lm_head use matmul_bf16_forward / matmul_bf16_backward_input
+ *           over weights packed once before timing (what a bf16-weight model would do).
+ * --mm 1:   after the table, a section timing every matmul shape of the model (7 sites + lm_head,
+ *           forward and dx backward) as f32 sgemm vs bf16, alternating, best of --reps, GFLOP/s.
+ * --mm-only 1: only that section.
+ * --single-pool 1: call peft_threads_init(0) first (OpenBLAS single-threaded, sgemms split over
+ *           the OpenMP team: one thread pool).
  *
  * Each group below is run with exactly the calls (and the count per step) that llama_forward /
  * llama_backward / lora.c make for one step over B x T tokens, best of --reps, and reported in
@@ -41,18 +50,23 @@ static const char *gname[NG] = {"linear_fwd", "linear_bwd_dx", "lora_fwd", "lora
 
 int main(int argc, char **argv) {
     const char *cfgpath = NULL;
-    int B = 4, T = 256, r = 16, reps = 2;
+    int B = 4, T = 256, r = 16, reps = 2, use_bf16 = 0, mm = 0, mm_only = 0, single_pool = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgpath = argv[i + 1];
         else if (!strcmp(argv[i], "--batch")) B = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--rank")) r = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--bf16")) use_bf16 = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--single-pool")) single_pool = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--mm")) mm = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--mm-only")) mm_only = mm = atoi(argv[i + 1]);
     }
     if (!cfgpath) {
         fprintf(stderr, "usage: bench_train_parts --config DIR/config.json [--batch 4] [--seq 256] [--rank 16] [--reps 2]\n");
         return 2;
     }
+    if (single_pool) fprintf(stderr, "peft_threads_init: %d threads, one pool\n", peft_threads_init(0));
     peft_llama_config c;
     peft_err err = {0};
     if (peft_llama_config_load(cfgpath, &c, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
@@ -88,6 +102,20 @@ int main(int argc, char **argv) {
     for (int i = 0; i < half; i++) invf[i] = 1.0f / powf((float)c.rope_theta, (float)(2 * i) / (float)HD);
     rope_build_table(rc, rs, invf, maxpos, half);
     const float sc = 2.0f;
+    /* bf16 packed weights (both layouts), packed once */
+    uint16_t *PW[8], *PWT[8];
+    double tpack = now_s();
+    for (int s = 0; s < 8; s++) {
+        const int oc = s < 7 ? site_out[s] : V, ci = s < 7 ? site_in[s] : C;
+        const float *w = s < 7 ? W[s] : emb;
+        PW[s] = malloc(bf16_packed_size(oc, ci) * 2);
+        PWT[s] = malloc(bf16_packed_t_size(oc, ci) * 2);
+        bf16_pack_weight(PW[s], w, oc, ci);
+        bf16_pack_weight_t(PWT[s], w, oc, ci);
+    }
+    tpack = now_s() - tpack;
+    if (mm) fprintf(stderr, "bf16 packing of all weights (both layouts): %.3f s\n", tpack);
+    if (mm_only) goto mm_section;
 
     double best[NG];
     for (int gi = 0; gi < NG; gi++) best[gi] = 1e30;
@@ -96,7 +124,9 @@ int main(int argc, char **argv) {
         /* forward, layer by layer */
         for (int l = 0; l < L; l++) {
             t0 = now_s();
-            for (int s = 0; s < 7; s++) matmul_forward(y, x, W[s], NULL, N, site_in[s], site_out[s]);
+            for (int s = 0; s < 7; s++)
+                if (use_bf16) matmul_bf16_forward(y, x, PW[s], NULL, N, site_in[s], site_out[s]);
+                else matmul_forward(y, x, W[s], NULL, N, site_in[s], site_out[s]);
             t[G_LIN_FWD] += now_s() - t0;
             t0 = now_s();
             for (int s = 0; s < 7; s++) {  /* ax = x A^T; y += s * ax B^T */
@@ -118,7 +148,8 @@ int main(int argc, char **argv) {
             t[G_ELEM] += now_s() - t0;
         }
         t0 = now_s();
-        matmul_forward(logits, x, emb, NULL, N, C, V);
+        if (use_bf16) matmul_bf16_forward(logits, x, PW[7], NULL, N, C, V);
+        else matmul_forward(logits, x, emb, NULL, N, C, V);
         t[G_LMHEAD_FWD] += now_s() - t0;
         /* keep logits moderate so exp does not overflow into special cases */
         scale_inplace(logits, 0.01f, (size_t)N * V);
@@ -129,11 +160,14 @@ int main(int argc, char **argv) {
         crossentropy_backward(logits, logits, tgt, 1.0f / N, N, V);
         t[G_CE_BWD] += now_s() - t0;
         t0 = now_s();
-        matmul_backward(dx, NULL, NULL, logits, x, emb, N, C, V);
+        if (use_bf16) matmul_bf16_backward_input(dx, logits, PWT[7], N, C, V);
+        else matmul_backward(dx, NULL, NULL, logits, x, emb, N, C, V);
         t[G_LMHEAD_BWD] += now_s() - t0;
         for (int l = 0; l < L; l++) {
             t0 = now_s();
-            for (int s = 0; s < 7; s++) matmul_backward(dx, NULL, NULL, y, x, W[s], N, site_in[s], site_out[s]);
+            for (int s = 0; s < 7; s++)
+                if (use_bf16) matmul_bf16_backward_input(dx, y, PWT[s], N, site_in[s], site_out[s]);
+                else matmul_backward(dx, NULL, NULL, y, x, W[s], N, site_in[s], site_out[s]);
             t[G_LIN_BWD] += now_s() - t0;
             t0 = now_s();
             for (int s = 0; s < 7; s++) {  /* dB += s dy^T ax; g = s dy B; dA += g^T x; dx += g A */
@@ -176,8 +210,47 @@ int main(int argc, char **argv) {
         printf("\n");
     }
     printf("%-16s %9.4f\n", "sum", sum);
-    printf("{\"impl\":\"peft.c-parts\",\"batch\":%d,\"seq\":%d,\"rank\":%d", B, T, r);
+    printf("{\"impl\":\"peft.c-parts%s\",\"batch\":%d,\"seq\":%d,\"rank\":%d", use_bf16 ? "-bf16" : "", B, T, r);
+    printf(",\"single_pool\":%d", single_pool);
     for (int gi = 0; gi < NG; gi++) printf(",\"%s\":%.5f", gname[gi], best[gi]);
     printf(",\"sum\":%.5f}\n", sum);
+    if (!mm) return 0;
+
+mm_section:
+    /* every matmul shape: f32 sgemm (matmul_forward / matmul_backward dx) vs bf16, alternating */
+    printf("\n%-22s %6s %6s %6s | %9s %9s %6s | %9s %9s %6s\n", "matmul (GFLOP/s)", "N", "C", "OC", "fwd f32",
+           "fwd bf16", "x", "dx f32", "dx bf16", "x");
+    {
+        static const char *sname[8] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                       "lm_head"};
+        for (int s = 0; s < 8; s++) {
+            if (s == 2 || s == 5) continue; /* same shapes as k_proj / gate_proj */
+            const int oc = s < 7 ? site_out[s] : V, ci = s < 7 ? site_in[s] : C;
+            const float *w = s < 7 ? W[s] : emb;
+            float *o = s < 7 ? y : logits, *gin = s < 7 ? dx : dx;
+            const float *in = x;
+            const float *go = s < 7 ? y : logits;
+            double b[4] = {1e30, 1e30, 1e30, 1e30};
+            const int inner = s < 7 ? 5 : 1;
+            for (int rep = 0; rep < reps + 1; rep++) {
+                double t0, dt;
+                t0 = now_s();
+                for (int it = 0; it < inner; it++) matmul_forward(o, in, w, NULL, N, ci, oc);
+                dt = (now_s() - t0) / inner; if (rep && dt < b[0]) b[0] = dt;
+                t0 = now_s();
+                for (int it = 0; it < inner; it++) matmul_bf16_forward(o, in, PW[s], NULL, N, ci, oc);
+                dt = (now_s() - t0) / inner; if (rep && dt < b[1]) b[1] = dt;
+                t0 = now_s();
+                for (int it = 0; it < inner; it++) matmul_backward(gin, NULL, NULL, go, in, w, N, ci, oc);
+                dt = (now_s() - t0) / inner; if (rep && dt < b[2]) b[2] = dt;
+                t0 = now_s();
+                for (int it = 0; it < inner; it++) matmul_bf16_backward_input(gin, go, PWT[s], N, ci, oc);
+                dt = (now_s() - t0) / inner; if (rep && dt < b[3]) b[3] = dt;
+            }
+            const double f = 2.0 * N * (double)ci * oc / 1e9;
+            printf("%-22s %6d %6d %6d | %9.1f %9.1f %6.2f | %9.1f %9.1f %6.2f\n", sname[s], N, ci, oc, f / b[0],
+                   f / b[1], b[0] / b[1], f / b[2], f / b[3], b[2] / b[3]);
+        }
+    }
     return 0;
 }

@@ -2,12 +2,21 @@
 """Seed corpora for the fuzzers, generated at run time from the ../shared fixtures (nothing
 from ../shared is stored in the repository).
 
-  make_seeds.py SHARED_DIR OUT_DIR
+  make_seeds.py SHARED_DIR OUT_DIR [TOKENIZER_ROOT]
 writes OUT_DIR/safetensors/*: for every shared *.safetensors, a shrunken but valid copy (same
 names, dtypes and ranks, every dimension cut to at most 2, offsets recomputed, data taken from
 the original) and the bare header; plus small hand-made files (empty, scalar, bf16/f16).
 OUT_DIR/config/*: every shared config.json / adapter_config.json / index json, and a few
-hand-written Llama, Mistral, Qwen2 and llama3-RoPE configs.  Standard library only.
+hand-written Llama, Mistral, Qwen2 and llama3-RoPE configs.
+OUT_DIR/adapter_config/*: every shared adapter_config.json and hand-written LoRA / DoRA / IA3 /
+VeRA configs (patterns, regex targets, layers_to_transform).
+OUT_DIR/tokenizer/*: every tokenizer.json under SHARED_DIR/models and TOKENIZER_ROOT/*/models
+shrunk below 64 KiB (the pipeline, added tokens and post-processor kept; the first ids of the
+vocabulary, the byte symbols and the merges among them), each alone and followed by a NUL byte
+and its tokenizer_config.json (as fuzz_tokenizer.c reads them).
+OUT_DIR/chat/*: message lists (system / user / assistant turns) and the chat_template texts.
+OUT_DIR/dataset/*: two option bytes (see fuzz_dataset.c) and a few records from each shared
+data file, in each record format.  Standard library only.
 """
 import glob
 import json
@@ -99,7 +108,154 @@ def main():
         c.update(v)
         open(os.path.join(cfg_dir, "hand_" + k + ".json"), "w").write(json.dumps(c, indent=1))
         n_cfg += 1
-    print("make_seeds: %d safetensors seeds, %d config seeds in %s" % (n_st, n_cfg, out))
+    counts = [("safetensors", n_st), ("config", n_cfg), ("adapter_config", adapter_seeds(shared, out)),
+              ("tokenizer", 0), ("chat", 0), ("dataset", dataset_seeds(shared, out))]
+    templates = []
+    counts[3] = ("tokenizer", tokenizer_seeds(shared, sys.argv[3] if len(sys.argv) > 3 else None, out, templates))
+    counts[4] = ("chat", chat_seeds(out, templates))
+    print("make_seeds: %s in %s" % (", ".join("%d %s" % (n, k) for k, n in counts), out))
+
+
+def write(out, target, name, data):
+    d = os.path.join(out, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def adapter_seeds(shared, out):
+    n = 0
+    for p in sorted(glob.glob(os.path.join(shared, "models", "*", "adapter_config.json"))):
+        write(out, "adapter_config", os.path.basename(os.path.dirname(p)) + ".json", open(p, "rb").read())
+        n += 1
+    lora = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+            "bias": "none", "use_rslora": False, "use_dora": False, "base_model_name_or_path": "tiny"}
+    variants = {
+        "lora": {},
+        "lora_all": {"target_modules": "all-linear", "init_lora_weights": "gaussian", "use_rslora": True},
+        "lora_regex": {"target_modules": r".*\.(q|k)_proj", "layers_to_transform": [0]},
+        "lora_patterns": {"rank_pattern": {"q_proj": 2, "layers\\.1\\.self_attn\\.v_proj": 8},
+                          "alpha_pattern": {"v_proj": 32.0}, "layers_to_transform": 1},
+        "dora": {"use_dora": True, "target_modules": ["gate_proj", "up_proj", "down_proj"]},
+        "ia3": {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+        "vera": {"peft_type": "VERA", "r": 4, "target_modules": ["q_proj", "v_proj"], "vera_dropout": 0.0, "d_initial": 0.1,
+                 "save_projection": True, "projection_prng_key": 0},
+    }
+    for k, v in variants.items():
+        c = dict(lora)
+        c.update(v)
+        if c["peft_type"] != "LORA":
+            for key in ("r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora"):
+                if key not in v:
+                    c.pop(key, None)
+        write(out, "adapter_config", "hand_" + k + ".json", json.dumps(c, indent=1))
+        n += 1
+    return n
+
+
+def shrink_tokenizer(tj, n_vocab=320, n_merges=400):
+    """A small tokenizer.json: the first n_vocab ids, every byte symbol and <0xNN> token, and the
+    merges whose parts and result are all kept."""
+    model = tj.get("model") or {}
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        return None
+    keep = {k: v for k, v in vocab.items() if v < n_vocab or (k.startswith("<0x") and len(k) == 6)}
+    merges = []
+    for m in model.get("merges") or []:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        if a in keep and b in keep and a + b in keep:
+            merges.append(m)
+            if len(merges) == n_merges:
+                break
+    small = dict(tj)
+    small["model"] = dict(model, vocab=keep, merges=merges)
+    small["added_tokens"] = (tj.get("added_tokens") or [])[:24]
+    return json.dumps(small, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def tokenizer_seeds(shared, root, out, templates):
+    dirs = sorted(glob.glob(os.path.join(shared, "models", "*")))
+    if root:
+        dirs += sorted(glob.glob(os.path.join(root, "*", "models")))
+    n = 0
+    for d in dirs:
+        p = os.path.join(d, "tokenizer.json")
+        if not os.path.exists(p):
+            continue
+        tag = os.path.basename(d) if os.path.basename(d) != "models" else os.path.basename(os.path.dirname(d))
+        small = shrink_tokenizer(json.load(open(p, encoding="utf-8")))
+        if not small or len(small) > 60000:
+            print("make_seeds: skipping %s" % p)
+            continue
+        write(out, "tokenizer", tag, small)
+        n += 1
+        cp = os.path.join(d, "tokenizer_config.json")
+        if os.path.exists(cp):
+            cfg = json.load(open(cp, encoding="utf-8"))
+            cfg.pop("added_tokens_decoder", None)  # the ids of the full vocabulary
+            ct = cfg.get("chat_template")
+            if isinstance(ct, str):
+                templates.append((tag, ct))
+            text = json.dumps(cfg, ensure_ascii=False).encode()
+            if len(small) + len(text) < 65000:
+                write(out, "tokenizer", tag + ".config", small + b"\0" + text)
+                n += 1
+    return n
+
+
+def chat_seeds(out, templates):
+    convs = {
+        "plain": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        "system": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                   {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"},
+                   {"role": "assistant", "content": "6"}],
+        "think": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\nhm\n</think>\n\nok"}],
+        "user_only": [{"role": "user", "content": " spaced \n text "}],
+        "empty": [],
+        "unicode": [{"role": "user", "content": "caf\u00e9 \u4e2d"}, {"role": "assistant", "content": "\U0001F600"}],
+    }
+    n = 0
+    for k, v in convs.items():
+        write(out, "chat", k + ".json", json.dumps(v, ensure_ascii=False))
+        n += 1
+    for tag, t in templates:
+        write(out, "chat", tag + ".jinja", t)
+        n += 1
+    return n
+
+
+def dataset_seeds(shared, out):
+    recs = {
+        "text": [{"text": "the cat sat on the mat"}, {"text": "ab ab ab the"}],
+        "prompt": [{"prompt": "the question ", "completion": "the answer"}],
+        "alpaca": [{"instruction": "say ab", "input": "", "output": "ab"}, {"instruction": "x", "input": "y", "output": "z"}],
+        "chat": [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
+                               {"role": "assistant", "content": "the"}]}],
+    }
+    n = 0
+    for k, rs in recs.items():
+        jsonl = "\n".join(json.dumps(r) for r in rs) + "\n"
+        write(out, "dataset", k + ".jsonl", b"\x14\x00" + jsonl.encode())       # .jsonl, seq_len 7
+        write(out, "dataset", k + ".json", b"\x95\x09" + json.dumps(rs).encode())  # .json, val split, pack
+        n += 2
+    write(out, "dataset", "plain.txt", b"\x0a\x08" + b"the theme of the abbey\n" * 3)
+    n += 1
+    for p in sorted(glob.glob(os.path.join(shared, "data", "*", "*.json*"))):
+        raw = open(p, "rb").read()
+        if p.endswith(".jsonl"):
+            body = b"\n".join(raw.split(b"\n")[:3])
+            head = b"\x10\x00"
+        else:
+            try:
+                body = json.dumps(json.loads(raw)[:3]).encode()
+            except Exception:  # noqa: BLE001
+                continue
+            head = b"\x11\x08"
+        tag = os.path.basename(os.path.dirname(p)) + "_" + os.path.basename(p)
+        write(out, "dataset", tag, head + body[:4000])
+        n += 1
+    return n
 
 
 if __name__ == "__main__":

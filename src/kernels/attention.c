@@ -7,8 +7,9 @@
  * row in four zmm registers. exp is a vectorised polynomial (Cephes expf, ~1 ulp, scalef for
  * the 2^n) in the AVX-512 path and libm expf in the portable one.
  *
- * Forward: one task per (b, query head, block of ATTN_BQ rows), tasks taken latest-block first
- * (they have the most keys). It streams over key blocks with an online softmax (running max m,
+ * Forward: one task per (b, kv head, block of ATTN_BQ rows) covering all query heads of the GQA
+ * group (each key block is transposed once for group * ATTN_BQ rows), tasks taken latest-block
+ * first (they have the most keys). It streams over key blocks with an online softmax (running max m,
  * running sum l, unnormalised accumulator), so the T x T matrix is never stored, and saves
  * lse = m + log(l) per row.
  *
@@ -24,7 +25,7 @@
  * kernels.h). Results do not depend on the thread count in the unsplit case.
  *
  * Per-thread scratch (key-block transposes, tiles, accumulators) is malloc'ed once per parallel
- * region, O(ATTN_BK * hd) floats.
+ * region, O((ATTN_BK + group * ATTN_BQ) * hd) floats.
  *
  * Masking: query row i of a sequence sits at absolute index a = Tk - Tq + i and sees keys
  * [a - pos_i, a]; pos_i is clamped to [0, a] (so a negative pos sees only itself). */
@@ -230,7 +231,25 @@ AINL float exp_row_(float *p, const float *s, float scale, float off, int jlo, i
     }
     return _mm512_reduce_add_ps(acc);
 }
+/* max of s[jlo..jhi] (jlo <= jhi < ATTN_BK) */
+AINL float max_row_(const float *s, int jlo, int jhi) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int x = (jlo / 16) * 16; x <= jhi; x += 16) {
+        int a = jlo - x, b = jhi - x + 1;
+        a = a < 0 ? 0 : a;
+        b = b > 16 ? 16 : b;
+        __mmask16 m = (__mmask16)((((1u << b) - 1)) & ~((1u << a) - 1));
+        mx = _mm512_mask_max_ps(mx, m, mx, _mm512_loadu_ps(s + x));
+    }
+    return _mm512_reduce_max_ps(mx);
+}
 #else  /* portable path: same blocking, plain loops */
+static inline float max_row_(const float *s, int jlo, int jhi) {
+    float bm = -INFINITY;
+    for (int jj = jlo; jj <= jhi; jj++) bm = s[jj] > bm ? s[jj] : bm;
+    return bm;
+}
+
 static void scores_(float *S, const float *A, size_t lda, const float *Bt, int nrows, int hd) {
     for (int r = 0; r < nrows; r++) {
         float *s = S + (size_t)r * ATTN_BK;
@@ -278,65 +297,75 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
     const size_t qs = (size_t)n_head * hd, ks = (size_t)n_kv_head * hd;  // row strides
     const float scale = 1.0f / sqrtf((float)hd);
     const int ntiles = (Tq + ATTN_BQ - 1) / ATTN_BQ;
-    const long ntasks = (long)B * n_head * ntiles;
+    // one task = (b, kv head, query tile) for all heads of the group: each key block is
+    // transposed once and used by group * ATTN_BQ query rows
+    const long ntasks = (long)B * n_kv_head * ntiles;
 #pragma omp parallel
     {
-        float *Kt = scratch_alloc_((size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK + (size_t)ATTN_BQ * hd);
+        const size_t gq = (size_t)group * ATTN_BQ;
+        float *Kt = scratch_alloc_((size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK + gq * hd + 2 * gq);
         float *S = Kt + (size_t)hd * ATTN_BK, *P = S + ATTN_BQ * ATTN_BK, *acc = P + ATTN_BQ * ATTN_BK;
+        float *m = acc + gq * hd, *l = m + gq;  // [group][ATTN_BQ]
 #pragma omp for schedule(dynamic, 1)
         for (long task = 0; task < ntasks; task++) {
             const int tile = ntiles - 1 - (int)(task % ntiles);  // longest tiles first
-            const int h = (int)((task / ntiles) % n_head), b = (int)(task / ((long)ntiles * n_head));
+            const int kvh = (int)((task / ntiles) % n_kv_head), b = (int)(task / ((long)ntiles * n_kv_head));
             const int i0 = tile * ATTN_BQ, nr = Tq - i0 < ATTN_BQ ? Tq - i0 : ATTN_BQ;
-            const float *kb = k + (size_t)b * Tk * ks + (size_t)(h / group) * hd;
-            const float *vb = v + (size_t)b * Tk * ks + (size_t)(h / group) * hd;
-            const float *qb = q + ((size_t)b * Tq + i0) * qs + (size_t)h * hd;
+            const float *kb = k + (size_t)b * Tk * ks + (size_t)kvh * hd;
+            const float *vb = v + (size_t)b * Tk * ks + (size_t)kvh * hd;
             int lo[ATTN_BQ], hi[ATTN_BQ];
-            float m[ATTN_BQ], l[ATTN_BQ];
             int jlo = Tk, jhi = 0;
             for (int r = 0; r < nr; r++) {
                 hi[r] = Tk - Tq + i0 + r;
                 lo[r] = window_lo_(pos, (size_t)b * Tq + i0 + r, hi[r]);
-                m[r] = -INFINITY;
-                l[r] = 0.0f;
                 jlo = lo[r] < jlo ? lo[r] : jlo;
                 jhi = hi[r] > jhi ? hi[r] : jhi;
             }
-            memset(acc, 0, (size_t)nr * hd * sizeof(float));
+            for (size_t x = 0; x < gq; x++) m[x] = -INFINITY, l[x] = 0.0f;
+            memset(acc, 0, gq * hd * sizeof(float));
             for (int j0 = jlo; j0 <= jhi; j0 += ATTN_BK) {
                 const int nj = jhi - j0 + 1 < ATTN_BK ? jhi - j0 + 1 : ATTN_BK;
                 transpose_block_(Kt, kb + (size_t)j0 * ks, ks, nj, hd);
-                scores_(S, qb, qs, Kt, nr, hd);
-                for (int r = 0; r < nr; r++) {
-                    // valid keys of row r in this block, block-relative
-                    const int a = lo[r] - j0 > 0 ? lo[r] - j0 : 0;
-                    const int e = hi[r] - j0 < nj - 1 ? hi[r] - j0 : nj - 1;
-                    float *pr = P + (size_t)r * ATTN_BK;
-                    if (a > e) {
-                        memset(pr, 0, ATTN_BK * sizeof(float));
-                        continue;
+                for (int g = 0; g < group; g++) {
+                    const int h = kvh * group + g;
+                    const float *qb = q + ((size_t)b * Tq + i0) * qs + (size_t)h * hd;
+                    float *mg = m + (size_t)g * ATTN_BQ, *lg = l + (size_t)g * ATTN_BQ;
+                    float *ag = acc + (size_t)g * ATTN_BQ * hd;
+                    scores_(S, qb, qs, Kt, nr, hd);
+                    for (int r = 0; r < nr; r++) {
+                        // valid keys of row r in this block, block-relative
+                        const int a = lo[r] - j0 > 0 ? lo[r] - j0 : 0;
+                        const int e = hi[r] - j0 < nj - 1 ? hi[r] - j0 : nj - 1;
+                        float *pr = P + (size_t)r * ATTN_BK;
+                        if (a > e) {
+                            memset(pr, 0, ATTN_BK * sizeof(float));
+                            continue;
+                        }
+                        const float *sr = S + (size_t)r * ATTN_BK;
+                        const float bm = max_row_(sr, a, e) * scale;
+                        if (bm > mg[r]) {
+                            const float c = expf(mg[r] - bm);  // 0 on the row's first block (m = -inf)
+                            lg[r] *= c;
+                            float *ar = ag + (size_t)r * hd;
+#pragma omp simd
+                            for (int d = 0; d < hd; d++) ar[d] *= c;
+                            mg[r] = bm;
+                        }
+                        lg[r] += exp_row_(pr, sr, scale, mg[r], a, e);
                     }
-                    const float *sr = S + (size_t)r * ATTN_BK;
-                    float bm = -INFINITY;
-                    for (int jj = a; jj <= e; jj++) bm = sr[jj] > bm ? sr[jj] : bm;
-                    bm *= scale;
-                    if (bm > m[r]) {
-                        const float c = expf(m[r] - bm);  // 0 on the row's first block (m = -inf)
-                        l[r] *= c;
-                        float *ar = acc + (size_t)r * hd;
-                        for (int d = 0; d < hd; d++) ar[d] *= c;
-                        m[r] = bm;
-                    }
-                    l[r] += exp_row_(pr, sr, scale, m[r], a, e);
+                    pv_(ag, hd, P, ATTN_BK, 1, vb + (size_t)j0 * ks, ks, nr, nj, hd);
                 }
-                pv_(acc, hd, P, ATTN_BK, 1, vb + (size_t)j0 * ks, ks, nr, nj, hd);
             }
-            for (int r = 0; r < nr; r++) {
-                const int i = i0 + r;
-                float *oi = out + ((size_t)b * Tq + i) * qs + (size_t)h * hd;
-                const float inv = 1.0f / l[r];
-                for (int d = 0; d < hd; d++) oi[d] = acc[(size_t)r * hd + d] * inv;
-                if (lse) lse[((size_t)b * n_head + h) * Tq + i] = m[r] + logf(l[r]);
+            for (int g = 0; g < group; g++) {
+                const int h = kvh * group + g;
+                for (int r = 0; r < nr; r++) {
+                    const int i = i0 + r;
+                    const size_t x = (size_t)g * ATTN_BQ + r;
+                    float *oi = out + ((size_t)b * Tq + i) * qs + (size_t)h * hd;
+                    const float inv = 1.0f / l[x];
+                    for (int d = 0; d < hd; d++) oi[d] = acc[x * hd + d] * inv;
+                    if (lse) lse[((size_t)b * n_head + h) * Tq + i] = m[x] + logf(l[x]);
+                }
             }
         }
         free(Kt);

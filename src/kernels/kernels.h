@@ -115,4 +115,17 @@ void matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w,
 /* dinp[N,C] += dout[N,OC] @ w (packed_wt from bf16_pack_weight_t). */
 void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
 
+/* ---- threads.c --------------------------------------------------------------- */
+/* Opt-in single thread pool: call once at startup, before any kernel. Sets the OpenMP team to
+ * nthreads (<= 0: keep OpenMP's default), OpenBLAS to 1 thread, and makes matmul_forward,
+ * matmul_backward and gemm_acc split their sgemms over the OpenMP team (peft_sgemm), so OpenMP
+ * workers and OpenBLAS threads no longer compete for the cores. Returns the team size. */
+int peft_threads_init(int nthreads);
+int peft_threads_single_pool(void); /* 1 after peft_threads_init */
+/* Row-major c[M,N] = alpha * op(a) @ op(b) + beta * c (cblas_sgemm arguments). Plain cblas_sgemm
+ * unless peft_threads_init was called; then split over the OpenMP team by rows (or columns) of c.
+ * Must not be called inside an OpenMP parallel region (it then runs single-threaded). */
+void peft_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *a, int lda, const float *b,
+                int ldb, float beta, float *c, int ldc);
+
 #endif

@@ -1,7 +1,8 @@
 /* matmul.c: the dense layer out = inp @ weight^T + bias, and its backward, on OpenBLAS.
  * weight uses nn.Linear's layout [OC, C], so both passes are single sgemm calls with
- * beta = 1 for the accumulating gradients. BLAS does its own threading; these functions
- * must not be called from inside an OpenMP parallel region. */
+ * beta = 1 for the accumulating gradients. BLAS does its own threading (or, after
+ * peft_threads_init, peft_sgemm splits over the OpenMP team); these functions must not be
+ * called from inside an OpenMP parallel region. */
 #include <cblas.h>
 #include <string.h>
 
@@ -20,7 +21,7 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
         if (!bias) memset(out, 0, (size_t)N * OC * sizeof(float));
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
+    peft_sgemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
 }
 
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
@@ -29,11 +30,11 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
     if (N <= 0 || OC <= 0) return;
     if (dinp && C > 0) {
         // dinp (N,C) += dout (N,OC) @ weight (OC,C)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
+        peft_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
     }
     if (dweight && C > 0) {
         // dweight (OC,C) += dout^T (OC,N) @ inp (N,C)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+        peft_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     }
     if (dbias) {
         // column sums of dout; threads own disjoint column ranges, rows are read in order

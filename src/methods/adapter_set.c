@@ -25,7 +25,7 @@ typedef struct shared_tensor {
 
 struct peft_shared {
     int n;
-    shared_tensor t[16];
+    shared_tensor t[64];
 };
 
 float *peft_shared_tensor(peft_shared *sh, const char *key, int ndim, const int64_t *shape, int trainable, int saved,
@@ -231,6 +231,10 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
         if ((rc = pattern_value(cfg->rank_pattern, cfg->n_rank_pattern, s->name, &rank, err)) ||
             (rc = pattern_value(cfg->alpha_pattern, cfg->n_alpha_pattern, s->name, &alpha, err)))
             break;
+        if (!(rank >= 1 && rank <= 65536)) { /* patterns can come from anywhere: check before the cast */
+            rc = peft_fail(err, PEFT_EINVAL, "%s: rank %g is out of range [1, 65536]", s->name, rank);
+            break;
+        }
         o.rank = (int)rank;
         o.alpha = alpha;
         if ((rc = method->create(&o, s, max_rows, &s->adapter, err))) break;
@@ -402,6 +406,10 @@ static int parse_patterns(const cJSON *root, const char *key, peft_pattern *out,
     cJSON_ArrayForEach(e, o) {
         if (*n == PEFT_MAX_PATTERNS || !cJSON_IsNumber(e) || strlen(e->string) >= sizeof out->key)
             return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" entries must be numbers (at most %d)", what, key, PEFT_MAX_PATTERNS);
+        /* ranks become ints (as "r": 1..65536); alphas must be finite (cJSON reads 1e999 as inf) */
+        double v = e->valuedouble;
+        if (!strcmp(key, "rank_pattern") ? !(v >= 1 && v <= 65536 && v == (int)v) : !(v > -1e300 && v < 1e300))
+            return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" value %g for \"%s\" is out of range", what, key, v, e->string);
         snprintf(out[*n].key, sizeof out[*n].key, "%s", e->string);
         out[(*n)++].value = e->valuedouble;
     }

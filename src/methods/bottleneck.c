@@ -7,7 +7,7 @@
  *                     y += s * (act(h) U^T + u)
  * Backward:           g   = s dy                       (folded into the gemm alphas)
  *                     dU += s dy^T act(h),  du += s sum_n dy
- *                     dh  = (s dy U) * act'(h)         [N, r]
+ *                     dh  = (s dy U) * act'(h)         [N, r]   (act: SiLU for seq, ReLU for par)
  *                     z recomputed (seq: x W^T + b; no N x out saved per site), zd = dropout(z)
  *                     dD += dh^T zd,  dd += sum_n dh
  *                     dz  = mask * (dh D)
@@ -36,6 +36,28 @@ typedef struct bottleneck_adapter {
     int max_rows;
     uint64_t site_hash;
 } bottleneck_adapter;
+
+/* act(h): SiLU ("swish", Houlsby's adapter) or ReLU (the parallel adapter). */
+static void activate(const bottleneck_adapter *a, float *act, const float *h, size_t n) {
+    if (a->seq)
+        for (size_t i = 0; i < n; i++) act[i] = h[i] / (1.0f + expf(-h[i]));
+    else
+        for (size_t i = 0; i < n; i++) act[i] = h[i] > 0.0f ? h[i] : 0.0f;
+}
+
+/* dh *= act'(h). */
+static void activate_backward(const bottleneck_adapter *a, float *dh, const float *h, size_t n) {
+    if (a->seq)
+        for (size_t i = 0; i < n; i++) {
+            float sg = 1.0f / (1.0f + expf(-h[i]));
+            dh[i] *= sg * (1.0f + h[i] * (1.0f - sg));
+        }
+    else
+        for (size_t i = 0; i < n; i++)
+            if (!(h[i] > 0.0f)) dh[i] = 0.0f;
+}
+
+static const char *act_name(int seq) { return seq ? "swish" : "relu"; }
 
 static int dropout_active(const bottleneck_adapter *a) { return a->base.training && a->dropout > 0.0f; }
 
@@ -115,7 +137,7 @@ static void bottleneck_forward(peft_adapter *base, const peft_site *s, float *y,
     if (a->seq) matmul_forward(y, x, s->weight, s->bias, N, a->in, a->out); /* the base: y = x W^T + b */
     const float *zd = apply_dropout(a, a->seq ? y : x, zd_buf, N);
     matmul_forward(h, zd, a->D, a->d, N, a->dim, a->r); /* h = zd D^T + d */
-    for (size_t i = 0; i < Nr; i++) act[i] = h[i] > 0.0f ? h[i] : 0.0f;
+    activate(a, act, h, Nr);
     gemm_acc(y, act, a->U, N, a->out, a->r, 0, 1, a->scale); /* y += s act U^T */
     const float *u = a->u;
     float sc = a->scale;
@@ -130,7 +152,7 @@ static void bottleneck_backward(peft_adapter *base, const peft_site *s, float *d
     float *z = a->base.work, *zd_buf = z + Ndim, *dz = zd_buf + Ndim, *act = dz + Ndim, *dh = act + Nr;
     const float *h = a->h;
     float sc = a->scale;
-    for (size_t i = 0; i < Nr; i++) act[i] = h[i] > 0.0f ? h[i] : 0.0f;
+    activate(a, act, h, Nr);
     gemm_acc(a->dU, dy, act, a->out, a->r, N, 1, 0, sc); /* dU += s dy^T act */
     float *du = a->du;
 #pragma omp parallel for
@@ -141,8 +163,7 @@ static void bottleneck_backward(peft_adapter *base, const peft_site *s, float *d
     }
     memset(dh, 0, Nr * sizeof(float));
     gemm_acc(dh, dy, a->U, N, a->r, a->out, 0, 0, sc); /* dh = s dy U ... */
-    for (size_t i = 0; i < Nr; i++)
-        if (!(h[i] > 0.0f)) dh[i] = 0.0f;              /* ... * relu'(h) */
+    activate_backward(a, dh, h, Nr);                   /* ... * act'(h) */
     for (int k = 0; k < a->r; k++) {
         double acc = 0;
         for (int n = 0; n < N; n++) acc += dh[(size_t)n * a->r + k];
@@ -187,20 +208,20 @@ static int bottleneck_params(peft_adapter *base, peft_param *out, int max) {
     return 4;
 }
 
-static void bottleneck_config_write(const peft_method_opts *o, cJSON *obj) {
+static void config_write_(int seq, const peft_method_opts *o, cJSON *obj) {
     cJSON_AddNumberToObject(obj, "adapter_alpha", o->alpha);
     cJSON_AddNumberToObject(obj, "adapter_dropout", o->dropout);
     if (o->init_gaussian) cJSON_AddStringToObject(obj, "init_weights", "gaussian");
     else cJSON_AddBoolToObject(obj, "init_weights", 1);
-    cJSON_AddStringToObject(obj, "non_linearity", "relu");
+    cJSON_AddStringToObject(obj, "non_linearity", act_name(seq));
     cJSON_AddNumberToObject(obj, "r", o->rank);
     cJSON_AddBoolToObject(obj, "use_rslora", o->use_rslora);
 }
 
-static int bottleneck_config_read(const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
+static int config_read_(int seq, const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
     long long r = 8;
     int fifo = 0, rc;
-    const char *act = "relu";
+    const char *act = act_name(seq);
     if ((rc = peft_json_int(obj, "r", 0, &r, what, err)) || (rc = peft_json_double(obj, "adapter_alpha", 0, &o->alpha, what, err)) ||
         (rc = peft_json_double(obj, "adapter_dropout", 0, &o->dropout, what, err)) ||
         (rc = peft_json_bool(obj, "use_rslora", 0, &o->use_rslora, what, err)) ||
@@ -209,13 +230,24 @@ static int bottleneck_config_read(const cJSON *obj, peft_method_opts *o, const c
         return rc;
     if (r < 1 || r > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: r = %lld is out of range", what, r);
     if (fifo) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
-    if (strcmp(act, "relu"))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: non_linearity \"%s\" is not supported (peft.c's bottleneck adapters use relu)",
-                         what, act);
+    if (strcmp(act, act_name(seq)))
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: non_linearity \"%s\" is not supported (peft.c's %s adapter uses %s)", what,
+                         act, seq ? "sequential" : "parallel", act_name(seq));
     o->rank = (int)r;
     const cJSON *init = cJSON_GetObjectItemCaseSensitive(obj, "init_weights");
     o->init_gaussian = cJSON_IsString(init) && !strcmp(init->valuestring, "gaussian");
     return PEFT_OK;
+}
+
+static void seq_config_write(const peft_method_opts *o, cJSON *obj) { config_write_(1, o, obj); }
+static void par_config_write(const peft_method_opts *o, cJSON *obj) { config_write_(0, o, obj); }
+
+static int seq_config_read(const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
+    return config_read_(1, obj, o, what, err);
+}
+
+static int par_config_read(const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
+    return config_read_(0, obj, o, what, err);
 }
 
 const peft_method peft_method_adapter_seq = {
@@ -230,8 +262,8 @@ const peft_method peft_method_adapter_seq = {
     .params = bottleneck_params,
     .work_floats = bottleneck_work_floats,
     .peft_type = "ADAPTER_SEQ",
-    .config_write = bottleneck_config_write,
-    .config_read = bottleneck_config_read,
+    .config_write = seq_config_write,
+    .config_read = seq_config_read,
 };
 
 const peft_method peft_method_adapter_par = {
@@ -246,6 +278,6 @@ const peft_method peft_method_adapter_par = {
     .params = bottleneck_params,
     .work_floats = bottleneck_work_floats,
     .peft_type = "ADAPTER_PAR",
-    .config_write = bottleneck_config_write,
-    .config_read = bottleneck_config_read,
+    .config_write = par_config_write,
+    .config_read = par_config_read,
 };

@@ -22,6 +22,7 @@
 #include "kernels/kernels.h"
 #include "methods/dropout.h"
 #include "methods/lora.h"
+#include "rng.h"
 
 typedef struct hydra_adapter {
     peft_adapter base;

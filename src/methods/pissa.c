@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
 #include <cjson/cJSON.h>
 
 #include "dtype.h"
@@ -173,37 +174,40 @@ static int corda_covariance(const peft_site *s, float *C, peft_err *err) {
 
 /* ---- decomposition ------------------------------------------------------------------ */
 
-/* U [out, k], S [k], Vt [k, in] (k = min(out, in)) with W = U diag(S) Vt: the SVD of W
- * (PiSSA) or PEFT's collect_eigens_for_layer (CorDA): C_fix = C + damp * mean(diag C) * I,
- * damp = 0.01 doubled until |C_fix C_fix^-1 - I|_F < 0.05, SVD of W C_fix = U S Vh and
+/* U [out, k], S [k], Vt [k, in] (k = min(out, in)) with W = U diag(S) Vt, in double: the
+ * SVD of W (PiSSA) or PEFT's collect_eigens_for_layer (CorDA): C_fix = C + damp * mean(diag C)
+ * * I, damp = 0.01 doubled until |C_fix C_fix^-1 - I|_F < 0.05, SVD of W C_fix = U S Vh and
  * Vt = Vh C_fix^-1. */
-static int decompose(const pissa_adapter *a, const peft_site *s, float *U, float *S, float *Vt, peft_err *err) {
-    int in = a->in, out = a->out, k = in < out ? in : out, rc;
+static int decompose(const pissa_adapter *a, const peft_site *s, double *U, double *S, double *Vt, peft_err *err) {
+    int in = a->in, out = a->out, k = in < out ? in : out, rc = PEFT_OK, info;
+    size_t nw = (size_t)out * in, nn = (size_t)in * in;
+    double *W = malloc(nw * sizeof(double));
+    if (!W) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
+    for (size_t i = 0; i < nw; i++) W[i] = s->weight[i];
     if (a->kind == KIND_PISSA) {
-        rc = svd_f32(s->weight, out, in, U, S, Vt);
-        return rc ? peft_fail(err, rc < 0 ? PEFT_ENOMEM : PEFT_EINVAL, "%s: SVD failed (%d)", s->name, rc) : PEFT_OK;
+        info = svd_f64(W, out, in, U, S, Vt);
+        free(W);
+        return info ? peft_fail(err, info < 0 ? PEFT_ENOMEM : PEFT_EINVAL, "%s: SVD failed (%d)", s->name, info) : PEFT_OK;
     }
-    size_t nn = (size_t)in * in;
-    float *C = malloc(nn * sizeof(float)), *Cf = malloc(nn * sizeof(float)), *Ci = malloc(nn * sizeof(float)),
-          *P = malloc(nn * sizeof(float)), *WC = calloc((size_t)out * in, sizeof(float)), *Vh = malloc((size_t)k * in * sizeof(float));
-    rc = C && Cf && Ci && P && WC && Vh ? corda_covariance(s, C, err) : peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
+    float *Cs = malloc(nn * sizeof(float));
+    double *Cf = malloc(nn * sizeof(double)), *Ci = malloc(nn * sizeof(double)), *P = malloc(nn * sizeof(double)),
+           *WC = malloc(nw * sizeof(double)), *Vh = malloc((size_t)k * in * sizeof(double));
+    rc = Cs && Cf && Ci && P && WC && Vh ? corda_covariance(s, Cs, err) : peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
     if (rc == PEFT_OK) {
-        double mean = 0;
-        for (int i = 0; i < in; i++) mean += C[(size_t)i * in + i];
+        double mean = 0, damp = 0.01;
+        for (int i = 0; i < in; i++) mean += Cs[(size_t)i * in + i];
         mean /= in;
-        float damp = 0.01f;
         for (int tries = 0;; tries++, damp *= 2) {
-            memcpy(Cf, C, nn * sizeof(float));
-            for (int i = 0; i < in; i++) Cf[(size_t)i * in + i] += (float)mean * damp;
-            int info = inv_f32(Cf, in, Ci);
+            for (size_t j = 0; j < nn; j++) Cf[j] = Cs[j];
+            for (int i = 0; i < in; i++) Cf[(size_t)i * in + i] += mean * damp;
+            info = inv_f64(Cf, in, Ci);
             if (info < 0) {
                 rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
                 break;
             }
             double e2 = 0;
             if (info == 0) {
-                memset(P, 0, nn * sizeof(float));
-                gemm_acc(P, Cf, Ci, in, in, in, 0, 0, 1.0f);
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, in, in, in, 1.0, Cf, in, Ci, in, 0.0, P, in);
                 for (int i = 0; i < in; i++)
                     for (int j = 0; j < in; j++) {
                         double d = P[(size_t)i * in + j] - (i == j);
@@ -218,15 +222,13 @@ static int decompose(const pissa_adapter *a, const peft_site *s, float *U, float
         }
     }
     if (rc == PEFT_OK) {
-        gemm_acc(WC, s->weight, Cf, out, in, in, 0, 0, 1.0f); /* W C_fix */
-        int info = svd_f32(WC, out, in, U, S, Vh);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0, W, in, Cf, in, 0.0, WC, in); /* W C_fix */
+        info = svd_f64(WC, out, in, U, S, Vh);
         if (info) rc = peft_fail(err, info < 0 ? PEFT_ENOMEM : PEFT_EINVAL, "%s: SVD of W C failed (%d)", s->name, info);
     }
-    if (rc == PEFT_OK) {
-        memset(Vt, 0, (size_t)k * in * sizeof(float));
-        gemm_acc(Vt, Vh, Ci, k, in, in, 0, 0, 1.0f); /* Vh C_fix^-1 */
-    }
-    free(C), free(Cf), free(Ci), free(P), free(WC), free(Vh);
+    if (rc == PEFT_OK) /* Vt = Vh C_fix^-1 */
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, k, in, in, 1.0, Vh, in, Ci, in, 0.0, Vt, in);
+    free(W), free(Cs), free(Cf), free(Ci), free(P), free(WC), free(Vh);
     return rc;
 }
 
@@ -266,8 +268,8 @@ static int create_kind(int kind, const peft_method_opts *o, const peft_site *s, 
     a->W = s->weight;
     int in = a->in, outf = a->out, r = a->r, k = in < outf ? in : outf;
     size_t nw = (size_t)outf * in;
-    float *U = malloc((size_t)outf * k * sizeof(float)), *S = malloc((size_t)k * sizeof(float)),
-          *Vt = malloc((size_t)k * in * sizeof(float));
+    double *U = malloc((size_t)outf * k * sizeof(double)), *S = malloc((size_t)k * sizeof(double)),
+           *Vt = malloc((size_t)k * in * sizeof(double));
     a->A0 = malloc(((size_t)r * in + (size_t)outf * r) * sizeof(float));
     a->W_orig = malloc(nw * sizeof(float));
     rc = U && S && Vt && a->A0 && a->W_orig ? decompose(a, s, U, S, Vt, err) : peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
@@ -275,9 +277,9 @@ static int create_kind(int kind, const peft_method_opts *o, const peft_site *s, 
         /* PEFT: S_r /= scaling; A = diag(sqrt(S_r)) Vt_r; B = U_r diag(sqrt(S_r)) */
         for (int j = 0; j < r; j++) {
             int c = kind == KIND_CORDA_KPM ? k - r + j : j; /* KPM adapts the smallest r */
-            float sq = sqrtf(S[c] / a->scale);
-            for (int i = 0; i < in; i++) a->A[(size_t)j * in + i] = sq * Vt[(size_t)c * in + i];
-            for (int i = 0; i < outf; i++) a->B[(size_t)i * r + j] = U[(size_t)i * k + c] * sq;
+            double sq = sqrt(S[c] / a->scale);
+            for (int i = 0; i < in; i++) a->A[(size_t)j * in + i] = (float)(sq * Vt[(size_t)c * in + i]);
+            for (int i = 0; i < outf; i++) a->B[(size_t)i * r + j] = (float)(U[(size_t)i * k + c] * sq);
         }
         a->B0 = a->A0 + (size_t)r * in;
         memcpy(a->A0, a->A, (size_t)r * in * sizeof(float));

@@ -5,17 +5,37 @@
 
 #include "methods/adapter_set.h"
 #include "methods/lora.h"
+#include "methods/pissa.h"
+#include "methods/svft.h"
+#include "methods/sara.h"
 #include "methods/dora.h"
 #include "methods/ia3.h"
 #include "methods/vera.h"
 #include "methods/prompt_tuning.h"
+#include "methods/hut.h"
+#include "methods/hydra.h"
+#include "methods/bottleneck.h"
+#include "methods/nola.h"
+#include "methods/mos.h"
 
 const peft_method *const peft_methods[] = {
+    /* before lora: they claim the LoraConfigs with init_lora_weights "pissa" / "corda" */
+    &peft_method_pissa,
+    &peft_method_corda_kpm,
+    &peft_method_corda_ipm,
     &peft_method_lora,
     &peft_method_dora,
     &peft_method_ia3,
     &peft_method_vera,
     &peft_method_prompt_tuning,
+    &peft_method_hut,
+    &peft_method_hydra,
+    &peft_method_adapter_seq,
+    &peft_method_adapter_par,
+    &peft_method_nola,
+    &peft_method_mos,
+    &peft_method_svft,
+    &peft_method_sara,
     NULL,
 };
 

@@ -61,6 +61,44 @@ for trial in 1 2 3; do
     fi
 done
 
+# SIGKILL inside an adapter write: a preloaded fsync() kills the process at the Nth call,
+# after the temporary is written and before it is renamed. The earlier adapter must stay
+# byte-identical (1st fsync: the new adapter_model.safetensors) or the new one must be complete
+# (3rd fsync: after adapter and config were renamed, during the checkpoint).
+if command -v cc > /dev/null; then
+    cat > "$W/kill_on_fsync.c" <<'CEOF'
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+int fsync(int fd) {
+    static int calls;
+    const char *at = getenv("KILL_AT_FSYNC");
+    if (at && ++calls == atoi(at)) kill(getpid(), SIGKILL);
+    return fdatasync(fd);
+}
+CEOF
+    cc -shared -fPIC -o "$W/kill_on_fsync.so" "$W/kill_on_fsync.c"
+    for at in 1 3; do
+        cp -r "$W/full" "$W/kw$at"
+        before=$(sha256sum "$W/kw$at/adapter_model.safetensors" | cut -d' ' -f1)
+        ( LD_PRELOAD="$W/kill_on_fsync.so" KILL_AT_FSYNC=$at exec "$BIN" train "${ARGS[@]}" --steps 3 --out "$W/kw$at" ) \
+            > /dev/null 2>&1
+        rc=$?
+        after=$(sha256sum "$W/kw$at/adapter_model.safetensors" | cut -d' ' -f1)
+        loads=$("$BIN" eval --model "$MODEL" --adapter "$W/kw$at" --data "$W/data.jsonl" --seq-len 32 > /dev/null 2>&1 && echo yes)
+        expect_same=$([ $at = 1 ] && echo yes || echo no)
+        same=$([ "$before" = "$after" ] && echo yes || echo no)
+        if [ $rc -eq 137 ] && [ "$loads" = yes ] && [ "$same" = "$expect_same" ]; then
+            ok "SIGKILL at fsync #$at: the adapter on disk is complete ($([ "$before" = "$after" ] && echo the earlier one || echo the new one))"
+        else
+            bad "SIGKILL at fsync #$at: rc=$rc loads=$loads same=$same"
+        fi
+    done
+else
+    echo "SKIP part: no C compiler for the fsync fault injector"
+fi
+
 # Disk full: a file-size limit below the adapter's size; earlier outputs must survive.
 cp -r "$W/full" "$W/diskfull"
 before=$(sha256sum "$W/diskfull/adapter_model.safetensors" | cut -d' ' -f1)

@@ -588,6 +588,9 @@ int main(void) {
     test_attention("attn GQA packed B=2", 2, 13, 6, 2, 16, 1);
     test_attention("attn MQA packed T=40", 1, 40, 2, 1, 4, 1);  // spans several key blocks
     test_attention("attn hd=128 T=37", 1, 37, 2, 1, 128, 0);
+    // several 64-key / 32-query blocks, hd not a multiple of 16, B*kv_heads < threads (split path)
+    test_attention("attn GQA packed T=150 hd=40", 1, 150, 3, 1, 40, 1);
+    test_attention("attn GQA T=130 hd=64 B=2", 2, 130, 4, 2, 64, 0);
     test_swiglu();
     test_embedding();
     test_crossentropy();

@@ -1,0 +1,99 @@
+/* fuzz_tokenizer.c: libFuzzer target for tokenizer.json / tokenizer_config.json parsing
+ * (peft_tokenizer_load_json) and for encoding and decoding with whatever was accepted.
+ * Input: the tokenizer.json text, optionally followed by a NUL byte and a tokenizer_config.json
+ * text. Any input must give an error naming the input, or a tokenizer that encodes a few fixed
+ * texts (and the input's last bytes when they are UTF-8) to ids inside its vocabulary with
+ * spans inside the text, and decodes those ids and every id of the vocabulary to a
+ * NUL-terminated string. Built by fuzz/run.sh. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+#define REQUIRE(c) \
+    do {           \
+        if (!(c)) __builtin_trap(); \
+    } while (0)
+
+static const char *const TEXTS[] = {
+    "Hello world! The quick brown fox, 1234567 times.",
+    "  leading spaces\n\ttabs and\r\nnewlines   ",
+    "<|im_start|>user\nhi<|im_end|>\n<s>[INST] x [/INST]</s><|eot_id|><pad> <unk>",
+    "caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80 \xe2\x96\x81x A\xcc\x8a \xef\xbc\xa1",
+    "",
+};
+
+static void check_encode(const peft_tokenizer *tok, const char *text, size_t len) {
+    for (int special = 0; special < 2; special++) {
+        peft_err err = {0};
+        int32_t *ids;
+        uint32_t *st, *en;
+        size_t n;
+        int rc = peft_tokenizer_encode_spans(tok, text, len, special, &ids, &st, &en, &n, &err);
+        if (rc != PEFT_OK) { /* a character the vocabulary lacks, with no unk token */
+            REQUIRE(rc < 0 && err.code == rc && memchr(err.msg, 0, sizeof err.msg));
+            continue;
+        }
+        int V = peft_tokenizer_vocab_size(tok);
+        for (size_t i = 0; i < n; i++) REQUIRE(ids[i] >= 0 && ids[i] < V && st[i] <= en[i] && en[i] <= len);
+        char *back;
+        for (int skip = 0; skip < 2; skip++)
+            if (peft_tokenizer_decode(tok, ids, n, skip, &back, &err) == PEFT_OK) {
+                REQUIRE(back != NULL);
+                (void)strlen(back);
+                free(back);
+            }
+        free(ids);
+        free(st);
+        free(en);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size > (1u << 18)) return 0;
+    /* exactly sized, not NUL-terminated copies */
+    const uint8_t *nul = memchr(data, 0, size);
+    size_t len = nul ? (size_t)(nul - data) : size, cfg_len = nul ? size - len - 1 : 0;
+    char *json = malloc(len ? len : 1), *cfg = nul ? malloc(cfg_len ? cfg_len : 1) : NULL;
+    if (!json || (nul && !cfg)) return free(json), free(cfg), 0;
+    memcpy(json, data, len);
+    if (cfg && cfg_len) memcpy(cfg, nul + 1, cfg_len);
+    peft_err err = {0};
+    peft_tokenizer *tok = NULL;
+    int rc = peft_tokenizer_load_json(json, len, cfg, cfg_len, "fuzz", &tok, &err);
+    free(json);
+    free(cfg);
+    if (rc != PEFT_OK) {
+        REQUIRE(tok == NULL);
+        REQUIRE(rc < 0 && err.code == rc && memchr(err.msg, 0, sizeof err.msg) && strstr(err.msg, "fuzz/tokenizer"));
+        return 0;
+    }
+    REQUIRE(tok != NULL);
+    int V = peft_tokenizer_vocab_size(tok);
+    REQUIRE(V >= 0);
+    int ids[] = {peft_tokenizer_bos_id(tok), peft_tokenizer_eos_id(tok), peft_tokenizer_pad_id(tok)};
+    for (int i = 0; i < 3; i++) REQUIRE(ids[i] >= -1 && ids[i] < V);
+    for (size_t i = 0; i < sizeof TEXTS / sizeof *TEXTS; i++) check_encode(tok, TEXTS[i], strlen(TEXTS[i]));
+    /* the input's tail as text, when it is valid UTF-8 (invalid UTF-8 must be refused) */
+    size_t tail = size < 48 ? size : 48;
+    check_encode(tok, (const char *)data + size - tail, tail);
+    /* every id alone and all of them at once (ids without a vocabulary entry included) */
+    int n_all = V < 4096 ? V : 4096;
+    int32_t *all = malloc(((size_t)n_all + 1) * sizeof *all);
+    for (int i = 0; all && i < n_all; i++) all[i] = i;
+    char *back;
+    for (int skip = 0; all && skip < 2; skip++)
+        if (peft_tokenizer_decode(tok, all, (size_t)n_all, skip, &back, &err) == PEFT_OK) free(back);
+    free(all);
+    for (int i = 0; i < n_all; i++) {
+        const char *t = peft_tokenizer_added_text(tok, i);
+        if (t) REQUIRE(peft_tokenizer_token_id(tok, t) >= 0);
+    }
+    peft_chat_template tpl;
+    if (peft_chat_template_for(tok, NULL, &tpl, &err) == PEFT_OK)
+        REQUIRE(memchr(tpl.bos, 0, sizeof tpl.bos) && memchr(tpl.eos, 0, sizeof tpl.eos));
+    peft_tokenizer_free(tok);
+    return 0;
+}
