@@ -12,6 +12,7 @@
 #include "methods/ia3.h"
 #include "methods/vera.h"
 #include "methods/prompt_tuning.h"
+#include "methods/ln_tuning.h"
 #include "methods/hut.h"
 #include "methods/hydra.h"
 #include "methods/bottleneck.h"
@@ -28,6 +29,7 @@ const peft_method *const peft_methods[] = {
     &peft_method_ia3,
     &peft_method_vera,
     &peft_method_prompt_tuning,
+    &peft_method_ln_tuning,
     &peft_method_hut,
     &peft_method_hydra,
     &peft_method_adapter_seq,

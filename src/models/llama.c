@@ -37,14 +37,17 @@ static int list_wanted(peft_llama *m, wanted *w) {
     const peft_llama_config *c = &m->cfg;
     int n = 0, C = c->hidden_size, F = c->intermediate_size, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
     want(w, &n, &m->embed, c->vocab_size, C, "model.embed_tokens.weight", 0);
-    want(w, &n, &m->final_norm, C, 0, "model.norm.weight", 0);
+    want(w, &n, &m->final_norm.base, C, 0, "model.norm.weight", 0);
+    snprintf(m->final_norm.name, sizeof m->final_norm.name, "model.norm");
     if (!c->tie_word_embeddings) want(w, &n, &m->lm_head, c->vocab_size, C, "lm_head.weight", 0);
     const int out_dim[SITES_PER_LAYER] = {QD, KD, KD, C, F, F, C}, in_dim[SITES_PER_LAYER] = {C, C, C, QD, C, C, F};
     const int has_bias[SITES_PER_LAYER] = {c->qkv_bias, c->qkv_bias, c->qkv_bias, c->o_bias, c->mlp_bias, c->mlp_bias, c->mlp_bias};
     for (int l = 0; l < c->n_layers; l++) {
         peft_llama_layer *L = &m->layers[l];
-        want(w, &n, &L->attn_norm, C, 0, "model.layers.%d.input_layernorm.weight", l);
-        want(w, &n, &L->mlp_norm, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        want(w, &n, &L->attn_norm.base, C, 0, "model.layers.%d.input_layernorm.weight", l);
+        want(w, &n, &L->mlp_norm.base, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        snprintf(L->attn_norm.name, sizeof L->attn_norm.name, "model.layers.%d.input_layernorm", l);
+        snprintf(L->mlp_norm.name, sizeof L->mlp_norm.name, "model.layers.%d.post_attention_layernorm", l);
         for (int s = 0; s < SITES_PER_LAYER; s++) {
             peft_site *site = &L->sites[s];
             snprintf(site->name, sizeof site->name, "model.layers.%d.%s.%s", l, s < SITE_GATE ? "self_attn" : "mlp", site_kinds[s]);
@@ -144,6 +147,7 @@ int llama_load(const char *dir, peft_llama **out, peft_err *err) {
     }
     if (rc == PEFT_OK) rc = bind_weights(m, w, list_wanted(m, w), err);
     free(w);
+    for (int i = 0; rc == PEFT_OK && i < llama_n_norm_sites(m); i++) llama_norm_site(m, i)->weight = llama_norm_site(m, i)->base;
     if (rc == PEFT_OK) {
         if (c->tie_word_embeddings) m->lm_head = m->embed;
         int half = c->head_dim / 2;
@@ -201,6 +205,13 @@ void llama_free(peft_llama *m) {
 int llama_n_sites(const peft_llama *m) { return m->cfg.n_layers * SITES_PER_LAYER; }
 
 peft_site *llama_site(peft_llama *m, int i) { return &m->layers[i / SITES_PER_LAYER].sites[i % SITES_PER_LAYER]; }
+
+int llama_n_norm_sites(const peft_llama *m) { return 2 * m->cfg.n_layers + 1; }
+
+peft_norm_site *llama_norm_site(peft_llama *m, int i) {
+    if (i == 2 * m->cfg.n_layers) return &m->final_norm;
+    return i % 2 ? &m->layers[i / 2].mlp_norm : &m->layers[i / 2].attn_norm;
+}
 
 peft_site *llama_find_site(peft_llama *m, const char *name) {
     for (int i = 0; i < llama_n_sites(m); i++)
@@ -294,7 +305,7 @@ static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const floa
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
     int N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim, KD = c->n_kv_heads * HD;
-    rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm, c->rms_norm_eps, N, C);
+    rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, C);
     site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, save);
     site_forward(&L->sites[SITE_K], la->k, la->xn1, N, save);
     site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
@@ -309,7 +320,7 @@ static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const floa
     }
     site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, save);
     add_inplace(la->x_mid, x_in, (size_t)N * C);
-    rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm, c->rms_norm_eps, N, C);
+    rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, c->rms_norm_eps, N, C);
     site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, save);
     site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, save);
     swiglu_forward(la->act, la->gate, la->up, N, F);
@@ -356,7 +367,7 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
                       pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
-    rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm, c->rms_norm_eps, N, C);
+    rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, c->rms_norm_eps, N, C);
     matmul_forward(a->logits, a->xnf, m->lm_head, NULL, N, C, V);
     if (targets) {
         for (int i = 0; i < N; i++)
@@ -387,7 +398,7 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
     site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N);
     site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N);
-    rmsnorm_backward(a->dres, NULL, a->dxn, la->x_mid, L->mlp_norm, la->rstd2, N, C);
+    rmsnorm_backward(a->dres, L->mlp_norm.grad, a->dxn, la->x_mid, L->mlp_norm.weight, la->rstd2, N, C);
     /* attention: x_mid = x_in + o(attn(q, k, v)) */
     memset(a->datt, 0, QD * N * sizeof(float));
     site_backward(&L->sites[SITE_O], a->datt, a->dres, la->att, N);
@@ -402,7 +413,7 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N);
     site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N);
     site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N);
-    rmsnorm_backward(a->dres, NULL, a->dxn, x_in, L->attn_norm, la->rstd1, N, C);
+    rmsnorm_backward(a->dres, L->attn_norm.grad, a->dxn, x_in, L->attn_norm.weight, la->rstd1, N, C);
 }
 
 void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted) {
@@ -415,7 +426,7 @@ void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int3
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
     matmul_backward(a->dxn, NULL, NULL, a->logits, a->xnf, m->lm_head, N, C, V);
     memset(a->dres, 0, (size_t)N * C * sizeof(float));
-    rmsnorm_backward(a->dres, NULL, a->dxn, a->residual + (size_t)c->n_layers * N * C, m->final_norm, a->rstdf, N, C);
+    rmsnorm_backward(a->dres, m->final_norm.grad, a->dxn, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, a->rstdf, N, C);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const float *x_in = a->residual + (size_t)l * N * C;
         if (!a->save_all) /* gradient checkpointing: rebuild this layer's intermediates */
@@ -472,7 +483,7 @@ static void decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, c
                       a->pos, NULL, 1, n, kv->k + off, kv->v + off, kv->len, 0);
     }
     const float *last = a->residual + (size_t)(c->n_layers % 2) * n * C + (size_t)(n - 1) * C;
-    rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm, c->rms_norm_eps, 1, C);
+    rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm.weight, c->rms_norm_eps, 1, C);
     matmul_forward(logits, a->xnf, m->lm_head, NULL, 1, C, c->vocab_size);
     kv->len += n;
 }

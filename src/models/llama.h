@@ -17,9 +17,18 @@
 
 enum { SITE_Q, SITE_K, SITE_V, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, SITES_PER_LAYER };
 
+/* A norm site: an RMSNorm weight [C] named by its HF module name. A model-level method
+ * (LayerNorm tuning) may point `weight` at a trained copy and give it a gradient. */
+typedef struct peft_norm_site {
+    char name[128];    /* "model.layers.0.input_layernorm", "model.norm" */
+    float *weight;     /* [C] the weight in use */
+    float *base;       /* [C] the checkpoint's */
+    float *grad;       /* [C] accumulated by backward, or NULL (frozen) */
+} peft_norm_site;
+
 typedef struct peft_llama_layer {
-    float *attn_norm;  /* [C] input_layernorm */
-    float *mlp_norm;   /* [C] post_attention_layernorm */
+    peft_norm_site attn_norm;  /* input_layernorm */
+    peft_norm_site mlp_norm;   /* post_attention_layernorm */
     peft_site sites[SITES_PER_LAYER]; /* q [NH*HD,C], k,v [NKV*HD,C], o [C,NH*HD], gate,up [F,C], down [C,F] */
 } peft_llama_layer;
 
@@ -30,7 +39,7 @@ typedef struct peft_llama {
     float *converted;        /* slab of widened bf16/f16 tensors (NULL if all f32) */
     float *embed;            /* [V, C] */
     float *lm_head;          /* [V, C]; == embed when tied */
-    float *final_norm;       /* [C] */
+    peft_norm_site final_norm; /* model.norm */
     peft_llama_layer *layers;/* [L] */
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
@@ -53,6 +62,9 @@ void llama_free(peft_llama *m);
 peft_site *llama_find_site(peft_llama *m, const char *name);
 int llama_n_sites(const peft_llama *m);
 peft_site *llama_site(peft_llama *m, int i);
+/* The norm sites: 2 per layer, then the final norm. */
+int llama_n_norm_sites(const peft_llama *m);
+peft_norm_site *llama_norm_site(peft_llama *m, int i);
 
 /* Activations of one forward/backward over B x T tokens (N = B*T). With save_all, every
  * layer keeps its intermediates for backward; otherwise (inference, or recompute during
