@@ -33,9 +33,11 @@ static void usage(void) {
         "  --dropout P          LoRA dropout (default 0)\n"
         "  --init gaussian      A ~ N(0, 1/r) instead of PEFT's Kaiming-uniform\n"
         "  --lora-plus-ratio K  LoRA+: learning rate of B is K x lr (default 1)\n"
+        "  --allora [--allora-eta E]  ALLoRA (with --method lora): alpha = r, no dropout, and each\n"
+        "                       row's learning rate lr / sqrt(||row||^2 + 1/E^2) (default E 2)\n"
         "  --init-scale X       method-specific initial value (VeRA d_initial, default 0.1)\n"
         "  --feedforward-modules LIST  IA3: modules whose input is scaled (default down_proj)\n"
-        "  --num-virtual-tokens N      prompt tuning: virtual tokens (default 20; part of --seq-len)\n"
+        "  --num-virtual-tokens N      prompt/prefix tuning: virtual tokens (default 20; part of --seq-len)\n"
         "  --prompt-init-text TEXT     prompt tuning: start from this text's token embeddings\n"
         "Optimisation:\n"
         "  --steps N | --epochs E   updates (default 100) or passes over the training rows\n"
@@ -143,6 +145,10 @@ int cmd_train(int argc, char **argv) {
     const char *sched = args_str(&a, "--schedule", "cosine");
     o.max_grad_norm = args_double(&a, "--clip", 1.0);
     o.lr_ratio_b = args_double(&a, "--lora-plus-ratio", 1.0);
+    /* ALLoRA fixes the LoRA scale to 1 and drops dropout: options that set them conflict. */
+    int allora = args_has(&a, "--allora"), eta_given = args_str(&a, "--allora-eta", NULL) != NULL;
+    int allora_conflict = args_str(&a, "--alpha", NULL) || args_str(&a, "--dropout", NULL) || args_has(&a, "--rslora") || alpha_pat;
+    o.allora_eta = allora ? args_double(&a, "--allora-eta", 2.0) : 0.0;
     o.seed = (uint64_t)args_int(&a, "--seed", 42);
     o.recompute = args_has(&a, "--recompute");
     o.eval_every = args_int(&a, "--eval-every", 0);
@@ -160,6 +166,15 @@ int cmd_train(int argc, char **argv) {
                         "at most one of --target / --target-regex (see --help)\n");
         return 2;
     }
+    if (allora && (strcmp(acfg.method, "lora") || allora_conflict || !(o.allora_eta > 0 && o.allora_eta < 1e30))) {
+        fprintf(stderr, "peft train: --allora trains LoRA (--method lora) with alpha = r and no dropout: leave out --alpha, "
+                        "--alpha-pattern, --dropout and --rslora; --allora-eta must be > 0\n");
+        return 2;
+    }
+    if (eta_given && !allora) {
+        fprintf(stderr, "peft train: --allora-eta needs --allora\n");
+        return 2;
+    }
     o.schedule = (peft_schedule)sk;
     dopts.seed = acfg.opts.seed = o.seed;
     acfg.opts.init_gaussian = !strcmp(init, "gaussian");
@@ -174,6 +189,13 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "peft train: %s\n", err.msg);
         return 2;
     }
+    if (allora) { /* scale alpha / r = 1 at every site, per-module ranks included */
+        acfg.opts.alpha = acfg.opts.rank;
+        acfg.opts.dropout = 0;
+        acfg.opts.use_rslora = 0;
+        memcpy(acfg.alpha_pattern, acfg.rank_pattern, sizeof acfg.alpha_pattern);
+        acfg.n_alpha_pattern = acfg.n_rank_pattern;
+    }
     cli_model cm;
     if (cli_model_load(dir, NULL, &cm, &err)) return cli_report(err.msg);
     if (!cm.tok) {
@@ -184,28 +206,27 @@ int cmd_train(int argc, char **argv) {
     peft_adapter_set *set = NULL;
     float *init_rows = NULL;
     if (val_data) dopts.val_fraction = 0;
-    const peft_method *method = peft_method_find(acfg.method);
-    if (method && method->attach_model) {
-        /* Prompt tuning: each row is the virtual tokens, then one example (no packing: a
-         * packed second example could not see the prompt). */
-        dopts.seq_len = o.seq_len - acfg.opts.n_virtual;
-        dopts.pack = 0;
-        if (dopts.seq_len < 2) rc = peft_fail(&err, PEFT_EINVAL, "--seq-len %d leaves no room after %d virtual tokens", o.seq_len,
-                                              acfg.opts.n_virtual);
-        if (rc == PEFT_OK && init_text)
-            rc = prompt_init_rows(&cm, init_text, acfg.opts.n_virtual, &init_rows, &err);
+    if (init_text) { /* prompt tuning's TEXT init */
+        rc = prompt_init_rows(&cm, init_text, acfg.opts.n_virtual, &init_rows, &err);
         acfg.opts.init_rows = init_rows;
-        if (init_text) snprintf(acfg.opts.init_text, sizeof acfg.opts.init_text, "%s", init_text);
+        snprintf(acfg.opts.init_text, sizeof acfg.opts.init_text, "%s", init_text);
     }
-    if (rc == PEFT_OK)
-        rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
+    if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
+    int nv = cm.model->n_virtual;
+    if (rc == PEFT_OK && nv) {
+        /* Virtual tokens (prompt/prefix tuning) start every row: the data gets the rest, one
+         * example per row (a packed second example could not see them). */
+        dopts.seq_len = o.seq_len - nv;
+        dopts.pack = 0;
+        if (dopts.seq_len < 2) rc = peft_fail(&err, PEFT_EINVAL, "--seq-len %d leaves no room after %d virtual tokens", o.seq_len, nv);
+    }
+    if (rc == PEFT_OK) rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
     if (rc == PEFT_OK && val_data) {
         rc = peft_dataset_load(val_data, cm.tok, &dopts, &val, &err);
         o.val_data = val;
     }
     if (rc == PEFT_OK && epochs > 0)
         o.steps = (long)ceil(epochs * peft_dataset_rows(ds, 0) / ((double)o.batch * o.grad_accum));
-    if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
     if (rc == PEFT_OK) {
         size_t trainable = peft_adapter_set_numel(set);
         fprintf(stderr, "%s: %s on %d modules, %zu trainable parameters (%.3f%% of %zu); %d train / %d validation rows of %d tokens\n",

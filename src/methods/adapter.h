@@ -66,6 +66,8 @@ typedef struct peft_method_opts {
     int n_virtual;       /* prompt tuning: virtual tokens */
     const float *init_rows; /* prompt tuning: [n_virtual, hidden] initial embeddings, or NULL (random) */
     char init_text[256]; /* prompt tuning: the text init_rows came from (written to the config) */
+    /* The model's dimensions, filled in by the set for model-level methods' configs. */
+    int model_hidden, model_layers, model_kv_heads, model_head_dim;
 } peft_method_opts;
 
 /* The shared tensor `key` of the set ([ndim] shape), zero-filled and *created = 1 on first

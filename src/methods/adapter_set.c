@@ -196,7 +196,11 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
     set->model = m;
     int rc = PEFT_OK, max_in = 0, max_out = 0;
     if (method->attach_model) { /* a model-level method: no sites */
-        peft_method_opts o = cfg->opts;
+        set->cfg.opts.model_hidden = m->cfg.hidden_size;
+        set->cfg.opts.model_layers = m->cfg.n_layers;
+        set->cfg.opts.model_kv_heads = m->cfg.n_kv_heads;
+        set->cfg.opts.model_head_dim = m->cfg.head_dim;
+        peft_method_opts o = set->cfg.opts;
         o.shared = &set->shared;
         if ((rc = method->attach_model(&o, m, err))) {
             set->model = NULL;

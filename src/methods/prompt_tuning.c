@@ -44,6 +44,8 @@ static void prompt_detach(peft_llama *m) {
 static void prompt_config_write(const peft_method_opts *o, cJSON *obj) {
     cJSON_AddNumberToObject(obj, "num_virtual_tokens", o->n_virtual);
     cJSON_AddNumberToObject(obj, "num_transformer_submodules", 1);
+    cJSON_AddNumberToObject(obj, "token_dim", o->model_hidden);
+    cJSON_AddNumberToObject(obj, "num_layers", o->model_layers);
     if (o->init_text[0]) {
         cJSON_AddStringToObject(obj, "prompt_tuning_init", "TEXT");
         cJSON_AddStringToObject(obj, "prompt_tuning_init_text", o->init_text);

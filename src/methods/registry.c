@@ -13,11 +13,13 @@
 #include "methods/vera.h"
 #include "methods/prompt_tuning.h"
 #include "methods/ln_tuning.h"
+#include "methods/prefix_tuning.h"
 #include "methods/hut.h"
 #include "methods/hydra.h"
 #include "methods/bottleneck.h"
 #include "methods/nola.h"
 #include "methods/mos.h"
+#include "methods/bitfit.h"
 
 const peft_method *const peft_methods[] = {
     /* before lora: they claim the LoraConfigs with init_lora_weights "pissa" / "corda" */
@@ -30,6 +32,7 @@ const peft_method *const peft_methods[] = {
     &peft_method_vera,
     &peft_method_prompt_tuning,
     &peft_method_ln_tuning,
+    &peft_method_prefix_tuning,
     &peft_method_hut,
     &peft_method_hydra,
     &peft_method_adapter_seq,
@@ -38,6 +41,7 @@ const peft_method *const peft_methods[] = {
     &peft_method_mos,
     &peft_method_svft,
     &peft_method_sara,
+    &peft_method_bitfit,
     NULL,
 };
 

@@ -295,6 +295,17 @@ void llama_acts_free(llama_acts *a) {
 
 /* ---- forward ------------------------------------------------------------------ */
 
+/* Prefix tuning: rows t < n_virtual of k, v [B, T, KD] become layer l's trained prefix. */
+static void prefix_rows(const peft_llama *m, int l, float *k, float *v, int B, int T) {
+    size_t KD = (size_t)m->cfg.n_kv_heads * m->cfg.head_dim, stride = (size_t)m->cfg.n_layers * 2 * KD;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < m->n_virtual; t++) {
+            const float *row = m->prefix_kv + (size_t)t * stride + (size_t)2 * l * KD;
+            memcpy(k + ((size_t)b * T + t) * KD, row, KD * sizeof(float));
+            memcpy(v + ((size_t)b * T + t) * KD, row + KD, KD * sizeof(float));
+        }
+}
+
 /* One decoder layer: x_out[N,C] from x_in[N,C]. rope_pos[N] are RoPE positions; attn_pos
  * the packed-example window (see attention_forward). With a KV cache (kc, vc: this layer's
  * [capacity, KD] rows, kv_len already stored), new k/v rows are appended and attention runs
@@ -311,6 +322,7 @@ static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const floa
     site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
     rope_forward(la->q, rope_pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
     rope_forward(la->k, rope_pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
+    if (m->prefix_kv && !kc) prefix_rows(m, l, la->k, la->v, B, T);
     if (kc) {
         memcpy(kc + (size_t)kv_len * KD, la->k, (size_t)N * KD * sizeof(float));
         memcpy(vc + (size_t)kv_len * KD, la->v, (size_t)N * KD * sizeof(float));
@@ -362,7 +374,7 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
         }
     a->pos_is_packed = pos != NULL;
     embedding_forward(a->residual, ids, m->embed, N, C);
-    for (int b = 0; b < B && m->n_virtual > 0; b++) /* prompt tuning: trained rows replace the placeholders */
+    for (int b = 0; b < B && m->virtual_emb; b++) /* prompt tuning: trained rows replace the placeholders */
         memcpy(a->residual + (size_t)b * T * C, m->virtual_emb, (size_t)m->n_virtual * C * sizeof(float));
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
@@ -407,6 +419,16 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     memset(a->dv, 0, KD * N * sizeof(float));
     attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse,
                        a->pos_is_packed ? a->pos : NULL, B, T, c->n_heads, c->n_kv_heads, HD);
+    if (m->prefix_grad) /* the prefix rows' dk, dv are the prefix's gradient; nothing flows on from them */
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < m->n_virtual; t++) {
+                float *g = m->prefix_grad + (size_t)t * c->n_layers * 2 * KD + (size_t)2 * l * KD;
+                float *dk = a->dk + ((size_t)b * T + t) * KD, *dv = a->dv + ((size_t)b * T + t) * KD;
+                add_inplace(g, dk, KD);
+                add_inplace(g + KD, dv, KD);
+                memset(dk, 0, KD * sizeof(float));
+                memset(dv, 0, KD * sizeof(float));
+            }
     rope_backward(a->dq, a->pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
     rope_backward(a->dk, a->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
@@ -444,7 +466,7 @@ void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int3
 int llama_kv_alloc(const peft_llama *m, int capacity, int chunk, llama_kv_cache *kv, peft_err *err) {
     memset(kv, 0, sizeof *kv);
     const peft_llama_config *c = &m->cfg;
-    capacity += m->n_virtual; /* prompt tuning's virtual tokens take cache rows too */
+    capacity += m->n_virtual; /* virtual tokens take cache rows too */
     int rc = check_context(m, capacity, err);
     if (rc) return rc;
     size_t n = (size_t)c->n_layers * capacity * c->n_kv_heads * c->head_dim;
@@ -495,7 +517,17 @@ int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, f
         return peft_fail(err, PEFT_EINVAL, "context full: %d + %d tokens exceed %d", kv->len + virt, n, kv->capacity);
     int rc = check_ids(m, ids, (size_t)n, err);
     if (rc) return rc;
-    for (int i = 0; i < virt; i += kv->chunk) /* prompt tuning: the virtual tokens come first */
+    if (virt && m->prefix_kv) { /* prefix tuning: the prefix is the first cache rows of every layer */
+        size_t KD = (size_t)m->cfg.n_kv_heads * m->cfg.head_dim;
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            for (int t = 0; t < virt; t++) {
+                const float *row = m->prefix_kv + (size_t)t * m->cfg.n_layers * 2 * KD + (size_t)2 * l * KD;
+                memcpy(kv->k + ((size_t)l * kv->capacity + t) * KD, row, KD * sizeof(float));
+                memcpy(kv->v + ((size_t)l * kv->capacity + t) * KD, row + KD, KD * sizeof(float));
+            }
+        kv->len = virt;
+    }
+    for (int i = 0; i < virt && m->virtual_emb; i += kv->chunk) /* prompt tuning: the virtual tokens come first */
         decode_rows(m, kv, NULL, m->virtual_emb + (size_t)i * m->cfg.hidden_size, virt - i < kv->chunk ? virt - i : kv->chunk,
                     logits);
     decode_rows(m, kv, ids, NULL, n, logits);

@@ -44,11 +44,17 @@ typedef struct peft_llama {
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
     size_t n_params;
-    /* Prompt tuning: n_virtual trainable embeddings take the place of the first n_virtual
-     * tokens of every row (callers put placeholder ids there, with no loss on them). */
+    /* Virtual tokens (prompt and prefix tuning): the first n_virtual rows of every sequence
+     * are the method's (callers put placeholder ids there, with no loss on them).
+     * Prompt tuning: trained embeddings take the place of those rows' input.
+     * Prefix tuning: trained keys/values take the place of those rows' k and v in every
+     * layer (not rotated, as HF uses a prefix cache); their queries are never read. */
     int n_virtual;
-    const float *virtual_emb; /* [n_virtual, C] */
+    const float *virtual_emb; /* [n_virtual, C] or NULL */
     float *virtual_grad;      /* [n_virtual, C], accumulated by llama_backward */
+    const float *prefix_kv;   /* [n_virtual, L * 2 * NKV * HD] (PEFT's layout: layer l's key at
+                                 column block 2l, value at 2l+1) or NULL */
+    float *prefix_grad;       /* same shape, accumulated by llama_backward */
 } peft_llama;
 
 /* Loads DIR/config.json and the weights. Errors name the file and the problem. */

@@ -40,25 +40,58 @@ static size_t offset_of(const peft_adamw *o, int i) {
 float *peft_adamw_m(peft_adamw *o, int i) { return o->m + offset_of(o, i); }
 float *peft_adamw_v(peft_adamw *o, int i) { return o->v + offset_of(o, i); }
 
+double peft_allora_factor(const float *row, size_t n, double eta) {
+    double ss = 0;
+    for (size_t j = 0; j < n; j++) ss += (double)row[j] * row[j];
+    return 1.0 / sqrt(ss + 1.0 / (eta * eta));
+}
+
+/* ALLoRA: the AdamW update of parameter p, row by row, each with its own learning rate
+ * plr * peft_allora_factor(row) (decay and step both use it, as AdamW's lr). */
+static void allora_update(peft_param *p, float *m, float *v, double plr, double bc1, float b1, float b2, float c1, float c2,
+                          float eps, float sqrt_bc2, double wd, double eta) {
+    size_t rows = p->ndim >= 2 && p->shape[0] > 0 ? (size_t)p->shape[0] : 1, cols = p->numel / rows;
+#pragma omp parallel for
+    for (size_t r = 0; r < rows; r++) {
+        float *d = p->data + r * cols, *mr = m + r * cols, *vr = v + r * cols;
+        const float *g = p->grad + r * cols;
+        double rlr = plr * peft_allora_factor(d, cols, eta);
+        float decay = (float)(1.0 - rlr * wd), step_size = (float)(rlr / bc1);
+        for (size_t j = 0; j < cols; j++) {
+            d[j] *= decay;
+            mr[j] = b1 * mr[j] + c1 * g[j];
+            vr[j] = b2 * vr[j] + c2 * g[j] * g[j];
+            d[j] -= step_size * mr[j] / (sqrtf(vr[j]) / sqrt_bc2 + eps);
+        }
+    }
+}
+
 void peft_adamw_step(peft_adamw *o, double lr) {
     o->step++;
     /* torch.optim.AdamW (single-tensor path): decay, moments, then
      * p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps). */
     double bc1 = 1.0 - pow(o->beta1, (double)o->step), bc2 = 1.0 - pow(o->beta2, (double)o->step);
     float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
+    /* 1 - beta in double, as torch (1.0f - 0.999f is 1.3e-5 off 0.001: 6e-6 on every early update) */
+    float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);
     float sqrt_bc2 = (float)sqrt(bc2);
     size_t off = 0;
     for (int i = 0; i < o->n; i++) {
         peft_param *p = &o->params[i].p;
         double plr = lr * p->lr_scale;
+        if (o->allora_eta > 0) {
+            allora_update(p, o->m + off, o->v + off, plr, bc1, b1, b2, c1, c2, eps, sqrt_bc2, o->weight_decay, o->allora_eta);
+            off += p->numel;
+            continue;
+        }
         float decay = (float)(1.0 - plr * o->weight_decay), step_size = (float)(plr / bc1);
         float *m = o->m + off, *v = o->v + off;
 #pragma omp parallel for
         for (size_t j = 0; j < p->numel; j++) {
             float g = p->grad[j];
             p->data[j] *= decay;
-            m[j] = b1 * m[j] + (1.0f - b1) * g;
-            v[j] = b2 * v[j] + (1.0f - b2) * g * g;
+            m[j] = b1 * m[j] + c1 * g;
+            v[j] = b2 * v[j] + c2 * g * g;
             p->data[j] -= step_size * m[j] / (sqrtf(v[j]) / sqrt_bc2 + eps);
         }
         off += p->numel;

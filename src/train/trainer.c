@@ -147,6 +147,10 @@ static void run_signature(const peft_train_opts *o, const peft_adapter_set *set,
     snprintf(out, n, "seed=%llu batch=%d seq=%d accum=%d steps=%ld lr=%g sched=%d warmup=%ld params=%zu",
              (unsigned long long)o->seed, o->batch, o->seq_len, o->grad_accum, o->steps, o->lr, (int)o->schedule, o->warmup,
              peft_adapter_set_numel(set));
+    if (o->allora_eta > 0) { /* only then, so signatures of plain runs stay as they were */
+        size_t used = strlen(out);
+        snprintf(out + used, n - used, " allora=%g", o->allora_eta);
+    }
 }
 
 static int checkpoint_save(const char *path, peft_adapter_set *set, peft_adamw *opt, long step, const char *signature,
@@ -351,6 +355,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, B * T, err);
     if (rc == PEFT_OK) rc = bufs_alloc(&bb, B, T, err);
     if (rc == PEFT_OK) rc = peft_adamw_init(&opt, params, n_params, o->beta1, o->beta2, o->eps, o->weight_decay, err);
+    opt.allora_eta = o->allora_eta;
     if (rc == PEFT_OK && !order.perm) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
 
     char ckpt[4200], log_path[4200], svg_path[4200], signature[512];

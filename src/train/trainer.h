@@ -20,6 +20,7 @@ typedef struct peft_train_opts {
     long steps;            /* updates in total */
     double lr, beta1, beta2, eps, weight_decay;
     double lr_ratio_b;     /* LoRA+: learning rate of lora_B = lr * this (1 = plain LoRA) */
+    double allora_eta;     /* ALLoRA: > 0 gives each parameter row lr / sqrt(||row||^2 + 1/eta^2) (optim.h); 0 off */
     double max_grad_norm;  /* <= 0: no clipping */
     long warmup;
     peft_schedule schedule;

@@ -1,8 +1,7 @@
-/* test_prompt_tuning.c: prompt tuning as a model-level method.
- *  - the gradient of the virtual embeddings through the whole model matches central
- *    differences;
+/* test_prompt_tuning.c: prompt tuning and prefix tuning, the virtual-token methods.
+ *  - the gradient of the trained tensor through the whole model matches central differences;
  *  - cached decoding feeds the virtual tokens first: its logits equal the full forward's;
- *  - save -> load keeps the embeddings bit for bit, in PEFT's format (key "prompt_embeddings");
+ *  - save -> load keeps the tensor bit for bit, in PEFT's format (key "prompt_embeddings");
  *  - the real PEFT prompt-tuning adapter for SmolLM2-135M (../shared) loads against
  *    SmolLM2-135M's config.json and is refused by a model of another width. */
 #include <math.h>
@@ -21,7 +20,7 @@ static double loss_of(peft_llama *m, llama_acts *a, const int32_t *ids, const in
     return loss;
 }
 
-static void gradient_and_decode(void) {
+static void gradient_and_decode(const char *method) {
     char dir[] = "/tmp/peft_prompt_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     CHECK(tiny_model_write(dir, PEFT_F32, 21) == 0);
@@ -30,14 +29,16 @@ static void gradient_and_decode(void) {
     CHECK_MSG(llama_load(dir, &m, &err) == 0, "%s", err.msg);
     peft_adapter_config cfg;
     peft_adapter_config_default(&cfg);
-    strcpy(cfg.method, "prompt_tuning");
+    strcpy(cfg.method, method);
     cfg.opts.n_virtual = 3;
     cfg.opts.seed = 4;
     peft_adapter_set *set;
     CHECK_MSG(peft_adapter_set_create(m, &cfg, 16, &set, &err) == 0, "%s", err.msg);
     CHECK(m->n_virtual == 3 && peft_adapter_set_n_params(set) == 1);
     peft_named_param *p = peft_adapter_set_params(set);
-    CHECK(!strcmp(p[0].key, "prompt_embeddings") && p[0].p.shape[0] == 3 && p[0].p.shape[1] == TINY_C);
+    int prefix = !strcmp(method, "prefix_tuning");
+    /* prefix: [3, layers * 2 * kv heads * head_dim] = [3, 2 * 2 * 2 * 4] */
+    CHECK(!strcmp(p[0].key, "prompt_embeddings") && p[0].p.shape[0] == 3 && p[0].p.shape[1] == (prefix ? 32 : TINY_C));
     for (size_t i = 0; i < p[0].p.numel; i++) p[0].p.data[i] *= 0.3f; /* N(0,1) init, scaled to the tiny model */
 
     /* Rows: 3 placeholders (no loss), then data. */
@@ -63,8 +64,8 @@ static void gradient_and_decode(void) {
         double num = (lp - lm) / (2 * eps);
         worst = fmax(worst, fabs(num - p[0].p.grad[j]) / fmax(1e-2, fabs(num)));
     }
-    CHECK_MSG(worst < 1e-2, "prompt embedding gradient rel err %g", worst);
-    printf("prompt tuning: max rel err of d(prompt_embeddings) vs central differences %.2e\n", worst);
+    CHECK_MSG(worst < 1e-2, "%s gradient rel err %g", method, worst);
+    printf("%s: max rel err of d(prompt_embeddings) vs central differences %.2e\n", method, worst);
 
     /* Cached decoding of row 0's data tokens (virtual tokens fed automatically). */
     llama_acts full;
@@ -88,7 +89,7 @@ static void gradient_and_decode(void) {
     float *saved = malloc(p[0].p.numel * sizeof(float));
     memcpy(saved, p[0].p.data, p[0].p.numel * sizeof(float));
     peft_adapter_set_free(set);
-    CHECK(m->n_virtual == 0 && m->virtual_emb == NULL);
+    CHECK(m->n_virtual == 0 && m->virtual_emb == NULL && m->prefix_kv == NULL);
     CHECK_MSG(peft_adapter_set_load(adir, m, 0, &set, &err) == 0, "%s", err.msg);
     p = peft_adapter_set_params(set);
     CHECK(m->n_virtual == 3 && !memcmp(saved, p[0].p.data, p[0].p.numel * sizeof(float)));
@@ -97,7 +98,8 @@ static void gradient_and_decode(void) {
     char *text;
     size_t len;
     CHECK(peft_read_file(cfgpath, &text, &len, &err) == 0);
-    CHECK(strstr(text, "\"PROMPT_TUNING\"") && strstr(text, "\"num_virtual_tokens\":\t3") && !strstr(text, "target_modules"));
+    CHECK(strstr(text, prefix ? "\"PREFIX_TUNING\"" : "\"PROMPT_TUNING\"") && strstr(text, "\"num_virtual_tokens\":\t3") &&
+          !strstr(text, "target_modules"));
     free(text);
     free(saved);
     peft_adapter_set_free(set);
@@ -148,7 +150,8 @@ static void real_peft_file(const char *shared, const char *src) {
 }
 
 int main(void) {
-    gradient_and_decode();
+    gradient_and_decode("prompt_tuning");
+    gradient_and_decode("prefix_tuning");
     const char *shared = getenv("PEFT_SHARED"), *src = getenv("PEFT_SRC");
     char probe[4096];
     snprintf(probe, sizeof probe, "%s/models/prompt-tuning-smollm2-135m/adapter_config.json", shared ? shared : "../shared");
