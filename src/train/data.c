@@ -12,9 +12,9 @@
 #include "fileio.h"
 #include "tokenizer/chat_template.h"
 
-enum { FMT_NONE, FMT_TEXT, FMT_PROMPT, FMT_ALPACA, FMT_CHAT };
+enum { FMT_NONE, FMT_TEXT, FMT_PROMPT, FMT_ALPACA, FMT_CHAT, FMT_QA };
 static const char *FMT_NAME[] = {"", "{\"text\"}", "{\"prompt\", \"completion\"}", "Alpaca {\"instruction\", \"output\"}",
-                                 "chat {\"messages\"}"};
+                                 "chat {\"messages\"}", "{\"question\", \"answer\"}"};
 
 /* An example: tokens [off, off + n) of the dataset's token store; targets are only taken from
  * tokens before `limit` (the end of the document for windows, the end of the example else). */
@@ -121,8 +121,12 @@ static int record_format(const cJSON *o) {
     if (cJSON_GetObjectItemCaseSensitive(o, "instruction")) return FMT_ALPACA;
     if (cJSON_GetObjectItemCaseSensitive(o, "prompt") || cJSON_GetObjectItemCaseSensitive(o, "completion")) return FMT_PROMPT;
     if (cJSON_GetObjectItemCaseSensitive(o, "text")) return FMT_TEXT;
+    if (cJSON_GetObjectItemCaseSensitive(o, "question")) return FMT_QA;
     return FMT_NONE;
 }
+
+/* Question/answer records (GSM8K and the like): the question as the prompt, the loss on the answer. */
+static const char QA_PROMPT[] = "Question: %s\nAnswer: ";
 
 /* alpaca-lora's templates (templates/alpaca.json) */
 static const char ALPACA_INPUT[] =
@@ -136,7 +140,10 @@ static int add_json_record(loader *L, const cJSON *o, const char *where, peft_er
     if (!cJSON_IsObject(o)) return peft_fail(err, PEFT_EFORMAT, "%s: expected a JSON object", where);
     int fmt = record_format(o), bad = 0, rc;
     if (fmt == FMT_NONE)
-        return peft_fail(err, PEFT_EFORMAT, "%s: record has none of \"text\", \"prompt\"/\"completion\", \"instruction\"/\"output\", \"messages\"", where);
+        return peft_fail(err, PEFT_EFORMAT,
+                         "%s: record has none of \"text\", \"prompt\"/\"completion\", \"instruction\"/\"output\", \"messages\", "
+                         "\"question\"/\"answer\"",
+                         where);
     if (L->fmt == FMT_NONE) L->fmt = fmt;
     if (fmt != L->fmt)
         return peft_fail(err, PEFT_EFORMAT, "%s: a %s record in a file of %s records", where, FMT_NAME[fmt], FMT_NAME[L->fmt]);
@@ -167,6 +174,10 @@ static int add_json_record(loader *L, const cJSON *o, const char *where, peft_er
         prompt = field(o, "prompt", &bad);
         answer = field(o, "completion", &bad);
         if (bad || !prompt || !answer) return peft_fail(err, PEFT_EFORMAT, "%s: \"prompt\" and \"completion\" must both be strings", where);
+    } else if (fmt == FMT_QA) {
+        prompt = field(o, "question", &bad);
+        answer = field(o, "answer", &bad);
+        if (bad || !prompt || !answer) return peft_fail(err, PEFT_EFORMAT, "%s: \"question\" and \"answer\" must both be strings", where);
     } else {
         prompt = field(o, "instruction", &bad);
         input = field(o, "input", &bad);
@@ -174,10 +185,11 @@ static int add_json_record(loader *L, const cJSON *o, const char *where, peft_er
         if (bad || !prompt || !answer)
             return peft_fail(err, PEFT_EFORMAT, "%s: Alpaca record needs string \"instruction\" and \"output\" (and \"input\" a string if present)", where);
     }
-    size_t cap = strlen(prompt) + (input ? strlen(input) : 0) + strlen(answer) + sizeof ALPACA_INPUT;
+    size_t cap = strlen(prompt) + (input ? strlen(input) : 0) + strlen(answer) + sizeof ALPACA_INPUT + sizeof QA_PROMPT;
     char *text = malloc(cap);
     if (!text) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", where);
     int k = fmt == FMT_PROMPT ? snprintf(text, cap, "%s", prompt)
+          : fmt == FMT_QA   ? snprintf(text, cap, QA_PROMPT, prompt)
           : input && *input ? snprintf(text, cap, ALPACA_INPUT, prompt, input) : snprintf(text, cap, ALPACA_NO_INPUT, prompt);
     peft_chat_span span = {(size_t)k, (size_t)k + strlen(answer)};
     strcpy(text + k, answer);

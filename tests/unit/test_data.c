@@ -77,6 +77,19 @@ static void test_prompt_completion(void) {
     peft_dataset_free(ds);
 }
 
+/* GSM8K-style {"question", "answer"}: "Question: <q>\nAnswer: " is the prompt, the answer is learnt. */
+static void test_question_answer(void) {
+    const char *p = put_file("qa.jsonl", "{\"question\": \"a b\", \"answer\": \"cat\"}\n{\"question\": \"c\", \"answer\": \"tac\"}\n");
+    peft_dataset *ds = load(p, 64, 0, 1, 0);
+    if (!ds) return;
+    size_t n;
+    char *text = learnt_text(ds, 64, &n);
+    CHECK(text && strstr(text, "cat") && strstr(text, "tac") && !strstr(text, "Question") && !strstr(text, "Answer"));
+    free(text);
+    peft_dataset_free(ds);
+    expect_error(put_file("qa_bad.jsonl", "{\"question\": \"q\", \"answer\": 7}\n"), "qa_bad.jsonl:1: \"question\" and \"answer\" must both be strings");
+}
+
 static void test_alpaca_and_chat(void) {
     const char *p = put_file("alpaca.json",
                           "[{\"instruction\": \"say ab\", \"input\": \"\", \"output\": \"ab ab\"},\n"
@@ -182,6 +195,7 @@ int main(void) {
         return 1;
     }
     test_prompt_completion();
+    test_question_answer();
     test_alpaca_and_chat();
     test_text_windows_split_packing();
     test_errors();
