@@ -20,7 +20,8 @@
  * pairs are broadcast from memory.
  *
  * Without __AVX512BF16__ the same packed data is unpacked to f32 and multiplied with cblas_sgemm
- * (the inputs are not rounded then), so callers can use one code path everywhere. */
+ * (inputs rounded to bf16 as well, so both paths multiply the same bf16 operands), so callers can
+ * use one code path everywhere. */
 #include <assert.h>
 #include <cblas.h>
 #include <stdlib.h>
@@ -245,6 +246,11 @@ static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const
         for (int k = 0; k < K; k++)
             bt[(size_t)col * K + k] =
                 bf16_to_f32_(packed[((size_t)(col / BF16_NR) * kp2 + k / 2) * (2 * BF16_NR) + 2 * (col % BF16_NR) + (k & 1)]);
+    // round the inputs to bf16 too, so both paths compute the same product of bf16 operands
+    float *ar = malloc((size_t)N * K * sizeof(float));
+    assert(ar);
+    for (size_t i = 0; i < (size_t)N * K; i++) ar[i] = bf16_to_f32_(f32_to_bf16_(a[i]));
+    a = ar;
     float beta = acc_mode ? 1.0f : 0.0f;
     if (!acc_mode && bias) {
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * ncol, bias, (size_t)ncol * sizeof(float));
@@ -252,6 +258,7 @@ static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, ncol, K, 1.0f, a, K, bt, K, beta, out, ncol);
     free(bt);
+    free(ar);
 }
 #endif
 

@@ -72,7 +72,8 @@ void peft_adamw_step(peft_adamw *o, double lr) {
      * p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps). */
     double bc1 = 1.0 - pow(o->beta1, (double)o->step), bc2 = 1.0 - pow(o->beta2, (double)o->step);
     float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
-    /* 1 - beta in double, as torch (1.0f - 0.999f is 1.3e-5 off 0.001: 6e-6 on every early update) */
+    /* 1 - beta in double, as torch: 1.0f - 0.999f is 1.3e-5 (relative) off 0.001, which moved the
+     * early updates by 6e-6 (relative) */
     float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);
     float sqrt_bc2 = (float)sqrt(bc2);
     size_t off = 0;

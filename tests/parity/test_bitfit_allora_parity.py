@@ -113,11 +113,21 @@ def bitfit_case(tmp, case):
         return False
     loss_err = abs(out["loss"].item() - loss.item()) / abs(loss.item())
     grad_err = max(mp.rel(out[f"grad.{k}"], v) for k, v in grads.items())
-    final_err = max(mp.rel(out[f"final.{k}"], v.detach()) for k, v in leaves.items())
+    # Adam moves every coordinate by about lr whatever its gradient's size, so where the gradient
+    # is float noise the two trajectories part. k_proj's bias is such a place: softmax ignores
+    # q.b' for all keys alike, and RoPE only partly breaks that, so some of its coordinates have
+    # gradients ~1e-7 of the tensor's largest (and agree only to ~1%). Those coordinates (below
+    # 1e-3 of their tensor's largest gradient) are left out of the trajectory comparison.
+    final_err, skipped, total = 0.0, 0, 0
+    for k, v in leaves.items():
+        keep = grads[k].abs() >= 1e-3 * grads[k].abs().max()
+        skipped, total = skipped + int((~keep).sum()), total + keep.numel()
+        final_err = max(final_err, mp.rel(out[f"final.{k}"][keep], v.detach()[keep]))
     steps_err = max(abs(a - b) / abs(b) for a, b in zip(out["losses"].tolist(), losses))
-    ok = max(loss_err, grad_err, final_err, steps_err) <= TOL
+    ok = max(loss_err, grad_err, final_err, steps_err) <= TOL and skipped <= 0.05 * total
     print(f"{name:26s} tensors {len(grads):3d}  loss {loss_err:.1e}  grads {grad_err:.1e}  after {steps} AdamW steps "
-          f"{final_err:.1e}  step losses {steps_err:.1e}  {'ok' if ok else 'FAIL'}")
+          f"{final_err:.1e} ({skipped}/{total} noise-gradient coordinates left out)  step losses {steps_err:.1e}  "
+          f"{'ok' if ok else 'FAIL'}")
     return ok
 
 
