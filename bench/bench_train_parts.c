@@ -103,9 +103,9 @@ int main(int argc, char **argv) {
     rope_build_table(rc, rs, invf, maxpos, half);
     const float sc = 2.0f;
     /* bf16 packed weights (both layouts), packed once */
-    uint16_t *PW[8], *PWT[8];
+    uint16_t *PW[8] = {0}, *PWT[8] = {0};
     double tpack = now_s();
-    for (int s = 0; s < 8; s++) {
+    for (int s = 0; s < 8 && (use_bf16 || mm); s++) {
         const int oc = s < 7 ? site_out[s] : V, ci = s < 7 ? site_in[s] : C;
         const float *w = s < 7 ? W[s] : emb;
         PW[s] = malloc(bf16_packed_size(oc, ci) * 2);
