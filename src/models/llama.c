@@ -192,8 +192,49 @@ int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err) 
     return PEFT_OK;
 }
 
+int llama_use_bf16(peft_llama *m, int training, peft_err *err) {
+    if (m->bf16_slab) return PEFT_OK;
+    const peft_llama_config *c = &m->cfg;
+    size_t total = 0, layouts = training ? 2 : 1;
+    for (int i = 0; i < llama_n_sites(m); i++) {
+        const peft_site *s = llama_site(m, i);
+        total += bf16_packed_size(s->out_features, s->in_features) +
+                 (training ? bf16_packed_t_size(s->out_features, s->in_features) : 0);
+    }
+    total += bf16_packed_size(c->vocab_size, c->hidden_size) + (training ? bf16_packed_t_size(c->vocab_size, c->hidden_size) : 0);
+    m->bf16_slab = malloc(total * sizeof(uint16_t));
+    if (!m->bf16_slab) return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB for bf16 weights", total * 2 >> 20);
+    uint16_t *p = m->bf16_slab;
+    for (int i = 0; i < llama_n_sites(m); i++) {
+        peft_site *s = llama_site(m, i);
+        bf16_pack_weight(p, s->weight, s->out_features, s->in_features);
+        s->w_bf16 = p;
+        p += bf16_packed_size(s->out_features, s->in_features);
+        if (layouts == 2) {
+            bf16_pack_weight_t(p, s->weight, s->out_features, s->in_features);
+            s->wt_bf16 = p;
+            p += bf16_packed_t_size(s->out_features, s->in_features);
+        }
+    }
+    bf16_pack_weight(p, m->lm_head, c->vocab_size, c->hidden_size);
+    m->lm_head_bf16 = p;
+    p += bf16_packed_size(c->vocab_size, c->hidden_size);
+    if (layouts == 2) {
+        bf16_pack_weight_t(p, m->lm_head, c->vocab_size, c->hidden_size);
+        m->lm_head_t_bf16 = p;
+    }
+    return PEFT_OK;
+}
+
+/* logits[N,V] = x[N,C] lm_head^T, in bf16 when packed. */
+static void lm_head_forward(const peft_llama *m, float *logits, const float *x, int N) {
+    if (m->lm_head_bf16) matmul_bf16_forward(logits, x, m->lm_head_bf16, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
+    else matmul_forward(logits, x, m->lm_head, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
+}
+
 void llama_free(peft_llama *m) {
     if (!m) return;
+    free(m->bf16_slab);
     peft_weights_close(m->weights);
     free(m->converted);
     free(m->layers);
@@ -380,7 +421,7 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
         layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
                       pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
     rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, c->rms_norm_eps, N, C);
-    matmul_forward(a->logits, a->xnf, m->lm_head, NULL, N, C, V);
+    lm_head_forward(m, a->logits, a->xnf, N);
     if (targets) {
         for (int i = 0; i < N; i++)
             if (targets[i] >= V) return peft_fail(err, PEFT_EINVAL, "target id %d is outside the vocabulary", targets[i]);
@@ -446,7 +487,8 @@ void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int3
     /* d(mean loss)/dlogits, in place over the logits: no second N x V buffer. */
     crossentropy_backward(a->logits, a->logits, targets, 1.0f / (float)n_counted, N, V);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    matmul_backward(a->dxn, NULL, NULL, a->logits, a->xnf, m->lm_head, N, C, V);
+    if (m->lm_head_t_bf16) matmul_bf16_backward_input(a->dxn, a->logits, m->lm_head_t_bf16, N, C, V);
+    else matmul_backward(a->dxn, NULL, NULL, a->logits, a->xnf, m->lm_head, N, C, V);
     memset(a->dres, 0, (size_t)N * C * sizeof(float));
     rmsnorm_backward(a->dres, m->final_norm.grad, a->dxn, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, a->rstdf, N, C);
     for (int l = c->n_layers - 1; l >= 0; l--) {
@@ -506,7 +548,7 @@ static void decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, c
     }
     const float *last = a->residual + (size_t)(c->n_layers % 2) * n * C + (size_t)(n - 1) * C;
     rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm.weight, c->rms_norm_eps, 1, C);
-    matmul_forward(logits, a->xnf, m->lm_head, NULL, 1, C, c->vocab_size);
+    lm_head_forward(m, logits, a->xnf, 1);
     kv->len += n;
 }
 

@@ -44,6 +44,8 @@ typedef struct peft_llama {
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
     size_t n_params;
+    uint16_t *bf16_slab;      /* packed bf16 copies of the frozen matrices (llama_use_bf16), or NULL */
+    const uint16_t *lm_head_bf16, *lm_head_t_bf16;
     /* Virtual tokens (prompt and prefix tuning): the first n_virtual rows of every sequence
      * are the method's (callers put placeholder ids there, with no loss on them).
      * Prompt tuning: trained embeddings take the place of those rows' input.
@@ -59,6 +61,12 @@ typedef struct peft_llama {
 
 /* Loads DIR/config.json and the weights. Errors name the file and the problem. */
 int llama_load(const char *dir, peft_llama **out, peft_err *err);
+/* Computes the frozen linear layers and the LM head in bf16 (AVX512-BF16 where the CPU has it,
+ * f32 accumulation): packs a bf16 copy of each weight once (both layouts when `training`,
+ * for the input gradient too). Outputs then differ from f32 by about 1e-2 relative. Call it
+ * after the adapters are attached and after any merge; the f32 weights stay for methods that
+ * read W and for merging. */
+int llama_use_bf16(peft_llama *m, int training, peft_err *err);
 /* Only config.json: the sites with their names and shapes but no weights (to validate an
  * adapter against a model that is not at hand). Forward and merge are not possible. */
 int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err);

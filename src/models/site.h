@@ -17,6 +17,9 @@ typedef struct peft_site {
     int out_features;      /* C_out */
     float *weight;         /* [out, in], frozen (written only by merge/unmerge) */
     float *bias;           /* [out] or NULL */
+    /* Optional bf16 copies of the frozen weight (llama_use_bf16), packed for
+     * matmul_bf16_forward and matmul_bf16_backward_input; NULL: the f32 weight is used. */
+    const uint16_t *w_bf16, *wt_bf16;
     struct peft_adapter *adapter; /* attached method, or NULL */
 } peft_site;
 
