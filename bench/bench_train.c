@@ -1,7 +1,7 @@
 /* bench_train.c: LoRA training throughput of peft.c (issue 5).
  *
  *   build/bench_train --model DIR [--batch 4] [--seq 256] [--steps 5] [--warmup-steps 1]
- *                     [--rank 16] [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute]
+ *                     [--rank 16] [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--bf16]
  *                     [--peak-gflops G] [--peak-f32-gflops G] [--impl NAME]
  *
  * Trains LoRA (rank 16, alpha 32, all seven linear projections of every layer, AdamW lr 1e-4,
@@ -61,18 +61,19 @@ static double model_flops_per_step(const peft_llama_config *c, int B, int T, int
 static void usage(void) {
     fprintf(stderr,
             "usage: bench_train --model DIR [--batch 4] [--seq 256] [--steps 5] [--warmup-steps 1] [--rank 16]\n"
-            "                   [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--peak-gflops G]\n"
+            "                   [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--bf16] [--peak-gflops G]\n"
             "                   [--peak-f32-gflops G] [--impl NAME]\n");
 }
 
 int main(int argc, char **argv) {
     const char *model = NULL, *impl = "peft.c";
-    int B = 4, T = 256, steps = 5, warmup = 1, rank = 16, recompute = 0;
+    int B = 4, T = 256, steps = 5, warmup = 1, rank = 16, recompute = 0, bf16 = 0;
     double alpha = 32, lr = 1e-4, peak = 0, peak32 = 0;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--recompute")) { recompute = 1; continue; }
+        if (!strcmp(a, "--bf16")) { bf16 = 1; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) model = v;
@@ -107,6 +108,7 @@ int main(int argc, char **argv) {
     acfg.opts.seed = seed;
     peft_adapter_set *set;
     if (peft_adapter_set_create(m, &acfg, N, &set, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
+    if (bf16 && llama_use_bf16(m, 1, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
     llama_acts acts;
     if (llama_acts_alloc(m, B, T, !recompute, 1, &acts, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
     int np = peft_adapter_set_n_params(set);

@@ -33,6 +33,11 @@ METHODS = {
     "ia3": ([], 3e-2, "scales on all-linear, feedforward down_proj"),
     "vera": (["--rank", "64"], 3e-2, "r 64 shared bases, d_initial 0.1"),
     "prompt_tuning": (["--num-virtual-tokens", "20"], 3e-1, "20 virtual tokens (random init), lr 0.3 as Lester et al.; one example per row (no packing)"),
+    # added to the registry while this script was written: run with the fallback options (the
+    # low-rank flags, which these methods ignore, and lr 3e-3); untuned
+    "ln_tuning": (LOW_RANK, 3e-3, "default options"),
+    "prefix_tuning": (LOW_RANK, 3e-3, "default options"),
+    "bitfit": (LOW_RANK, 3e-3, "default options"),
     "hut": (LOW_RANK, 3e-3, "r 8, alpha 16"),
     "hydra": (LOW_RANK, 3e-3, "r 8, alpha 16"),
     "adapter_seq": (["--rank", "8", "--alpha", "8"], 3e-3, "bottleneck 8, s = 1"),
