@@ -79,7 +79,7 @@ static int bottleneck_create_(const peft_method *m, int seq, const peft_method_o
     a->in = s->in_features;
     a->out = s->out_features;
     a->dim = dim;
-    a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+    a->scale = lowrank_scale(o);
     a->dropout = (float)o->dropout;
     a->max_rows = max_rows;
     a->site_hash = peft_site_hash(s->name);

@@ -60,17 +60,15 @@ static void weight_norm(const dora_adapter *a, const float *W, float *v, float *
 }
 
 static int dora_create(const peft_method_opts *o, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err) {
-    if (o->rank < 1 || o->rank > s->in_features || o->rank > s->out_features)
-        return peft_fail(err, PEFT_EINVAL, "%s: DoRA rank %d must be in [1, min(in, out) = %d]", s->name, o->rank,
-                         s->in_features < s->out_features ? s->in_features : s->out_features);
-    if (o->dropout < 0 || o->dropout >= 1) return peft_fail(err, PEFT_EINVAL, "DoRA dropout %g must be in [0, 1)", o->dropout);
+    int invalid = lowrank_check_opts(o, s, "DoRA", err);
+    if (invalid) return invalid;
     dora_adapter *a = calloc(1, sizeof *a);
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     a->base.method = &peft_method_dora;
     a->r = o->rank;
     a->in = s->in_features;
     a->out = s->out_features;
-    a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+    a->scale = lowrank_scale(o);
     a->dropout = (float)o->dropout;
     a->max_rows = max_rows;
     a->site_hash = peft_site_hash(s->name);

@@ -46,17 +46,15 @@ static void hadamard_delta(const hut_adapter *a, const float *W, float *M) {
 
 static int hut_create(const peft_method_opts *o, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err) {
     (void)max_rows;
-    if (o->rank < 1 || o->rank > s->in_features || o->rank > s->out_features)
-        return peft_fail(err, PEFT_EINVAL, "%s: HUT rank %d must be in [1, min(in, out) = %d]", s->name, o->rank,
-                         s->in_features < s->out_features ? s->in_features : s->out_features);
-    if (o->dropout < 0 || o->dropout >= 1) return peft_fail(err, PEFT_EINVAL, "HUT dropout %g must be in [0, 1)", o->dropout);
+    int invalid = lowrank_check_opts(o, s, "HUT", err);
+    if (invalid) return invalid;
     hut_adapter *a = calloc(1, sizeof *a);
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     a->base.method = &peft_method_hut;
     a->r = o->rank;
     a->in = s->in_features;
     a->out = s->out_features;
-    a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+    a->scale = lowrank_scale(o);
     a->dropout = (float)o->dropout;
     a->site_hash = peft_site_hash(s->name);
     size_t nA = (size_t)a->r * a->in, nB = (size_t)a->out * a->r;

@@ -43,17 +43,15 @@ static void dropout_apply(const hydra_adapter *a, float *out, const float *in, i
 }
 
 static int hydra_create(const peft_method_opts *o, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err) {
-    if (o->rank < 1 || o->rank > s->in_features || o->rank > s->out_features)
-        return peft_fail(err, PEFT_EINVAL, "%s: Hydra rank %d must be in [1, min(in, out) = %d]", s->name, o->rank,
-                         s->in_features < s->out_features ? s->in_features : s->out_features);
-    if (o->dropout < 0 || o->dropout >= 1) return peft_fail(err, PEFT_EINVAL, "Hydra dropout %g must be in [0, 1)", o->dropout);
+    int invalid = lowrank_check_opts(o, s, "Hydra", err);
+    if (invalid) return invalid;
     hydra_adapter *a = calloc(1, sizeof *a);
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     a->base.method = &peft_method_hydra;
     a->r = o->rank;
     a->in = s->in_features;
     a->out = s->out_features;
-    a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+    a->scale = lowrank_scale(o);
     a->dropout = (float)o->dropout;
     a->max_rows = max_rows;
     a->site_hash = peft_site_hash(s->name);

@@ -46,6 +46,18 @@ static const float *apply_dropout(const lora_adapter *a, const float *x, float *
     return xd;
 }
 
+int lowrank_check_opts(const peft_method_opts *o, const peft_site *s, const char *method, peft_err *err) {
+    int lim = s->in_features < s->out_features ? s->in_features : s->out_features;
+    if (o->rank < 1 || o->rank > lim)
+        return peft_fail(err, PEFT_EINVAL, "%s: %s rank %d must be in [1, min(in, out) = %d]", s->name, method, o->rank, lim);
+    if (o->dropout < 0 || o->dropout >= 1) return peft_fail(err, PEFT_EINVAL, "%s dropout %g must be in [0, 1)", method, o->dropout);
+    return PEFT_OK;
+}
+
+float lowrank_scale(const peft_method_opts *o) {
+    return (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+}
+
 void lora_init_A(float *A, int r, int in, const peft_method_opts *o, uint64_t site_hash) {
     peft_rng rng;
     peft_rng_seed(&rng, o->seed, site_hash);
@@ -55,17 +67,15 @@ void lora_init_A(float *A, int r, int in, const peft_method_opts *o, uint64_t si
 }
 
 static int lora_create(const peft_method_opts *o, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err) {
-    if (o->rank < 1 || o->rank > s->in_features || o->rank > s->out_features)
-        return peft_fail(err, PEFT_EINVAL, "%s: LoRA rank %d must be in [1, min(in, out) = %d]", s->name, o->rank,
-                         s->in_features < s->out_features ? s->in_features : s->out_features);
-    if (o->dropout < 0 || o->dropout >= 1) return peft_fail(err, PEFT_EINVAL, "LoRA dropout %g must be in [0, 1)", o->dropout);
+    int invalid = lowrank_check_opts(o, s, "LoRA", err);
+    if (invalid) return invalid;
     lora_adapter *a = calloc(1, sizeof *a);
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     a->base.method = &peft_method_lora;
     a->r = o->rank;
     a->in = s->in_features;
     a->out = s->out_features;
-    a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+    a->scale = lowrank_scale(o);
     a->dropout = (float)o->dropout;
     a->max_rows = max_rows;
     a->site_hash = peft_site_hash(s->name);

@@ -8,6 +8,12 @@
 
 extern const peft_method peft_method_lora;
 
+/* The checks every low-rank method makes in create: rank in [1, min(in, out)], dropout in
+ * [0, 1). `method` names it in the message. */
+int lowrank_check_opts(const peft_method_opts *o, const peft_site *s, const char *method, peft_err *err);
+/* alpha / r, or alpha / sqrt(r) with rsLoRA. */
+float lowrank_scale(const peft_method_opts *o);
+
 /* PEFT's init of A [r, in]: nn.Linear's default (Kaiming-uniform with a = sqrt(5), i.e.
  * U(+-1/sqrt(in))), or N(0, 1/r) for init_lora_weights="gaussian"; seeded by (o->seed, site).
  * B starts at zero, so training starts at the base model. */

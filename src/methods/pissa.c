@@ -264,7 +264,7 @@ static int create_kind(int kind, const peft_method_opts *o, const peft_site *s, 
     peft_method_lora.params(a->lora, p, 2);
     a->A = p[0].data, a->B = p[1].data;
     a->r = o->rank, a->in = s->in_features, a->out = s->out_features;
-    a->scale = (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+    a->scale = lowrank_scale(o);
     a->W = s->weight;
     int in = a->in, outf = a->out, r = a->r, k = in < outf ? in : outf;
     size_t nw = (size_t)outf * in;
