@@ -258,7 +258,7 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
         snprintf(np_->key, sizeof np_->key, "%s", t->key);
         np_->p = (peft_param){.data = t->data, .grad = t->grad, .numel = t->numel, .ndim = t->ndim, .lr_scale = 1.0f};
         memcpy(np_->p.shape, t->shape, sizeof t->shape);
-        snprintf(np_->p.name, sizeof np_->p.name, "%s", strrchr(t->key, '.') ? strrchr(t->key, '.') + 1 : t->key);
+        snprintf(np_->p.name, sizeof np_->p.name, "%.63s", strrchr(t->key, '.') ? strrchr(t->key, '.') + 1 : t->key);
     }
     if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model)
         rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have q_proj, k_proj, "
