@@ -33,17 +33,11 @@ typedef struct lora_adapter {
     uint64_t site_hash;
 } lora_adapter;
 
-static int dropout_active(const lora_adapter *a) { return a->base.training && a->dropout > 0.0f; }
-
-static void dropout_apply(const lora_adapter *a, float *out, const float *in, int N, int accumulate) {
-    peft_dropout_apply(out, in, (size_t)N * a->in, a->dropout, a->base.step_seed, a->site_hash, accumulate);
-}
-
-/* xd[N,in] = dropout(x), or x itself when no dropout is in effect. */
-static const float *apply_dropout(const lora_adapter *a, const float *x, float *xd, int N) {
-    if (!dropout_active(a)) return x;
-    dropout_apply(a, xd, x, N, 0);
-    return xd;
+/* The adapter's term with this step's dropout. */
+static lowrank_term lora_term(const lora_adapter *a) {
+    return (lowrank_term){.A = a->A, .B = a->B, .dA = a->dA, .dB = a->dB, .in = a->in, .r = a->r, .out = a->out,
+                          .scale = a->scale, .dropout = a->base.training ? a->dropout : 0.0f,
+                          .step_seed = a->base.step_seed, .site_hash = a->site_hash};
 }
 
 int lowrank_check_opts(const peft_method_opts *o, const peft_site *s, const char *method, peft_err *err) {
@@ -56,6 +50,37 @@ int lowrank_check_opts(const peft_method_opts *o, const peft_site *s, const char
 
 float lowrank_scale(const peft_method_opts *o) {
     return (float)(o->use_rslora ? o->alpha / sqrt((double)o->rank) : o->alpha / o->rank);
+}
+
+/* xd = dropout(x) into buf, or x itself when no dropout is in effect. */
+static const float *term_dropout(const lowrank_term *t, const float *x, int N, float *buf) {
+    if (t->dropout <= 0.0f) return x;
+    peft_dropout_apply(buf, x, (size_t)N * t->in, t->dropout, t->step_seed, t->site_hash, 0);
+    return buf;
+}
+
+void lowrank_forward(const lowrank_term *t, float *y, float *ax, const float *x, int N, float *buf) {
+    const float *xd = term_dropout(t, x, N, buf);
+    matmul_forward(ax, xd, t->A, NULL, N, t->in, t->r);           /* ax[N,r] = xd A^T */
+    gemm_acc(y, ax, t->B, N, t->out, t->r, 0, 1, t->scale);     /* y += s * ax B^T */
+}
+
+void lowrank_backward(const lowrank_term *t, float *dx, const float *dy, const float *x, const float *ax, int N, float *g,
+                      float *buf) {
+    gemm_acc(t->dB, dy, ax, t->out, t->r, N, 1, 0, t->scale);   /* dB += s * dy^T ax */
+    memset(g, 0, (size_t)N * t->r * sizeof(float));
+    gemm_acc(g, dy, t->B, N, t->r, t->out, 0, 0, t->scale);     /* g = s * dy B */
+    const float *xd = term_dropout(t, x, N, buf);
+    gemm_acc(t->dA, g, xd, t->r, t->in, N, 1, 0, 1.0f);         /* dA += g^T xd */
+    if (!dx) return;
+    if (xd == x) {
+        gemm_acc(dx, g, t->A, N, t->in, t->r, 0, 0, 1.0f);      /* dx += g A */
+        return;
+    }
+    /* Through the dropout: dx += mask * (g A), the mask regenerated from its seed (buf is free again). */
+    memset(buf, 0, (size_t)N * t->in * sizeof(float));
+    gemm_acc(buf, g, t->A, N, t->in, t->r, 0, 0, 1.0f);
+    peft_dropout_apply(dx, buf, (size_t)N * t->in, t->dropout, t->step_seed, t->site_hash, 1);
 }
 
 void lora_init_A(float *A, int r, int in, const peft_method_opts *o, uint64_t site_hash) {
@@ -103,34 +128,21 @@ static void lora_destroy(peft_adapter *base) {
 
 static size_t lora_work_floats(const peft_adapter *base, const peft_site *s, int N) {
     const lora_adapter *a = (const lora_adapter *)base;
-    return (size_t)N * (2 * (size_t)a->in + a->out + a->r);
+    return (size_t)N * ((size_t)a->in + a->r); /* dropout buffer, then ax (inference) or g */
 }
 
 static void lora_forward(peft_adapter *base, const peft_site *s, float *y, const float *x, int N, int save) {
     lora_adapter *a = (lora_adapter *)base;
-    float *xd_buf = a->base.work, *ax = save ? a->ax : a->base.work + (size_t)N * a->in;
-    const float *xd = apply_dropout(a, x, xd_buf, N);
-    matmul_forward(ax, xd, a->A, NULL, N, a->in, a->r);         /* ax[N,r] = xd A^T */
-    gemm_acc(y, ax, a->B, N, a->out, a->r, 0, 1, a->scale);   /* y += s * ax B^T */
+    lowrank_term t = lora_term(a);
+    float *buf = a->base.work, *ax = save ? a->ax : buf + (size_t)N * a->in;
+    lowrank_forward(&t, y, ax, x, N, buf);
 }
 
 static void lora_backward(peft_adapter *base, const peft_site *s, float *dx, const float *dy, const float *x, int N) {
     lora_adapter *a = (lora_adapter *)base;
-    float *xd_buf = a->base.work, *dxd = xd_buf + (size_t)N * a->in, *g = dxd + (size_t)N * a->in;
-    gemm_acc(a->dB, dy, a->ax, a->out, a->r, N, 1, 0, a->scale); /* dB += s * dy^T ax */
-    memset(g, 0, (size_t)N * a->r * sizeof(float));
-    gemm_acc(g, dy, a->B, N, a->r, a->out, 0, 0, a->scale);      /* g = s * dy B */
-    const float *xd = apply_dropout(a, x, xd_buf, N);
-    gemm_acc(a->dA, g, xd, a->r, a->in, N, 1, 0, 1.0f);          /* dA += g^T xd */
-    if (!dx) return;
-    if (xd == x) {
-        gemm_acc(dx, g, a->A, N, a->in, a->r, 0, 0, 1.0f);       /* dx += g A */
-        return;
-    }
-    /* Through the dropout: dx += mask * (g A), the mask regenerated from its seed. */
-    memset(dxd, 0, (size_t)N * a->in * sizeof(float));
-    gemm_acc(dxd, g, a->A, N, a->in, a->r, 0, 0, 1.0f);
-    dropout_apply(a, dx, dxd, N, 1);
+    lowrank_term t = lora_term(a);
+    float *buf = a->base.work;
+    lowrank_backward(&t, dx, dy, x, a->ax, N, buf + (size_t)N * a->in, buf);
 }
 
 static int lora_merge(peft_adapter *base, peft_site *s, int sign, peft_err *err) {

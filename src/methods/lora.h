@@ -14,6 +14,23 @@ int lowrank_check_opts(const peft_method_opts *o, const peft_site *s, const char
 /* alpha / r, or alpha / sqrt(r) with rsLoRA. */
 float lowrank_scale(const peft_method_opts *o);
 
+/* The low-rank term y += s * dropout(x) A^T B^T with dense A [r, in], B [out, r], shared by
+ * the methods that assemble A and B differently (LoRA, NOLA, MoS). dropout is the rate in
+ * effect (0 when not training); the mask comes from (step_seed, site_hash). */
+typedef struct lowrank_term {
+    const float *A, *B;
+    float *dA, *dB;    /* gradients, accumulated */
+    int in, r, out;
+    float scale, dropout;
+    uint64_t step_seed, site_hash;
+} lowrank_term;
+/* y[N,out] += s * ax B^T with ax[N,r] = dropout(x) A^T (kept for backward); buf [N,in] is scratch. */
+void lowrank_forward(const lowrank_term *t, float *y, float *ax, const float *x, int N, float *buf);
+/* dB += s dy^T ax, dA += g^T dropout(x) with g = s dy B, and dx += dropout'(g A) when dx is
+ * non-NULL. g [N,r] and buf [N,in] are scratch. */
+void lowrank_backward(const lowrank_term *t, float *dx, const float *dy, const float *x, const float *ax, int N, float *g,
+                      float *buf);
+
 /* PEFT's init of A [r, in]: nn.Linear's default (Kaiming-uniform with a = sqrt(5), i.e.
  * U(+-1/sqrt(in))), or N(0, 1/r) for init_lora_weights="gaussian"; seeded by (o->seed, site).
  * B starts at zero, so training starts at the base model. */

@@ -46,12 +46,6 @@ typedef struct mos_adapter {
     uint64_t site_hash;
 } mos_adapter;
 
-static int dropout_active(const mos_adapter *a) { return a->base.training && a->dropout > 0.0f; }
-
-static void dropout_apply(const mos_adapter *a, float *out, const float *in, int N, int accumulate) {
-    peft_dropout_apply(out, in, (size_t)N * a->in, a->dropout, a->base.step_seed, a->site_hash, accumulate);
-}
-
 /* idx[n] = the first n entries of a seeded Fisher-Yates shuffle of 0..pool-1 (n <= pool). */
 static int route(int *idx, int n, int pool, uint64_t seed, uint64_t stream) {
     int *perm = malloc((size_t)pool * sizeof(int));
@@ -181,46 +175,33 @@ static size_t mos_work_floats(const peft_adapter *base, const peft_site *s, int 
     return 2 * (nA + nB) + (size_t)N * (2 * (size_t)a->in + a->r);
 }
 
+/* The assembled A [r, in], B [out, r] as a low-rank term with this step's dropout. */
+static lowrank_term mos_term(const mos_adapter *a, const float *A, const float *B, float *dA, float *dB) {
+    return (lowrank_term){.A = A, .B = B, .dA = dA, .dB = dB, .in = a->in, .r = a->r, .out = a->out, .scale = a->scale,
+                          .dropout = a->base.training ? a->dropout : 0.0f, .step_seed = a->base.step_seed,
+                          .site_hash = a->site_hash};
+}
+
 static void mos_forward(peft_adapter *base, const peft_site *s, float *y, const float *x, int N, int save) {
     mos_adapter *a = (mos_adapter *)base;
     (void)s;
     size_t nA = (size_t)a->r * a->in, nB = (size_t)a->out * a->r;
-    float *A = a->base.work, *B = A + nA, *xd_buf = B + nB, *ax = save ? a->ax : xd_buf + (size_t)N * a->in;
+    float *A = a->base.work, *B = A + nA, *buf = B + nB, *ax = save ? a->ax : buf + (size_t)N * a->in;
     assemble(a, A, B);
-    const float *xd = x;
-    if (dropout_active(a)) {
-        dropout_apply(a, xd_buf, x, N, 0);
-        xd = xd_buf;
-    }
-    matmul_forward(ax, xd, A, NULL, N, a->in, a->r);       /* ax = xd A^T */
-    gemm_acc(y, ax, B, N, a->out, a->r, 0, 1, a->scale);  /* y += s ax B^T */
+    lowrank_term t = mos_term(a, A, B, NULL, NULL);
+    lowrank_forward(&t, y, ax, x, N, buf);
 }
 
 static void mos_backward(peft_adapter *base, const peft_site *s, float *dx, const float *dy, const float *x, int N) {
     mos_adapter *a = (mos_adapter *)base;
     (void)s;
     size_t nA = (size_t)a->r * a->in, nB = (size_t)a->out * a->r;
-    float *A = a->base.work, *B = A + nA, *GA = B + nB, *GB = GA + nA, *xd_buf = GB + nB, *g = xd_buf + (size_t)N * a->in;
+    float *A = a->base.work, *B = A + nA, *GA = B + nB, *GB = GA + nA, *buf = GB + nB, *g = buf + (size_t)N * a->in;
     assemble(a, A, B);
     memset(GA, 0, (nA + nB) * sizeof(float));
-    gemm_acc(GB, dy, a->ax, a->out, a->r, N, 1, 0, a->scale); /* GB = s dy^T ax */
-    memset(g, 0, (size_t)N * a->r * sizeof(float));
-    gemm_acc(g, dy, B, N, a->r, a->out, 0, 0, a->scale);      /* g = s dy B */
-    const float *xd = x;
-    if (dropout_active(a)) {
-        dropout_apply(a, xd_buf, x, N, 0);
-        xd = xd_buf;
-    }
-    gemm_acc(GA, g, xd, a->r, a->in, N, 1, 0, 1.0f);          /* GA = g^T xd */
+    lowrank_term t = mos_term(a, A, B, GA, GB);
+    lowrank_backward(&t, dx, dy, x, a->ax, N, g, buf); /* GA, GB: gradients of the assembled A, B */
     scatter_grads(a, GA, GB);
-    if (!dx) return;
-    if (xd == x) {
-        gemm_acc(dx, g, A, N, a->in, a->r, 0, 0, 1.0f);       /* dx += g A */
-        return;
-    }
-    memset(xd_buf, 0, (size_t)N * a->in * sizeof(float));
-    gemm_acc(xd_buf, g, A, N, a->in, a->r, 0, 0, 1.0f);
-    dropout_apply(a, dx, xd_buf, N, 1);
 }
 
 static int mos_merge(peft_adapter *base, peft_site *s, int sign, peft_err *err) {
