@@ -97,21 +97,11 @@ def bitfit_case(tmp, case):
         return False
     leaves = {k: v.clone().requires_grad_(True) for k, v in tensors.items()}
     hook = bitfit_hook(leaves)
-    loss = loss_of(cfg, params, hook, ids, targets, pos)
-    loss.backward()
-    grads = {k: v.grad.detach().clone() for k, v in leaves.items()}
-    opt = torch.optim.AdamW(leaves.values(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        l = loss_of(cfg, params, hook, ids, targets, pos)
-        losses.append(l.item())
-        l.backward()
-        opt.step()
+    loss, grads, _, losses = lp.adamw_reference(lambda: loss_of(cfg, params, hook, ids, targets, pos), leaves, lr, wd, steps)
     if sorted(k[5:] for k in out if k.startswith("grad.")) != sorted(grads):
         print(f"{name}: peft.c's trainable tensors differ from the reference's")
         return False
-    loss_err = abs(out["loss"].item() - loss.item()) / abs(loss.item())
+    loss_err = abs(out["loss"].item() - loss) / abs(loss)
     grad_err = max(mp.rel(out[f"grad.{k}"], v) for k, v in grads.items())
     # Adam moves every coordinate by about lr whatever its gradient's size, so where the gradient
     # is float noise the two trajectories part. k_proj's bias is such a place: softmax ignores

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tools")
 import llama_models  # noqa: E402
 import torch_llama as tl  # noqa: E402
 from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
-from test_lora_parity import DRIVER, TOL, rel  # noqa: E402
+from test_lora_parity import DRIVER, TOL, adamw_reference, rel  # noqa: E402
 
 CASES = [("gqa", "llama_gqa", False, 0.0), ("tied+packed+wd", "llama_mha_tied", True, 0.1)]
 
@@ -63,18 +63,10 @@ def run_case(tmp, case):
         logits = tl.forward(cfg, p, ids, position_ids=pos)
         return torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
 
-    loss = loss_fn()
-    loss.backward()
-    grads = {k: v.grad.detach().clone() for k, v in leaves.items()}
-    opt = torch.optim.AdamW(leaves.values(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    for _ in range(steps):
-        opt.zero_grad()
-        l = loss_fn()
-        l.backward()
-        opt.step()
-    loss_err = abs(out["loss"].item() - loss.item()) / abs(loss.item())
+    loss, grads, final, _ = adamw_reference(loss_fn, leaves, lr, wd, steps)
+    loss_err = abs(out["loss"].item() - loss) / abs(loss)
     grad_err = max(rel(out[f"grad.{k}"], v) for k, v in grads.items())
-    final_err = max(rel(out[f"final.{k}"], v.detach()) for k, v in leaves.items())
+    final_err = max(rel(out[f"final.{k}"], v) for k, v in final.items())
     ok = loss_err <= TOL and grad_err <= TOL and final_err <= TOL
     print(f"{name:16s} norms {len(norms)}  loss {loss_err:.1e}  grads {grad_err:.1e}  after {steps} AdamW steps {final_err:.1e}  "
           f"{'ok' if ok else 'FAIL'}")

@@ -78,6 +78,13 @@ def torch_reference(cfg, params, config, lora, ids, targets, pos, wd, lr, steps)
         V = logits.shape[-1]
         return torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
 
+    return adamw_reference(loss_fn, leaves, lr, wd, steps)
+
+
+def adamw_reference(loss_fn, leaves, lr, wd, steps):
+    """PyTorch's side of a parity case: the loss and the gradients of loss_fn() at the leaves
+    (a dict of tensors requiring grad), then `steps` torch.optim.AdamW updates of them.
+    Returns (loss, grads, final leaves, the loss before each update)."""
     loss = loss_fn()
     loss.backward()
     grads = {k: v.grad.detach().clone() for k, v in leaves.items()}

@@ -30,6 +30,7 @@ except Exception as e:  # noqa: BLE001
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from test_lora_parity import adamw_reference  # noqa: E402
 from test_methods_parity import (DRIVER, SITES, TOL, llama_models, rel, run_driver, site_modules,  # noqa: E402
                                  tl, write_batch, write_safetensors)
 
@@ -270,18 +271,7 @@ def torch_reference(method, cfg, params, config, trained, ids, targets, pos, wd,
         logits = tl.forward(cfg, params, ids, position_ids=pos, linear_hook=hook)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
 
-    loss = loss_fn()
-    loss.backward()
-    grads = {k: v.grad.detach().clone() for k, v in leaves.items()}
-    opt = torch.optim.AdamW(leaves.values(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        l = loss_fn()
-        losses.append(l.item())
-        l.backward()
-        opt.step()
-    return loss.item(), grads, {k: v.detach() for k, v in leaves.items()}, losses
+    return adamw_reference(loss_fn, leaves, lr, wd, steps)
 
 
 VARIANTS = [("gqa", "llama_gqa", False, False, 0.0), ("qwen2-bias+packed", "qwen2_bias", True, False, 0.0),

@@ -32,6 +32,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(SRC, "tools"))
 import llama_models  # noqa: E402
 import torch_llama as tl  # noqa: E402
+from test_lora_parity import adamw_reference  # noqa: E402
 from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
 
 TOL = 1e-4
@@ -150,18 +151,7 @@ def torch_reference(method, cfg, params, config, tensors, shared, ids, targets, 
         V = logits.shape[-1]
         return torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
 
-    loss = loss_fn()
-    loss.backward()
-    grads = {k: v.grad.detach().clone() for k, v in leaves.items()}
-    opt = torch.optim.AdamW(leaves.values(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        l = loss_fn()
-        losses.append(l.item())
-        l.backward()
-        opt.step()
-    return loss.item(), grads, {k: v.detach() for k, v in leaves.items()}, losses
+    return adamw_reference(loss_fn, leaves, lr, wd, steps)
 
 
 def write_batch(work, cfg, packed, seed=9):

@@ -26,6 +26,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import test_methods_parity as mp  # noqa: E402  (exits 77 when torch is missing)
+from test_lora_parity import adamw_reference  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -197,20 +198,10 @@ def torch_reference(method, cfg, params, config, tensors, cov, ids, targets, pos
         logits = tl.forward(cfg, params, ids, position_ids=pos, linear_hook=h)
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
 
-    loss = loss_fn(hook)
-    loss.backward()
-    grads = {k: v.grad.detach().clone() for k, v in leaves.items()}
     with torch.no_grad():
         base_loss = loss_fn(None).item()
-    opt = torch.optim.AdamW(leaves.values(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        l = loss_fn(hook)
-        losses.append(l.item())
-        l.backward()
-        opt.step()
-    return loss.item(), base_loss, grads, {k: v.detach() for k, v in leaves.items()}, losses
+    loss, grads, final, losses = adamw_reference(lambda: loss_fn(hook), leaves, lr, wd, steps)
+    return loss, base_loss, grads, final, losses
 
 
 def run_case(tmp, case):

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tools")
 import llama_models  # noqa: E402
 import torch_llama as tl  # noqa: E402
 from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
-from test_lora_parity import DRIVER, TOL, rel  # noqa: E402
+from test_lora_parity import DRIVER, TOL, adamw_reference, rel  # noqa: E402
 
 CASES = [("prompt-gqa", "llama_gqa", 4, 0.0, "PROMPT_TUNING"), ("prompt-tied+wd", "llama_mha_tied", 6, 0.1, "PROMPT_TUNING"),
          ("prompt-qwen2", "qwen2_bias", 2, 0.0, "PROMPT_TUNING"), ("prefix-gqa", "llama_gqa", 4, 0.0, "PREFIX_TUNING"),
@@ -100,18 +100,10 @@ def run_case(tmp, case):
             logits = tl.forward(cfg, params, ids, linear_hook=prefix_hook(cfg, leaf, nv))
         return torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
 
-    loss = loss_fn()
-    loss.backward()
-    grad = leaf.grad.detach().clone()
-    opt = torch.optim.AdamW([leaf], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    for _ in range(steps):
-        opt.zero_grad()
-        l = loss_fn()
-        l.backward()
-        opt.step()
-    loss_err = abs(out["loss"].item() - loss.item()) / abs(loss.item())
-    grad_err = rel(out["grad.prompt_embeddings"], grad)
-    final_err = rel(out["final.prompt_embeddings"], leaf.detach())
+    loss, grads, final, _ = adamw_reference(loss_fn, {"prompt_embeddings": leaf}, lr, wd, steps)
+    loss_err = abs(out["loss"].item() - loss) / abs(loss)
+    grad_err = rel(out["grad.prompt_embeddings"], grads["prompt_embeddings"])
+    final_err = rel(out["final.prompt_embeddings"], final["prompt_embeddings"])
     ok = loss_err <= TOL and grad_err <= TOL and final_err <= TOL
     print(f"{name:18s} n_virtual {nv}  loss {loss_err:.1e}  grad {grad_err:.1e}  after {steps} AdamW steps {final_err:.1e}  "
           f"{'ok' if ok else 'FAIL'}")
