@@ -24,12 +24,15 @@ LABELS = {"1": " good", "0": " poor"}
 # schedule, warm-up 10 % of the steps, seed 42. lr per family: low-rank 3e-3, vector/scale
 # methods higher.
 LOW_RANK = ["--rank", "8", "--alpha", "16"]
+CORDA = ["--corda-calib-batches", "8", "--save-as-lora"]
 METHODS = {
     "lora": (LOW_RANK, 3e-3, "r 8, alpha 16"),
     "dora": (LOW_RANK, 3e-3, "r 8, alpha 16"),
     "pissa": (LOW_RANK, 1e-3, "r 8, alpha 16; principal init, lower lr"),
-    "corda_ipm": (LOW_RANK, 1e-3, "r 8, alpha 16; no covariance collected: C = I (= PiSSA)"),
-    "corda_kpm": (LOW_RANK, 1e-3, "r 8, alpha 16; no covariance collected: C = I (minor components)"),
+    # CorDA: C from a calibration pass over 8 batches of the training data; saved as the
+    # rank-16 LoRA of the original model (a raw CorDA adapter only loads with its covariances)
+    "corda_ipm": (LOW_RANK + CORDA, 1e-3, "r 8, alpha 16; C from 8 calibration batches of the training data"),
+    "corda_kpm": (LOW_RANK + CORDA, 1e-3, "r 8, alpha 16; C from 8 calibration batches (minor components)"),
     "ia3": ([], 3e-2, "scales on all-linear, feedforward down_proj"),
     "vera": (["--rank", "64"], 3e-2, "r 64 shared bases, d_initial 0.1"),
     "prompt_tuning": (["--num-virtual-tokens", "20"], 3e-1, "20 virtual tokens (random init), lr 0.3 as Lester et al.; one example per row (no packing)"),
@@ -46,6 +49,9 @@ METHODS = {
     "mos": (LOW_RANK, 3e-3, "r 8, alpha 16"),
     "svft": ([], 1e-2, "diagonal dS"),
     "sara": (["--init-scale", "0.05"], 1e-3, "5 % smallest weights"),
+    # full-parameter AdamW on 1 of the 4 layers, re-sampled every 10 updates; writes the model
+    "lisa": (["--lisa-activated-layers", "1", "--lisa-interval-steps", "10"], 1e-3,
+             "gamma 1 of 4 layers, K 10; trainable params: one layer at a time"),
 }
 QUICK = ["lora", "ia3", "prompt_tuning"]
 
@@ -118,9 +124,12 @@ def label_ids(a, env):
 
 def accuracy(a, env, prompts, labels, lab_ids, adapter):
     """Greedy first token after the prompt == the label's token."""
+    model = a.model
+    if adapter and not os.path.exists(os.path.join(adapter, "adapter_config.json")):  # LISA writes the model itself
+        model, adapter = adapter, None
     hit = 0
     for ids, lab in zip(prompts, labels):
-        cmd = [a.peft, "generate", "--model", a.model, "--prompt-ids", ",".join(map(str, ids)), "--max-new", "1"]
+        cmd = [a.peft, "generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)), "--max-new", "1"]
         if adapter:
             cmd += ["--adapter", adapter]
         p = run(cmd, env)

@@ -8,7 +8,9 @@
 #include "args.h"
 #include "cli_common.h"
 #include "commands.h"
+#include "fileio.h"
 #include "methods/adapter_set.h"
+#include "train/corda_calib.h"
 #include "train/data.h"
 #include "train/trainer.h"
 
@@ -39,6 +41,12 @@ static void usage(void) {
         "  --feedforward-modules LIST  IA3: modules whose input is scaled (default down_proj)\n"
         "  --num-virtual-tokens N      prompt/prefix tuning: virtual tokens (default 20; part of --seq-len)\n"
         "  --prompt-init-text TEXT     prompt tuning: start from this text's token embeddings\n"
+        "  --lisa-activated-layers G   LISA: layers trained at a time (default 2); all their weights\n"
+        "  --lisa-interval-steps K     LISA: updates between re-samplings of the layers (default 20)\n"
+        "  --corda-calib-data FILE     CorDA: calibration data for the input covariances (any format\n"
+        "                       above; default: the training data)\n"
+        "  --corda-calib-batches N     CorDA: calibration forwards of --batch rows (default 8)\n"
+        "  --save-as-lora       PiSSA/CorDA: write the equivalent rank-2r LoRA of the ORIGINAL model\n"
         "Optimisation:\n"
         "  --steps N | --epochs E   updates (default 100) or passes over the training rows\n"
         "  --batch B --grad-accum K rows per micro-batch (default 4), micro-batches per update (1)\n"
@@ -52,7 +60,8 @@ static void usage(void) {
         "  --resume             continue from DIR/checkpoint.safetensors\n"
         "  --skip-nonfinite     skip updates whose loss or gradient is NaN/Inf instead of stopping\n"
         "  --no-progress        no progress bar\n"
-        "Writes DIR/adapter_config.json + adapter_model.safetensors (HF PEFT format),\n"
+        "Writes DIR/adapter_config.json + adapter_model.safetensors (HF PEFT format; LISA: the\n"
+        "fine-tuned model, config.json + model.safetensors + tokenizer files),\n"
         "DIR/train_log.jsonl, DIR/loss.svg and DIR/checkpoint.safetensors.\n");
 }
 
@@ -99,6 +108,20 @@ static int prompt_init_rows(const cli_model *cm, const char *text, int n_virtual
     return rc;
 }
 
+/* CorDA's calibration pass over `path` (the training split of the training data, or all of a
+ * separate calibration file), before the adapters are created from its covariances. */
+static int corda_calibration(const cli_model *cm, const peft_adapter_config *acfg, const char *path, peft_data_opts dopts,
+                             int separate_file, int batch, int n_batches, peft_corda_covs **covs, peft_err *err) {
+    if (separate_file) dopts.val_fraction = 0;
+    peft_dataset *cds;
+    int rc = peft_dataset_load(path, cm->tok, &dopts, &cds, err);
+    if (rc) return rc;
+    fprintf(stderr, "CorDA calibration: %d batches of %d rows x %d tokens from %s\n", n_batches, batch, dopts.seq_len, path);
+    rc = peft_corda_calibrate(cm->model, acfg, cds, batch, dopts.seq_len, n_batches, covs, err);
+    peft_dataset_free(cds);
+    return rc;
+}
+
 int cmd_train(int argc, char **argv) {
     cli_args a;
     args_init(&a, "train", argc, argv);
@@ -107,7 +130,9 @@ int cmd_train(int argc, char **argv) {
         return 0;
     }
     if (args_has(&a, "--methods")) {
-        for (int i = 0; peft_methods[i]; i++) printf("%-12s (adapter_config peft_type %s)\n", peft_methods[i]->name, peft_methods[i]->peft_type);
+        for (int i = 0; peft_methods[i]; i++)
+            if (peft_methods[i]->trains_base) printf("%-12s (writes the fine-tuned model)\n", peft_methods[i]->name);
+            else printf("%-12s (adapter_config peft_type %s)\n", peft_methods[i]->name, peft_methods[i]->peft_type);
         return 0;
     }
     const char *dir = args_str(&a, "--model", NULL), *data = args_str(&a, "--data", NULL), *out = args_str(&a, "--out", NULL),
@@ -126,8 +151,14 @@ int cmd_train(int argc, char **argv) {
     acfg.opts.init_scale = args_double(&a, "--init-scale", 0.1);
     acfg.opts.n_virtual = (int)args_int(&a, "--num-virtual-tokens", 20);
     const char *init_text = args_str(&a, "--prompt-init-text", NULL);
+    acfg.opts.lisa_gamma = (int)args_int(&a, "--lisa-activated-layers", acfg.opts.lisa_gamma);
+    acfg.opts.lisa_interval = args_int(&a, "--lisa-interval-steps", acfg.opts.lisa_interval);
+    int lisa = !strcmp(acfg.method, "lisa");
     snprintf(acfg.opts.feedforward_modules, sizeof acfg.opts.feedforward_modules, "%s",
              args_str(&a, "--feedforward-modules", "down_proj"));
+    const char *calib_data = args_str(&a, "--corda-calib-data", NULL);
+    int calib_batches = (int)args_int(&a, "--corda-calib-batches", 8), corda = !strncmp(acfg.method, "corda_", 6);
+    acfg.save_as_lora = args_has(&a, "--save-as-lora");
 
     peft_train_opts o;
     peft_train_opts_default(&o);
@@ -173,10 +204,23 @@ int cmd_train(int argc, char **argv) {
                         "--alpha-pattern, --dropout and --rslora; --allora-eta must be > 0\n");
         return 2;
     }
+    if ((calib_data || args_str(&a, "--corda-calib-batches", NULL)) && (!corda || calib_batches < 1)) {
+        fprintf(stderr, "peft train: --corda-calib-data / --corda-calib-batches (>= 1) are for --method corda_ipm or corda_kpm\n");
+        return 2;
+    }
     if (eta_given && !allora) {
         fprintf(stderr, "peft train: --allora-eta needs --allora\n");
         return 2;
     }
+    /* LISA trains whole layers of its own choosing, in place in the f32 weights, and writes
+     * the model: its output must not replace the base checkpoint. */
+    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || peft_same_path(dir, out))) {
+        fprintf(stderr, "peft train: --method lisa trains every module of the layers it samples (no --target other than all-linear, "
+                        "no --target-regex or --layers), in f32 (no --bf16), and writes the model to --out, which must differ from "
+                        "--model\n");
+        return 2;
+    }
+    if (lisa) snprintf(acfg.target_modules, sizeof acfg.target_modules, "all-linear");
     o.schedule = (peft_schedule)sk;
     dopts.seed = acfg.opts.seed = o.seed;
     acfg.opts.init_gaussian = !strcmp(init, "gaussian");
@@ -213,7 +257,13 @@ int cmd_train(int argc, char **argv) {
         acfg.opts.init_rows = init_rows;
         snprintf(acfg.opts.init_text, sizeof acfg.opts.init_text, "%s", init_text);
     }
+    peft_corda_covs *covs = NULL;
+    if (rc == PEFT_OK && corda) {
+        rc = corda_calibration(&cm, &acfg, calib_data ? calib_data : data, dopts, calib_data != NULL, o.batch, calib_batches, &covs, &err);
+        acfg.opts.corda_covs = covs;
+    }
     if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
+    peft_corda_covs_free(covs);
     if (rc == PEFT_OK && bf16) rc = llama_use_bf16(cm.model, 1, &err);
     int nv = cm.model->n_virtual;
     if (rc == PEFT_OK && nv) {
@@ -240,7 +290,7 @@ int cmd_train(int argc, char **argv) {
         if (rc == PEFT_OK) {
             printf("steps %ld  train loss %.4f  validation loss %.4f -> %.4f  %.0f tokens/s%s\n", res.steps_done, res.final_train_loss,
                    res.first_val_loss, res.final_val_loss, res.tokens_per_s, res.skipped_steps ? "  (some steps skipped)" : "");
-            printf("adapter written to %s\n", out);
+            printf("%s written to %s\n", lisa ? "fine-tuned model" : "adapter", out);
         }
     }
     peft_adapter_set_free(set);

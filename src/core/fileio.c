@@ -141,6 +141,11 @@ int peft_copy_file(const char *src, const char *dst, peft_err *err) {
     return rc;
 }
 
+int peft_same_path(const char *a, const char *b) {
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int peft_file_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);

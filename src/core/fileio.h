@@ -41,6 +41,9 @@ int peft_mkdir(const char *path, peft_err *err);
 /* Copies a file atomically (used to carry tokenizer files into merged checkpoints). */
 int peft_copy_file(const char *src, const char *dst, peft_err *err);
 
+/* 1 if both paths exist and name the same file or directory. */
+int peft_same_path(const char *a, const char *b);
+
 /* 1 if the path exists and is a regular file. */
 int peft_file_exists(const char *path);
 

@@ -31,7 +31,7 @@
 #include "error.h"
 #include "models/site.h"
 
-#define PEFT_METHOD_ABI 1
+#define PEFT_METHOD_ABI 2
 #define PEFT_PARAM_MAX_DIMS 4
 
 /* A named trainable tensor. `name` is the PEFT key suffix after the site name, e.g.
@@ -50,6 +50,7 @@ typedef struct peft_adapter peft_adapter;
 typedef struct peft_shared peft_shared;
 struct cJSON;
 struct peft_llama;
+struct peft_corda_covs;
 
 /* Options of a set of adapters; each method reads the fields it uses. */
 typedef struct peft_method_opts {
@@ -68,6 +69,14 @@ typedef struct peft_method_opts {
     char init_text[256]; /* prompt tuning: the text init_rows came from (written to the config) */
     /* The model's dimensions, filled in by the set for model-level methods' configs. */
     int model_hidden, model_layers, model_kv_heads, model_head_dim;
+    /* CorDA: the calibration covariances of the target sites' inputs (methods/pissa.h), read
+     * only while the adapters are created; NULL otherwise. */
+    const struct peft_corda_covs *corda_covs;
+    /* LISA: gamma layers sampled every `lisa_interval` updates; the model (filled in by the
+     * set) whose norms it trains with the layers. */
+    int lisa_gamma;
+    long lisa_interval;
+    struct peft_llama *model;
 } peft_method_opts;
 
 /* The shared tensor `key` of the set ([ndim] shape), zero-filled and *created = 1 on first
@@ -103,6 +112,16 @@ typedef struct peft_method {
      * detach_model when it is freed. NULL for site methods. */
     int (*attach_model)(const peft_method_opts *o, struct peft_llama *m, peft_err *err);
     void (*detach_model)(struct peft_llama *m);
+    /* ABI 2: methods that train the base model's own weights, a changing part at a time
+     * (LISA). begin_step brings the adapter to update `step` (0-based; the set calls it at
+     * creation with 0 and the trainer before every update): returns 1 when params() or state()
+     * changed, 0 when not, or a negative error. state() fills the tensors besides params() that
+     * a checkpoint must carry to resume exactly (weights trained earlier, frozen now).
+     * trains_base: the output is the trained model itself (models/llama_export.h), not an
+     * adapter file. NULL / 0 for every other method. */
+    int (*begin_step)(peft_adapter *a, const peft_site *s, long step, peft_err *err);
+    int (*state)(peft_adapter *a, peft_param *out, int max);
+    int trains_base;
 } peft_method;
 
 struct peft_adapter {

@@ -3,6 +3,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,9 @@
 #include "fileio.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "methods/lora.h"
+#include "methods/pissa.h"
+#include "models/llama_export.h"
 
 #define MAX_PARAMS_PER_ADAPTER 8
 
@@ -71,6 +75,9 @@ struct peft_adapter_set {
     peft_site **sites;        /* the sites that carry this set's adapters */
     int n_params;
     peft_named_param *params;
+    int n_state;
+    peft_named_param *state;  /* methods with state() (LISA): what checkpoints carry besides params */
+    int lists_new;            /* begin_step methods: the lists are new to the caller (until its first begin_step) */
     float *work;
     size_t work_floats;
     int work_rows;
@@ -82,6 +89,8 @@ void peft_adapter_config_default(peft_adapter_config *cfg) {
     strcpy(cfg->target_modules, "q_proj,v_proj");
     cfg->opts.rank = 8;
     cfg->opts.alpha = 8;
+    cfg->opts.lisa_gamma = 2;     /* LMFlow's lisa_activated_layers */
+    cfg->opts.lisa_interval = 20; /* LMFlow's lisa_interval_steps */
 }
 
 /* ---- target selection (PEFT's check_target_module_exists and get_pattern_key) ---- */
@@ -143,6 +152,62 @@ static int pattern_value(const peft_pattern *pats, int n, const char *name, doub
 
 /* ---- creation ---------------------------------------------------------------- */
 
+/* The list of `which` tensors of every adapter (params() or state()) with full keys into out;
+ * returns their number. */
+static int site_tensors(peft_adapter_set *set, int (*which)(peft_adapter *, peft_param *, int), peft_named_param *out) {
+    int n = 0;
+    for (int i = 0; i < set->n_sites; i++) {
+        peft_site *s = set->sites[i];
+        peft_param p[MAX_PARAMS_PER_ADAPTER];
+        int np = which(s->adapter, p, MAX_PARAMS_PER_ADAPTER);
+        for (int k = 0; k < np; k++, n++) {
+            snprintf(out[n].key, sizeof out[n].key, "base_model.model.%.127s.%.63s", s->name, p[k].name);
+            out[n].p = p[k];
+        }
+    }
+    return n;
+}
+
+/* The set's parameters (each adapter's in site order, then the trainable shared tensors) and
+ * checkpoint state, as they are now. */
+static void collect_tensors(peft_adapter_set *set) {
+    set->n_params = site_tensors(set, set->method->params, set->params);
+    for (int i = 0; i < set->shared.n; i++) {
+        shared_tensor *t = &set->shared.t[i];
+        if (!t->trainable) continue;
+        peft_named_param *np_ = &set->params[set->n_params++];
+        snprintf(np_->key, sizeof np_->key, "%s", t->key);
+        np_->p = (peft_param){.data = t->data, .grad = t->grad, .numel = t->numel, .ndim = t->ndim, .lr_scale = 1.0f};
+        memcpy(np_->p.shape, t->shape, sizeof t->shape);
+        snprintf(np_->p.name, sizeof np_->p.name, "%.63s", strrchr(t->key, '.') ? strrchr(t->key, '.') + 1 : t->key);
+    }
+    if (set->state) set->n_state = site_tensors(set, set->method->state, set->state);
+}
+
+int peft_adapter_set_begin_step(peft_adapter_set *set, long step, peft_err *err) {
+    if (!set->method->begin_step) return 0;
+    int changed = set->lists_new;
+    set->lists_new = 0;
+    for (int i = 0; i < set->n_sites; i++) {
+        int rc = set->method->begin_step(set->sites[i]->adapter, set->sites[i], step, err);
+        if (rc < 0) return rc;
+        changed |= rc;
+    }
+    if (changed) collect_tensors(set);
+    return changed;
+}
+
+int peft_adapter_set_targets(peft_llama *m, const peft_adapter_config *cfg, peft_site **sites, int *n, peft_err *err) {
+    *n = 0;
+    for (int i = 0; i < llama_n_sites(m); i++) {
+        peft_site *s = llama_site(m, i);
+        int hit = site_is_target(cfg, s, err);
+        if (hit < 0) return hit;
+        if (hit) sites[(*n)++] = s;
+    }
+    return PEFT_OK;
+}
+
 void peft_adapter_set_free(peft_adapter_set *set) {
     if (!set) return;
     if (set->method && set->method->detach_model && set->model) set->method->detach_model(set->model);
@@ -153,6 +218,7 @@ void peft_adapter_set_free(peft_adapter_set *set) {
     }
     free(set->sites);
     free(set->params);
+    free(set->state);
     free(set->work);
     shared_free(&set->shared);
     free(set);
@@ -187,7 +253,8 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
     peft_adapter_set *set = calloc(1, sizeof *set);
     int n_all = llama_n_sites(m);
     if (!set || !(set->sites = calloc((size_t)n_all, sizeof *set->sites)) ||
-        !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER + 16, sizeof *set->params))) {
+        !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER + 16, sizeof *set->params)) ||
+        (method->state && !(set->state = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER, sizeof *set->state)))) {
         peft_adapter_set_free(set);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
@@ -210,17 +277,12 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
         n_all = 0;
     }
     /* First the targets (methods with shared tensors size them by the largest site). */
-    for (int i = 0; i < n_all && rc == PEFT_OK; i++) {
-        peft_site *s = llama_site(m, i);
-        int hit = site_is_target(cfg, s, err);
-        if (hit < 0) rc = hit;
-        if (hit <= 0) continue;
-        set->sites[set->n_sites++] = s;
-        if (s->in_features > max_in) max_in = s->in_features;
-        if (s->out_features > max_out) max_out = s->out_features;
+    int n_targets = 0;
+    if (n_all > 0) rc = peft_adapter_set_targets(m, cfg, set->sites, &n_targets, err);
+    for (int i = 0; i < n_targets; i++) {
+        if (set->sites[i]->in_features > max_in) max_in = set->sites[i]->in_features;
+        if (set->sites[i]->out_features > max_out) max_out = set->sites[i]->out_features;
     }
-    int n_targets = set->n_sites;
-    set->n_sites = 0;
     for (int i = 0; i < n_targets && rc == PEFT_OK; i++) {
         peft_site *s = set->sites[i];
         if (s->adapter) {
@@ -231,6 +293,7 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
         o.shared = &set->shared;
         o.max_in = max_in;
         o.max_out = max_out;
+        o.model = m;
         double rank = o.rank, alpha = o.alpha;
         if ((rc = pattern_value(cfg->rank_pattern, cfg->n_rank_pattern, s->name, &rank, err)) ||
             (rc = pattern_value(cfg->alpha_pattern, cfg->n_alpha_pattern, s->name, &alpha, err)))
@@ -243,27 +306,21 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
         o.alpha = alpha;
         if ((rc = method->create(&o, s, max_rows, &s->adapter, err))) break;
         set->sites[set->n_sites++] = s;
-        peft_param p[MAX_PARAMS_PER_ADAPTER];
-        int np = method->params(s->adapter, p, MAX_PARAMS_PER_ADAPTER);
-        for (int k = 0; k < np; k++) {
-            peft_named_param *np_ = &set->params[set->n_params++];
-            snprintf(np_->key, sizeof np_->key, "base_model.model.%.127s.%.63s", s->name, p[k].name);
-            np_->p = p[k];
-        }
     }
-    for (int i = 0; rc == PEFT_OK && i < set->shared.n; i++) {
-        shared_tensor *t = &set->shared.t[i];
-        if (!t->trainable) continue;
-        peft_named_param *np_ = &set->params[set->n_params++];
-        snprintf(np_->key, sizeof np_->key, "%s", t->key);
-        np_->p = (peft_param){.data = t->data, .grad = t->grad, .numel = t->numel, .ndim = t->ndim, .lr_scale = 1.0f};
-        memcpy(np_->p.shape, t->shape, sizeof t->shape);
-        snprintf(np_->p.name, sizeof np_->p.name, "%.63s", strrchr(t->key, '.') ? strrchr(t->key, '.') + 1 : t->key);
-    }
+    int first = rc == PEFT_OK ? peft_adapter_set_begin_step(set, 0, err) : rc; /* LISA: the first period's layers */
+    if (first < 0) rc = first;
+    else collect_tensors(set);
+    set->lists_new = method->begin_step != NULL;
     if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model)
         rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have q_proj, k_proj, "
                                          "v_proj, o_proj, gate_proj, up_proj, down_proj)",
                        cfg->target_modules, m->cfg.arch_name);
+    if (rc == PEFT_OK && cfg->save_as_lora && pissa_lora_equivalent(set->sites[0]->adapter, NULL, NULL) < 0)
+        rc = peft_fail(err, PEFT_EINVAL, "saving as a LoRA of the original model is for PiSSA and CorDA adapters, not %s", method->name);
+    if (rc == PEFT_OK && cfg->save_as_lora && cfg->opts.use_rslora && (cfg->n_rank_pattern || cfg->n_alpha_pattern))
+        rc = peft_fail(err, PEFT_EINVAL, "saving as a LoRA of the original model is not supported with rsLoRA and rank or alpha "
+                                         "patterns together (PEFT refuses it too: doubled patterns would change the scale)");
+    set->cfg.opts.corda_covs = NULL; /* borrowed for create only */
     if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, max_rows > 0 ? max_rows : 1, err);
     if (rc) {
         peft_adapter_set_free(set);
@@ -295,6 +352,21 @@ int peft_adapter_set_merge(peft_adapter_set *set, int sign, peft_err *err) {
 
 int peft_adapter_set_n_params(const peft_adapter_set *set) { return set->n_params; }
 peft_named_param *peft_adapter_set_params(peft_adapter_set *set) { return set->params; }
+int peft_adapter_set_n_state(const peft_adapter_set *set) { return set->n_state; }
+peft_named_param *peft_adapter_set_state(peft_adapter_set *set) { return set->state; }
+
+int peft_adapter_set_active_layers(const peft_adapter_set *set, int *layers, int max) {
+    int n = 0, last = -1;
+    for (int i = 0; i < set->n_sites; i++) { /* sites are in model order: layers ascend */
+        peft_site *s = set->sites[i];
+        peft_param p[MAX_PARAMS_PER_ADAPTER];
+        if (s->layer < 0 || s->layer == last || set->method->params(s->adapter, p, MAX_PARAMS_PER_ADAPTER) == 0) continue;
+        if (n < max) layers[n] = s->layer;
+        n++;
+        last = s->layer;
+    }
+    return n;
+}
 int peft_adapter_set_n_sites(const peft_adapter_set *set) { return set->n_sites; }
 const peft_adapter_config *peft_adapter_set_config(const peft_adapter_set *set) { return &set->cfg; }
 
@@ -331,24 +403,24 @@ static cJSON *targets_json(const peft_adapter_set *set) {
     return arr;
 }
 
-/* adapter_config.json: the fields every PEFT config has, then the method's own. */
-static char *config_json(const peft_adapter_set *set) {
-    const peft_adapter_config *c = &set->cfg;
+/* adapter_config.json: the fields every PEFT config has, then the method's own (the set's
+ * method and config, or those it is saved as). */
+static char *config_json(const peft_adapter_set *set, const peft_method *method, const peft_adapter_config *c) {
     cJSON *o = cJSON_CreateObject();
-    if (set->method->attach_model) { /* PEFT's prompt-learning configs have no targets */
+    if (method->attach_model) { /* PEFT's prompt-learning configs have no targets */
         cJSON_AddNullToObject(o, "auto_mapping");
         cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
         cJSON_AddBoolToObject(o, "inference_mode", 1);
         cJSON_AddNullToObject(o, "modules_to_save");
-        cJSON_AddStringToObject(o, "peft_type", set->method->peft_type);
+        cJSON_AddStringToObject(o, "peft_type", method->peft_type);
         cJSON_AddNullToObject(o, "revision");
         cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
-        set->method->config_write(&c->opts, o);
+        method->config_write(&c->opts, o);
         char *text = cJSON_Print(o);
         cJSON_Delete(o);
         return text;
     }
-    int lora_family = !strcmp(set->method->peft_type, "LORA"); /* only LoraConfig has the patterns */
+    int lora_family = !strcmp(method->peft_type, "LORA"); /* only LoraConfig has the patterns */
     if (lora_family) cJSON_AddItemToObject(o, "alpha_pattern", patterns_json(c->alpha_pattern, c->n_alpha_pattern));
     cJSON_AddNullToObject(o, "auto_mapping");
     cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
@@ -359,24 +431,74 @@ static char *config_json(const peft_adapter_set *set) {
     if (c->n_layers_to_transform > 0) cJSON_AddItemToObject(o, "layers_to_transform", cJSON_CreateIntArray(c->layers_to_transform, c->n_layers_to_transform));
     else cJSON_AddNullToObject(o, "layers_to_transform");
     cJSON_AddNullToObject(o, "modules_to_save");
-    cJSON_AddStringToObject(o, "peft_type", set->method->peft_type);
+    cJSON_AddStringToObject(o, "peft_type", method->peft_type);
     if (lora_family) cJSON_AddItemToObject(o, "rank_pattern", patterns_json(c->rank_pattern, c->n_rank_pattern));
     cJSON_AddNullToObject(o, "revision");
     cJSON_AddItemToObject(o, "target_modules", targets_json(set));
     cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
-    set->method->config_write(&c->opts, o);
+    method->config_write(&c->opts, o);
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
     return text;
 }
 
+/* PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) of a PiSSA/CorDA set:
+ * per site A2 = [A; A0] [2r, in], B2 = [B, -B0] [out, 2r] (pissa_lora_equivalent), and a plain
+ * LoRA config with r, lora_alpha (alpha * sqrt(2) with rsLoRA), rank_pattern and alpha_pattern
+ * doubled and init_lora_weights true. Fills e[] (names in keys[], data in *slab, both freed by
+ * the caller) and *cfg. */
+static int lora_equivalent(const peft_adapter_set *set, peft_st_entry *e, char (*keys)[256], float **slab, peft_adapter_config *cfg,
+                           peft_err *err) {
+    size_t total = 0;
+    for (int i = 0; i < set->n_sites; i++) {
+        const peft_site *s = set->sites[i];
+        total += 2 * (size_t)pissa_lora_equivalent(s->adapter, NULL, NULL) * ((size_t)s->in_features + s->out_features);
+    }
+    float *p = *slab = malloc(total * sizeof(float));
+    if (!p) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    for (int i = 0; i < set->n_sites; i++) {
+        const peft_site *s = set->sites[i];
+        int r2 = 2 * pissa_lora_equivalent(s->adapter, NULL, NULL);
+        pissa_lora_equivalent(s->adapter, p, p + (size_t)r2 * s->in_features); /* A2 [2r, in], then B2 [out, 2r] */
+        const int64_t shapes[2][2] = {{r2, s->in_features}, {s->out_features, r2}};
+        for (int k = 0; k < 2; k++) {
+            snprintf(keys[2 * i + k], sizeof keys[0], "base_model.model.%.127s.lora_%c.weight", s->name, k ? 'B' : 'A');
+            e[2 * i + k] = (peft_st_entry){.name = keys[2 * i + k], .dtype = PEFT_F32, .ndim = 2, .shape = {shapes[k][0], shapes[k][1]},
+                                           .data = p};
+            p += (size_t)shapes[k][0] * shapes[k][1];
+        }
+    }
+    *cfg = set->cfg;
+    snprintf(cfg->method, sizeof cfg->method, "lora");
+    cfg->opts.rank *= 2;
+    cfg->opts.alpha *= cfg->opts.use_rslora ? sqrt(2.0) : 2.0;
+    cfg->opts.init_gaussian = 0; /* init_lora_weights: true */
+    for (int i = 0; i < cfg->n_rank_pattern; i++) cfg->rank_pattern[i].value *= 2;
+    for (int i = 0; i < cfg->n_alpha_pattern; i++) cfg->alpha_pattern[i].value *= 2;
+    return PEFT_OK;
+}
+
 int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err *err) {
+    if (set->method->trains_base) return llama_save_hf(set->model, dir, err); /* LISA: the model is the output */
     int rc = peft_mkdir(dir, err);
     if (rc) return rc;
+    int as_lora = set->cfg.save_as_lora;
     peft_st_entry *e = calloc((size_t)set->n_params + (size_t)set->shared.n + 1, sizeof *e);
-    if (!e) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    char(*keys)[256] = as_lora ? calloc((size_t)set->n_sites * 2, sizeof *keys) : NULL;
+    if (!e || (as_lora && !keys)) {
+        free(e), free(keys);
+        return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    }
+    peft_adapter_config saved = set->cfg;
+    const peft_method *method = set->method;
+    float *slab = NULL;
     int n = 0;
-    for (int i = 0; i < set->n_params; i++, n++) {
+    if (as_lora) {
+        rc = lora_equivalent(set, e, keys, &slab, &saved, err);
+        method = &peft_method_lora;
+        n = 2 * set->n_sites;
+    }
+    for (int i = 0; i < set->n_params && !as_lora; i++, n++) {
         const peft_param *p = &set->params[i].p;
         e[n] = (peft_st_entry){.name = set->params[i].key, .dtype = PEFT_F32, .ndim = p->ndim, .data = p->data};
         for (int d = 0; d < p->ndim; d++) e[n].shape[d] = p->shape[d];
@@ -391,9 +513,9 @@ int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err
     char path[4200];
     static const char *const meta[] = {"format", "pt"};
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    rc = peft_st_write(path, e, n, meta, 1, err);
-    free(e);
-    char *json = rc ? NULL : config_json(set);
+    if (rc == PEFT_OK) rc = peft_st_write(path, e, n, meta, 1, err);
+    free(e), free(keys), free(slab);
+    char *json = rc ? NULL : config_json(set, method, &saved);
     if (rc == PEFT_OK) {
         snprintf(path, sizeof path, "%s/adapter_config.json", dir);
         rc = json ? peft_write_file_atomic(path, json, strlen(json), err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
@@ -528,6 +650,11 @@ int peft_adapter_config_parse(const char *text, size_t len, const char *what, pe
 }
 
 int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_adapter_set **out, peft_err *err) {
+    return peft_adapter_set_load_covs(dir, m, max_rows, NULL, out, err);
+}
+
+int peft_adapter_set_load_covs(const char *dir, peft_llama *m, int max_rows, const struct peft_corda_covs *covs,
+                               peft_adapter_set **out, peft_err *err) {
     *out = NULL;
     char path[4200];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
@@ -539,6 +666,7 @@ int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_ada
     rc = peft_adapter_config_parse(text, len, path, &cfg, err);
     free(text);
     if (rc) return rc;
+    cfg.opts.corda_covs = covs;
     peft_adapter_set *set;
     if ((rc = peft_adapter_set_create(m, &cfg, max_rows, &set, err))) return peft_err_prefix(err, "%s", dir);
     peft_st_file *f;

@@ -31,6 +31,9 @@ typedef struct peft_adapter_config {
     peft_pattern alpha_pattern[PEFT_MAX_PATTERNS];
     int n_alpha_pattern;
     char base_model[512];      /* base_model_name_or_path written to adapter_config.json */
+    /* PiSSA/CorDA: save the equivalent LoRA of rank 2r on the ORIGINAL weights instead of the
+     * adapter of the residual ones (PEFT's path_initial_model_for_weight_conversion). */
+    int save_as_lora;
 } peft_adapter_config;
 
 /* PEFT's defaults: LoRA, r 8, alpha 8, no dropout, q_proj,v_proj (PEFT's Llama default). */
@@ -54,7 +57,16 @@ int peft_adapter_config_parse(const char *text, size_t len, const char *what, pe
  * Every tensor in the file must belong to a site of m with the right shape, and every
  * adapter parameter must be in the file. */
 int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_adapter_set **out, peft_err *err);
-/* Writes DIR/adapter_config.json and DIR/adapter_model.safetensors (each atomically). */
+/* The same, with CorDA's calibration covariances (methods/pissa.h) for creating the adapters
+ * (NULL: none; a CorDA adapter is then refused). covs is not kept. */
+int peft_adapter_set_load_covs(const char *dir, peft_llama *m, int max_rows, const struct peft_corda_covs *covs,
+                               peft_adapter_set **out, peft_err *err);
+/* The sites of m that cfg targets (PEFT's matching of target_modules / target_regex and
+ * layers_to_transform), in model order, into sites[llama_n_sites(m)]; their number in *n. */
+int peft_adapter_set_targets(peft_llama *m, const peft_adapter_config *cfg, peft_site **sites, int *n, peft_err *err);
+/* Writes DIR/adapter_config.json and DIR/adapter_model.safetensors (each atomically); with
+ * cfg.save_as_lora, the LoRA of the original weights (see peft_adapter_config). A method that
+ * trains the base itself (LISA, trains_base) writes the model instead (llama_save_hf). */
 int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err *err);
 /* Detaches the adapters from their sites and frees them. NULL is a no-op. */
 void peft_adapter_set_free(peft_adapter_set *set);
@@ -68,6 +80,19 @@ int peft_adapter_set_merge(peft_adapter_set *set, int sign, peft_err *err);
 
 int peft_adapter_set_n_params(const peft_adapter_set *set);
 peft_named_param *peft_adapter_set_params(peft_adapter_set *set);
+/* Methods whose trainable tensors change during training (LISA, begin_step): brings every
+ * adapter to update `step` (0-based; creation does step 0). Returns 1 when the parameter and
+ * state lists changed since the caller last saw them (re-read them; an optimizer starts afresh;
+ * the first call after creation returns 1), 0 when not (always for other methods), or a
+ * negative error. */
+int peft_adapter_set_begin_step(peft_adapter_set *set, long step, peft_err *err);
+/* What a checkpoint must carry besides the parameters to resume exactly (LISA: the weights of
+ * layers trained in earlier periods, frozen now), keyed like the parameters. */
+int peft_adapter_set_n_state(const peft_adapter_set *set);
+peft_named_param *peft_adapter_set_state(peft_adapter_set *set);
+/* The decoder layers (ascending) holding trainable parameters now, up to max into layers;
+ * returns their number. */
+int peft_adapter_set_active_layers(const peft_adapter_set *set, int *layers, int max);
 size_t peft_adapter_set_numel(const peft_adapter_set *set);
 int peft_adapter_set_n_sites(const peft_adapter_set *set);
 const peft_adapter_config *peft_adapter_set_config(const peft_adapter_set *set);

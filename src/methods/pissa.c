@@ -19,9 +19,7 @@
 #include <cblas.h>
 #include <cjson/cJSON.h>
 
-#include "dtype.h"
 #include "io/json.h"
-#include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "kernels/linalg.h"
 #include "methods/lora.h"
@@ -40,135 +38,34 @@ typedef struct pissa_adapter {
     int merged;
 } pissa_adapter;
 
-/* ---- CorDA covariance store --------------------------------------------------------- */
+/* ---- CorDA covariances ------------------------------------------------------------- */
 
-typedef struct cov_entry {
-    char name[128];
-    int in;
-    long count;  /* calibration batches summed into C */
-    float *C;    /* [in, in] sum of per-batch covariances */
-} cov_entry;
-
-static cov_entry *cov_store;
-static int cov_n, cov_cap, cov_env_tried;
-
-static cov_entry *cov_find(const char *name) {
-    for (int i = 0; i < cov_n; i++)
-        if (!strcmp(cov_store[i].name, name)) return &cov_store[i];
+const peft_corda_cov *peft_corda_covs_find(const peft_corda_covs *c, const char *name) {
+    for (int i = 0; c && i < c->n; i++)
+        if (!strcmp(c->cov[i].name, name)) return &c->cov[i];
     return NULL;
 }
 
-/* The entry for name with in x in storage (zeroed when new or resized); NULL on OOM. */
-static cov_entry *cov_get(const char *name, int in) {
-    cov_entry *e = cov_find(name);
-    if (e && e->in == in) return e;
-    if (!e) {
-        if (cov_n == cov_cap) {
-            int cap = cov_cap ? 2 * cov_cap : 64;
-            cov_entry *s = realloc(cov_store, (size_t)cap * sizeof *s);
-            if (!s) return NULL;
-            cov_store = s, cov_cap = cap;
-        }
-        e = &cov_store[cov_n];
-        memset(e, 0, sizeof *e);
-        snprintf(e->name, sizeof e->name, "%s", name);
-    }
-    float *C = calloc((size_t)in * in, sizeof(float));
-    if (!C) return NULL;
-    free(e->C);
-    e->C = C, e->in = in, e->count = 0;
-    if (e == &cov_store[cov_n]) cov_n++;
-    return e;
+void peft_corda_covs_free(peft_corda_covs *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n; i++) free(c->cov[i].C);
+    free(c->cov);
+    free(c);
 }
 
-void corda_covariance_clear(void) {
-    for (int i = 0; i < cov_n; i++) free(cov_store[i].C);
-    free(cov_store);
-    cov_store = NULL, cov_n = cov_cap = 0;
-}
-
-int corda_collect(const peft_site *s, const float *x, int N, peft_err *err) {
-    int in = s->in_features;
-    size_t n = (size_t)N * in;
-    float mx = -INFINITY;
-    for (size_t i = 0; i < n; i++) mx = x[i] > mx || isnan(x[i]) ? x[i] : mx;
-    if (!isfinite(mx) || mx == 0.0f)
-        return peft_fail(err, PEFT_EINVAL, "%s: CorDA calibration input has maximum %g (must be finite and non-zero)", s->name, mx);
-    cov_entry *e = cov_find(s->name);
-    if (!e || e->in != in) e = cov_get(s->name, in);
-    float *xn = malloc(n * sizeof(float));
-    if (!e || !xn) {
-        free(xn);
-        return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate the CorDA covariance", s->name);
-    }
-    float d = fabsf(mx); /* PEFT: input / torch.max(input).abs() */
-    for (size_t i = 0; i < n; i++) xn[i] = x[i] / d;
-    gemm_acc(e->C, xn, xn, in, in, N, 1, 0, 1.0f); /* C += xn^T xn */
-    e->count++;
-    free(xn);
-    return PEFT_OK;
-}
-
-int corda_covariance_load(const char *path, peft_err *err) {
-    peft_st_file *f;
-    int rc = peft_st_open(path, &f, err);
-    if (rc) return rc;
-    for (int i = 0; i < f->n_tensors && rc == PEFT_OK; i++) {
-        const peft_st_tensor *t = &f->tensors[i];
-        if (t->ndim != 2 || t->shape[0] != t->shape[1] || t->shape[0] < 1 || t->shape[0] > 1 << 20) {
-            rc = peft_fail(err, PEFT_EFORMAT, "%s: covariance \"%s\" must be square [in, in]", path, t->name);
-            break;
-        }
-        cov_entry *e = cov_get(t->name, (int)t->shape[0]);
-        if (!e) rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
-        else if (peft_convert_to_f32(e->C, t->data, t->dtype, t->numel))
-            rc = peft_fail(err, PEFT_EFORMAT, "%s: covariance \"%s\" has non-float dtype", path, t->name);
-        else e->count = 1;
-    }
-    peft_st_close(f);
-    return rc;
-}
-
-int corda_covariance_save(const char *path, peft_err *err) {
-    peft_st_entry *e = calloc((size_t)cov_n + 1, sizeof *e);
-    float **avg = calloc((size_t)cov_n + 1, sizeof *avg);
-    int rc = e && avg ? PEFT_OK : peft_fail(err, PEFT_ENOMEM, "out of memory");
-    for (int i = 0; i < cov_n && rc == PEFT_OK; i++) {
-        const cov_entry *c = &cov_store[i];
-        size_t nn = (size_t)c->in * c->in;
-        if (!(avg[i] = malloc(nn * sizeof(float)))) {
-            rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
-            break;
-        }
-        for (size_t j = 0; j < nn; j++) avg[i][j] = c->count ? c->C[j] / (float)c->count : 0.0f;
-        e[i] = (peft_st_entry){.name = c->name, .dtype = PEFT_F32, .ndim = 2, .shape = {c->in, c->in}, .data = avg[i]};
-    }
-    if (rc == PEFT_OK) rc = peft_st_write(path, e, cov_n, NULL, 0, err);
-    for (int i = 0; avg && i < cov_n; i++) free(avg[i]);
-    free(avg), free(e);
-    return rc;
-}
-
-/* The site's averaged covariance into C [in, in]: the store, else PEFT_CORDA_COVARIANCE's
- * file, else the identity. */
-static int corda_covariance(const peft_site *s, float *C, peft_err *err) {
-    int in = s->in_features;
-    const cov_entry *e = cov_find(s->name);
-    const char *env = getenv("PEFT_CORDA_COVARIANCE");
-    if (!e && env && *env && !cov_env_tried) {
-        cov_env_tried = 1;
-        int rc = corda_covariance_load(env, err);
-        if (rc) return peft_err_prefix(err, "PEFT_CORDA_COVARIANCE");
-        e = cov_find(s->name);
-    }
-    if (e && e->in != in)
-        return peft_fail(err, PEFT_ESHAPE, "%s: CorDA covariance is [%d, %d], the site has %d inputs", s->name, e->in, e->in, in);
-    if (e && e->count > 0) {
-        for (size_t j = 0; j < (size_t)in * in; j++) C[j] = e->C[j] / (float)e->count;
-        return PEFT_OK;
-    }
-    memset(C, 0, (size_t)in * in * sizeof(float));
-    for (int i = 0; i < in; i++) C[(size_t)i * in + i] = 1.0f;
+/* The site's calibration covariance [in, in], or an error naming what is missing. */
+static int corda_covariance(const peft_method_opts *o, const peft_site *s, const char *method, const double **C, peft_err *err) {
+    const peft_corda_cov *e = peft_corda_covs_find(o->corda_covs, s->name);
+    if (!e)
+        return peft_fail(err, PEFT_EINVAL,
+                         "%s: %s needs the covariance of the site's inputs from a calibration pass (peft train runs it: "
+                         "--corda-calib-data, --corda-calib-batches); a saved CorDA adapter only loads with it, as in PEFT "
+                         "(train with --save-as-lora for an adapter that loads on the original model)",
+                         s->name, method);
+    if (e->in != s->in_features)
+        return peft_fail(err, PEFT_ESHAPE, "%s: CorDA covariance is [%d, %d], the site has %d inputs", s->name, e->in, e->in,
+                         s->in_features);
+    *C = e->C;
     return PEFT_OK;
 }
 
@@ -178,7 +75,8 @@ static int corda_covariance(const peft_site *s, float *C, peft_err *err) {
  * SVD of W (PiSSA) or PEFT's collect_eigens_for_layer (CorDA): C_fix = C + damp * mean(diag C)
  * * I, damp = 0.01 doubled until |C_fix C_fix^-1 - I|_F < 0.05, SVD of W C_fix = U S Vh and
  * Vt = Vh C_fix^-1. */
-static int decompose(const pissa_adapter *a, const peft_site *s, double *U, double *S, double *Vt, peft_err *err) {
+static int decompose(const pissa_adapter *a, const peft_method_opts *o, const peft_site *s, double *U, double *S, double *Vt,
+                     peft_err *err) {
     int in = a->in, out = a->out, k = in < out ? in : out, rc = PEFT_OK, info;
     size_t nw = (size_t)out * in, nn = (size_t)in * in;
     double *W = malloc(nw * sizeof(double));
@@ -189,10 +87,11 @@ static int decompose(const pissa_adapter *a, const peft_site *s, double *U, doub
         free(W);
         return info ? peft_fail(err, info < 0 ? PEFT_ENOMEM : PEFT_EINVAL, "%s: SVD failed (%d)", s->name, info) : PEFT_OK;
     }
-    float *Cs = malloc(nn * sizeof(float));
+    const double *Cs = NULL;
     double *Cf = malloc(nn * sizeof(double)), *Ci = malloc(nn * sizeof(double)), *P = malloc(nn * sizeof(double)),
            *WC = malloc(nw * sizeof(double)), *Vh = malloc((size_t)k * in * sizeof(double));
-    rc = Cs && Cf && Ci && P && WC && Vh ? corda_covariance(s, Cs, err) : peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
+    rc = Cf && Ci && P && WC && Vh ? corda_covariance(o, s, a->base.method->name, &Cs, err)
+                                   : peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
     if (rc == PEFT_OK) {
         double mean = 0, damp = 0.01;
         for (int i = 0; i < in; i++) mean += Cs[(size_t)i * in + i];
@@ -228,7 +127,7 @@ static int decompose(const pissa_adapter *a, const peft_site *s, double *U, doub
     }
     if (rc == PEFT_OK) /* Vt = Vh C_fix^-1 */
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, k, in, in, 1.0, Vh, in, Ci, in, 0.0, Vt, in);
-    free(W), free(Cs), free(Cf), free(Ci), free(P), free(WC), free(Vh);
+    free(W), free(Cf), free(Ci), free(P), free(WC), free(Vh);
     return rc;
 }
 
@@ -272,7 +171,7 @@ static int create_kind(int kind, const peft_method_opts *o, const peft_site *s, 
            *Vt = malloc((size_t)k * in * sizeof(double));
     a->A0 = malloc(((size_t)r * in + (size_t)outf * r) * sizeof(float));
     a->W_orig = malloc(nw * sizeof(float));
-    rc = U && S && Vt && a->A0 && a->W_orig ? decompose(a, s, U, S, Vt, err) : peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
+    rc = U && S && Vt && a->A0 && a->W_orig ? decompose(a, o, s, U, S, Vt, err) : peft_fail(err, PEFT_ENOMEM, "%s: out of memory", s->name);
     if (rc == PEFT_OK) {
         /* PEFT: S_r /= scaling; A = diag(sqrt(S_r)) Vt_r; B = U_r diag(sqrt(S_r)) */
         for (int j = 0; j < r; j++) {

@@ -9,7 +9,9 @@
  * As PEFT's init_lora_weights="pissa" / "corda": with s = alpha / r (or alpha / sqrt(r)),
  *   A = sqrt(S_r / s) Vt_r [r, in], B = U_r sqrt(S_r / s) [out, r], so s B A is the chosen
  *   part, and the site's weight is replaced by W_res = W - s B A while the adapter lives.
- * Training, forward and backward are LoRA's (y = x W_res^T + b + s dropout(x) A^T B^T). */
+ * Training, forward and backward are LoRA's (y = x W_res^T + b + s dropout(x) A^T B^T).
+ * CorDA needs the covariances of a calibration pass (peft_method_opts.corda_covs) when its
+ * adapters are created, loading included: PEFT's corda_init also refuses to run without them. */
 #ifndef PEFT_METHODS_PISSA_H
 #define PEFT_METHODS_PISSA_H
 
@@ -27,23 +29,25 @@ extern const peft_method peft_method_corda_ipm;
  * A2/B2 when non-NULL), or -1 when `a` is not a PiSSA/CorDA adapter. */
 int pissa_lora_equivalent(const peft_adapter *a, float *A2, float *B2);
 
-/* ---- CorDA calibration: a process-wide covariance store keyed by site name ----------------
- * Not thread-safe; fill it before creating the adapters. */
+/* CorDA's calibration result (train/corda_calib.h collects it): for each target site, the
+ * mean over calibration samples of xn^T xn, xn = x / |max(x)| the sample's input to the site
+ * (PEFT's calib_cov_distribution). A CorDA adapter is created from its site's entry
+ * (peft_method_opts.corda_covs); a site without one is refused. */
+typedef struct peft_corda_cov {
+    char name[128];  /* HF module name of the site */
+    int in;          /* the site's in_features */
+    long samples;    /* calibration samples averaged */
+    double *C;       /* [in, in] */
+} peft_corda_cov;
 
-/* One calibration batch through site s: x [N, in] (the site's input). As PEFT's hook:
- * xn = x / |max(x)|, C += xn^T xn, count += 1; the covariance used is C / count. Returns
- * PEFT_OK, or an error when x's maximum is 0 or not finite, or out of memory. */
-int corda_collect(const peft_site *s, const float *x, int N, peft_err *err);
-/* Reads a covariance file: safetensors, one F32 [in, in] tensor per site, keyed by the site's
- * module name (PEFT's covariance_file, as a safetensors dict). Replaces stored entries. */
-int corda_covariance_load(const char *path, peft_err *err);
-/* Writes the store (averaged: C / count) in the format corda_covariance_load reads. */
-int corda_covariance_save(const char *path, peft_err *err);
-/* Forgets every collected covariance. */
-void corda_covariance_clear(void);
+typedef struct peft_corda_covs {
+    int n;
+    peft_corda_cov *cov; /* [n] */
+} peft_corda_covs;
 
-/* When a CorDA adapter is created for a site with no stored covariance, the file named by the
- * environment variable PEFT_CORDA_COVARIANCE is loaded (once); without it, C = I (CorDA-IPM is
- * then PiSSA, CorDA-KPM the "minor components" init). */
+/* The entry of site `name`, or NULL. */
+const peft_corda_cov *peft_corda_covs_find(const peft_corda_covs *c, const char *name);
+/* Frees the matrices and the set itself. NULL is a no-op. */
+void peft_corda_covs_free(peft_corda_covs *c);
 
 #endif

@@ -20,6 +20,7 @@
 #include "methods/nola.h"
 #include "methods/mos.h"
 #include "methods/bitfit.h"
+#include "methods/lisa.h"
 
 const peft_method *const peft_methods[] = {
     /* before lora: they claim the LoraConfigs with init_lora_weights "pissa" / "corda" */
@@ -42,6 +43,7 @@ const peft_method *const peft_methods[] = {
     &peft_method_svft,
     &peft_method_sara,
     &peft_method_bitfit,
+    &peft_method_lisa,
     NULL,
 };
 

@@ -15,7 +15,7 @@ typedef struct peft_site {
     int layer;             /* decoder layer index, -1 for sites outside the layers */
     int in_features;       /* C_in */
     int out_features;      /* C_out */
-    float *weight;         /* [out, in], frozen (written only by merge/unmerge) */
+    float *weight;         /* [out, in], frozen (written only by merge/unmerge, and by LISA, which trains it) */
     float *bias;           /* [out] or NULL */
     /* Optional bf16 copies of the frozen weight (llama_use_bf16), packed for
      * matmul_bf16_forward and matmul_bf16_backward_input; NULL: the f32 weight is used. */

@@ -18,6 +18,7 @@ int peft_adamw_init(peft_adamw *o, peft_named_param *params, int n, double beta1
     }
     o->n = n;
     o->params = params;
+    o->capacity = total;
     o->beta1 = beta1;
     o->beta2 = beta2;
     o->eps = eps;
@@ -29,6 +30,23 @@ void peft_adamw_free(peft_adamw *o) {
     free(o->m);
     free(o->v);
     memset(o, 0, sizeof *o);
+}
+
+int peft_adamw_rebind(peft_adamw *o, peft_named_param *params, int n, peft_err *err) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += params[i].p.numel;
+    for (int k = 0; k < 2 && total > o->capacity; k++) {
+        float **slab = k ? &o->v : &o->m, *grown = realloc(*slab, total * sizeof(float));
+        if (!grown) return peft_fail(err, PEFT_ENOMEM, "cannot allocate AdamW state for %zu parameters", total);
+        *slab = grown;
+    }
+    if (total > o->capacity) o->capacity = total;
+    memset(o->m, 0, total * sizeof(float));
+    memset(o->v, 0, total * sizeof(float));
+    o->params = params;
+    o->n = n;
+    o->step = 0;
+    return PEFT_OK;
 }
 
 static size_t offset_of(const peft_adamw *o, int i) {

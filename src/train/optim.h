@@ -17,6 +17,7 @@ typedef struct peft_adamw {
     int n;                    /* parameters */
     peft_named_param *params; /* borrowed from the adapter set */
     float *m, *v;             /* first/second moments, one slab each, params back to back */
+    size_t capacity;          /* floats each slab holds (>= the params' total) */
     long step;                /* updates taken */
     double beta1, beta2, eps, weight_decay;
     double allora_eta;        /* > 0: ALLoRA's per-row learning rate (above); 0: plain AdamW (init sets 0) */
@@ -25,6 +26,9 @@ typedef struct peft_adamw {
 int peft_adamw_init(peft_adamw *o, peft_named_param *params, int n, double beta1, double beta2, double eps,
                     double weight_decay, peft_err *err);
 void peft_adamw_free(peft_adamw *o);
+/* Starts afresh on a new parameter list (a method whose trainable tensors changed, LISA):
+ * moments zero, step 0. The slabs grow only when the list needs more than they hold. */
+int peft_adamw_rebind(peft_adamw *o, peft_named_param *params, int n, peft_err *err);
 /* One update with learning rate lr (times each parameter's lr_scale). */
 void peft_adamw_step(peft_adamw *o, double lr);
 /* ALLoRA's learning-rate factor of one row [n]: 1 / sqrt(||row||^2 + 1 / eta^2) (eta > 0). */

@@ -1,6 +1,7 @@
 /* trainer.c: the fine-tuning loop. Everything a step depends on is a function of (seed,
- * step): the data order (a seeded permutation per epoch) and the dropout masks (seeded per
- * micro-batch). So a checkpoint only holds the parameters, the AdamW moments and the step,
+ * step): the data order (a seeded permutation per epoch), the dropout masks (seeded per
+ * micro-batch) and LISA's layers (seeded per period). So a checkpoint only holds the
+ * parameters, the AdamW moments, the step and (LISA) the layers trained in earlier periods,
  * and a resumed run repeats an uninterrupted one bit for bit. */
 #include "trainer.h"
 
@@ -153,11 +154,27 @@ static void run_signature(const peft_train_opts *o, const peft_adapter_set *set,
     }
 }
 
+/* Methods whose trainable tensors change (LISA): brings the set to update `step`; when its
+ * parameters changed, the optimizer starts afresh on them and `log` (if given) names the
+ * layers trained from update step + 1 on. */
+static int set_begin_step(peft_adapter_set *set, peft_adamw *opt, long step, FILE *log, peft_err *err) {
+    int rc = peft_adapter_set_begin_step(set, step, err);
+    if (rc <= 0) return rc;
+    rc = peft_adamw_rebind(opt, peft_adapter_set_params(set), peft_adapter_set_n_params(set), err);
+    if (rc == PEFT_OK && log) {
+        int layers[1024], n = peft_adapter_set_active_layers(set, layers, 1024);
+        fprintf(log, "{\"step\":%ld,\"active_layers\":[", step + 1);
+        for (int i = 0; i < n && i < 1024; i++) fprintf(log, "%s%d", i ? "," : "", layers[i]);
+        fprintf(log, "]}\n");
+    }
+    return rc;
+}
+
 static int checkpoint_save(const char *path, peft_adapter_set *set, peft_adamw *opt, long step, const char *signature,
                            peft_err *err) {
-    int n = peft_adapter_set_n_params(set);
-    peft_named_param *p = peft_adapter_set_params(set);
-    peft_st_entry *e = calloc((size_t)n * 3, sizeof *e);
+    int n = peft_adapter_set_n_params(set), ns = peft_adapter_set_n_state(set);
+    peft_named_param *p = peft_adapter_set_params(set), *st = peft_adapter_set_state(set);
+    peft_st_entry *e = calloc((size_t)n * 3 + (size_t)ns, sizeof *e);
     char(*names)[300] = calloc((size_t)n * 2, sizeof *names);
     if (!e || !names) {
         free(e);
@@ -178,11 +195,15 @@ static int checkpoint_save(const char *path, peft_adapter_set *set, peft_adamw *
             x->data = data[k];
         }
     }
+    for (int i = 0; i < ns; i++) { /* LISA: layers trained earlier, frozen now */
+        e[3 * n + i] = (peft_st_entry){.name = st[i].key, .dtype = PEFT_F32, .ndim = st[i].p.ndim, .data = st[i].p.data};
+        memcpy(e[3 * n + i].shape, st[i].p.shape, sizeof st[i].p.shape);
+    }
     char step_s[32], adam_s[32];
     snprintf(step_s, sizeof step_s, "%ld", step);
     snprintf(adam_s, sizeof adam_s, "%ld", opt->step);
     const char *meta[] = {"format", CHECKPOINT_FORMAT, "step", step_s, "adamw_step", adam_s, "run", signature};
-    int rc = peft_st_write(path, e, 3 * n, meta, 4, err);
+    int rc = peft_st_write(path, e, 3 * n + ns, meta, 4, err);
     free(e);
     free(names);
     return rc;
@@ -206,15 +227,18 @@ static int checkpoint_load(const char *path, peft_adapter_set *set, peft_adamw *
     else if (strcmp(run, signature))
         rc = peft_fail(err, PEFT_EINVAL, "%s: was written by a run with other settings (%s); this run has %s", path, run,
                        signature);
-    int n = peft_adapter_set_n_params(set);
-    peft_named_param *p = peft_adapter_set_params(set);
-    for (int i = 0; i < n && rc == PEFT_OK; i++) {
-        char key[300];
-        float *dst[3] = {p[i].p.data, peft_adamw_m(opt, i), peft_adamw_v(opt, i)};
-        for (int k = 0; k < 3 && rc == PEFT_OK; k++) {
-            snprintf(key, sizeof key, "%s%s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.", p[i].key);
+    /* LISA: the layers of the last update taken are the ones the moments belong to */
+    if (rc == PEFT_OK) rc = set_begin_step(set, opt, atol(st) > 0 ? atol(st) - 1 : 0, NULL, err);
+    int n = rc == PEFT_OK ? peft_adapter_set_n_params(set) : 0, ns = rc == PEFT_OK ? peft_adapter_set_n_state(set) : 0;
+    peft_named_param *p = peft_adapter_set_params(set), *sp = peft_adapter_set_state(set);
+    for (int i = 0; i < n + ns && rc == PEFT_OK; i++) {
+        const peft_param *pi = i < n ? &p[i].p : &sp[i - n].p;
+        float *dst[3] = {pi->data, i < n ? peft_adamw_m(opt, i) : NULL, i < n ? peft_adamw_v(opt, i) : NULL};
+        for (int k = 0; k < 3 && dst[k] && rc == PEFT_OK; k++) {
+            char key[300];
+            snprintf(key, sizeof key, "%s%s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.", i < n ? p[i].key : sp[i - n].key);
             const peft_st_tensor *t = peft_st_find(f, key);
-            if (!t || t->dtype != PEFT_F32 || t->numel != p[i].p.numel)
+            if (!t || t->dtype != PEFT_F32 || t->numel != pi->numel)
                 rc = peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" is missing or has the wrong size", path, key);
             else memcpy(dst[k], t->data, t->nbytes);
         }
@@ -386,6 +410,8 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     while (rc == PEFT_OK && step < o->steps) {
         double t0 = now_s(), loss_sum = 0;
         long tokens = 0;
+        if ((rc = set_begin_step(set, &opt, step, log, err))) break;
+        n_params = peft_adapter_set_n_params(set);
         peft_adapter_set_zero_grad(set);
         for (int micro = 0; micro < o->grad_accum && rc == PEFT_OK; micro++) {
             long k0 = (step * o->grad_accum + micro) * (long)B;

@@ -171,6 +171,17 @@ def write_batch(work, cfg, packed, seed=9):
     return ids, targets, pos
 
 
+def run_all(driver, run_case, cases):
+    """run_case(tmp, case) for every case in one temporary directory; the exit status."""
+    if not os.path.exists(driver):
+        print(f"FAIL: driver {driver} not built")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run_case(tmp, c) for c in cases]
+    print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
+    return 0 if all(results) else 1
+
+
 def run_driver(work, lr, wd, steps, recompute):
     env = dict(os.environ, PEFT_DRIVER_TRAIN=work, PEFT_DRIVER_LR=str(lr), PEFT_DRIVER_WD=str(wd),
                PEFT_DRIVER_STEPS=str(steps), PEFT_DRIVER_RECOMPUTE="1" if recompute else "0")

@@ -10,7 +10,7 @@ against numpy.
    parameters after 3 AdamW steps match a float64-initialised PyTorch reference within 1e-4:
      pissa      W_res = W - U_r S_r Vt_r (SVD of W);  y = x W_res^T + b + s (x A^T) B^T
      corda_ipm  W_res = W - U_r S_r V'_r^T, SVD of W C_fix = U S Vh, V'^T = Vh C_fix^-1 (largest r)
-     corda_kpm  the same with the smallest r components (C from PEFT_CORDA_COVARIANCE's file)
+     corda_kpm  the same with the smallest r components (C given to the driver in covariance.safetensors)
      svft       y = x W^T + b + ((x Vt^T) * dS) U^T            (W = U S Vt)
      sara       y = x (W + D)^T + b, D zero but at the k smallest |W| entries (ties: lower index)
    The "init" cases write PEFT's own PiSSA initialisation (torch's float32 SVD, A = sqrt(S_r/s)
@@ -213,17 +213,11 @@ def run_case(tmp, case):
     with open(os.path.join(work, "adapter", "adapter_config.json"), "w") as f:
         json.dump(config, f)
     write_safetensors(os.path.join(work, "adapter", "adapter_model.safetensors"), tensors, {"format": "pt"})
-    env_before = os.environ.pop("PEFT_CORDA_COVARIANCE", None)
-    if cov:
-        cov_path = os.path.join(work, "covariance.safetensors")
-        write_safetensors(cov_path, {k: v.contiguous() for k, v in cov.items()})
-        os.environ["PEFT_CORDA_COVARIANCE"] = cov_path
+    if cov:  # the calibration covariances, read by the driver
+        write_safetensors(os.path.join(work, "covariance.safetensors"), {k: v.contiguous() for k, v in cov.items()})
     ids, targets, pos = mp.write_batch(work, cfg, packed)
     lr, steps = 1e-2, 3
     out, msg = mp.run_driver(work, lr, wd, steps, recompute)
-    os.environ.pop("PEFT_CORDA_COVARIANCE", None)
-    if env_before is not None:
-        os.environ["PEFT_CORDA_COVARIANCE"] = env_before
     if out is None:
         print(f"{name}: driver failed: {msg}")
         return False

@@ -7,7 +7,8 @@
 #  3. a write that hits the file-size limit (disk full) fails with a message and leaves the
 #     earlier adapter intact;
 #  4. a learning rate that overflows the weights stops with a clear message, no adapter;
-#  5. an empty dataset and a malformed line are refused with the file named.
+#  5. an empty dataset and a malformed line are refused with the file named;
+#  6. CorDA: calibration on --corda-calib-data, --save-as-lora loads in peft eval, misuse refused.
 set -u
 BIN=${PEFT_BIN:?PEFT_BIN not set}
 SRC=${PEFT_SRC:?PEFT_SRC not set}
@@ -66,19 +67,7 @@ done
 # byte-identical (1st fsync: the new adapter_model.safetensors) or the new one must be complete
 # (3rd fsync: after adapter and config were renamed, during the checkpoint).
 if command -v cc > /dev/null; then
-    cat > "$W/kill_on_fsync.c" <<'CEOF'
-#define _GNU_SOURCE
-#include <signal.h>
-#include <stdlib.h>
-#include <unistd.h>
-int fsync(int fd) {
-    static int calls;
-    const char *at = getenv("KILL_AT_FSYNC");
-    if (at && ++calls == atoi(at)) kill(getpid(), SIGKILL);
-    return fdatasync(fd);
-}
-CEOF
-    cc -shared -fPIC -o "$W/kill_on_fsync.so" "$W/kill_on_fsync.c"
+    cc -shared -fPIC -o "$W/kill_on_fsync.so" "$SRC/tests/train/kill_on_fsync.c"
     for at in 1 3; do
         cp -r "$W/full" "$W/kw$at"
         before=$(sha256sum "$W/kw$at/adapter_model.safetensors" | cut -d' ' -f1)
@@ -129,6 +118,24 @@ fi
 { head -3 "$W/data.jsonl"; echo '{"prompt": "x", "completion": '; } > "$W/broken.jsonl"
 "$BIN" train "${ARGS[@]}" --data "$W/broken.jsonl" --out "$W/b" > "$W/b.txt" 2>&1
 [ $? -eq 1 ] && grep -q "broken.jsonl:4" "$W/b.txt" && ok "malformed line refused with file:line" || bad "malformed line: $(cat "$W/b.txt")"
+
+# CorDA: the calibration pass runs on a separate file; --save-as-lora writes a rank-2r LoRA of the
+# original model that `peft eval` loads; a raw CorDA adapter is refused (no covariances there).
+CARGS=(--model "$MODEL" --data "$W/data.jsonl" --target all-linear --rank 4 --alpha 8 --steps 2 --batch 4
+       --seq-len 32 --no-progress --method corda_kpm)
+head -20 "$W/data.jsonl" > "$W/calib.jsonl"
+"$BIN" train "${CARGS[@]}" --corda-calib-data "$W/calib.jsonl" --corda-calib-batches 2 --save-as-lora --out "$W/corda" \
+    > "$W/corda.txt" 2>&1 && grep -q "CorDA calibration: 2 batches of 4 rows x 32 tokens from $W/calib.jsonl" "$W/corda.txt" \
+    && grep -q '"r":[[:space:]]*8' "$W/corda/adapter_config.json" && grep -q '"init_lora_weights":[[:space:]]*true' "$W/corda/adapter_config.json" \
+    && "$BIN" eval --model "$MODEL" --data "$W/data.jsonl" --adapter "$W/corda" > /dev/null 2>&1 \
+    && ok "corda_kpm calibrates on --corda-calib-data, saves a rank-8 LoRA that peft eval loads" || bad "corda: $(tail -2 "$W/corda.txt")"
+"$BIN" train "${CARGS[@]}" --out "$W/corda_raw" > /dev/null 2>&1
+"$BIN" eval --model "$MODEL" --data "$W/data.jsonl" --adapter "$W/corda_raw" > "$W/cr.txt" 2>&1
+[ $? -ne 0 ] && grep -q "calibration" "$W/cr.txt" && ok "a raw CorDA adapter is refused without covariances" || bad "raw corda: $(tail -1 "$W/cr.txt")"
+"$BIN" train "${ARGS[@]}" --out "$W/lc" --corda-calib-batches 2 > "$W/lc.txt" 2>&1
+[ $? -eq 2 ] && grep -q "corda_ipm or corda_kpm" "$W/lc.txt" && ok "--corda-calib-batches refused for lora" || bad "calib option on lora: $(tail -1 "$W/lc.txt")"
+"$BIN" train "${ARGS[@]}" --out "$W/ls" --save-as-lora > "$W/ls.txt" 2>&1
+[ $? -eq 1 ] && grep -q "PiSSA and CorDA" "$W/ls.txt" && ok "--save-as-lora refused for lora" || bad "save-as-lora on lora: $(tail -1 "$W/ls.txt")"
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

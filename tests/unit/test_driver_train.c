@@ -7,14 +7,19 @@
  *   "grad.<PEFT key>"     every LoRA gradient of that loss,
  *   "final.<PEFT key>"    the parameters after PEFT_DRIVER_STEPS AdamW updates on the batch
  *   "losses" [steps]      the loss before each update.
+ * With DIR/covariance.safetensors (one F32 [in, in] tensor per module name), CorDA adapters are
+ * created from those calibration covariances.
  * Options: PEFT_DRIVER_LR, PEFT_DRIVER_WD, PEFT_DRIVER_STEPS, PEFT_DRIVER_RECOMPUTE. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "driver.h"
+#include "fileio.h"
 #include "io/safetensors.h"
 #include "methods/adapter_set.h"
+#include "methods/pissa.h"
 #include "train/optim.h"
 
 static double env_num(const char *name, double dflt) {
@@ -22,22 +27,52 @@ static double env_num(const char *name, double dflt) {
     return v ? atof(v) : dflt;
 }
 
+/* DIR/covariance.safetensors as CorDA covariances; *out = NULL when there is no such file. */
+static int read_covs(const char *dir, peft_corda_covs **out, peft_err *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/covariance.safetensors", dir);
+    *out = NULL;
+    if (!peft_file_exists(path)) return PEFT_OK;
+    peft_st_file *f;
+    int rc = peft_st_open(path, &f, err);
+    if (rc) return rc;
+    peft_corda_covs *c = calloc(1, sizeof *c);
+    c->cov = calloc((size_t)f->n_tensors, sizeof *c->cov);
+    for (int i = 0; i < f->n_tensors && rc == PEFT_OK; i++) {
+        const peft_st_tensor *t = &f->tensors[i];
+        if (t->dtype != PEFT_F32 || t->ndim != 2 || t->shape[0] != t->shape[1]) {
+            rc = peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" must be F32 [in, in]", path, t->name);
+            break;
+        }
+        peft_corda_cov *e = &c->cov[c->n++];
+        snprintf(e->name, sizeof e->name, "%s", t->name);
+        e->in = (int)t->shape[0];
+        e->samples = 1;
+        e->C = malloc(t->numel * sizeof(double));
+        for (size_t j = 0; j < t->numel; j++) e->C[j] = ((const float *)t->data)[j];
+    }
+    peft_st_close(f);
+    if (rc) peft_corda_covs_free(c);
+    else *out = c;
+    return rc;
+}
+
 static int run(const char *dir, peft_err *err) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/model", dir);
     peft_llama *m;
-    int rc = llama_load(path, &m, err);
-    if (rc) return rc;
     peft_st_file *batch;
-    snprintf(path, sizeof path, "%s/batch.safetensors", dir);
-    if ((rc = peft_st_open(path, &batch, err))) return rc;
+    int rc = driver_open(dir, &m, &batch, err);
+    if (rc) return rc;
     const peft_st_tensor *ids = peft_st_find(batch, "ids"), *tgt = peft_st_find(batch, "targets"), *pos = peft_st_find(batch, "pos");
-    if (!ids || !tgt || ids->dtype != PEFT_I32 || ids->ndim != 2)
-        return peft_fail(err, PEFT_EFORMAT, "%s: needs I32 ids and targets [B, T]", path);
+    if (!tgt) return peft_fail(err, PEFT_EFORMAT, "%s/batch.safetensors: needs I32 targets [B, T]", dir);
     int B = (int)ids->shape[0], T = (int)ids->shape[1], steps = (int)env_num("PEFT_DRIVER_STEPS", 3);
     peft_adapter_set *set;
     snprintf(path, sizeof path, "%s/adapter", dir);
-    if ((rc = peft_adapter_set_load(path, m, B * T, &set, err))) return rc;
+    peft_corda_covs *covs;
+    if ((rc = read_covs(dir, &covs, err))) return rc;
+    rc = peft_adapter_set_load_covs(path, m, B * T, covs, &set, err);
+    peft_corda_covs_free(covs);
+    if (rc) return rc;
     llama_acts a;
     if ((rc = llama_acts_alloc(m, B, T, env_num("PEFT_DRIVER_RECOMPUTE", 0) == 0, 1, &a, err))) return rc;
     int np = peft_adapter_set_n_params(set);

@@ -19,6 +19,7 @@
 #include "check.h"
 #include "fileio.h"
 #include "methods/adapter_set.h"
+#include "methods/pissa.h"
 #include "models/llama.h"
 #include "rng.h"
 
@@ -240,7 +241,7 @@ static float *all_outputs(peft_llama *m, size_t *n_out) {
     return ys;
 }
 
-static void check_method(const peft_method *meth, peft_llama *m, const char *dir) {
+static void check_method(const peft_method *meth, peft_llama *m, const char *dir, const peft_corda_covs *covs) {
     printf("%s (peft_type %s)\n", meth->name, meth->peft_type);
     for (int pass = 0; pass < 2; pass++) {
         double dropout = pass ? 0.3 : 0.0;
@@ -254,6 +255,7 @@ static void check_method(const peft_method *meth, peft_llama *m, const char *dir
         cfg.opts.seed = 3;
         cfg.opts.init_scale = 0.1;
         strcpy(cfg.opts.feedforward_modules, "down_proj");
+        cfg.opts.corda_covs = covs;
         peft_err err = {0};
         peft_adapter_set *set;
         int rc = peft_adapter_set_create(m, &cfg, N_ROWS, &set, &err);
@@ -276,7 +278,7 @@ static void check_method(const peft_method *meth, peft_llama *m, const char *dir
         if (pass == 0 && meth->merge) {
             for (int k = 0; k < 4; k++) check_merge(llama_find_site(m, names[k]), &r);
         }
-        if (pass == 0) { /* save -> load round trip */
+        if (pass == 0 && !meth->trains_base) { /* save -> load round trip (LISA writes the model: test_lisa.c) */
             peft_adapter_set_mode(set, 0, 0);
             size_t n1, n2;
             float *ys = all_outputs(m, &n1);
@@ -287,7 +289,7 @@ static void check_method(const peft_method *meth, peft_llama *m, const char *dir
             CHECK_MSG(peft_adapter_set_save(set, dir, &err) == 0, "%s", err.msg);
             peft_adapter_set_free(set);
             set = NULL;
-            rc = peft_adapter_set_load(dir, m, N_ROWS, &set, &err);
+            rc = peft_adapter_set_load_covs(dir, m, N_ROWS, covs, &set, &err);
             CHECK_MSG(rc == 0, "%s: load: %s", meth->name, err.msg);
             if (rc == 0) {
                 CHECK(peft_adapter_set_n_params(set) == np && peft_adapter_set_numel(set) == numel);
@@ -308,6 +310,29 @@ static void check_method(const peft_method *meth, peft_llama *m, const char *dir
         }
         peft_adapter_set_free(set);
     }
+}
+
+/* CorDA's calibration covariances for every site: X^T X / n of a random correlated X [2 in, in]. */
+static peft_corda_covs *random_covs(peft_llama *m, peft_rng *r) {
+    int ns = llama_n_sites(m);
+    peft_corda_covs *c = calloc(1, sizeof *c);
+    c->cov = calloc((size_t)ns, sizeof *c->cov);
+    for (int i = 0; i < ns; i++) {
+        const peft_site *s = llama_site(m, i);
+        int in = s->in_features, n = 2 * in;
+        peft_corda_cov *e = &c->cov[c->n++];
+        snprintf(e->name, sizeof e->name, "%s", s->name);
+        e->in = in;
+        e->samples = 1;
+        e->C = calloc((size_t)in * in, sizeof(double));
+        float *X = malloc(sizeof(float) * n * in);
+        fill(X, (size_t)n * in, 1.0f, r);
+        for (int k = 0; k < n; k++)
+            for (int a = 0; a < in; a++)
+                for (int b = 0; b < in; b++) e->C[(size_t)a * in + b] += (double)X[(size_t)k * in + a] * X[(size_t)k * in + b] / n;
+        free(X);
+    }
+    return c;
 }
 
 int main(void) {
@@ -333,11 +358,19 @@ int main(void) {
         s->weight = bufs[i];
         s->bias = bufs[i] + nw;
     }
+    /* norm weights too, for methods that train them with a layer's sites (LISA) */
+    float *norms = malloc(sizeof(float) * llama_n_norm_sites(m) * m->cfg.hidden_size);
+    fill(norms, (size_t)llama_n_norm_sites(m) * m->cfg.hidden_size, 1.0f, &r);
+    for (int i = 0; i < llama_n_norm_sites(m); i++) llama_norm_site(m, i)->weight = norms + (size_t)i * m->cfg.hidden_size;
+    peft_corda_covs *covs = random_covs(m, &r);
     for (int i = 0; peft_methods[i]; i++)
         if (!peft_methods[i]->attach_model) /* model-level methods have tests of their own (test_prompt_tuning.c) */
-            check_method(peft_methods[i], m, adir);
+            check_method(peft_methods[i], m, adir, covs);
+    peft_corda_covs_free(covs);
     for (int i = 0; i < ns; i++) llama_site(m, i)->weight = NULL, llama_site(m, i)->bias = NULL, free(bufs[i]);
     free(bufs);
+    for (int i = 0; i < llama_n_norm_sites(m); i++) llama_norm_site(m, i)->weight = NULL;
+    free(norms);
     llama_free(m);
     snprintf(path, sizeof path, "rm -rf %s", dir);
     CHECK(system(path) == 0);
