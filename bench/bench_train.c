@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "kernels/kernels.h"
 #include "methods/adapter_set.h"
 #include "models/llama.h"
 #include "train/optim.h"
@@ -66,6 +67,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    peft_runtime_reexec(argv); // what the peft CLI does: the same OpenMP and OpenBLAS settings
     const char *model = NULL, *impl = "peft.c";
     int B = 4, T = 256, steps = 5, warmup = 1, rank = 16, recompute = 0, bf16 = 0;
     double alpha = 32, lr = 1e-4, peak = 0, peak32 = 0;

@@ -12,6 +12,9 @@
  * single-threaded sgemm on the same block (OpenBLAS's kernels do not depend on the M/N split in
  * practice, but this is not a documented guarantee, hence opt-in). */
 #include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -19,6 +22,34 @@
 #include "kernels.h"
 
 static int single_pool_ = 0;
+
+/* OpenBLAS's runtime CPU detection falls back to its SSE3 "Prescott" kernels on CPUs newer than
+ * its tables (Debian 12's 0.3.21 on Intel family 6 model 207, Emerald Rapids): sgemm then runs at
+ * a quarter of the AVX-512 kernels' speed (63 vs 272 GFLOP/s on 2 cores, bench/README.md). */
+static int blas_core_is_fallback(void) {
+    static const char *fallbacks[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge"};
+    const char *core = openblas_get_corename();
+    for (size_t i = 0; core && i < sizeof fallbacks / sizeof fallbacks[0]; i++)
+        if (!strcmp(core, fallbacks[i])) return 1;
+    return 0;
+}
+
+static int cpu_has_avx512(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+void peft_runtime_reexec(char **argv) {
+    int changed = 0;
+    if (!getenv("OMP_WAIT_POLICY")) changed |= !setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    if (!getenv("OPENBLAS_CORETYPE") && cpu_has_avx512() && blas_core_is_fallback())
+        changed |= !setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    if (changed) execv("/proc/self/exe", argv);  // returns only on failure: run on as we are
+}
 
 int peft_threads_init(int nthreads) {
 #ifdef _OPENMP
