@@ -74,8 +74,11 @@ void peft_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, cons
 #ifdef _OPENMP
     if (single_pool_ && !omp_in_parallel()) nthr = omp_get_max_threads();
 #endif
-    // split only when each thread gets a reasonable block (>= 32 rows or columns and >= 1 MFLOP)
-    const int split_m = M >= 32 * nthr, split_n = !split_m && N >= 32 * nthr;
+    // Split the longer side of C: every thread packs all of the other operand (OpenBLAS packs
+    // both per call), so splitting rows of a wide C (the 128 x 49152 loss-head chunk) would pack
+    // the whole weight once per thread. Only when each thread gets a reasonable block (>= 32
+    // rows or columns and >= 1 MFLOP).
+    const int split_m = M >= N && M >= 32 * nthr, split_n = !split_m && N >= 32 * nthr;
     if (nthr <= 1 || (!split_m && !split_n) || (double)M * N * K < 1e6 * nthr) {
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
         return;

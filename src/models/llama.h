@@ -80,7 +80,7 @@ peft_site *llama_site(peft_llama *m, int i);
 int llama_n_norm_sites(const peft_llama *m);
 peft_norm_site *llama_norm_site(peft_llama *m, int i);
 
-#define LLAMA_HEAD_CHUNK 128
+#define LLAMA_HEAD_CHUNK 256
 
 /* Activations of one forward/backward over B x T tokens (N = B*T). With save_all, every
  * layer keeps its intermediates for backward; otherwise (inference, or recompute during

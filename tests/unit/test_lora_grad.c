@@ -189,8 +189,8 @@ static void model_level(int recompute) {
 }
 
 /* The chunked loss head (LLAMA_HEAD_CHUNK rows of counted targets at a time) against the full
- * logits of a forward without targets and crossentropy_forward over all rows, on 3 x 60 rows
- * (several chunks, one chunk partly filled) with a third of the targets masked. */
+ * logits of a forward without targets and crossentropy_forward over all rows, on 8 x 60 rows
+ * (two chunks, the second partly filled) with a third of the targets masked. */
 static void chunked_head(void) {
     char dir[] = "/tmp/peft_head_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
@@ -198,7 +198,7 @@ static void chunked_head(void) {
     peft_err err = {0};
     peft_llama *m;
     CHECK_MSG(llama_load(dir, &m, &err) == 0, "%s", err.msg);
-    enum { B = 5, T = 60, N = B * T };
+    enum { B = 8, T = 60, N = B * T };
     peft_rng r;
     peft_rng_seed(&r, 5, 1);
     int32_t ids[N], tgt[N];
