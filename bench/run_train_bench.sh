@@ -69,7 +69,7 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "== build"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null; fi
-cmake --build "$BUILD" --target bench_train -j "$(nproc)" >/dev/null
+cmake --build "$BUILD" --target bench_train bench_peak -j "$(nproc)" >/dev/null
 
 # peft.c re-executes itself with OMP_WAIT_POLICY=PASSIVE and, where OpenBLAS fell back to SSE3
 # kernels on an AVX-512 CPU, OPENBLAS_CORETYPE=SkylakeX (peft_runtime_reexec). The PyTorch peers
@@ -90,7 +90,9 @@ if [ -z "$PEAK" ] || [ -z "$PEAK32" ]; then
   [ -n "$PEAK" ] || PEAK="$(echo "$PEAKJ" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["bf16_gflops"])')"
   [ -n "$PEAK32" ] || PEAK32="$(echo "$PEAKJ" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["f32_gflops"])')"
 fi
-echo "peak bf16 ${PEAK} GFLOP/s, peak f32 ${PEAK32} GFLOP/s"
+echo "peak bf16 ${PEAK} GFLOP/s, peak f32 ${PEAK32} GFLOP/s (matmuls through torch: oneDNN bf16, OpenBLAS f32)"
+echo "== instruction peak (bench_peak: FMA / vdpbf16ps chains, no memory traffic)"
+"$BUILD/bench_peak"
 
 COMMON=(--model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup-steps "$WARMUP"
         --peak-gflops "$PEAK" --peak-f32-gflops "$PEAK32")
