@@ -12,12 +12,14 @@
  * getrusage(RUSAGE_SELF).ru_maxrss (includes the mmapped f32 checkpoint pages touched).
  * mfu = model_flops_per_step / step_s / peak (peak from --peak-gflops, else null); the
  * FLOP count is documented in bench/README.md and is the same formula as bench/torch_peer.py. */
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
+#include "kernels/kernels.h"
 #include "methods/adapter_set.h"
 #include "models/llama.h"
 #include "train/optim.h"
@@ -62,18 +64,25 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench_train --model DIR [--batch 4] [--seq 256] [--steps 5] [--warmup-steps 1] [--rank 16]\n"
             "                   [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--bf16] [--peak-gflops G]\n"
-            "                   [--peak-f32-gflops G] [--impl NAME]\n");
+            "                   [--peak-f32-gflops G] [--impl NAME] [--blas-pool (OpenBLAS threads its own sgemms)]\n");
 }
 
 int main(int argc, char **argv) {
+    peft_runtime_reexec(argv); // what the peft CLI does: the same OpenMP and OpenBLAS settings
     const char *model = NULL, *impl = "peft.c";
-    int B = 4, T = 256, steps = 5, warmup = 1, rank = 16, recompute = 0, bf16 = 0;
+    int B = 4, T = 256, steps = 5, warmup = 1, rank = 16, recompute = 0, bf16 = 0, blas_pool = 0;
     double alpha = 32, lr = 1e-4, peak = 0, peak32 = 0;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--recompute")) { recompute = 1; continue; }
         if (!strcmp(a, "--bf16")) { bf16 = 1; continue; }
+        if (!strcmp(a, "--blas-pool")) { blas_pool = 1; continue; }
+        if (!strcmp(a, "--runtime")) { /* the settings peft_runtime_reexec left this process with */
+            printf("OPENBLAS_CORETYPE=%s OMP_WAIT_POLICY=%s\n", openblas_get_corename(),
+                   getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "");
+            return 0;
+        }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
         if (!v) { usage(); return 2; }
         if (!strcmp(a, "--model")) model = v;
@@ -92,6 +101,7 @@ int main(int argc, char **argv) {
         i++;
     }
     if (!model || B < 1 || T < 1 || steps < 1 || warmup < 0 || rank < 1) { usage(); return 2; }
+    if (!blas_pool) peft_threads_init(0); /* as the peft CLI: one OpenMP pool, OpenBLAS single-threaded */
 
     peft_err err = {0};
     double t_load = now_s();
@@ -158,10 +168,11 @@ int main(int argc, char **argv) {
            "\"mfu_vs_f32_peak\":%s,\"step_min_s\":%.4f,\"fwd_s\":%.4f,\"bwd_s\":%.4f,\"opt_s\":%.5f,"
            "\"model_gflops_per_step\":%.2f,\"achieved_gflops\":%.2f,\"batch\":%d,\"seq\":%d,\"steps\":%d,"
            "\"warmup_steps\":%d,\"rank\":%d,\"recompute\":%s,\"lora_params\":%zu,\"first_loss\":%.5f,"
-           "\"last_loss\":%.5f,\"load_s\":%.3f}\n",
+           "\"last_loss\":%.5f,\"load_s\":%.3f,\"openblas_core\":\"%s\",\"omp_wait_policy\":\"%s\"}\n",
            impl, (double)N / step_s, peak_rss_mb(), step_s, mfu, mfu32, t_min, t_fwd / steps, t_bwd / steps,
            t_opt / steps, flops / 1e9, flops / step_s / 1e9, B, T, steps, warmup, rank, recompute ? "true" : "false",
-           peft_adapter_set_numel(set), first_loss, loss, t_load);
+           peft_adapter_set_numel(set), first_loss, loss, t_load, openblas_get_corename(),
+           getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "");
     free(ids), free(tgt);
     peft_adamw_free(&opt);
     llama_acts_free(&acts);

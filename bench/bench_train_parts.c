@@ -49,6 +49,7 @@ static const char *gname[NG] = {"linear_fwd", "linear_bwd_dx", "lora_fwd", "lora
                                 "elementwise"};
 
 int main(int argc, char **argv) {
+    peft_runtime_reexec(argv); // what the peft CLI does: the same OpenMP and OpenBLAS settings
     const char *cfgpath = NULL;
     int B = 4, T = 256, r = 16, reps = 2, use_bf16 = 0, mm = 0, mm_only = 0, single_pool = 0;
     for (int i = 1; i + 1 < argc; i += 2) {

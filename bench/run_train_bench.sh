@@ -4,13 +4,12 @@
 #   bash bench/run_train_bench.sh [--full] [--steps N] [--warmup W] [--batch B] [--seq T]
 #                                 [--recompute] [--peak-gflops G --peak-f32-gflops G]
 #                                 [--cache DIR] [--build DIR] [--out FILE.jsonl] [--skip-torch-f32]
-#                                 [--omp-passive]
 #
 #   default  shape "small" (hidden 256, 8 layers, vocab 8192), 5 timed steps after 1 warmup
 #   --full   shape "smollm2-135m" (SmolLM2-135M), 3 timed steps after 1 warmup
 #   --recompute  also runs peft.c with gradient checkpointing (an extra row)
-#   --omp-passive  exports OMP_WAIT_POLICY=PASSIVE for every process (see README: on a busy
-#                  2-core machine spinning OpenMP workers fight the OpenBLAS/oneDNN threads)
+#   OMP_WAIT_POLICY=PASSIVE (and OPENBLAS_CORETYPE where peft.c sets it) for every process,
+#   unless the caller set them (see "runtime settings" below)
 #
 # Every implementation runs as its own process (so peak RSS is per process):
 #   peft.c      build/bench_train
@@ -51,7 +50,6 @@ while [ $# -gt 0 ]; do
     --build) BUILD="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --skip-torch-f32) SKIP_F32=1 ;;
-    --omp-passive) export OMP_WAIT_POLICY=PASSIVE ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -71,7 +69,15 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "== build"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null; fi
-cmake --build "$BUILD" --target bench_train -j "$(nproc)" >/dev/null
+cmake --build "$BUILD" --target bench_train bench_peak -j "$(nproc)" >/dev/null
+
+# peft.c re-executes itself with OMP_WAIT_POLICY=PASSIVE and, where OpenBLAS fell back to SSE3
+# kernels on an AVX-512 CPU, OPENBLAS_CORETYPE=SkylakeX (peft_runtime_reexec). The PyTorch peers
+# and the matmul peak get the same settings, so both sides run the same BLAS kernels and wait
+# policy (a user's own settings are kept).
+echo "== runtime settings"
+eval "export $("$BUILD/bench_train" --runtime)"
+echo "OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE OMP_WAIT_POLICY=$OMP_WAIT_POLICY for every process"
 
 echo "== model ($SHAPE)"
 MODEL="$("$PY" "$ROOT/bench/make_bench_model.py" --shape "$SHAPE" --out "$CACHE")"
@@ -84,7 +90,9 @@ if [ -z "$PEAK" ] || [ -z "$PEAK32" ]; then
   [ -n "$PEAK" ] || PEAK="$(echo "$PEAKJ" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["bf16_gflops"])')"
   [ -n "$PEAK32" ] || PEAK32="$(echo "$PEAKJ" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["f32_gflops"])')"
 fi
-echo "peak bf16 ${PEAK} GFLOP/s, peak f32 ${PEAK32} GFLOP/s"
+echo "peak bf16 ${PEAK} GFLOP/s, peak f32 ${PEAK32} GFLOP/s (matmuls through torch: oneDNN bf16, OpenBLAS f32)"
+echo "== instruction peak (bench_peak: FMA / vdpbf16ps chains, no memory traffic)"
+"$BUILD/bench_peak"
 
 COMMON=(--model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup-steps "$WARMUP"
         --peak-gflops "$PEAK" --peak-f32-gflops "$PEAK32")

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "kernels/kernels.h"
 #include "peft.h"
 
 static const struct {
@@ -32,6 +33,8 @@ static void usage(FILE *fp) {
 }
 
 int main(int argc, char **argv) {
+    peft_runtime_reexec(argv);
+    peft_threads_init(0); /* one OpenMP pool; OpenBLAS single-threaded (bench/README.md: faster on 2 cores) */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

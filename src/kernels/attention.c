@@ -41,6 +41,7 @@
 #endif
 
 #include "kernels.h"
+#include "vexp.h"
 
 #define ATTN_MAX_HD 256
 #define ATTN_BK 64 /* keys per block (fixed: the score kernel holds 64 columns in 4 zmm) */
@@ -74,25 +75,6 @@ static void transpose_block_(float *Kt, const float *kb, size_t ks, int nk, int 
 }
 
 #ifdef __AVX512F__
-/* exp(x) for 16 lanes, Cephes expf polynomial; 0 for x < -104 (and -inf), inf above 88.7. */
-AINL __m512 exp512_(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.72283905f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* Micro-kernels with named accumulators (gcc keeps arrays of __m512 indexed in loops in memory). */
 #define ATT_Z4(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
 #define ATT_FMA4(r, s)                                     \
@@ -225,7 +207,7 @@ AINL float exp_row_(float *p, const float *s, float scale, float off, int jlo, i
         a = a < 0 ? 0 : a;
         b = b > 16 ? 16 : b;
         __mmask16 m = a < b ? (__mmask16)((((1u << b) - 1)) & ~((1u << a) - 1)) : 0;
-        __m512 e = _mm512_maskz_mov_ps(m, exp512_(_mm512_fmsub_ps(_mm512_load_ps(s + x), vs, vo)));
+        __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_load_ps(s + x), vs, vo)));
         _mm512_store_ps(p + x, e);
         acc = _mm512_add_ps(acc, e);
     }

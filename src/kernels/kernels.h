@@ -80,6 +80,9 @@ int crossentropy_forward(float *losses, const float *logits, const int32_t *targ
  * dlogits may alias logits (in-place, saves an N x V buffer); then the row is overwritten
  * instead of accumulated. */
 void crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets, float scale, int N, int V);
+/* Both in one sweep, in place: losses[n] as crossentropy_forward, then logits[N,V] overwritten
+ * with scale * (softmax - onehot(target)) (zeros on ignored rows). Returns the counted rows. */
+int crossentropy_fused(float *losses, float *logits, const int32_t *targets, float scale, int N, int V);
 
 /* ---- elementwise.c ----------------------------------------------------------- */
 /* y[n] += x[n] (residual connections). */
@@ -122,6 +125,14 @@ void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *
  * workers and OpenBLAS threads no longer compete for the cores. Returns the team size. */
 int peft_threads_init(int nthreads);
 int peft_threads_single_pool(void); /* 1 after peft_threads_init */
+/* For a program's main() only, before any other work: both libgomp and OpenBLAS read their
+ * settings from the environment once, when they are loaded, so a process can only change them
+ * by executing itself again. When unset, sets OMP_WAIT_POLICY=PASSIVE (spinning OpenMP workers
+ * fight OpenBLAS's threads and other processes for the cores: up to 60 % of all cycles on a
+ * busy 2-core machine) and, on an AVX-512 CPU for which OpenBLAS fell back to pre-AVX2 kernels,
+ * OPENBLAS_CORETYPE=SkylakeX; then re-executes /proc/self/exe with argv. Returns when nothing
+ * needed setting (a user's own settings are never overridden) or when exec failed. */
+void peft_runtime_reexec(char **argv);
 /* Row-major c[M,N] = alpha * op(a) @ op(b) + beta * c (cblas_sgemm arguments). Plain cblas_sgemm
  * unless peft_threads_init was called; then split over the OpenMP team by rows (or columns) of c.
  * Must not be called inside an OpenMP parallel region (it then runs single-threaded). */

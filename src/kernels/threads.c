@@ -12,6 +12,9 @@
  * single-threaded sgemm on the same block (OpenBLAS's kernels do not depend on the M/N split in
  * practice, but this is not a documented guarantee, hence opt-in). */
 #include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -19,6 +22,34 @@
 #include "kernels.h"
 
 static int single_pool_ = 0;
+
+/* OpenBLAS's runtime CPU detection falls back to its SSE3 "Prescott" kernels on CPUs newer than
+ * its tables (Debian 12's 0.3.21 on Intel family 6 model 207, Emerald Rapids): sgemm then runs at
+ * a quarter of the AVX-512 kernels' speed (63 vs 272 GFLOP/s on 2 cores, bench/README.md). */
+static int blas_core_is_fallback(void) {
+    static const char *fallbacks[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge"};
+    const char *core = openblas_get_corename();
+    for (size_t i = 0; core && i < sizeof fallbacks / sizeof fallbacks[0]; i++)
+        if (!strcmp(core, fallbacks[i])) return 1;
+    return 0;
+}
+
+static int cpu_has_avx512(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+void peft_runtime_reexec(char **argv) {
+    int changed = 0;
+    if (!getenv("OMP_WAIT_POLICY")) changed |= !setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    if (!getenv("OPENBLAS_CORETYPE") && cpu_has_avx512() && blas_core_is_fallback())
+        changed |= !setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    if (changed) execv("/proc/self/exe", argv);  // returns only on failure: run on as we are
+}
 
 int peft_threads_init(int nthreads) {
 #ifdef _OPENMP
@@ -43,8 +74,11 @@ void peft_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, cons
 #ifdef _OPENMP
     if (single_pool_ && !omp_in_parallel()) nthr = omp_get_max_threads();
 #endif
-    // split only when each thread gets a reasonable block (>= 32 rows or columns and >= 1 MFLOP)
-    const int split_m = M >= 32 * nthr, split_n = !split_m && N >= 32 * nthr;
+    // Split the longer side of C: every thread packs all of the other operand (OpenBLAS packs
+    // both per call), so splitting rows of a wide C (the 128 x 49152 loss-head chunk) would pack
+    // the whole weight once per thread. Only when each thread gets a reasonable block (>= 32
+    // rows or columns and >= 1 MFLOP).
+    const int split_m = M >= N && M >= 32 * nthr, split_n = !split_m && N >= 32 * nthr;
     if (nthr <= 1 || (!split_m && !split_n) || (double)M * N * K < 1e6 * nthr) {
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
         return;

@@ -232,6 +232,13 @@ static void lm_head_forward(const peft_llama *m, float *logits, const float *x, 
     else matmul_forward(logits, x, m->lm_head, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
 }
 
+/* dx[N,C] += dlogits[N,V] lm_head, in bf16 when packed. */
+static void lm_head_backward_input(const peft_llama *m, float *dx, const float *dlogits, int N) {
+    int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    if (m->lm_head_t_bf16) matmul_bf16_backward_input(dx, dlogits, m->lm_head_t_bf16, N, C, V);
+    else matmul_backward(dx, NULL, NULL, dlogits, NULL, m->lm_head, N, C, V);
+}
+
 void llama_free(peft_llama *m) {
     if (!m) return;
     free(m->bf16_slab);
@@ -262,11 +269,11 @@ peft_site *llama_find_site(peft_llama *m, const char *name) {
 
 /* ---- activations ------------------------------------------------------------- */
 
-/* Floats per token of one layer's saved activations. */
+/* Floats per token of one layer's saved activations, without the recomputable xn1, xn2, act. */
 static size_t layer_floats(const peft_llama_config *c) {
     size_t C = c->hidden_size, F = c->intermediate_size, QD = (size_t)c->n_heads * c->head_dim,
            KD = (size_t)c->n_kv_heads * c->head_dim;
-    return 3 * C + 2 + 2 * QD + 2 * KD + c->n_heads + 3 * F;
+    return C + 2 + 2 * QD + 2 * KD + c->n_heads + 2 * F;
 }
 
 int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int training, llama_acts *a, peft_err *err) {
@@ -274,9 +281,10 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
     const peft_llama_config *c = &m->cfg;
     size_t N = (size_t)B * T, C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->n_layers,
            QD = (size_t)c->n_heads * c->head_dim, KD = (size_t)c->n_kv_heads * c->head_dim;
-    size_t n_layer_sets = save_all ? L : 1;
-    size_t total = (L + 1) * N * C + n_layer_sets * N * layer_floats(c) + N * C + N + N * V + N;
-    if (training) total += 2 * N * C + N * (2 * QD + 2 * KD) + 3 * N * F;
+    size_t n_layer_sets = save_all ? L : 1, R = N < LLAMA_HEAD_CHUNK ? N : LLAMA_HEAD_CHUNK;
+    size_t total = (L + 1) * N * C + n_layer_sets * N * layer_floats(c) + N * (2 * C + F) + N * C + N + N +
+                   R * (2 * C + V);
+    if (training) total += 3 * N * C + N * (2 * QD + 2 * KD) + 3 * N * F;
     a->B = B;
     a->T = T;
     a->save_all = save_all;
@@ -291,9 +299,15 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
     float *p = a->slab;
 #define TAKE(ptr, count) (ptr = p, p += (count))
     TAKE(a->residual, (L + 1) * N * C);
+    float *xn1, *xn2, *act; /* shared by all layers (llama_layer_acts) */
+    TAKE(xn1, N * C);
+    TAKE(xn2, N * C);
+    TAKE(act, N * F);
     for (size_t l = 0; l < n_layer_sets; l++) {
         llama_layer_acts *la = &a->layer[l];
-        TAKE(la->xn1, N * C);
+        la->xn1 = xn1;
+        la->xn2 = xn2;
+        la->act = act;
         TAKE(la->rstd1, N);
         TAKE(la->q, N * QD);
         TAKE(la->k, N * KD);
@@ -301,18 +315,19 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
         TAKE(la->att, N * QD);
         TAKE(la->lse, N * c->n_heads);
         TAKE(la->x_mid, N * C);
-        TAKE(la->xn2, N * C);
         TAKE(la->rstd2, N);
         TAKE(la->gate, N * F);
         TAKE(la->up, N * F);
-        TAKE(la->act, N * F);
     }
     for (size_t l = n_layer_sets; l < L; l++) a->layer[l] = a->layer[0];
     TAKE(a->xnf, N * C);
     TAKE(a->rstdf, N);
-    TAKE(a->logits, N * V);
     TAKE(a->losses, N);
+    TAKE(a->head_x, R * C);
+    TAKE(a->head_dx, R * C);
+    TAKE(a->head_logits, R * V);
     if (training) {
+        TAKE(a->dxnf, N * C);
         TAKE(a->dres, N * C);
         TAKE(a->dxn, N * C);
         TAKE(a->dq, N * QD);
@@ -329,6 +344,7 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
 
 void llama_acts_free(llama_acts *a) {
     free(a->slab);
+    free(a->logits);
     free(a->pos);
     free(a->layer);
     memset(a, 0, sizeof *a);
@@ -398,6 +414,41 @@ static int check_context(const peft_llama *m, int T, peft_err *err) {
     return PEFT_OK;
 }
 
+/* The loss head over the counted rows only (targets >= 0), LLAMA_HEAD_CHUNK at a time: their
+ * xnf rows gathered into head_x, logits [R, V], cross-entropy; when dxnf is non-NULL also the
+ * gradient of (sum of the losses) / total, scattered into dxnf[N, C] (zero on ignored rows).
+ * Rows left out of the loss (prompts) cost nothing. Fills losses[N]; returns the counted rows. */
+static int head_loss(const peft_llama *m, llama_acts *a, const int32_t *targets, int total, float *dxnf) {
+    const int N = a->B * a->T, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    int rows[LLAMA_HEAD_CHUNK], tgt[LLAMA_HEAD_CHUNK], counted = 0;
+    float loss[LLAMA_HEAD_CHUNK];
+    if (dxnf) memset(dxnf, 0, (size_t)N * C * sizeof(float));
+    for (int n = 0; n < N;) {
+        int R = 0;
+        for (; n < N && R < LLAMA_HEAD_CHUNK; n++) {
+            a->losses[n] = 0.0f;
+            if (targets[n] < 0) continue;
+            rows[R] = n;
+            tgt[R] = targets[n];
+            memcpy(a->head_x + (size_t)R * C, a->xnf + (size_t)n * C, (size_t)C * sizeof(float));
+            R++;
+        }
+        if (!R) continue;
+        lm_head_forward(m, a->head_logits, a->head_x, R);
+        if (dxnf) {
+            counted += crossentropy_fused(loss, a->head_logits, tgt, 1.0f / (float)total, R, V);
+            memset(a->head_dx, 0, (size_t)R * C * sizeof(float));
+            lm_head_backward_input(m, a->head_dx, a->head_logits, R);
+            for (int r = 0; r < R; r++)
+                memcpy(dxnf + (size_t)rows[r] * C, a->head_dx + (size_t)r * C, (size_t)C * sizeof(float));
+        } else {
+            counted += crossentropy_forward(loss, a->head_logits, tgt, R, V);
+        }
+        for (int r = 0; r < R; r++) a->losses[rows[r]] = loss[r];
+    }
+    return counted;
+}
+
 int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *pos, const int32_t *targets,
                   double *loss, int *n_counted, peft_err *err) {
     const peft_llama_config *c = &m->cfg;
@@ -421,11 +472,19 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
         layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
                       pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
     rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, c->rms_norm_eps, N, C);
-    lm_head_forward(m, a->logits, a->xnf, N);
-    if (targets) {
-        for (int i = 0; i < N; i++)
+    a->head_counted = 0;
+    if (!targets) {
+        if (!a->logits && !(a->logits = malloc((size_t)N * V * sizeof(float))))
+            return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB of logits", (size_t)N * V * 4 >> 20);
+        lm_head_forward(m, a->logits, a->xnf, N);
+    } else {
+        int total = 0;
+        for (int i = 0; i < N; i++) {
             if (targets[i] >= V) return peft_fail(err, PEFT_EINVAL, "target id %d is outside the vocabulary", targets[i]);
-        int counted = crossentropy_forward(a->losses, a->logits, targets, N, V);
+            total += targets[i] >= 0;
+        }
+        int counted = head_loss(m, a, targets, total, a->training ? a->dxnf : NULL);
+        if (a->training) a->head_counted = counted;
         double sum = 0;
         for (int i = 0; i < N; i++) sum += a->losses[i];
         if (loss) *loss = counted ? sum / counted : 0.0;
@@ -443,11 +502,14 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     int B = a->B, T = a->T, N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim;
     size_t QD = (size_t)c->n_heads * HD, KD = (size_t)c->n_kv_heads * HD;
     /* MLP: x_out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
+    const int rebuild = a->save_all; /* xn1, xn2, act are shared by all layers (llama_layer_acts) */
+    if (rebuild) swiglu_forward(la->act, la->gate, la->up, N, F);
     memset(a->dact, 0, (size_t)N * F * sizeof(float));
     site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N);
     memset(a->dgate, 0, (size_t)N * F * sizeof(float));
     memset(a->dup, 0, (size_t)N * F * sizeof(float));
     swiglu_backward(a->dgate, a->dup, a->dact, la->gate, la->up, N, F);
+    if (rebuild) rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, c->rms_norm_eps, N, C);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
     site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N);
     site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N);
@@ -472,6 +534,7 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
             }
     rope_backward(a->dq, a->pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
     rope_backward(a->dk, a->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
+    if (rebuild) rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, C);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
     site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N);
     site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N);
@@ -481,16 +544,18 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
 
 void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted) {
     const peft_llama_config *c = &m->cfg;
-    int B = a->B, T = a->T, N = B * T, C = c->hidden_size, V = c->vocab_size;
+    int B = a->B, T = a->T, N = B * T, C = c->hidden_size;
     (void)ids;
     if (n_counted <= 0) return;
-    /* d(mean loss)/dlogits, in place over the logits: no second N x V buffer. */
-    crossentropy_backward(a->logits, a->logits, targets, 1.0f / (float)n_counted, N, V);
-    memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    if (m->lm_head_t_bf16) matmul_bf16_backward_input(a->dxn, a->logits, m->lm_head_t_bf16, N, C, V);
-    else matmul_backward(a->dxn, NULL, NULL, a->logits, a->xnf, m->lm_head, N, C, V);
+    if (!a->head_counted) { /* the forward had no targets: form d(mean loss)/dxnf now */
+        a->head_counted = n_counted;
+        head_loss(m, a, targets, n_counted, a->dxnf);
+    } else if (a->head_counted != n_counted) { /* a mean over another count than the forward's */
+        scale_inplace(a->dxnf, (float)a->head_counted / (float)n_counted, (size_t)N * C);
+        a->head_counted = n_counted;
+    }
     memset(a->dres, 0, (size_t)N * C * sizeof(float));
-    rmsnorm_backward(a->dres, m->final_norm.grad, a->dxn, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, a->rstdf, N, C);
+    rmsnorm_backward(a->dres, m->final_norm.grad, a->dxnf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, a->rstdf, N, C);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const float *x_in = a->residual + (size_t)l * N * C;
         if (!a->save_all) /* gradient checkpointing: rebuild this layer's intermediates */

@@ -80,10 +80,15 @@ peft_site *llama_site(peft_llama *m, int i);
 int llama_n_norm_sites(const peft_llama *m);
 peft_norm_site *llama_norm_site(peft_llama *m, int i);
 
+#define LLAMA_HEAD_CHUNK 256
+
 /* Activations of one forward/backward over B x T tokens (N = B*T). With save_all, every
  * layer keeps its intermediates for backward; otherwise (inference, or recompute during
  * backward) one set is reused by all layers. */
 typedef struct llama_layer_acts {
+    /* xn1, xn2 and act are cheap to recompute (one norm or one SwiGLU) and are 30 % of a
+     * layer's activations: with save_all every layer's pointers share one scratch, and
+     * backward rebuilds them from x_in, x_mid, gate and up. */
     float *xn1;       /* [N, C]    rms(x) before attention */
     float *rstd1;     /* [N] */
     float *q;         /* [N, NH*HD] after RoPE */
@@ -107,8 +112,16 @@ typedef struct llama_acts {
     llama_layer_acts *layer; /* [L] (all alias layer 0 when !save_all) */
     float *xnf;            /* [N, C] final rms */
     float *rstdf;          /* [N] */
-    float *logits;         /* [N, V] */
+    float *logits;         /* [N, V], allocated by the first forward without targets (the loss
+                              never needs all N x V logits: see head_chunk) */
     float *losses;         /* [N] */
+    /* Loss head, LLAMA_HEAD_CHUNK rows at a time (the full logits would be 201 MB for
+     * SmolLM2 at 4 x 256): the counted rows' xnf gathered, their logits, their gradient. */
+    float *head_x;         /* [LLAMA_HEAD_CHUNK, C] */
+    float *head_logits;    /* [LLAMA_HEAD_CHUNK, V] */
+    float *head_dx;        /* [LLAMA_HEAD_CHUNK, C] */
+    float *dxnf;           /* [N, C] training: d(mean loss)/dxnf, formed by the forward */
+    int head_counted;      /* rows the mean in dxnf is over; 0 when the last forward formed none */
     /* backward scratch, one layer at a time */
     float *dres;           /* [N, C] gradient of the residual stream */
     float *dxn;            /* [N, C] */
@@ -122,8 +135,10 @@ void llama_acts_free(llama_acts *a);
 
 /* Forward over ids[B,T]; pos[B,T] gives each token's position inside its own packed example
  * (attention is restricted to that example), or NULL for plain causal sequences.
- * Leaves logits in a->logits. If targets (B*T ids, -1 = ignored) is non-NULL, returns the
- * mean loss over counted tokens in *loss and their number in *n_counted. */
+ * Without targets, leaves the logits in a->logits. With targets (B*T ids, -1 = ignored),
+ * returns the mean loss over counted tokens in *loss and their number in *n_counted, computing
+ * logits only for counted rows, a chunk at a time (a->logits is not written); with training
+ * acts it also forms the loss gradient at the final norm for llama_backward. */
 int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *pos, const int32_t *targets,
                   double *loss, int *n_counted, peft_err *err);
 

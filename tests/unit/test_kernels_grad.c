@@ -559,7 +559,17 @@ static void test_crossentropy(void) {
     for (size_t i = 0; i < n; i++) md = fmax(md, fabs((double)ip[i] - d[i]));
     printf("  %-32s max abs diff %.3g\n", "crossentropy in-place", md);
     CHECK(md < 1e-6);
-    free(c.logits), free(c.losses), free(ref), free(d0), free(d), free(ip);
+
+    // fused (the model's chunked loss head): the losses of the forward (checked against the
+    // double reference above) and, in place, the gradient checked by finite differences
+    float *fu = copy_buf_(c.logits, n), *fl = zero_buf_(c.N);
+    CHECK(crossentropy_fused(fl, fu, c.targets, c.scale, c.N, c.V) == count);
+    REPORT_FWD("crossentropy fused loss", rel_err_(fl, ref, c.N));
+    md = 0.0;
+    for (size_t i = 0; i < n; i++) md = fmax(md, fabs((double)fu[i] - ip[i]));
+    printf("  %-32s max abs diff %.3g\n", "crossentropy fused vs in-place", md);
+    CHECK(md < 1e-6);
+    free(c.logits), free(c.losses), free(ref), free(d0), free(d), free(ip), free(fu), free(fl);
 }
 
 /* ---- elementwise ------------------------------------------------------------------ */

@@ -137,6 +137,21 @@ static void model_level(int recompute) {
     int counted;
     CHECK(llama_forward(m, &a, ids, pos, tgt, &loss, &counted, &err) == 0);
     llama_backward(m, &a, ids, tgt, counted);
+    /* The loss gradient is formed by the forward when it has targets, by the backward when it
+     * had none (a forward for logits only); both must give the same parameter gradients. */
+    size_t ng = 0;
+    for (int i = 0; i < np; i++) ng += p[i].p.numel;
+    float *g1 = malloc(ng * sizeof(float));
+    for (int i = 0, off = 0; i < np; off += (int)p[i].p.numel, i++)
+        memcpy(g1 + off, p[i].p.grad, p[i].p.numel * sizeof(float));
+    peft_adapter_set_zero_grad(set);
+    CHECK(llama_forward(m, &a, ids, pos, NULL, NULL, NULL, &err) == 0);
+    llama_backward(m, &a, ids, tgt, counted);
+    double gd = 0;
+    for (int i = 0, off = 0; i < np; off += (int)p[i].p.numel, i++)
+        for (size_t j = 0; j < p[i].p.numel; j++) gd = fmax(gd, fabs(p[i].p.grad[j] - g1[off + j]));
+    CHECK_MSG(gd < 1e-6, "gradients after a forward without targets differ by %g", gd);
+    free(g1);
     double worst = 0;
     for (int i = 0; i < np; i++) {
         for (int k = 0; k < 3; k++) {
@@ -154,14 +169,14 @@ static void model_level(int recompute) {
     CHECK_MSG(worst < 2e-2, "model-level LoRA gradient rel err %.3e (recompute=%d)", worst, recompute);
     printf("model-level LoRA grads (recompute=%d): max rel err %.2e over %d params\n", recompute, worst, np * 3);
 
-    /* merge equivalence over the whole model */
-    CHECK(llama_forward(m, &a, ids, pos, tgt, &loss, &counted, &err) == 0);
+    /* merge equivalence over the whole model (logits are kept only by a forward without targets) */
+    CHECK(llama_forward(m, &a, ids, pos, NULL, NULL, NULL, &err) == 0);
     size_t NV = (size_t)B * T * 37;
     float *ref = malloc(NV * sizeof(float));
     memcpy(ref, a.logits, NV * sizeof(float));
     CHECK(peft_adapter_set_merge(set, +1, &err) == 0);
     peft_adapter_set_free(set); /* detaches: the merged weights alone must reproduce the logits */
-    CHECK(llama_forward(m, &a, ids, pos, tgt, &loss, &counted, &err) == 0);
+    CHECK(llama_forward(m, &a, ids, pos, NULL, NULL, NULL, &err) == 0);
     double md = 0;
     for (size_t i = 0; i < NV; i++) md = fmax(md, fabs(a.logits[i] - ref[i]) / fmax(1.0, fabs(ref[i])));
     CHECK_MSG(md < 1e-5, "merged logits differ by %g", md);
@@ -173,7 +188,48 @@ static void model_level(int recompute) {
     CHECK(system(cmd) == 0);
 }
 
+/* The chunked loss head (LLAMA_HEAD_CHUNK rows of counted targets at a time) against the full
+ * logits of a forward without targets and crossentropy_forward over all rows, on 8 x 60 rows
+ * (two chunks, the second partly filled) with a third of the targets masked. */
+static void chunked_head(void) {
+    char dir[] = "/tmp/peft_head_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK(tiny_model_write(dir, PEFT_F32, 5) == 0);
+    peft_err err = {0};
+    peft_llama *m;
+    CHECK_MSG(llama_load(dir, &m, &err) == 0, "%s", err.msg);
+    enum { B = 8, T = 60, N = B * T };
+    peft_rng r;
+    peft_rng_seed(&r, 5, 1);
+    int32_t ids[N], tgt[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)peft_rng_below(&r, TINY_V);
+        tgt[i] = peft_rng_below(&r, 3) == 0 ? -100 : (int32_t)peft_rng_below(&r, TINY_V);
+    }
+    llama_acts a;
+    CHECK(llama_acts_alloc(m, B, T, 1, 1, &a, &err) == 0);
+    double loss;
+    int counted;
+    CHECK(llama_forward(m, &a, ids, NULL, tgt, &loss, &counted, &err) == 0);
+    float chunked[N];
+    memcpy(chunked, a.losses, sizeof chunked);
+    CHECK(llama_forward(m, &a, ids, NULL, NULL, NULL, NULL, &err) == 0);
+    float full[N];
+    int ref_counted = crossentropy_forward(full, a.logits, tgt, N, TINY_V);
+    double md = 0, sum = 0;
+    for (int i = 0; i < N; i++) md = fmax(md, fabs(chunked[i] - full[i])), sum += full[i];
+    CHECK(counted == ref_counted && counted > LLAMA_HEAD_CHUNK);
+    CHECK_MSG(md < 1e-5 && fabs(loss - sum / ref_counted) < 1e-5, "chunked losses differ by %g", md);
+    printf("chunked loss head: %d counted rows, max loss diff %.2e\n", counted, md);
+    llama_acts_free(&a);
+    llama_free(m);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void) {
+    chunked_head();
     method_level(0.0);
     method_level(0.3);
     model_level(0);

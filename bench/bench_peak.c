@@ -1,0 +1,98 @@
+/* bench_peak: the CPU's arithmetic peak for matmul-style work, from the instructions themselves:
+ * 12 independent accumulator chains of vfmadd231ps (f32 FMA, 32 flops per zmm instruction) and
+ * of vdpbf16ps (bf16 pairs -> f32, 64 flops per zmm instruction), on every OpenMP thread.
+ * No memory traffic, so this is the ceiling a GEMM can approach, not what one reaches.
+ *
+ *   bench_peak [--seconds 1]      one JSON line: f32_fma_gflops, bf16_dp_gflops, threads
+ *
+ * Why it exists (bench/README.md): on Intel Xeon model 207 (Emerald Rapids, AMX not exposed)
+ * vdpbf16ps retires at half the rate of vfmadd231ps, so bf16 matmuls are slower than f32 ones
+ * there, while AMD Zen 5 runs them at twice the f32 rate. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+#define CHAINS(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
+
+#ifdef __AVX512F__
+/* iters x 12 FMA instructions; returns the sum so the work is not optimised away. */
+static float fma_chains(long iters) {
+#define Z(k) __m512 c##k = _mm512_set1_ps((float)(k)); /* distinct chains: no common subexpressions */
+    CHAINS(Z)
+    __m512 a = _mm512_set1_ps(1.0f + 1e-7f), b = _mm512_set1_ps(1e-7f);
+    for (long i = 0; i < iters; i++) {
+#define F(k) c##k = _mm512_fmadd_ps(a, b, c##k);
+        CHAINS(F)
+        __asm__ volatile("" : "+v"(a));
+    }
+#define S(k) +_mm512_reduce_add_ps(c##k)
+    return 0.0f CHAINS(S);
+}
+#endif
+
+#ifdef __AVX512BF16__
+static float bf16_chains(long iters) {
+    CHAINS(Z)
+    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380);
+    for (long i = 0; i < iters; i++) {
+#define D(k) c##k = _mm512_dpbf16_ps(c##k, a, b);
+        CHAINS(D)
+        __asm__ volatile("" : "+v"(a));
+    }
+    return 0.0f CHAINS(S);
+}
+#endif
+
+/* GFLOP/s of fn over all threads, each running iters for about `seconds`. */
+static double measure(float (*fn)(long), double flops_per_iter, double seconds) {
+    long iters = 1000000;
+    double t = now_s();
+    volatile float sink = fn(iters);
+    double dt = now_s() - t;
+    iters = (long)(iters * seconds / (dt > 1e-6 ? dt : 1e-6));
+    int nthr = 1;
+    t = now_s();
+#pragma omp parallel
+    {
+#ifdef _OPENMP
+#pragma omp single
+        nthr = omp_get_num_threads();
+#endif
+        sink += fn(iters);
+    }
+    dt = now_s() - t;
+    (void)sink;
+    return flops_per_iter * iters * nthr / dt / 1e9;
+}
+
+int main(int argc, char **argv) {
+    double seconds = 1.0;
+    for (int i = 1; i + 1 < argc; i += 2)
+        if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
+    double f32 = 0, bf16 = 0;
+#ifdef __AVX512F__
+    f32 = measure(fma_chains, 12 * 32.0, seconds);
+#endif
+#ifdef __AVX512BF16__
+    bf16 = measure(bf16_chains, 12 * 64.0, seconds);
+#endif
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    printf("{\"f32_fma_gflops\":%.1f,\"bf16_dp_gflops\":%.1f,\"threads\":%d}\n", f32, bf16, threads);
+    return 0;
+}
