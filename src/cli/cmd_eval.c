@@ -16,7 +16,7 @@ static void usage(void) {
            "  non-overlapping windows of --seq-len tokens (no context carried across windows).\n"
            "  --data FILE       text (tokenized with DIR/tokenizer.json, BOS added) or token ids\n"
            "  --ids             FILE holds token ids (comma/whitespace separated), not text\n"
-           "  --bf16            compute the frozen matmuls in bf16 (faster, ~1e-2 relative rounding)\n"
+           "  --bf16            frozen matmuls in bf16, ~1e-2 relative rounding (faster on CPUs with fast bf16)\n"
            "  --adapter DIR     evaluate with a PEFT adapter attached\n"
            "  --seq-len T       window length (default 256)\n"
            "  --batch B         windows per forward pass (default 4)\n"

@@ -15,7 +15,7 @@ static void usage(void) {
            "  --temperature T    0 = greedy (default), else sample from softmax(logits / T)\n"
            "  --top-p P          nucleus sampling mass (default 1 = off)\n"
            "  --seed S           sampling seed (default 0)\n"
-           "  --bf16            compute the frozen matmuls in bf16 (faster, ~1e-2 relative rounding)\n"
+           "  --bf16            frozen matmuls in bf16, ~1e-2 relative rounding (faster on CPUs with fast bf16)\n"
            "  --adapter DIR      generate with a PEFT adapter attached\n"
            "  --ignore-eos       keep going past the end-of-sequence token\n"
            "  With --prompt-ids the new ids are printed; with --prompt the decoded text.\n");
