@@ -12,7 +12,6 @@
  * getrusage(RUSAGE_SELF).ru_maxrss (includes the mmapped f32 checkpoint pages touched).
  * mfu = model_flops_per_step / step_s / peak (peak from --peak-gflops, else null); the
  * FLOP count is documented in bench/README.md and is the same formula as bench/torch_peer.py. */
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +78,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--bf16")) { bf16 = 1; continue; }
         if (!strcmp(a, "--blas-pool")) { blas_pool = 1; continue; }
         if (!strcmp(a, "--runtime")) { /* the settings peft_runtime_reexec left this process with */
-            printf("OPENBLAS_CORETYPE=%s OMP_WAIT_POLICY=%s\n", openblas_get_corename(),
+            printf("OPENBLAS_CORETYPE=%s OMP_WAIT_POLICY=%s\n", peft_blas_core(),
                    getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "");
             return 0;
         }
@@ -171,7 +170,7 @@ int main(int argc, char **argv) {
            "\"last_loss\":%.5f,\"load_s\":%.3f,\"openblas_core\":\"%s\",\"omp_wait_policy\":\"%s\"}\n",
            impl, (double)N / step_s, peak_rss_mb(), step_s, mfu, mfu32, t_min, t_fwd / steps, t_bwd / steps,
            t_opt / steps, flops / 1e9, flops / step_s / 1e9, B, T, steps, warmup, rank, recompute ? "true" : "false",
-           peft_adapter_set_numel(set), first_loss, loss, t_load, openblas_get_corename(),
+           peft_adapter_set_numel(set), first_loss, loss, t_load, peft_blas_core(),
            getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "");
     free(ids), free(tgt);
     peft_adamw_free(&opt);

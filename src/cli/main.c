@@ -1,5 +1,6 @@
 /* main.c: the `peft` command-line tool; dispatches to one cmd_* per subcommand. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
@@ -41,6 +42,9 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--version")) {
         printf("peft %d.%d.%d\n", PEFT_VERSION_MAJOR, PEFT_VERSION_MINOR, PEFT_VERSION_PATCH);
+        const char *wait = getenv("OMP_WAIT_POLICY");
+        printf("runtime: OpenBLAS %s kernels, single-threaded in one OpenMP pool; OMP_WAIT_POLICY=%s\n", peft_blas_core(),
+               wait ? wait : "");
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

@@ -133,6 +133,8 @@ int peft_threads_single_pool(void); /* 1 after peft_threads_init */
  * OPENBLAS_CORETYPE=SkylakeX; then re-executes /proc/self/exe with argv. Returns when nothing
  * needed setting (a user's own settings are never overridden) or when exec failed. */
 void peft_runtime_reexec(char **argv);
+/* The name of the kernel set OpenBLAS runs ("SkylakeX", "Haswell", "Prescott", ...). */
+const char *peft_blas_core(void);
 /* Row-major c[M,N] = alpha * op(a) @ op(b) + beta * c (cblas_sgemm arguments). Plain cblas_sgemm
  * unless peft_threads_init was called; then split over the OpenMP team by rows (or columns) of c.
  * Must not be called inside an OpenMP parallel region (it then runs single-threaded). */

@@ -43,6 +43,8 @@ static int cpu_has_avx512(void) {
 #endif
 }
 
+const char *peft_blas_core(void) { return openblas_get_corename(); }
+
 void peft_runtime_reexec(char **argv) {
     int changed = 0;
     if (!getenv("OMP_WAIT_POLICY")) changed |= !setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
