@@ -23,12 +23,14 @@
 
 static int single_pool_ = 0;
 
+const char *peft_blas_core(void) { return openblas_get_corename(); }
+
 /* OpenBLAS's runtime CPU detection falls back to its SSE3 "Prescott" kernels on CPUs newer than
  * its tables (Debian 12's 0.3.21 on Intel family 6 model 207, Emerald Rapids): sgemm then runs at
  * a quarter of the AVX-512 kernels' speed (63 vs 272 GFLOP/s on 2 cores, bench/README.md). */
 static int blas_core_is_fallback(void) {
     static const char *fallbacks[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge"};
-    const char *core = openblas_get_corename();
+    const char *core = peft_blas_core();
     for (size_t i = 0; core && i < sizeof fallbacks / sizeof fallbacks[0]; i++)
         if (!strcmp(core, fallbacks[i])) return 1;
     return 0;
@@ -42,8 +44,6 @@ static int cpu_has_avx512(void) {
     return 0;
 #endif
 }
-
-const char *peft_blas_core(void) { return openblas_get_corename(); }
 
 void peft_runtime_reexec(char **argv) {
     int changed = 0;
@@ -77,7 +77,7 @@ void peft_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, cons
     if (single_pool_ && !omp_in_parallel()) nthr = omp_get_max_threads();
 #endif
     // Split the longer side of C: every thread packs all of the other operand (OpenBLAS packs
-    // both per call), so splitting rows of a wide C (the 128 x 49152 loss-head chunk) would pack
+    // both per call), so splitting rows of a wide C (the 256 x 49152 loss-head chunk) would pack
     // the whole weight once per thread. Only when each thread gets a reasonable block (>= 32
     // rows or columns and >= 1 MFLOP).
     const int split_m = M >= N && M >= 32 * nthr, split_n = !split_m && N >= 32 * nthr;

@@ -8,22 +8,13 @@
 int peft_adamw_init(peft_adamw *o, peft_named_param *params, int n, double beta1, double beta2, double eps,
                     double weight_decay, peft_err *err) {
     memset(o, 0, sizeof *o);
-    size_t total = 0;
-    for (int i = 0; i < n; i++) total += params[i].p.numel;
-    o->m = calloc(total ? total : 1, sizeof(float));
-    o->v = calloc(total ? total : 1, sizeof(float));
-    if (!o->m || !o->v) {
-        peft_adamw_free(o);
-        return peft_fail(err, PEFT_ENOMEM, "cannot allocate AdamW state for %zu parameters", total);
-    }
-    o->n = n;
-    o->params = params;
-    o->capacity = total;
     o->beta1 = beta1;
     o->beta2 = beta2;
     o->eps = eps;
     o->weight_decay = weight_decay;
-    return PEFT_OK;
+    int rc = peft_adamw_rebind(o, params, n, err);
+    if (rc) peft_adamw_free(o);
+    return rc;
 }
 
 void peft_adamw_free(peft_adamw *o) {
@@ -35,14 +26,15 @@ void peft_adamw_free(peft_adamw *o) {
 int peft_adamw_rebind(peft_adamw *o, peft_named_param *params, int n, peft_err *err) {
     size_t total = 0;
     for (int i = 0; i < n; i++) total += params[i].p.numel;
-    for (int k = 0; k < 2 && total > o->capacity; k++) {
-        float **slab = k ? &o->v : &o->m, *grown = realloc(*slab, total * sizeof(float));
+    size_t need = total ? total : 1; /* never a zero-size slab */
+    for (int k = 0; k < 2 && need > o->capacity; k++) {
+        float **slab = k ? &o->v : &o->m, *grown = realloc(*slab, need * sizeof(float));
         if (!grown) return peft_fail(err, PEFT_ENOMEM, "cannot allocate AdamW state for %zu parameters", total);
         *slab = grown;
     }
-    if (total > o->capacity) o->capacity = total;
-    memset(o->m, 0, total * sizeof(float));
-    memset(o->v, 0, total * sizeof(float));
+    if (need > o->capacity) o->capacity = need;
+    memset(o->m, 0, need * sizeof(float));
+    memset(o->v, 0, need * sizeof(float));
     o->params = params;
     o->n = n;
     o->step = 0;
