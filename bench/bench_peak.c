@@ -1,13 +1,16 @@
 /* bench_peak: the CPU's arithmetic peak for matmul-style work, from the instructions themselves:
- * 12 independent accumulator chains of vfmadd231ps (f32 FMA, 32 flops per zmm instruction) and
- * of vdpbf16ps (bf16 pairs -> f32, 64 flops per zmm instruction), on every OpenMP thread.
- * No memory traffic, so this is the ceiling a GEMM can approach, not what one reaches.
+ * 12 independent accumulator chains of vfmadd231ps (f32 FMA, 32 flops per zmm instruction), of
+ * vdpbf16ps (bf16 pairs -> f32, 64 flops per zmm instruction) and of vfmadd231ph (f16 FMA, 64
+ * flops per zmm instruction), on every OpenMP thread. No memory traffic, so this is the ceiling
+ * a GEMM can approach, not what one reaches.
  *
- *   bench_peak [--seconds 1]      one JSON line: f32_fma_gflops, bf16_dp_gflops, threads
+ *   bench_peak [--seconds 1]      one JSON line: f32_fma_gflops, bf16_dp_gflops, f16_fma_gflops,
+ *                                 threads (0 for an instruction the build or CPU lacks)
  *
  * Why it exists (bench/README.md): on Intel Xeon model 207 (Emerald Rapids, AMX not exposed)
  * vdpbf16ps retires at half the rate of vfmadd231ps, so bf16 matmuls are slower than f32 ones
- * there, while AMD Zen 5 runs them at twice the f32 rate. */
+ * there, while vfmadd231ph retires at the f32 rate with twice the lanes (matmul_f16.c); AMD
+ * Zen 5 runs vdpbf16ps at twice the f32 rate and has no AVX512-FP16. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +59,21 @@ static float bf16_chains(long iters) {
 }
 #endif
 
+#ifdef __AVX512FP16__
+static float f16_chains(long iters) {
+#define H(k) __m512h h##k = _mm512_set1_ph((_Float16)(k));
+    CHAINS(H)
+    __m512h a = _mm512_set1_ph((_Float16)1.0f), b = _mm512_set1_ph((_Float16)1e-3f);
+    for (long i = 0; i < iters; i++) {
+#define HF(k) h##k = _mm512_fmadd_ph(a, b, h##k);
+        CHAINS(HF)
+        __asm__ volatile("" : "+v"(a));
+    }
+#define HS(k) +(float)_mm512_reduce_add_ph(h##k)
+    return 0.0f CHAINS(HS);
+}
+#endif
+
 /* GFLOP/s of fn over all threads, each running iters for about `seconds`. */
 static double measure(float (*fn)(long), double flops_per_iter, double seconds) {
     long iters = 1000000;
@@ -82,17 +100,21 @@ int main(int argc, char **argv) {
     double seconds = 1.0;
     for (int i = 1; i + 1 < argc; i += 2)
         if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
-    double f32 = 0, bf16 = 0;
+    double f32 = 0, bf16 = 0, f16 = 0;
 #ifdef __AVX512F__
     f32 = measure(fma_chains, 12 * 32.0, seconds);
 #endif
 #ifdef __AVX512BF16__
     bf16 = measure(bf16_chains, 12 * 64.0, seconds);
 #endif
+#ifdef __AVX512FP16__
+    f16 = measure(f16_chains, 12 * 64.0, seconds);
+#endif
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    printf("{\"f32_fma_gflops\":%.1f,\"bf16_dp_gflops\":%.1f,\"threads\":%d}\n", f32, bf16, threads);
+    printf("{\"f32_fma_gflops\":%.1f,\"bf16_dp_gflops\":%.1f,\"f16_fma_gflops\":%.1f,\"threads\":%d}\n", f32, bf16, f16,
+           threads);
     return 0;
 }

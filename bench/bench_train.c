@@ -1,7 +1,7 @@
 /* bench_train.c: LoRA training throughput of peft.c (issue 5).
  *
  *   build/bench_train --model DIR [--batch 4] [--seq 256] [--steps 5] [--warmup-steps 1]
- *                     [--rank 16] [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--bf16]
+ *                     [--rank 16] [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--bf16 | --f16]
  *                     [--peak-gflops G] [--peak-f32-gflops G] [--impl NAME]
  *
  * Trains LoRA (rank 16, alpha 32, all seven linear projections of every layer, AdamW lr 1e-4,
@@ -62,20 +62,21 @@ static double model_flops_per_step(const peft_llama_config *c, int B, int T, int
 static void usage(void) {
     fprintf(stderr,
             "usage: bench_train --model DIR [--batch 4] [--seq 256] [--steps 5] [--warmup-steps 1] [--rank 16]\n"
-            "                   [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--bf16] [--peak-gflops G]\n"
+            "                   [--alpha 32] [--lr 1e-4] [--seed 0] [--recompute] [--bf16|--f16] [--peak-gflops G]\n"
             "                   [--peak-f32-gflops G] [--impl NAME] [--blas-pool (OpenBLAS threads its own sgemms)]\n");
 }
 
 int main(int argc, char **argv) {
     peft_runtime_reexec(argv); // what the peft CLI does: the same OpenMP and OpenBLAS settings
     const char *model = NULL, *impl = "peft.c";
-    int B = 4, T = 256, steps = 5, warmup = 1, rank = 16, recompute = 0, bf16 = 0, blas_pool = 0;
+    int B = 4, T = 256, steps = 5, warmup = 1, rank = 16, recompute = 0, bf16 = 0, f16 = 0, blas_pool = 0;
     double alpha = 32, lr = 1e-4, peak = 0, peak32 = 0;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--recompute")) { recompute = 1; continue; }
         if (!strcmp(a, "--bf16")) { bf16 = 1; continue; }
+        if (!strcmp(a, "--f16")) { f16 = 1; continue; }
         if (!strcmp(a, "--blas-pool")) { blas_pool = 1; continue; }
         if (!strcmp(a, "--runtime")) { /* the settings peft_runtime_reexec left this process with */
             printf("OPENBLAS_CORETYPE=%s OMP_WAIT_POLICY=%s\n", peft_blas_core(),
@@ -117,7 +118,7 @@ int main(int argc, char **argv) {
     acfg.opts.seed = seed;
     peft_adapter_set *set;
     if (peft_adapter_set_create(m, &acfg, N, &set, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
-    if (bf16 && llama_use_bf16(m, 1, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
+    if ((bf16 || f16) && llama_use_half(m, f16 ? &peft_half_f16 : &peft_half_bf16, 1, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
     llama_acts acts;
     if (llama_acts_alloc(m, B, T, !recompute, 1, &acts, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
     int np = peft_adapter_set_n_params(set);

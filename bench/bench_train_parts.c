@@ -2,12 +2,13 @@
  * kernel by kernel (src/kernels/) on the shapes of a model's config.json with random data.
  *
  *   build/bench_train_parts --config DIR/config.json [--batch 4] [--seq 256] [--rank 16] [--reps 2]
- *                           [--bf16 1] [--mm 1] [--mm-only 1]
+ *                           [--half bf16|f16] [--mm 1] [--mm-only 1]
  *
- * --bf16 1: the frozen linears and the lm_head use matmul_bf16_forward / matmul_bf16_backward_input
- *           over weights packed once before timing (what a bf16-weight model would do).
+ * --half F: the frozen linears and the lm_head use that 16-bit format's forward / backward_input
+ *           over weights packed once before timing (what `peft train --bf16/--f16` does).
  * --mm 1:   after the table, a section timing every matmul shape of the model (7 sites + lm_head,
- *           forward and dx backward) as f32 sgemm vs bf16, alternating, best of --reps, GFLOP/s.
+ *           forward and dx backward) as f32 sgemm vs the --half format (default f16), alternating,
+ *           best of --reps, GFLOP/s.
  * --mm-only 1: only that section.
  * --single-pool 1: call peft_threads_init(0) first (OpenBLAS single-threaded, sgemms split over
  *           the OpenMP team: one thread pool).
@@ -51,14 +52,18 @@ static const char *gname[NG] = {"linear_fwd", "linear_bwd_dx", "lora_fwd", "lora
 int main(int argc, char **argv) {
     peft_runtime_reexec(argv); // what the peft CLI does: the same OpenMP and OpenBLAS settings
     const char *cfgpath = NULL;
-    int B = 4, T = 256, r = 16, reps = 2, use_bf16 = 0, mm = 0, mm_only = 0, single_pool = 0;
+    const peft_half_matmul *H = &peft_half_f16;
+    int B = 4, T = 256, r = 16, reps = 2, use_half = 0, mm = 0, mm_only = 0, single_pool = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgpath = argv[i + 1];
         else if (!strcmp(argv[i], "--batch")) B = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--rank")) r = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--bf16")) use_bf16 = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--half")) {
+            use_half = 1;
+            H = !strcmp(argv[i + 1], "bf16") ? &peft_half_bf16 : &peft_half_f16;
+        }
         else if (!strcmp(argv[i], "--single-pool")) single_pool = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--mm")) mm = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--mm-only")) mm_only = mm = atoi(argv[i + 1]);
@@ -103,19 +108,19 @@ int main(int argc, char **argv) {
     for (int i = 0; i < half; i++) invf[i] = 1.0f / powf((float)c.rope_theta, (float)(2 * i) / (float)HD);
     rope_build_table(rc, rs, invf, maxpos, half);
     const float sc = 2.0f;
-    /* bf16 packed weights (both layouts), packed once */
+    /* 16-bit packed weights (both layouts), packed once */
     uint16_t *PW[8] = {0}, *PWT[8] = {0};
     double tpack = now_s();
-    for (int s = 0; s < 8 && (use_bf16 || mm); s++) {
+    for (int s = 0; s < 8 && (use_half || mm); s++) {
         const int oc = s < 7 ? site_out[s] : V, ci = s < 7 ? site_in[s] : C;
         const float *w = s < 7 ? W[s] : emb;
-        PW[s] = malloc(bf16_packed_size(oc, ci) * 2);
-        PWT[s] = malloc(bf16_packed_t_size(oc, ci) * 2);
-        bf16_pack_weight(PW[s], w, oc, ci);
-        bf16_pack_weight_t(PWT[s], w, oc, ci);
+        PW[s] = malloc(H->packed_size(oc, ci) * 2);
+        PWT[s] = malloc(H->packed_t_size(oc, ci) * 2);
+        H->pack_weight(PW[s], w, oc, ci);
+        H->pack_weight_t(PWT[s], w, oc, ci);
     }
     tpack = now_s() - tpack;
-    if (mm) fprintf(stderr, "bf16 packing of all weights (both layouts): %.3f s\n", tpack);
+    if (mm) fprintf(stderr, "%s packing of all weights (both layouts): %.3f s\n", H->name, tpack);
     if (mm_only) goto mm_section;
 
     double best[NG];
@@ -126,7 +131,7 @@ int main(int argc, char **argv) {
         for (int l = 0; l < L; l++) {
             t0 = now_s();
             for (int s = 0; s < 7; s++)
-                if (use_bf16) matmul_bf16_forward(y, x, PW[s], NULL, N, site_in[s], site_out[s]);
+                if (use_half) H->forward(y, x, PW[s], NULL, N, site_in[s], site_out[s]);
                 else matmul_forward(y, x, W[s], NULL, N, site_in[s], site_out[s]);
             t[G_LIN_FWD] += now_s() - t0;
             t0 = now_s();
@@ -149,7 +154,7 @@ int main(int argc, char **argv) {
             t[G_ELEM] += now_s() - t0;
         }
         t0 = now_s();
-        if (use_bf16) matmul_bf16_forward(logits, x, PW[7], NULL, N, C, V);
+        if (use_half) H->forward(logits, x, PW[7], NULL, N, C, V);
         else matmul_forward(logits, x, emb, NULL, N, C, V);
         t[G_LMHEAD_FWD] += now_s() - t0;
         /* keep logits moderate so exp does not overflow into special cases */
@@ -161,13 +166,13 @@ int main(int argc, char **argv) {
         crossentropy_backward(logits, logits, tgt, 1.0f / N, N, V);
         t[G_CE_BWD] += now_s() - t0;
         t0 = now_s();
-        if (use_bf16) matmul_bf16_backward_input(dx, logits, PWT[7], N, C, V);
+        if (use_half) H->backward_input(dx, logits, PWT[7], N, C, V);
         else matmul_backward(dx, NULL, NULL, logits, x, emb, N, C, V);
         t[G_LMHEAD_BWD] += now_s() - t0;
         for (int l = 0; l < L; l++) {
             t0 = now_s();
             for (int s = 0; s < 7; s++)
-                if (use_bf16) matmul_bf16_backward_input(dx, y, PWT[s], N, site_in[s], site_out[s]);
+                if (use_half) H->backward_input(dx, y, PWT[s], N, site_in[s], site_out[s]);
                 else matmul_backward(dx, NULL, NULL, y, x, W[s], N, site_in[s], site_out[s]);
             t[G_LIN_BWD] += now_s() - t0;
             t0 = now_s();
@@ -211,16 +216,16 @@ int main(int argc, char **argv) {
         printf("\n");
     }
     printf("%-16s %9.4f\n", "sum", sum);
-    printf("{\"impl\":\"peft.c-parts%s\",\"batch\":%d,\"seq\":%d,\"rank\":%d", use_bf16 ? "-bf16" : "", B, T, r);
+    printf("{\"impl\":\"peft.c-parts%s%s\",\"batch\":%d,\"seq\":%d,\"rank\":%d", use_half ? "-" : "", use_half ? H->name : "", B, T, r);
     printf(",\"single_pool\":%d", single_pool);
     for (int gi = 0; gi < NG; gi++) printf(",\"%s\":%.5f", gname[gi], best[gi]);
     printf(",\"sum\":%.5f}\n", sum);
     if (!mm) return 0;
 
 mm_section:
-    /* every matmul shape: f32 sgemm (matmul_forward / matmul_backward dx) vs bf16, alternating */
-    printf("\n%-22s %6s %6s %6s | %9s %9s %6s | %9s %9s %6s\n", "matmul (GFLOP/s)", "N", "C", "OC", "fwd f32",
-           "fwd bf16", "x", "dx f32", "dx bf16", "x");
+    /* every matmul shape: f32 sgemm (matmul_forward / matmul_backward dx) vs 16-bit, alternating */
+    printf("\n%-22s %6s %6s %6s | %9s %6s%-3s %6s | %9s %6s%-3s %6s\n", "matmul (GFLOP/s)", "N", "C", "OC", "fwd f32",
+           "fwd ", H->name, "x", "dx f32", "dx ", H->name, "x");
     {
         static const char *sname[8] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                                        "lm_head"};
@@ -239,13 +244,13 @@ mm_section:
                 for (int it = 0; it < inner; it++) matmul_forward(o, in, w, NULL, N, ci, oc);
                 dt = (now_s() - t0) / inner; if (rep && dt < b[0]) b[0] = dt;
                 t0 = now_s();
-                for (int it = 0; it < inner; it++) matmul_bf16_forward(o, in, PW[s], NULL, N, ci, oc);
+                for (int it = 0; it < inner; it++) H->forward(o, in, PW[s], NULL, N, ci, oc);
                 dt = (now_s() - t0) / inner; if (rep && dt < b[1]) b[1] = dt;
                 t0 = now_s();
                 for (int it = 0; it < inner; it++) matmul_backward(gin, NULL, NULL, go, in, w, N, ci, oc);
                 dt = (now_s() - t0) / inner; if (rep && dt < b[2]) b[2] = dt;
                 t0 = now_s();
-                for (int it = 0; it < inner; it++) matmul_bf16_backward_input(gin, go, PWT[s], N, ci, oc);
+                for (int it = 0; it < inner; it++) H->backward_input(gin, go, PWT[s], N, ci, oc);
                 dt = (now_s() - t0) / inner; if (rep && dt < b[3]) b[3] = dt;
             }
             const double f = 2.0 * N * (double)ci * oc / 1e9;

@@ -12,7 +12,7 @@
 #   unless the caller set them (see "runtime settings" below)
 #
 # Every implementation runs as its own process (so peak RSS is per process):
-#   peft.c      build/bench_train
+#   peft.c      build/bench_train (f32), then --f16 and --bf16 (frozen matmuls in 16 bits)
 #   torch-bf16  bench/torch_peer.py --dtype bf16 (autocast)
 #   torch-f32   bench/torch_peer.py --dtype f32
 # then a table with tokens/s, peak RSS, MFU and the ratios peft.c / torch-bf16 and
@@ -91,8 +91,9 @@ if [ -z "$PEAK" ] || [ -z "$PEAK32" ]; then
   [ -n "$PEAK32" ] || PEAK32="$(echo "$PEAKJ" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["f32_gflops"])')"
 fi
 echo "peak bf16 ${PEAK} GFLOP/s, peak f32 ${PEAK32} GFLOP/s (matmuls through torch: oneDNN bf16, OpenBLAS f32)"
-echo "== instruction peak (bench_peak: FMA / vdpbf16ps chains, no memory traffic)"
-"$BUILD/bench_peak"
+echo "== instruction peak (bench_peak: FMA / vdpbf16ps / f16 FMA chains, no memory traffic)"
+IPEAK="$("$BUILD/bench_peak")"
+echo "$IPEAK"
 
 COMMON=(--model "$MODEL" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup-steps "$WARMUP"
         --peak-gflops "$PEAK" --peak-f32-gflops "$PEAK32")
@@ -102,6 +103,7 @@ run() { # name, command...
   "$@" 2> >(sed 's/^/   /' >&2) | tee -a "$RES"
 }
 run peft.c "$BUILD/bench_train" "${COMMON[@]}"
+run "peft.c --f16" "$BUILD/bench_train" "${COMMON[@]}" --f16 --impl peft.c-f16
 run "peft.c --bf16" "$BUILD/bench_train" "${COMMON[@]}" --bf16 --impl peft.c-bf16
 if [ "$RECOMPUTE" = 1 ]; then
   run "peft.c --recompute" "$BUILD/bench_train" "${COMMON[@]}" --recompute --impl peft.c-recompute
@@ -114,9 +116,10 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -z "$OUT" ] || cp "$RES" "$OUT"
 
 echo "== results: shape $SHAPE, batch $BATCH x seq $SEQ, LoRA r16 all-linear, AdamW; $STEPS timed steps after $WARMUP warmup"
-"$PY" - "$RES" <<'EOF'
+"$PY" - "$RES" "$IPEAK" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+ipeak = json.loads(sys.argv[2])
 by = {r["impl"]: r for r in rows}
 def f(v, fmt):
     return "-" if v is None else fmt % v
@@ -138,5 +141,10 @@ for name, c in by.items():
         print("%-18s / %-10s tokens/s x%.2f (best-step x%.2f)   peak RSS x%.2f" % (
             name, ref, c["tokens_per_s"] / t["tokens_per_s"], t["step_min_s"] / c["step_min_s"],
             c["peak_rss_mb"] / t["peak_rss_mb"]))
+for r in rows:
+    if r["impl"].startswith("peft.c"):
+        print("%-18s achieved %.1f GFLOP/s = %.1f%% of the f32 FMA / %s instruction peak" % (
+            r["impl"], r["achieved_gflops"], 100 * r["achieved_gflops"] / ipeak["f32_fma_gflops"],
+            "-" if not ipeak["f16_fma_gflops"] else "%.1f%% of the f16 FMA" % (100 * r["achieved_gflops"] / ipeak["f16_fma_gflops"])))
 print("issue target: tokens/s >= x2.50 vs torch-bf16, peak RSS <= x0.40 vs torch-bf16")
 EOF

@@ -8,7 +8,14 @@
 #include <string.h>
 
 #include "fileio.h"
+#include "kernels/kernels.h"
 #include "methods/adapter_set.h"
+
+int cli_use_half(peft_llama *m, int bf16, int f16, int training, peft_err *err) {
+    if (bf16 && f16) return peft_fail(err, PEFT_EINVAL, "--bf16 and --f16 exclude each other: pick one");
+    if (!bf16 && !f16) return PEFT_OK;
+    return llama_use_half(m, f16 ? &peft_half_f16 : &peft_half_bf16, training, err);
+}
 
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err) {
     memset(cm, 0, sizeof *cm);

@@ -21,6 +21,16 @@ typedef struct cli_model {
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err);
 void cli_model_free(cli_model *cm);
 
+/* --bf16 / --f16 (flags given, 0 or 1 each): switches the model's frozen matmuls to that 16-bit
+ * format (llama_use_half); neither: stays f32. Both: an error. */
+int cli_use_half(peft_llama *m, int bf16, int f16, int training, peft_err *err);
+/* Their help lines, shared by train, eval and generate. */
+#define CLI_HALF_HELP                                                                                       \
+    "  --f16                frozen matmuls in f16 (AVX512-FP16, f32 sums), ~1e-3 relative rounding: twice\n"  \
+    "                       the f32 speed on Intel Sapphire/Emerald Rapids (bench/README.md)\n"                \
+    "  --bf16               frozen matmuls in bf16 (AVX512-BF16), ~2e-3 relative rounding: faster on AMD\n"    \
+    "                       Zen 4/5, slower than f32 on Intel without AMX\n"
+
 /* Parses "1,2,3" or "1 2 3" (any mix of commas and whitespace) into a malloc'ed array. */
 int cli_parse_ids(const char *s, const char *what, int32_t **ids, size_t *n, peft_err *err);
 

@@ -16,7 +16,7 @@ static void usage(void) {
            "  non-overlapping windows of --seq-len tokens (no context carried across windows).\n"
            "  --data FILE       text (tokenized with DIR/tokenizer.json, BOS added) or token ids\n"
            "  --ids             FILE holds token ids (comma/whitespace separated), not text\n"
-           "  --bf16            frozen matmuls in bf16, ~1e-2 relative rounding (faster on CPUs with fast bf16)\n"
+           CLI_HALF_HELP
            "  --adapter DIR     evaluate with a PEFT adapter attached\n"
            "  --seq-len T       window length (default 256)\n"
            "  --batch B         windows per forward pass (default 4)\n"
@@ -53,7 +53,7 @@ int cmd_eval(int argc, char **argv) {
                *adapter = args_str(&a, "--adapter", NULL);
     int as_ids = args_has(&a, "--ids");
     long T = args_int(&a, "--seq-len", 256), B = args_int(&a, "--batch", 4), max_tokens = args_int(&a, "--max-tokens", 0);
-    int bf16 = args_has(&a, "--bf16");
+    int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
     int rc = args_finish(&a);
     if (rc) return rc;
     if (!dir || !data || T < 1 || B < 1 || max_tokens < 0) {
@@ -63,7 +63,7 @@ int cmd_eval(int argc, char **argv) {
     peft_err err = {0};
     cli_model cm;
     if (cli_model_load(dir, adapter, &cm, &err)) return cli_report(err.msg);
-    if (bf16 && llama_use_bf16(cm.model, 0, &err)) {
+    if (cli_use_half(cm.model, bf16, f16, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }

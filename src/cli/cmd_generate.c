@@ -15,7 +15,7 @@ static void usage(void) {
            "  --temperature T    0 = greedy (default), else sample from softmax(logits / T)\n"
            "  --top-p P          nucleus sampling mass (default 1 = off)\n"
            "  --seed S           sampling seed (default 0)\n"
-           "  --bf16            frozen matmuls in bf16, ~1e-2 relative rounding (faster on CPUs with fast bf16)\n"
+           CLI_HALF_HELP
            "  --adapter DIR      generate with a PEFT adapter attached\n"
            "  --ignore-eos       keep going past the end-of-sequence token\n"
            "  With --prompt-ids the new ids are printed; with --prompt the decoded text.\n");
@@ -55,7 +55,7 @@ int cmd_generate(int argc, char **argv) {
     long max_new = args_int(&a, "--max-new", 64), seed = args_int(&a, "--seed", 0);
     double temperature = args_double(&a, "--temperature", 0.0), top_p = args_double(&a, "--top-p", 1.0);
     int ignore_eos = args_has(&a, "--ignore-eos");
-    int bf16 = args_has(&a, "--bf16");
+    int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
     int rc = args_finish(&a);
     if (rc) return rc;
     if (!dir || (!prompt == !prompt_ids) || max_new < 0 || top_p <= 0) {
@@ -65,7 +65,7 @@ int cmd_generate(int argc, char **argv) {
     peft_err err = {0};
     cli_model cm;
     if (cli_model_load(dir, adapter, &cm, &err)) return cli_report(err.msg);
-    if (bf16 && llama_use_bf16(cm.model, 0, &err)) {
+    if (cli_use_half(cm.model, bf16, f16, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }

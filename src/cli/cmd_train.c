@@ -53,8 +53,7 @@ static void usage(void) {
         "  --lr LR --weight-decay WD --warmup N --schedule cosine|linear|constant --clip NORM\n"
         "  --seed S             data order, init and dropout (default 42)\n"
         "  --recompute          gradient checkpointing: less memory, one more forward per step\n"
-        "  --bf16               frozen matmuls in bf16 (AVX512-BF16), ~1e-2 relative rounding: faster on CPUs with\n"
-        "                       fast bf16 (AMD Zen 4/5), slower on others (bench/README.md)\n"
+        CLI_HALF_HELP
         "Output and control:\n"
         "  --eval-every N --eval-batches K  validation every N updates on K micro-batches (0 = all)\n"
         "  --save-every N       crash-safe checkpoint every N updates\n"
@@ -184,7 +183,7 @@ int cmd_train(int argc, char **argv) {
     o.allora_eta = allora ? args_double(&a, "--allora-eta", 2.0) : 0.0;
     o.seed = (uint64_t)args_int(&a, "--seed", 42);
     o.recompute = args_has(&a, "--recompute");
-    int bf16 = args_has(&a, "--bf16");
+    int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
     o.eval_every = args_int(&a, "--eval-every", 0);
     o.eval_batches = (int)args_int(&a, "--eval-batches", 0);
     o.save_every = args_int(&a, "--save-every", 0);
@@ -215,9 +214,9 @@ int cmd_train(int argc, char **argv) {
     }
     /* LISA trains whole layers of its own choosing, in place in the f32 weights, and writes
      * the model: its output must not replace the base checkpoint. */
-    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || peft_same_path(dir, out))) {
+    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || f16 || peft_same_path(dir, out))) {
         fprintf(stderr, "peft train: --method lisa trains every module of the layers it samples (no --target other than all-linear, "
-                        "no --target-regex or --layers), in f32 (no --bf16), and writes the model to --out, which must differ from "
+                        "no --target-regex or --layers), in f32 (no --bf16/--f16), and writes the model to --out, which must differ from "
                         "--model\n");
         return 2;
     }
@@ -265,7 +264,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
     peft_corda_covs_free(covs);
-    if (rc == PEFT_OK && bf16) rc = llama_use_bf16(cm.model, 1, &err);
+    if (rc == PEFT_OK) rc = cli_use_half(cm.model, bf16, f16, 1, &err);
     int nv = cm.model->n_virtual;
     if (rc == PEFT_OK && nv) {
         /* Virtual tokens (prompt/prefix tuning) start every row: the data gets the rest, one

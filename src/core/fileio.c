@@ -2,6 +2,7 @@
 #include "fileio.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,17 @@ void peft_unmap_file(peft_mapping *m) {
     if (m->data) munmap((void *)m->data, m->size);
     m->data = NULL;
     m->size = 0;
+}
+
+int peft_mapping_release(const peft_mapping *m, const void *p, size_t n) {
+    const unsigned char *b = p;
+    if (!m->data || b < m->data || b + n > m->data + m->size) return 0;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)b + page - 1) & ~(page - 1), hi = ((uintptr_t)b + n) & ~(page - 1);
+#ifdef MADV_PAGEOUT
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT); /* advice only: failure changes nothing */
+#endif
+    return 1;
 }
 
 int peft_atomic_open(peft_atomic_file *af, const char *path, peft_err *err) {

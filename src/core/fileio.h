@@ -20,6 +20,12 @@ typedef struct peft_mapping {
 } peft_mapping;
 int peft_map_file(const char *path, peft_mapping *m, peft_err *err);
 void peft_unmap_file(peft_mapping *m);
+/* Gives the whole pages of [p, p + n) back to the kernel when they lie in mapping m
+ * (MADV_PAGEOUT): clean pages are dropped and read from the file again if touched, changed
+ * (copy-on-write) pages are kept, so the contents never change; only the resident memory
+ * does. For tensors that another copy now serves (packed 16-bit weights). Returns 1 when the
+ * range is in m, else 0. */
+int peft_mapping_release(const peft_mapping *m, const void *p, size_t n);
 
 /* Atomic write: open a temporary beside `path`; commit fsyncs, closes and renames;
  * abort closes and removes the temporary. Exactly one of commit/abort must follow open. */

@@ -89,6 +89,9 @@ int crossentropy_fused(float *losses, float *logits, const int32_t *targets, flo
 void add_inplace(float *y, const float *x, size_t n);
 /* y[n] = a * y[n] */
 void scale_inplace(float *y, float a, size_t n);
+/* dst[n] = bf16(src[n]), round to nearest even (16-bit storage of saved activations); and back. */
+void f32_to_bf16_array(uint16_t *dst, const float *src, size_t n);
+void bf16_to_f32_array(float *dst, const uint16_t *src, size_t n);
 
 /* ---- gemm.c ------------------------------------------------------------------ */
 /* General accumulate: c[M,N] += alpha * op(a) @ op(b), op(x) = x or x^T (trans_a, trans_b);
@@ -96,18 +99,23 @@ void scale_inplace(float *y, float a, size_t n);
  * nn.Linear-shaped matmuls do not fit: adapter merges (W += s*B@A) and low-rank terms. */
 void gemm_acc(float *c, const float *a, const float *b, int M, int N, int K, int trans_a, int trans_b, float alpha);
 
-/* ---- matmul_bf16.c ----------------------------------------------------------- */
-/* Dense layers over FROZEN weights stored once as bf16 (AVX512-BF16 vdpbf16ps, f32 accumulation;
- * inputs are rounded to bf16 on the fly; expect ~1e-2 relative error of the norm vs f32; falls
- * back to unpack + sgemm when compiled without __AVX512BF16__). Packed layout (matmul_bf16.c):
- * panels of 64 output columns, reduction dim in interleaved pairs, zero padded:
- *   packed[((p * Kp/2) + kp) * 128 + 2*c + t] = bf16(Bt[64p + c][2kp + t]), Kp = K rounded up to even.
- * Two layouts of the same weight w[OC, C] (nn.Linear):
- *   bf16_pack_weight:   Bt = w   (ncol = OC, K = C), for matmul_bf16_forward;
- *   bf16_pack_weight_t: Bt = w^T (ncol = C, K = OC), for matmul_bf16_backward_input.
- * Sizes are in uint16_t elements. Buffers may have any alignment (64 bytes is best).
- * Both matmuls are threaded with OpenMP and allocate an N x K bf16 scratch per call; not to be
- * called inside an OpenMP parallel region. */
+/* ---- matmul_bf16.c, matmul_f16.c: frozen weights stored once in 16 bits ------------ */
+/* Dense layers over FROZEN weights packed once into a 16-bit format; activations stay f32 and
+ * are rounded on the fly; the result is f32. Each format packs two layouts of the same weight
+ * w[OC, C] (nn.Linear): pack_weight for forward (out = inp @ w^T), pack_weight_t for
+ * backward_input (dinp += dout @ w). Sizes are in uint16_t elements; buffers may have any
+ * alignment (64 bytes is best). The matmuls are threaded with OpenMP, allocate their scratch
+ * per call, and must not be called inside an OpenMP parallel region.
+ *
+ *  bf16 (matmul_bf16.c): AVX512-BF16 vdpbf16ps, f32 accumulation. Error vs f32 ~2e-3 of the
+ *    norm on random operands (8-bit mantissas). Panels of 64 output columns, reduction dim in interleaved pairs:
+ *      packed[((p * Kp/2) + kp) * 128 + 2*c + t] = bf16(Bt[64p + c][2kp + t]), Kp = K rounded up to even.
+ *  f16 (matmul_f16.c): AVX512-FP16 vfmadd231ph, f16 runs of 64 products summed in f32, every row
+ *    and weight column scaled by a power of two into [0.5, 1). Error vs f32 ~1.2e-3 of the norm.
+ *      packed[(p * K + k) * 64 + c] = f16(Bt[64p + c][k] * colscale), then 1/colscale as f32.
+ *  Without the instructions both fall back to widening the same 16-bit operands and sgemm.
+ * Where each is fast: bench/README.md (Zen 4/5: bf16 twice f32; Sapphire/Emerald Rapids: f16
+ * twice f32, bf16 half). */
 size_t bf16_packed_size(int OC, int C);   /* ceil(OC/64)*64 * (C + C%2) */
 size_t bf16_packed_t_size(int OC, int C); /* ceil(C/64)*64 * (OC + OC%2) */
 void bf16_pack_weight(uint16_t *packed, const float *w, int OC, int C);
@@ -117,6 +125,33 @@ void matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w,
                          int OC);
 /* dinp[N,C] += dout[N,OC] @ w (packed_wt from bf16_pack_weight_t). */
 void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
+
+size_t f16_packed_size(int OC, int C);   /* ceil(OC/64)*64 * (C + 2) */
+size_t f16_packed_t_size(int OC, int C); /* ceil(C/64)*64 * (OC + 2) */
+void f16_pack_weight(uint16_t *packed, const float *w, int OC, int C);
+void f16_pack_weight_t(uint16_t *packed_t, const float *w, int OC, int C);
+void matmul_f16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C,
+                        int OC);
+void matmul_f16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
+
+/* Shared by the formats: out[N,ncol] = bias (or 0) for an empty reduction (C == 0); and the
+ * sgemm their portable fallbacks run on operands they already rounded:
+ * out[N,ncol] (+= when acc_mode, else = bias or 0 +) a[N,K] @ bt[ncol,K]^T. */
+void matmul_fill_bias(float *out, const float *bias, int N, int ncol);
+void matmul_rounded_sgemm(float *out, const float *a, const float *bt, const float *bias, int N, int K, int ncol,
+                          int acc_mode);
+
+/* One 16-bit format as a table, so model code picks a format once and calls through it. */
+typedef struct peft_half_matmul {
+    const char *name; /* "bf16", "f16" */
+    size_t (*packed_size)(int OC, int C);
+    size_t (*packed_t_size)(int OC, int C);
+    void (*pack_weight)(uint16_t *packed, const float *w, int OC, int C);
+    void (*pack_weight_t)(uint16_t *packed_t, const float *w, int OC, int C);
+    void (*forward)(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C, int OC);
+    void (*backward_input)(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
+} peft_half_matmul;
+extern const peft_half_matmul peft_half_bf16, peft_half_f16;
 
 /* ---- threads.c --------------------------------------------------------------- */
 /* Opt-in single thread pool: call once at startup, before any kernel. Sets the OpenMP team to

@@ -24,6 +24,21 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
     peft_sgemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
 }
 
+void matmul_fill_bias(float *out, const float *bias, int N, int ncol) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < ncol; o++) out[(size_t)n * ncol + o] = bias ? bias[o] : 0.0f;
+}
+
+void matmul_rounded_sgemm(float *out, const float *a, const float *bt, const float *bias, int N, int K, int ncol,
+                          int acc_mode) {
+    float beta = acc_mode ? 1.0f : 0.0f;
+    if (!acc_mode && bias) {
+        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * ncol, bias, (size_t)ncol * sizeof(float));
+        beta = 1.0f;
+    }
+    peft_sgemm(0, 1, N, ncol, K, 1.0f, a, K, bt, K, beta, out, ncol);
+}
+
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int C, int OC) {
     // dinp (N, C), dweight (OC, C), dbias (OC): all accumulate; dout (N, OC)

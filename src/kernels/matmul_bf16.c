@@ -23,7 +23,6 @@
  * (inputs rounded to bf16 as well, so both paths multiply the same bf16 operands), so callers can
  * use one code path everywhere. */
 #include <assert.h>
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __AVX512BF16__
@@ -251,12 +250,7 @@ static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const
     assert(ar);
     for (size_t i = 0; i < (size_t)N * K; i++) ar[i] = bf16_to_f32_(f32_to_bf16_(a[i]));
     a = ar;
-    float beta = acc_mode ? 1.0f : 0.0f;
-    if (!acc_mode && bias) {
-        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * ncol, bias, (size_t)ncol * sizeof(float));
-        beta = 1.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, ncol, K, 1.0f, a, K, bt, K, beta, out, ncol);
+    matmul_rounded_sgemm(out, a, bt, bias, N, K, ncol, acc_mode);
     free(bt);
     free(ar);
 }
@@ -266,8 +260,7 @@ void matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w,
                          int OC) {
     if (N <= 0 || OC <= 0) return;
     if (C <= 0) {
-        for (int n = 0; n < N; n++)
-            for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] = bias ? bias[o] : 0.0f;
+        matmul_fill_bias(out, bias, N, OC);
         return;
     }
     gemm_bf16_(out, inp, packed_w, bias, N, C, OC, 0);
@@ -277,3 +270,6 @@ void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *
     if (N <= 0 || OC <= 0 || C <= 0 || !dinp) return;
     gemm_bf16_(dinp, dout, packed_wt, NULL, N, OC, C, 1);
 }
+
+const peft_half_matmul peft_half_bf16 = {"bf16", bf16_packed_size, bf16_packed_t_size, bf16_pack_weight,
+                                         bf16_pack_weight_t, matmul_bf16_forward, matmul_bf16_backward_input};

@@ -192,56 +192,72 @@ int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err) 
     return PEFT_OK;
 }
 
-int llama_use_bf16(peft_llama *m, int training, peft_err *err) {
-    if (m->bf16_slab) return PEFT_OK;
+/* Gives back the resident pages of a mapped f32 tensor (no-op for converted or owned ones). */
+static void release_if_mapped(const peft_llama *m, const float *p, size_t numel) {
+    for (int i = 0; m->weights && i < m->weights->n_files; i++)
+        if (peft_mapping_release(&m->weights->files[i]->map, p, numel * sizeof(float))) return;
+}
+
+int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, peft_err *err) {
+    if (m->half) {
+        if (m->half == fmt) return PEFT_OK;
+        return peft_fail(err, PEFT_EINVAL, "%s: the model already computes in %s", m->dir, m->half->name);
+    }
     const peft_llama_config *c = &m->cfg;
-    size_t total = 0, layouts = training ? 2 : 1;
+    const int C = c->hidden_size, V = c->vocab_size;
+    size_t total = fmt->packed_size(V, C) + (training ? fmt->packed_t_size(V, C) : 0);
     for (int i = 0; i < llama_n_sites(m); i++) {
         const peft_site *s = llama_site(m, i);
-        total += bf16_packed_size(s->out_features, s->in_features) +
-                 (training ? bf16_packed_t_size(s->out_features, s->in_features) : 0);
+        total += fmt->packed_size(s->out_features, s->in_features) +
+                 (training ? fmt->packed_t_size(s->out_features, s->in_features) : 0);
     }
-    total += bf16_packed_size(c->vocab_size, c->hidden_size) + (training ? bf16_packed_t_size(c->vocab_size, c->hidden_size) : 0);
-    m->bf16_slab = malloc(total * sizeof(uint16_t));
-    if (!m->bf16_slab) return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB for bf16 weights", total * 2 >> 20);
-    uint16_t *p = m->bf16_slab;
+    m->half_slab = malloc(total * sizeof(uint16_t));
+    if (!m->half_slab)
+        return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB for %s weights", total * 2 >> 20, fmt->name);
+    uint16_t *p = m->half_slab;
     for (int i = 0; i < llama_n_sites(m); i++) {
         peft_site *s = llama_site(m, i);
-        bf16_pack_weight(p, s->weight, s->out_features, s->in_features);
-        s->w_bf16 = p;
-        p += bf16_packed_size(s->out_features, s->in_features);
-        if (layouts == 2) {
-            bf16_pack_weight_t(p, s->weight, s->out_features, s->in_features);
-            s->wt_bf16 = p;
-            p += bf16_packed_t_size(s->out_features, s->in_features);
+        fmt->pack_weight(p, s->weight, s->out_features, s->in_features);
+        s->w_half = p;
+        p += fmt->packed_size(s->out_features, s->in_features);
+        if (training) {
+            fmt->pack_weight_t(p, s->weight, s->out_features, s->in_features);
+            s->wt_half = p;
+            p += fmt->packed_t_size(s->out_features, s->in_features);
         }
+        s->half = fmt;
+        release_if_mapped(m, s->weight, (size_t)s->out_features * s->in_features);
     }
-    bf16_pack_weight(p, m->lm_head, c->vocab_size, c->hidden_size);
-    m->lm_head_bf16 = p;
-    p += bf16_packed_size(c->vocab_size, c->hidden_size);
-    if (layouts == 2) {
-        bf16_pack_weight_t(p, m->lm_head, c->vocab_size, c->hidden_size);
-        m->lm_head_t_bf16 = p;
+    fmt->pack_weight(p, m->lm_head, V, C);
+    m->lm_head_half = p;
+    p += fmt->packed_size(V, C);
+    if (training) {
+        fmt->pack_weight_t(p, m->lm_head, V, C);
+        m->lm_head_t_half = p;
     }
+    /* tied or not: the embedding gathers only the rows of the tokens it sees, which come back
+     * one page at a time (real text uses a small part of the vocabulary) */
+    release_if_mapped(m, m->lm_head, (size_t)V * C);
+    m->half = fmt;
     return PEFT_OK;
 }
 
-/* logits[N,V] = x[N,C] lm_head^T, in bf16 when packed. */
+/* logits[N,V] = x[N,C] lm_head^T, in 16 bits when packed. */
 static void lm_head_forward(const peft_llama *m, float *logits, const float *x, int N) {
-    if (m->lm_head_bf16) matmul_bf16_forward(logits, x, m->lm_head_bf16, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
+    if (m->lm_head_half) m->half->forward(logits, x, m->lm_head_half, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
     else matmul_forward(logits, x, m->lm_head, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
 }
 
-/* dx[N,C] += dlogits[N,V] lm_head, in bf16 when packed. */
+/* dx[N,C] += dlogits[N,V] lm_head, in 16 bits when packed. */
 static void lm_head_backward_input(const peft_llama *m, float *dx, const float *dlogits, int N) {
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    if (m->lm_head_t_bf16) matmul_bf16_backward_input(dx, dlogits, m->lm_head_t_bf16, N, C, V);
+    if (m->lm_head_t_half) m->half->backward_input(dx, dlogits, m->lm_head_t_half, N, C, V);
     else matmul_backward(dx, NULL, NULL, dlogits, NULL, m->lm_head, N, C, V);
 }
 
 void llama_free(peft_llama *m) {
     if (!m) return;
-    free(m->bf16_slab);
+    free(m->half_slab);
     peft_weights_close(m->weights);
     free(m->converted);
     free(m->layers);
@@ -282,8 +298,10 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
     size_t N = (size_t)B * T, C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->n_layers,
            QD = (size_t)c->n_heads * c->head_dim, KD = (size_t)c->n_kv_heads * c->head_dim;
     size_t n_layer_sets = save_all ? L : 1, R = N < LLAMA_HEAD_CHUNK ? N : LLAMA_HEAD_CHUNK;
+    const int half_mlp = m->half && save_all && training; /* gate, up saved as bf16 (llama_layer_acts) */
     size_t total = (L + 1) * N * C + n_layer_sets * N * layer_floats(c) + N * (2 * C + F) + N * C + N + N +
                    R * (2 * C + V);
+    if (half_mlp) total += 2 * N * F - n_layer_sets * N * F; /* shared f32 gate, up; 2 x N x F halves per layer */
     if (training) total += 3 * N * C + N * (2 * QD + 2 * KD) + 3 * N * F;
     a->B = B;
     a->T = T;
@@ -303,6 +321,11 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
     TAKE(xn1, N * C);
     TAKE(xn2, N * C);
     TAKE(act, N * F);
+    float *gate = NULL, *up = NULL;
+    if (half_mlp) {
+        TAKE(gate, N * F);
+        TAKE(up, N * F);
+    }
     for (size_t l = 0; l < n_layer_sets; l++) {
         llama_layer_acts *la = &a->layer[l];
         la->xn1 = xn1;
@@ -316,8 +339,14 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
         TAKE(la->lse, N * c->n_heads);
         TAKE(la->x_mid, N * C);
         TAKE(la->rstd2, N);
-        TAKE(la->gate, N * F);
-        TAKE(la->up, N * F);
+        if (half_mlp) {
+            la->gate = gate, la->up = up;
+            la->gate_h = (uint16_t *)p, la->up_h = la->gate_h + N * F;
+            p += N * F; /* the two [N, F] bf16 arrays */
+        } else {
+            TAKE(la->gate, N * F);
+            TAKE(la->up, N * F);
+        }
     }
     for (size_t l = n_layer_sets; l < L; l++) a->layer[l] = a->layer[0];
     TAKE(a->xnf, N * C);
@@ -393,6 +422,10 @@ static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const floa
     site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, save);
     site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, save);
     swiglu_forward(la->act, la->gate, la->up, N, F);
+    if (la->gate_h) {
+        f32_to_bf16_array(la->gate_h, la->gate, (size_t)N * F);
+        f32_to_bf16_array(la->up_h, la->up, (size_t)N * F);
+    }
     site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, save);
     add_inplace(x_out, la->x_mid, (size_t)N * C);
 }
@@ -503,6 +536,10 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     size_t QD = (size_t)c->n_heads * HD, KD = (size_t)c->n_kv_heads * HD;
     /* MLP: x_out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
     const int rebuild = a->save_all; /* xn1, xn2, act are shared by all layers (llama_layer_acts) */
+    if (la->gate_h) {
+        bf16_to_f32_array(la->gate, la->gate_h, (size_t)N * F);
+        bf16_to_f32_array(la->up, la->up_h, (size_t)N * F);
+    }
     if (rebuild) swiglu_forward(la->act, la->gate, la->up, N, F);
     memset(a->dact, 0, (size_t)N * F * sizeof(float));
     site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N);

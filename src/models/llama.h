@@ -44,8 +44,9 @@ typedef struct peft_llama {
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
     size_t n_params;
-    uint16_t *bf16_slab;      /* packed bf16 copies of the frozen matrices (llama_use_bf16), or NULL */
-    const uint16_t *lm_head_bf16, *lm_head_t_bf16;
+    const struct peft_half_matmul *half; /* 16-bit format of the frozen matmuls (llama_use_half), or NULL */
+    uint16_t *half_slab;      /* their packed copies */
+    const uint16_t *lm_head_half, *lm_head_t_half;
     /* Virtual tokens (prompt and prefix tuning): the first n_virtual rows of every sequence
      * are the method's (callers put placeholder ids there, with no loss on them).
      * Prompt tuning: trained embeddings take the place of those rows' input.
@@ -61,12 +62,16 @@ typedef struct peft_llama {
 
 /* Loads DIR/config.json and the weights. Errors name the file and the problem. */
 int llama_load(const char *dir, peft_llama **out, peft_err *err);
-/* Computes the frozen linear layers and the LM head in bf16 (AVX512-BF16 where the CPU has it,
- * f32 accumulation): packs a bf16 copy of each weight once (both layouts when `training`,
- * for the input gradient too). Outputs then differ from f32 by about 1e-2 relative. Call it
- * after the adapters are attached and after any merge; the f32 weights stay for methods that
- * read W and for merging. */
-int llama_use_bf16(peft_llama *m, int training, peft_err *err);
+/* Computes the frozen linear layers and the LM head in a 16-bit format (kernels.h:
+ * &peft_half_bf16 or &peft_half_f16): packs a copy of each weight once (both layouts when
+ * `training`, for the input gradient too). Outputs then differ from f32 by about 1e-3 (f16) or
+ * 2e-3 (bf16) of their norm. Call it after the adapters are attached and after any merge.
+ * The f32 weights stay valid for methods that read W and for merging, but the resident pages
+ * of mapped f32 layer weights are given back (peft_mapping_release): they are read from the
+ * file again only if something touches them. One format per model: a second call with
+ * another format fails. */
+struct peft_half_matmul;
+int llama_use_half(peft_llama *m, const struct peft_half_matmul *fmt, int training, peft_err *err);
 /* Only config.json: the sites with their names and shapes but no weights (to validate an
  * adapter against a model that is not at hand). Forward and merge are not possible. */
 int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err);
@@ -100,6 +105,11 @@ typedef struct llama_layer_acts {
     float *rstd2;     /* [N] */
     float *gate, *up; /* [N, F] */
     float *act;       /* [N, F]    silu(gate) * up */
+    /* When the model computes in 16 bits (llama_use_half before llama_acts_alloc) and every
+     * layer is saved, gate and up are kept as bf16 copies [N, F] (the two largest saved
+     * tensors, 40 % of a layer), as PyTorch's autocast keeps its matmul outputs; gate and up
+     * then point to one f32 scratch shared by the layers, refilled in backward. Else NULL. */
+    uint16_t *gate_h, *up_h;
 } llama_layer_acts;
 
 typedef struct llama_acts {

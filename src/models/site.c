@@ -10,7 +10,7 @@ void site_forward(const peft_site *s, float *y, const float *x, int N, int save)
         a->method->forward(a, s, y, x, N, save);
         return;
     }
-    if (s->w_bf16) matmul_bf16_forward(y, x, s->w_bf16, s->bias, N, s->in_features, s->out_features);
+    if (s->w_half) s->half->forward(y, x, s->w_half, s->bias, N, s->in_features, s->out_features);
     else matmul_forward(y, x, s->weight, s->bias, N, s->in_features, s->out_features);
     if (a) a->method->forward(a, s, y, x, N, save);
 }
@@ -18,7 +18,7 @@ void site_forward(const peft_site *s, float *y, const float *x, int N, int save)
 void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N) {
     peft_adapter *a = s->adapter;
     if (!(a && a->method->forward_replaces_base) && dx) {
-        if (s->wt_bf16) matmul_bf16_backward_input(dx, dy, s->wt_bf16, N, s->in_features, s->out_features);
+        if (s->wt_half) s->half->backward_input(dx, dy, s->wt_half, N, s->in_features, s->out_features);
         else matmul_backward(dx, NULL, NULL, dy, x, s->weight, N, s->in_features, s->out_features);
     }
     if (a) a->method->backward(a, s, dx, dy, x, N);

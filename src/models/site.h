@@ -7,7 +7,8 @@
 
 #include <stdint.h>
 
-struct peft_adapter; /* methods/adapter.h */
+struct peft_adapter;     /* methods/adapter.h */
+struct peft_half_matmul; /* kernels/kernels.h */
 
 typedef struct peft_site {
     char name[128];        /* HF module name */
@@ -17,9 +18,10 @@ typedef struct peft_site {
     int out_features;      /* C_out */
     float *weight;         /* [out, in], frozen (written only by merge/unmerge, and by LISA, which trains it) */
     float *bias;           /* [out] or NULL */
-    /* Optional bf16 copies of the frozen weight (llama_use_bf16), packed for
-     * matmul_bf16_forward and matmul_bf16_backward_input; NULL: the f32 weight is used. */
-    const uint16_t *w_bf16, *wt_bf16;
+    /* Optional 16-bit copies of the frozen weight (llama_use_half) in format `half`, packed
+     * for its forward and backward_input; NULL: the f32 weight is used. */
+    const struct peft_half_matmul *half;
+    const uint16_t *w_half, *wt_half;
     struct peft_adapter *adapter; /* attached method, or NULL */
 } peft_site;
 

@@ -8,7 +8,9 @@
 #     earlier adapter intact;
 #  4. a learning rate that overflows the weights stops with a clear message, no adapter;
 #  5. an empty dataset and a malformed line are refused with the file named;
-#  6. CorDA: calibration on --corda-calib-data, --save-as-lora loads in peft eval, misuse refused.
+#  6. CorDA: calibration on --corda-calib-data, --save-as-lora loads in peft eval, misuse refused;
+#  7. --f16 / --bf16 (frozen matmuls in 16 bits): training lowers the validation loss to within
+#     2 % of the f32 run's, eval agrees with f32 within 1 %, both flags together are refused.
 set -u
 BIN=${PEFT_BIN:?PEFT_BIN not set}
 SRC=${PEFT_SRC:?PEFT_SRC not set}
@@ -136,6 +138,21 @@ head -20 "$W/data.jsonl" > "$W/calib.jsonl"
 [ $? -eq 2 ] && grep -q "corda_ipm or corda_kpm" "$W/lc.txt" && ok "--corda-calib-batches refused for lora" || bad "calib option on lora: $(tail -1 "$W/lc.txt")"
 "$BIN" train "${ARGS[@]}" --out "$W/ls" --save-as-lora > "$W/ls.txt" 2>&1
 [ $? -eq 1 ] && grep -q "PiSSA and CorDA" "$W/ls.txt" && ok "--save-as-lora refused for lora" || bad "save-as-lora on lora: $(tail -1 "$W/ls.txt")"
+
+# 16-bit compute: the same run in f16 and bf16 ends where f32 does (within their rounding).
+for h in f16 bf16; do
+    "$BIN" train "${ARGS[@]}" --$h --out "$W/$h" > "$W/$h.txt" 2>&1 || bad "--$h run failed: $(tail -2 "$W/$h.txt")"
+    hl=$(grep val_loss "$W/$h/train_log.jsonl" | tail -1 | sed 's/.*"val_loss":\([0-9.]*\).*/\1/')
+    awk -v a="$last" -v b="$hl" 'BEGIN { d = (a - b) / a; exit !(d < 0.02 && d > -0.02) }' \
+        && ok "--$h: final validation loss $hl vs f32 $last" || bad "--$h: final validation loss $hl vs f32 $last"
+    e32=$("$BIN" eval --model "$MODEL" --data "$W/data.jsonl" --adapter "$W/full" 2>&1 | awk '/^loss/ {print $2}')
+    e16=$("$BIN" eval --model "$MODEL" --data "$W/data.jsonl" --adapter "$W/full" --$h 2>&1 | awk '/^loss/ {print $2}')
+    awk -v a="$e32" -v b="$e16" 'BEGIN { d = (a - b) / a; exit !(a > 0 && d < 0.01 && d > -0.01) }' \
+        && ok "eval --$h: loss $e16 vs f32 $e32" || bad "eval --$h: loss '$e16' vs f32 '$e32'"
+done
+"$BIN" train "${ARGS[@]}" --f16 --bf16 --out "$W/both" > "$W/both.txt" 2>&1
+[ $? -ne 0 ] && grep -q "exclude each other" "$W/both.txt" && [ ! -e "$W/both/adapter_model.safetensors" ] \
+    && ok "--f16 with --bf16 refused" || bad "--f16 --bf16: $(tail -1 "$W/both.txt")"
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

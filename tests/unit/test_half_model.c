@@ -1,12 +1,15 @@
-/* test_bf16_model.c: the model with bf16 compute for its frozen matmuls (llama_use_bf16)
- * stays close to f32 — the rounding a bf16 matmul with f32 accumulation should give, no
- * more: logits within 2e-2 of their norm, LoRA gradients pointing the same way (cosine
- * > 0.99) with the same size, the loss within 1%. */
+/* test_half_model.c: the model with 16-bit compute for its frozen matmuls (llama_use_half,
+ * bf16 and f16) stays close to f32 — the rounding of the format, no more: logits within 2e-2
+ * (bf16) / 5e-3 (f16) of their norm, LoRA gradients pointing the same way (cosine > 0.99) with
+ * the same size, the loss within 1%. Also: the f32 weights keep their values after their
+ * mapped pages are given back (one changed in memory beforehand, a copy-on-write page, too),
+ * a second format is refused, and so is a merge. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "kernels/kernels.h"
 #include "methods/adapter_set.h"
 #include "tiny_model.h"
 
@@ -31,10 +34,7 @@ static void run(peft_llama *m, peft_adapter_set *set, const int32_t *ids, const 
     llama_acts_free(&a);
 }
 
-int main(void) {
-    char dir[] = "/tmp/peft_bf16_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    CHECK(tiny_model_write(dir, PEFT_F32, 13) == 0);
+static void check_format(const char *dir, const peft_half_matmul *H, double logit_tol) {
     peft_err err = {0};
     peft_llama *m;
     CHECK_MSG(llama_load(dir, &m, &err) == 0, "%s", err.msg);
@@ -54,25 +54,41 @@ int main(void) {
     float *l32 = malloc(16 * TINY_V * sizeof(float)), *l16 = malloc(16 * TINY_V * sizeof(float));
     float *g32 = malloc(n * sizeof(float)), *g16 = malloc(n * sizeof(float));
     double loss32, loss16;
+    /* a changed value in a mapped weight (now a private page) and a copy of another site's */
+    peft_site *s0 = llama_site(m, 0), *s1 = llama_site(m, 1);
+    const size_t n1 = (size_t)s1->out_features * s1->in_features;
+    float *w1 = malloc(n1 * sizeof(float));
+    memcpy(w1, s1->weight, n1 * sizeof(float));
+    s0->weight[0] = 0.125f;
     run(m, set, ids, tgt, l32, g32, &loss32);
-    CHECK(llama_use_bf16(m, 1, &err) == 0);
+    CHECK(llama_use_half(m, H, 1, &err) == 0);
+    CHECK(s0->weight[0] == 0.125f && memcmp(w1, s1->weight, n1 * sizeof(float)) == 0);
+    CHECK(llama_use_half(m, H == &peft_half_f16 ? &peft_half_bf16 : &peft_half_f16, 1, &err) == PEFT_EINVAL);
     run(m, set, ids, tgt, l16, g16, &loss16);
     double d = 0, nrm = 0, dot = 0, n32 = 0, n16 = 0;
     for (int i = 0; i < 16 * TINY_V; i++) d += (l16[i] - l32[i]) * (l16[i] - l32[i]), nrm += l32[i] * l32[i];
     for (size_t i = 0; i < n; i++) dot += (double)g16[i] * g32[i], n32 += (double)g32[i] * g32[i], n16 += (double)g16[i] * g16[i];
     double rel = sqrt(d / nrm), cosine = dot / sqrt(n32 * n16), ratio = sqrt(n16 / n32);
-    printf("bf16 vs f32: logits rel err %.2e, LoRA gradient cosine %.6f, norm ratio %.4f, loss %.5f vs %.5f\n", rel, cosine, ratio,
-           loss16, loss32);
-    CHECK(rel < 2e-2 && rel > 0); /* rel > 0: the bf16 path really ran */
+    printf("%s vs f32: logits rel err %.2e, LoRA gradient cosine %.6f, norm ratio %.4f, loss %.5f vs %.5f\n", H->name, rel,
+           cosine, ratio, loss16, loss32);
+    CHECK(rel < logit_tol && rel > 0); /* rel > 0: the 16-bit path really ran */
     CHECK(cosine > 0.99 && fabs(ratio - 1) < 0.05);
     CHECK(fabs(loss16 - loss32) < 1e-2 * loss32);
-    /* merging a model already in bf16 is refused (its packed copies would go stale) */
+    /* merging a model already in 16 bits is refused (its packed copies would go stale) */
     CHECK(peft_adapter_set_merge(set, +1, &err) == PEFT_EINVAL);
     peft_adapter_set_free(set);
     llama_free(m);
-    free(l32), free(l16), free(g32), free(g16);
+    free(l32), free(l16), free(g32), free(g16), free(w1);
+}
+
+int main(void) {
+    char dir[] = "/tmp/peft_half_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK(tiny_model_write(dir, PEFT_F32, 13) == 0);
+    check_format(dir, &peft_half_bf16, 2e-2);
+    check_format(dir, &peft_half_f16, 5e-3);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
-    return check_report("test_bf16_model");
+    return check_report("test_half_model");
 }
