@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -146,7 +147,7 @@ def train(a, env, method, data, val, out, steps, batch, seq):
            "--out", out, "--method", method, "--target", "all-linear", *extra,
            "--steps", str(steps), "--batch", str(batch), "--seq-len", str(seq), "--lr", "%g" % lr,
            "--warmup", str(max(1, steps // 10)), "--eval-every", str(steps), "--eval-batches", "0",
-           "--seed", "42", "--no-progress"]
+           "--seed", "42", "--no-progress", *shlex.split(a.train_args)]
     t0 = time.time()
     p = run(cmd, env)
     wall = time.time() - t0
@@ -192,6 +193,7 @@ def main():
     ap.add_argument("--work", default=None, help="keep data and adapters here (default: a temp dir, removed)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--methods", default=None, help="comma list (default: all of `peft train --methods`)")
+    ap.add_argument("--train-args", default="", help="more `peft train` options for every run, e.g. \"--f16\"")
     ap.add_argument("--sst-train", type=int, default=4000)
     ap.add_argument("--sst-val", type=int, default=400)
     ap.add_argument("--gsm-train", type=int, default=2000)

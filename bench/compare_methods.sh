@@ -9,6 +9,7 @@
 #   options (passed to bench/compare_methods.py): --methods lora,dora --out FILE --work DIR (keep
 #   data + adapters) --sst-steps N --sst-batch B --sst-seq T --gsm-steps N --gsm-batch B --gsm-seq T
 #   --sst-train N --sst-val N --gsm-train N --gsm-val N --data DIR --model DIR --peft BIN
+#   --train-args "--f16" (more `peft train` options for every run)
 #
 # Needs: build/peft (`make build`), GNU time at /usr/bin/time, /usr/bin/python3 (stdlib only),
 # ../shared/data/{sst2,gsm8k}. OMP_WAIT_POLICY defaults to PASSIVE (spinning OpenMP workers

@@ -87,7 +87,9 @@ static void pack_(uint16_t *packed, const float *src, int ncol, int K, size_t sc
         for (int c = 0; c < F16_NR; c++) {
             const int col = p * F16_NR + c;
             float mx = 0.0f;
-            for (int k = 0; col < ncol && k < K; k++) mx = fmaxf(mx, fabsf(src[(size_t)col * scol + (size_t)k * sk]));
+            const float *v = src + (size_t)(col < ncol ? col : 0) * scol;
+#pragma omp simd reduction(max : mx)
+            for (int k = 0; k < K; k++) mx = mx > fabsf(v[(size_t)k * sk]) ? mx : fabsf(v[(size_t)k * sk]);
             scale[c] = col < ncol ? pow2_scale_(mx) : 0.0f; // padding columns pack as zeros
             inv[col] = col < ncol ? 1.0f / scale[c] : 1.0f;
         }
