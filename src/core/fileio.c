@@ -67,15 +67,24 @@ void peft_unmap_file(peft_mapping *m) {
     m->size = 0;
 }
 
-int peft_mapping_release(const peft_mapping *m, const void *p, size_t n) {
+int peft_mapping_release(const peft_mapping *m, const void *p, size_t n, int unwritten) {
     const unsigned char *b = p;
     if (!m->data || b < m->data || b + n > m->data + m->size) return 0;
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t lo = ((uintptr_t)b + page - 1) & ~(page - 1), hi = ((uintptr_t)b + n) & ~(page - 1);
+    if (hi <= lo) return 1;
+    /* advice only: a failure changes nothing */
+    if (unwritten) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 #ifdef MADV_PAGEOUT
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT); /* advice only: failure changes nothing */
+    else madvise((void *)lo, hi - lo, MADV_PAGEOUT);
 #endif
     return 1;
+}
+
+void peft_pages_discard(void *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 int peft_atomic_open(peft_atomic_file *af, const char *path, peft_err *err) {

@@ -20,12 +20,17 @@ typedef struct peft_mapping {
 } peft_mapping;
 int peft_map_file(const char *path, peft_mapping *m, peft_err *err);
 void peft_unmap_file(peft_mapping *m);
-/* Gives the whole pages of [p, p + n) back to the kernel when they lie in mapping m
- * (MADV_PAGEOUT): clean pages are dropped and read from the file again if touched, changed
- * (copy-on-write) pages are kept, so the contents never change; only the resident memory
- * does. For tensors that another copy now serves (packed 16-bit weights). Returns 1 when the
- * range is in m, else 0. */
-int peft_mapping_release(const peft_mapping *m, const void *p, size_t n);
+/* Gives the whole pages of [p, p + n) back to the kernel when they lie in mapping m; the
+ * contents never change, only the resident memory does. For tensors that another copy now
+ * serves (widened or packed 16-bit weights). unwritten = 1: the caller guarantees no page of
+ * the range was ever written, so they are simply unmapped (MADV_DONTNEED; the page cache keeps
+ * them for the next touch or run). 0: MADV_PAGEOUT, which evicts clean pages (read from the
+ * file again if touched) and keeps changed copy-on-write ones. Returns 1 when the range is in
+ * m, else 0. */
+int peft_mapping_release(const peft_mapping *m, const void *p, size_t n, int unwritten);
+/* Gives the whole pages of [p, p + n), heap memory the caller owns, back to the kernel
+ * (MADV_DONTNEED): their contents are LOST (they read as zeros if touched again). */
+void peft_pages_discard(void *p, size_t n);
 
 /* Atomic write: open a temporary beside `path`; commit fsyncs, closes and renames;
  * abort closes and removes the temporary. Exactly one of commit/abort must follow open. */

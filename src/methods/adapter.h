@@ -31,7 +31,7 @@
 #include "error.h"
 #include "models/site.h"
 
-#define PEFT_METHOD_ABI 2
+#define PEFT_METHOD_ABI 3
 #define PEFT_PARAM_MAX_DIMS 4
 
 /* A named trainable tensor. `name` is the PEFT key suffix after the site name, e.g.
@@ -122,6 +122,10 @@ typedef struct peft_method {
     int (*begin_step)(peft_adapter *a, const peft_site *s, long step, peft_err *err);
     int (*state)(peft_adapter *a, peft_param *out, int max);
     int trains_base;
+    /* ABI 3: forward or backward read s->weight (DoRA, HUT, Hydra, IA3, the sequential
+     * bottleneck adapter, LISA). 0: after create the adapter touches s->weight only in merge,
+     * so a model computing in 16 bits may drop the f32 copy (llama_use_half). */
+    int reads_base;
 } peft_method;
 
 struct peft_adapter {

@@ -342,8 +342,8 @@ int peft_adapter_set_merge(peft_adapter_set *set, int sign, peft_err *err) {
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s adapters cannot be merged into the base weights", set->method->name);
     for (int i = 0; i < set->n_sites; i++) {
         peft_site *s = set->sites[i];
-        if (!s->weight) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", s->name);
         if (s->w_half) return peft_fail(err, PEFT_EINVAL, "%s: merge before switching the model to 16-bit compute", s->name);
+        if (!s->weight) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", s->name);
         int rc = set->method->merge(s->adapter, s, sign, err);
         if (rc) return rc;
     }

@@ -254,6 +254,7 @@ const peft_method peft_method_adapter_seq = {
     .abi_version = PEFT_METHOD_ABI,
     .name = "adapter_seq",
     .forward_replaces_base = 1,
+    .reads_base = 1,
     .create = seq_create,
     .destroy = bottleneck_destroy,
     .forward = bottleneck_forward,

@@ -250,6 +250,7 @@ const peft_method peft_method_dora = {
     .abi_version = PEFT_METHOD_ABI,
     .name = "dora",
     .forward_replaces_base = 0,
+    .reads_base = 1,
     .create = dora_create,
     .destroy = dora_destroy,
     .forward = dora_forward,

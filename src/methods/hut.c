@@ -173,6 +173,7 @@ const peft_method peft_method_hut = {
     .abi_version = PEFT_METHOD_ABI,
     .name = "hut",
     .forward_replaces_base = 0,
+    .reads_base = 1,
     .create = hut_create,
     .destroy = hut_destroy,
     .forward = hut_forward,

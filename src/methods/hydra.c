@@ -191,6 +191,7 @@ const peft_method peft_method_hydra = {
     .abi_version = PEFT_METHOD_ABI,
     .name = "hydra",
     .forward_replaces_base = 0,
+    .reads_base = 1,
     .create = hydra_create,
     .destroy = hydra_destroy,
     .forward = hydra_forward,

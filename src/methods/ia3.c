@@ -209,6 +209,7 @@ const peft_method peft_method_ia3 = {
     .abi_version = PEFT_METHOD_ABI,
     .name = "ia3",
     .forward_replaces_base = 1,
+    .reads_base = 1,
     .create = ia3_create,
     .destroy = ia3_destroy,
     .forward = ia3_forward,

@@ -166,6 +166,7 @@ const peft_method peft_method_lisa = {
     .abi_version = PEFT_METHOD_ABI,
     .name = "lisa",
     .forward_replaces_base = 0,
+    .reads_base = 1,
     .create = lisa_create,
     .destroy = lisa_destroy,
     .forward = lisa_forward,

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "methods/adapter.h"
 
 #define ROPE_TABLE_CAP 32768 /* positions precomputed; longer contexts are refused */
 
@@ -74,6 +75,14 @@ static int check_finite(const float *x, size_t n, const char *name, const char *
     return PEFT_OK;
 }
 
+/* Gives back the resident pages of [p, p + bytes) when it lies in the mapped checkpoint (they
+ * are read from the file again if touched; peft_mapping_release). Returns 1 when it does. */
+static int release_mapped(const peft_llama *m, const void *p, size_t bytes, int unwritten) {
+    for (int i = 0; m->weights && i < m->weights->n_files; i++)
+        if (peft_mapping_release(&m->weights->files[i]->map, p, bytes, unwritten)) return 1;
+    return 0;
+}
+
 /* Points each wanted tensor into the mapping (aligned f32) or into the conversion slab. */
 static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
     size_t slab = 0;
@@ -110,6 +119,7 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
         if (t->dtype != PEFT_F32 || ((uintptr_t)t->data & 3)) slab += t->numel;
         m->n_params += t->numel;
     }
+    m->converted_floats = slab;
     if (rc == PEFT_OK && slab && !(m->converted = malloc(slab * sizeof(float))))
         rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB to widen weights to f32", m->dir, slab * 4 >> 20);
     size_t off = 0;
@@ -120,6 +130,8 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
         } else {
             *w[i].dst = m->converted + off;
             peft_convert_to_f32(*w[i].dst, t->data, t->dtype, t->numel);
+            release_mapped(m, t->data, t->nbytes, 1); /* the widened copy serves from now on; loading
+                                                         writes nothing, so the pages are unwritten */
             off += t->numel;
         }
         rc = check_finite(*w[i].dst, t->numel, w[i].name, files[i], err);
@@ -192,10 +204,17 @@ int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err) 
     return PEFT_OK;
 }
 
-/* Gives back the resident pages of a mapped f32 tensor (no-op for converted or owned ones). */
-static void release_if_mapped(const peft_llama *m, const float *p, size_t numel) {
-    for (int i = 0; m->weights && i < m->weights->n_files; i++)
-        if (peft_mapping_release(&m->weights->files[i]->map, p, numel * sizeof(float))) return;
+/* Frees the resident memory of an f32 tensor that 16-bit copies now serve. A tensor in the
+ * mapped checkpoint keeps its contents (its pages are read from the file again if touched); a
+ * widened one (bf16/f16 checkpoint) is discarded when may_discard: returns 1, and the caller
+ * must drop its pointer. Returns 0 when the tensor is still readable. */
+static int release_weight(const peft_llama *m, float *p, size_t numel, int may_discard) {
+    if (release_mapped(m, p, numel * sizeof(float), 0)) return 0; /* merges or PiSSA may have written it */
+    if (may_discard && m->converted && p >= m->converted && p + numel <= m->converted + m->converted_floats) {
+        peft_pages_discard(p, numel * sizeof(float));
+        return 1;
+    }
+    return 0;
 }
 
 int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, peft_err *err) {
@@ -226,7 +245,12 @@ int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, pef
             p += fmt->packed_t_size(s->out_features, s->in_features);
         }
         s->half = fmt;
-        release_if_mapped(m, s->weight, (size_t)s->out_features * s->in_features);
+        /* nothing reads W after this unless the method does (merge is refused from now on);
+         * widened copies go only when `training` packed both layouts (every product has a
+         * 16-bit path then, backward included) */
+        if (!(s->adapter && s->adapter->method->reads_base) &&
+            release_weight(m, s->weight, (size_t)s->out_features * s->in_features, training))
+            s->weight = NULL;
     }
     fmt->pack_weight(p, m->lm_head, V, C);
     m->lm_head_half = p;
@@ -235,9 +259,10 @@ int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, pef
         fmt->pack_weight_t(p, m->lm_head, V, C);
         m->lm_head_t_half = p;
     }
-    /* tied or not: the embedding gathers only the rows of the tokens it sees, which come back
-     * one page at a time (real text uses a small part of the vocabulary) */
-    release_if_mapped(m, m->lm_head, (size_t)V * C);
+    /* a tied head is the embedding, which gathers the rows of the tokens it sees: mapped
+     * pages come back one at a time (real text uses a small part of the vocabulary), widened
+     * ones must stay */
+    if (release_weight(m, m->lm_head, (size_t)V * C, training && m->lm_head != m->embed)) m->lm_head = NULL;
     m->half = fmt;
     return PEFT_OK;
 }

@@ -37,6 +37,7 @@ typedef struct peft_llama {
     char dir[4096];
     peft_weights *weights;   /* the mapped checkpoint */
     float *converted;        /* slab of widened bf16/f16 tensors (NULL if all f32) */
+    size_t converted_floats; /* its length */
     float *embed;            /* [V, C] */
     float *lm_head;          /* [V, C]; == embed when tied */
     peft_norm_site final_norm; /* model.norm */
@@ -66,10 +67,11 @@ int llama_load(const char *dir, peft_llama **out, peft_err *err);
  * &peft_half_bf16 or &peft_half_f16): packs a copy of each weight once (both layouts when
  * `training`, for the input gradient too). Outputs then differ from f32 by about 1e-3 (f16) or
  * 2e-3 (bf16) of their norm. Call it after the adapters are attached and after any merge.
- * The f32 weights stay valid for methods that read W and for merging, but the resident pages
- * of mapped f32 layer weights are given back (peft_mapping_release): they are read from the
- * file again only if something touches them. One format per model: a second call with
- * another format fails. */
+ * Afterwards a site's f32 weight stays readable only for methods that read it (reads_base):
+ * for the others, mapped f32 weights give back their resident pages (read from the file again
+ * if touched) and, when `training`, widened bf16/f16 ones are freed (s->weight = NULL; an
+ * untied lm_head too).
+ * Merging is refused from then on. One format per model: another format fails. */
 struct peft_half_matmul;
 int llama_use_half(peft_llama *m, const struct peft_half_matmul *fmt, int training, peft_err *err);
 /* Only config.json: the sites with their names and shapes but no weights (to validate an
