@@ -64,12 +64,14 @@ static size_t packed_size_(int ncol, int K) {
 size_t f16_packed_size(int OC, int C) { return packed_size_(OC, C); }
 size_t f16_packed_t_size(int OC, int C) { return packed_size_(C, OC); }
 
-/* 2^-e with max * 2^-e in [0.5, 1); 1 for an all-zero (or non-finite) row */
+/* 2^-e with max * 2^-e in [0.5, 1); 1 for an all-zero (or non-finite) row. The scale stops at
+ * 2^100 so that it and its inverse stay finite: a row below 2^-100 (f32 denormals included)
+ * keeps values under f16's smallest subnormal, i.e. rounds to zero, as it contributes nothing. */
 static float pow2_scale_(float max_abs) {
     if (!(max_abs > 0.0f) || !isfinite(max_abs)) return 1.0f;
     int e;
     frexpf(max_abs, &e);
-    return ldexpf(1.0f, -e);
+    return ldexpf(1.0f, e < -100 ? 100 : -e);
 }
 
 static const float *inv_scales_(const uint16_t *packed, int ncol, int K) {

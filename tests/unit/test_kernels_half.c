@@ -44,7 +44,7 @@ static float p2_(const float *v, size_t n, size_t stride) {
     for (size_t i = 0; i < n; i++) mx = fmaxf(mx, fabsf(v[i * stride]));
     int e;
     frexpf(mx, &e);
-    return mx > 0 ? ldexpf(1.0f, -e) : 1.0f;
+    return mx > 0 ? ldexpf(1.0f, e < -100 ? 100 : -e) : 1.0f;
 }
 /* a[R][K] rounded as the kernel does: row by row (rows of w for the weight columns) */
 static float *round_rows_(const peft_half_matmul *H, const float *a, int R, int K, size_t rs, size_t ks) {
@@ -128,6 +128,32 @@ static void run_case_(const peft_half_matmul *H, int N, int C, int OC, int with_
     free(dinp), free(dref), free(drefr), free(xr), free(wr), free(dr), free(wtr);
 }
 
+/* Rows of f32 denormals (1e-41) and zeros: finite results, the denormal rows' products
+ * (~1e-43) may round to zero, and the other rows are unaffected. */
+static void tiny_rows_(const peft_half_matmul *H) {
+    const int N = 13, C = 40, OC = 70;
+    float *x = rand_buf_((size_t)N * C, 1.0f), *w = rand_buf_((size_t)OC * C, 0.05f), *out = malloc((size_t)N * OC * 4);
+    for (int c = 0; c < C; c++) x[3 * C + c] *= 1e-41f, x[5 * C + c] = 0.0f;
+    uint16_t *pw = malloc(H->packed_size(OC, C) * 2);
+    H->pack_weight(pw, w, OC, C);
+    H->forward(out, x, pw, NULL, N, C, OC);
+    int finite = 1;
+    double worst = 0;
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            const float v = out[(size_t)n * OC + o];
+            finite &= isfinite(v);
+            double ref = 0;
+            for (int c = 0; c < C; c++) ref += (double)x[(size_t)n * C + c] * w[(size_t)o * C + c];
+            if (n != 3) worst = fmax(worst, fabs(v - ref));
+            else worst = fmax(worst, fabs(v) > 1e-40 ? 1.0 : 0.0); /* tiny, or zero */
+        }
+    printf("  %s rows of denormals and zeros: finite %d, worst abs err elsewhere %.3g\n", H->name, finite, worst);
+    CHECK(finite);
+    CHECK(worst < 2e-3);
+    free(x), free(w), free(out), free(pw);
+}
+
 int main(void) {
     const peft_half_matmul *fmts[2] = {&peft_half_bf16, &peft_half_f16};
     for (int f = 0; f < 2; f++) {
@@ -142,6 +168,7 @@ int main(void) {
         run_case_(H, 50, 40, 4501, 0, 1.0f);   // chunked-K path in backward (K = OC = 4501), 48-row task tail
         run_case_(H, 30, 300, 200, 0, 1e-9f);  // gradient-sized inputs: below f16's smallest normal
         run_case_(H, 30, 300, 200, 1, 1e4f);   // products of 1e4-sized inputs overflow f16 unscaled
+        tiny_rows_(H);
     }
     return check_report("test_kernels_half");
 }
