@@ -14,7 +14,11 @@
 int cli_use_half(peft_llama *m, int bf16, int f16, int training, peft_err *err) {
     if (bf16 && f16) return peft_fail(err, PEFT_EINVAL, "--bf16 and --f16 exclude each other: pick one");
     if (!bf16 && !f16) return PEFT_OK;
-    return llama_use_half(m, f16 ? &peft_half_f16 : &peft_half_bf16, training, err);
+    const peft_half_matmul *fmt = f16 ? &peft_half_f16 : &peft_half_bf16;
+    if (!fmt->native)
+        fprintf(stderr, "peft: warning: this build has no %s instructions (AVX512-%s); --%s runs a fallback slower than f32\n",
+                fmt->name, f16 ? "FP16" : "BF16", fmt->name);
+    return llama_use_half(m, fmt, training, err);
 }
 
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err) {

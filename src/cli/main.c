@@ -45,6 +45,8 @@ int main(int argc, char **argv) {
         const char *wait = getenv("OMP_WAIT_POLICY");
         printf("runtime: OpenBLAS %s kernels, single-threaded in one OpenMP pool; OMP_WAIT_POLICY=%s\n", peft_blas_core(),
                wait ? wait : "");
+        printf("16-bit matmuls: --f16 %s, --bf16 %s\n", peft_half_f16.native ? "AVX512-FP16" : "sgemm fallback (slow)",
+               peft_half_bf16.native ? "AVX512-BF16" : "sgemm fallback (slow)");
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

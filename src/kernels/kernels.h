@@ -144,6 +144,7 @@ void matmul_rounded_sgemm(float *out, const float *a, const float *bt, const flo
 /* One 16-bit format as a table, so model code picks a format once and calls through it. */
 typedef struct peft_half_matmul {
     const char *name; /* "bf16", "f16" */
+    int native;       /* 1: built with its instructions; 0: the slower sgemm fallback */
     size_t (*packed_size)(int OC, int C);
     size_t (*packed_t_size)(int OC, int C);
     void (*pack_weight)(uint16_t *packed, const float *w, int OC, int C);

@@ -271,5 +271,10 @@ void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *
     gemm_bf16_(dinp, dout, packed_wt, NULL, N, OC, C, 1);
 }
 
-const peft_half_matmul peft_half_bf16 = {"bf16", bf16_packed_size, bf16_packed_t_size, bf16_pack_weight,
+#ifdef __AVX512BF16__
+#define BF16_NATIVE 1
+#else
+#define BF16_NATIVE 0
+#endif
+const peft_half_matmul peft_half_bf16 = {"bf16", BF16_NATIVE, bf16_packed_size, bf16_packed_t_size, bf16_pack_weight,
                                          bf16_pack_weight_t, matmul_bf16_forward, matmul_bf16_backward_input};

@@ -316,5 +316,10 @@ void matmul_f16_backward_input(float *dinp, const float *dout, const uint16_t *p
     gemm_f16_(dinp, dout, packed_wt, NULL, N, OC, C, 1);
 }
 
-const peft_half_matmul peft_half_f16 = {"f16", f16_packed_size, f16_packed_t_size, f16_pack_weight,
+#ifdef __AVX512FP16__
+#define F16_NATIVE 1
+#else
+#define F16_NATIVE 0
+#endif
+const peft_half_matmul peft_half_f16 = {"f16", F16_NATIVE, f16_packed_size, f16_packed_t_size, f16_pack_weight,
                                         f16_pack_weight_t, matmul_f16_forward, matmul_f16_backward_input};
