@@ -29,27 +29,13 @@
 #include <immintrin.h>
 #endif
 
+#include "core/dtype.h"
 #include "kernels.h"
 
 #define BF16_NR 64 /* columns per panel */
 #define BF16_MR 6  /* rows per micro-tile */
 #define BF16_MC 96 /* rows per task */
 #define BF16_KCP 1024 /* k-pairs per K chunk: a 256 KB panel chunk stays in L2 (large K, e.g. lm_head dx) */
-
-static inline uint16_t f32_to_bf16_(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline float bf16_to_f32_(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 static size_t packed_size_(int ncol, int K) {
     if (ncol <= 0 || K <= 0) return 0;
@@ -72,7 +58,7 @@ static void pack_(uint16_t *packed, const float *src, int ncol, int K, size_t sc
                 const int col = p * BF16_NR + c;
                 for (int t = 0; t < 2; t++) {
                     const int kk = 2 * kp + t;
-                    dst[2 * c + t] = (col < ncol && kk < K) ? f32_to_bf16_(src[(size_t)col * scol + (size_t)kk * sk]) : 0;
+                    dst[2 * c + t] = (col < ncol && kk < K) ? peft_f32_to_bf16(src[(size_t)col * scol + (size_t)kk * sk]) : 0;
                 }
             }
         }
@@ -96,7 +82,7 @@ static void round_rows_(uint16_t *dstb, size_t ldd, const float *srcb, size_t ld
             __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + k + 16), _mm512_loadu_ps(src + k));
             _mm512_storeu_si512((void *)(dst + k), (__m512i)h);
         }
-        for (; k < K; k++) dst[k] = f32_to_bf16_(src[k]);
+        for (; k < K; k++) dst[k] = peft_f32_to_bf16(src[k]);
         for (; k < Kp; k++) dst[k] = 0;
     }
 }
@@ -244,11 +230,11 @@ static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const
     for (int col = 0; col < ncol; col++)
         for (int k = 0; k < K; k++)
             bt[(size_t)col * K + k] =
-                bf16_to_f32_(packed[((size_t)(col / BF16_NR) * kp2 + k / 2) * (2 * BF16_NR) + 2 * (col % BF16_NR) + (k & 1)]);
+                peft_bf16_to_f32(packed[((size_t)(col / BF16_NR) * kp2 + k / 2) * (2 * BF16_NR) + 2 * (col % BF16_NR) + (k & 1)]);
     // round the inputs to bf16 too, so both paths compute the same product of bf16 operands
     float *ar = malloc((size_t)N * K * sizeof(float));
     assert(ar);
-    for (size_t i = 0; i < (size_t)N * K; i++) ar[i] = bf16_to_f32_(f32_to_bf16_(a[i]));
+    for (size_t i = 0; i < (size_t)N * K; i++) ar[i] = peft_bf16_to_f32(peft_f32_to_bf16(a[i]));
     a = ar;
     matmul_rounded_sgemm(out, a, bt, bias, N, K, ncol, acc_mode);
     free(bt);

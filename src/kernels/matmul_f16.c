@@ -74,6 +74,7 @@ static float pow2_scale_(float max_abs) {
     return ldexpf(1.0f, e < -100 ? 100 : -e);
 }
 
+/* the f32 inverse column scales after the panels */
 static const float *inv_scales_(const uint16_t *packed, int ncol, int K) {
     return (const float *)(packed + n_panels_(ncol) * F16_NR * (size_t)K);
 }
@@ -82,7 +83,7 @@ static const float *inv_scales_(const uint16_t *packed, int ncol, int K) {
 static void pack_(uint16_t *packed, const float *src, int ncol, int K, size_t scol, size_t sk) {
     if (ncol <= 0 || K <= 0) return;
     const int np = (int)n_panels_(ncol);
-    float *inv = (float *)(packed + (size_t)np * F16_NR * K);
+    float *inv = (float *)inv_scales_(packed, ncol, K); /* written here, read by the products */
 #pragma omp parallel for schedule(static)
     for (int p = 0; p < np; p++) {
         float scale[F16_NR], row[F16_NR];
@@ -260,7 +261,7 @@ static void gemm_f16_(float *out, const float *a, const uint16_t *packed, const 
                 mk[x] = rem >= 16 ? (__mmask16)0xFFFF : rem > 0 ? (__mmask16)((1u << rem) - 1) : 0;
             }
             for (int n = t0 * F16_MR; n < t1 * F16_MR && n < N; n++) {
-                const float *tr = acc + (size_t)(n - t0 * F16_MR) * F16_NR;
+                const float *sums = acc + (size_t)(n - t0 * F16_MR) * F16_NR;
                 float *dst = out + (size_t)n * ncol + col0;
                 const __m512 rs = _mm512_set1_ps(ainv[n]);
                 for (int x = 0; x < 4; x++) {
@@ -268,7 +269,7 @@ static void gemm_f16_(float *out, const float *a, const uint16_t *packed, const 
                                         : bias   ? _mm512_maskz_loadu_ps(mk[x], bias + col0 + 16 * x)
                                                  : _mm512_setzero_ps();
                     const __m512 cs = _mm512_maskz_loadu_ps(mk[x], binv + col0 + 16 * x);
-                    const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_load_ps(tr + 16 * x), rs), cs, init);
+                    const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_load_ps(sums + 16 * x), rs), cs, init);
                     _mm512_mask_storeu_ps(dst + 16 * x, mk[x], v);
                 }
             }
