@@ -3,7 +3,7 @@ BUILD ?= build
 SAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 
-.PHONY: all build test test-asan demo fuzz clean
+.PHONY: all build test test-asan demo fuzz venv clean
 
 all: build
 
@@ -13,6 +13,15 @@ build:
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The test oracles (transformers, PEFT, tokenizers, torch, ...) pinned in requirements.txt,
+# in a virtualenv that CMake picks up for the Python tests. Re-run after requirements.txt changes.
+PYTHON ?= python3
+venv: .venv/.installed
+.venv/.installed: requirements.txt
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
 
 # The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan:

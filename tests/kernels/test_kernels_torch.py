@@ -2,7 +2,7 @@
 
 Each case builds random f32 inputs, computes the reference with torch (autograd for the
 gradients, Hugging Face's formulas for RMSNorm, rotate_half RoPE and GQA attention), writes the
-inputs for the C driver build/test_kernels_dump, runs it and compares every output with
+inputs for the C driver build/driver_kernels, runs it and compares every output with
 max|c - torch| / max|torch| <= 1e-5. Exits 77 (skip) when torch is unavailable, 1 on any mismatch.
 """
 import os
@@ -23,7 +23,7 @@ TOL = 1e-5
 MAGIC = 0x31444B50
 SRC = os.environ.get("PEFT_SRC", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 BUILD = os.environ.get("PEFT_BUILD", os.path.join(SRC, "build"))
-DRIVER = os.path.join(BUILD, "test_kernels_dump")
+DRIVER = os.path.join(BUILD, "driver_kernels")
 
 torch.manual_seed(0)
 failures = []

@@ -1,7 +1,7 @@
 """BitFit and ALLoRA training parity with PyTorch through whole random Llama-family models.
 
 1. BitFit (peft.c's own peft_type "BITFIT"): y = x W^T + b + b' at every linear layer, b' =
-   "<site>.bitfit_bias" [out]. tests/unit/test_driver_train.c loads the adapter; its loss, every
+   "<site>.bitfit_bias" [out]. tests/drivers/driver_train.c loads the adapter; its loss, every
    gradient and the parameters after 3 AdamW steps match torch (torch.optim.AdamW) within 1e-4
    relative, on GQA, Qwen2 biases + packed rows, and tied embeddings + recompute + weight decay.
 2. ALLoRA (Huang & Balestriero, 2024): LoRA with scale 1 (alpha = r) and no dropout, trained by

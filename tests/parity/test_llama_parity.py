@@ -4,7 +4,7 @@
 For every variant of llama_models.py (GQA, MHA + tied embeddings, Qwen2 biases, llama3 RoPE,
 Mistral, bf16, f16, sharded, attention/MLP biases) this builds a random checkpoint in a temporary
 directory, computes float32 reference logits with tools/torch_llama.py, and runs the C driver
-(tests/unit/test_driver_logits.c) three ways:
+(tests/drivers/driver_logits.c) three ways:
   * llama_forward over a [B, T] batch,
   * llama_decode one token at a time with the KV cache,
   * llama_decode in prefill chunks (last-token logits only).
@@ -14,7 +14,7 @@ Also: packed sequences (several examples per row, positions restarting at 0) aga
 running each example on its own, and greedy ids of `peft generate --prompt-ids` against PyTorch's
 greedy decoding.
 
-Environment: PEFT_BUILD (driver at $PEFT_BUILD/test_driver_logits, or PEFT_DRIVER_BIN),
+Environment: PEFT_BUILD (driver at $PEFT_BUILD/driver_logits, or PEFT_DRIVER_BIN),
 PEFT_BIN (the CLI). Exit 0 = pass, 1 = fail, 77 = skipped (no torch, no driver).
 """
 import os
@@ -55,7 +55,7 @@ def find_driver():
     if p:
         return p
     build = os.environ.get("PEFT_BUILD") or os.path.join(SRC, "build")
-    return os.path.join(build, "test_driver_logits")
+    return os.path.join(build, "driver_logits")
 
 
 def write_rows(path, rows):

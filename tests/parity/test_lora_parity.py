@@ -27,7 +27,7 @@ from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
 
 TOL = 1e-4
 BUILD = os.environ.get("PEFT_BUILD", "build")
-DRIVER = os.path.join(BUILD, "test_driver_train")
+DRIVER = os.path.join(BUILD, "driver_train")
 SITES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 CASES = [

@@ -4,7 +4,7 @@ None of these methods is in HF PEFT, so each has peft.c's own peft_type and file
 PEFT's style (docs/methods.md). For random Llama-family models (GQA, Qwen2 biases + packed
 sequences, tied embeddings + gradient checkpointing + weight decay) with the method on every
 linear layer, peft.c's loss, every trained tensor's gradient, and the tensors after 3 AdamW
-steps (tests/unit/test_driver_train.c loads the adapter directory written here) match a
+steps (tests/drivers/driver_train.c loads the adapter directory written here) match a
 PyTorch reference within 1e-4 relative (max |a-b| / max |b|):
   hut          y = xW^T + b + s x (W * (B A))^T
   hydra        y = xW^T + b + s (x A_p^T) B_p^T + s ((x W^T) A_s^T) B_s^T

@@ -2,7 +2,7 @@
 
 1. Parity: for random Llama-family models (GQA, tied embeddings, Qwen2 biases, packed sequences,
    gradient checkpointing) with the method on every linear layer, peft.c's loss, every
-   parameter gradient, and the parameters after 3 AdamW steps (tests/unit/test_driver_train.c
+   parameter gradient, and the parameters after 3 AdamW steps (tests/drivers/driver_train.c
    loads the PEFT-format adapter written here) match a PyTorch reference written from PEFT's
    formulas (tools/torch_llama.py's linear_hook) within 1e-4 relative (max |a-b| / max |b|):
      DoRA  y = xW^T + b + (f - 1) xW^T + f s (x A^T) B^T,  f = m / ||W + s B A||_row (detached)
@@ -37,7 +37,7 @@ from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
 
 TOL = 1e-4
 BUILD = os.environ.get("PEFT_BUILD", "build")
-DRIVER = os.path.join(BUILD, "test_driver_train")
+DRIVER = os.path.join(BUILD, "driver_train")
 PEFT_BIN = os.path.abspath(os.environ.get("PEFT_BIN", os.path.join(BUILD, "peft")))
 SITES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

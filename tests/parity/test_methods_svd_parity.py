@@ -6,7 +6,7 @@ against numpy.
    for tall, wide and square matrices.
 2. Parity, as tests/parity/test_methods_parity.py (whose helpers this file imports): random
    Llama-family models with the method on every linear layer; the adapter is written here in
-   peft.c's format, loaded by tests/unit/test_driver_train.c; the loss, every gradient and the
+   peft.c's format, loaded by tests/drivers/driver_train.c; the loss, every gradient and the
    parameters after 3 AdamW steps match a float64-initialised PyTorch reference within 1e-4:
      pissa      W_res = W - U_r S_r Vt_r (SVD of W);  y = x W_res^T + b + s (x A^T) B^T
      corda_ipm  W_res = W - U_r S_r V'_r^T, SVD of W C_fix = U S Vh, V'^T = Vh C_fix^-1 (largest r)

@@ -7,7 +7,7 @@
  * Whole-model ALLoRA trajectories are compared with PyTorch by
  * tests/parity/test_bitfit_allora_parity.py, which runs this executable as its driver: with
  * PEFT_OPTIM_DRIVER=DIR it reads DIR/model, DIR/adapter (a PEFT LoRA adapter) and
- * DIR/batch.safetensors ("ids", "targets", optional "pos") as test_driver_train.c does, takes
+ * DIR/batch.safetensors ("ids", "targets", optional "pos") as driver_train.c does, takes
  * PEFT_DRIVER_STEPS ALLoRA updates (PEFT_DRIVER_LR, PEFT_DRIVER_WD, PEFT_ALLORA_ETA) and writes
  * DIR/out.safetensors: "final.<PEFT key>" per parameter and "losses" [steps]. */
 #include <math.h>

@@ -1,5 +1,5 @@
-/* test_driver_train.c: driver for tests/parity/test_lora_parity.py. As a plain CTest it
- * only checks that a missing work directory is reported. With PEFT_DRIVER_TRAIN=DIR it reads
+/* driver_train.c: the C side of the training parity tests (tests/parity/). With
+ * PEFT_DRIVER_TRAIN=DIR it reads
  *   DIR/model/ (HF checkpoint), DIR/adapter/ (PEFT LoRA adapter: the initial weights),
  *   DIR/batch.safetensors ("ids", "targets", optional "pos": I32 [B, T])
  * and writes DIR/out.safetensors with
@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
 #include "driver.h"
 #include "fileio.h"
 #include "io/safetensors.h"
@@ -126,9 +125,8 @@ int main(void) {
     const char *dir = getenv("PEFT_DRIVER_TRAIN");
     peft_err err = {0};
     if (!dir) {
-        CHECK(run("/nonexistent-peft-dir", &err) == PEFT_EIO);
-        CHECK(strstr(err.msg, "/nonexistent-peft-dir/model/config.json") != NULL);
-        return check_report("test_driver_train");
+        fprintf(stderr, "driver_train: set PEFT_DRIVER_TRAIN to the work directory\n");
+        return 2;
     }
     if (run(dir, &err)) {
         fprintf(stderr, "driver: %s\n", err.msg);
