@@ -57,6 +57,10 @@ static void record_forward(peft_adapter *base, const peft_site *s, float *y, con
         }
         memset(c->cov, 0, (size_t)in * in * sizeof(float));
         gemm_acc(c->cov, c->xn, c->xn, in, in, len, 1, 0, 1.0f); /* cov [in, in] = xn^T xn */
+        /* The sgemm's blocks round (i, j) and (j, i) differently (per split and per CPU's
+         * kernel); the covariance is symmetric by definition, so take the upper triangle. */
+        for (size_t i = 0; i < (size_t)in; i++)
+            for (size_t j = 0; j < i; j++) c->cov[i * in + j] = c->cov[j * in + i];
         for (size_t i = 0; i < (size_t)in * in; i++) r->acc[i] += c->cov[i];
         r->samples++;
     }

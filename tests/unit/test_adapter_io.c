@@ -140,6 +140,6 @@ int main(void) {
     char probe[4096];
     snprintf(probe, sizeof probe, "%s/models/lora-llama-3.2-1b-qv-r8/adapter_config.json", shared);
     if (peft_file_exists(probe)) real_peft_adapter(shared, src);
-    else printf("SKIP part: %s not found\n", probe);
+    else CHECK_SKIP_PART("%s not found", probe);
     return check_report("test_adapter_io");
 }

@@ -156,6 +156,6 @@ int main(void) {
     char probe[4096];
     snprintf(probe, sizeof probe, "%s/models/prompt-tuning-smollm2-135m/adapter_config.json", shared ? shared : "../shared");
     if (src && peft_file_exists(probe)) real_peft_file(shared ? shared : "../shared", src);
-    else printf("SKIP part: %s not found\n", probe);
+    else CHECK_SKIP_PART("%s not found", probe);
     return check_report("test_prompt_tuning");
 }
