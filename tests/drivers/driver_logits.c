@@ -1,4 +1,5 @@
-/* driver_logits.c: the C side of the parity tests (tests/parity/test_llama_parity.py).
+/* driver_logits.c: the C side of the logits parity tests (tests/parity/test_llama_parity.py,
+ * tests/hf/test_peft_*.py).
  *
  * As a driver it takes:
  *   PEFT_DRIVER_MODEL  model directory (config.json + safetensors)
@@ -8,6 +9,10 @@
  *   PEFT_DRIVER_T      optional: the ids/pos files are binary int32 with rows of T
  *   PEFT_DRIVER_MODE   "forward", "decode" or "both" (default both; decode is skipped with POS)
  *   PEFT_DRIVER_CHUNK  optional prefill chunk for "prefill_logits" (default 3)
+ *   PEFT_DRIVER_ADAPTER optional PEFT adapter directory, attached as `peft eval --adapter` does
+ *                      (peft_adapter_set_load). With virtual tokens (prompt/prefix tuning) each
+ *                      forward row is the n_virtual placeholders followed by the ids, and only
+ *                      the ids' rows are written: logits are always [B, T, V] for the given ids.
  *   PEFT_DRIVER_OUT    output safetensors with F32 tensors
  *     logits          [B, T, V]  llama_forward over the whole batch (with POS when given)
  *     decode_logits   [B, T, V]  llama_decode, one token at a time, a fresh KV cache per row
@@ -23,6 +28,7 @@
 
 #include "fileio.h"
 #include "io/safetensors.h"
+#include "methods/adapter_set.h"
 #include "models/llama.h"
 
 /* Parses ids from text: rows are lines; ids are separated by spaces, tabs or commas.
@@ -125,10 +131,13 @@ static int run_driver(const char *model_dir, const char *ids_path, const char *o
     if (pos_path && *pos_path) do_decode = 0; /* decoding has no packed sequences */
     else pos_path = NULL;
     int T_bin = env_int("PEFT_DRIVER_T", 0), chunk = env_int("PEFT_DRIVER_CHUNK", 3);
+    const char *adapter_dir = getenv("PEFT_DRIVER_ADAPTER");
 
     int32_t *ids = NULL, *pos = NULL;
-    int B, T, rc;
+    int B = 0, T = 0, rc;
     peft_llama *m = NULL;
+    peft_adapter_set *set = NULL;
+    int32_t *vids = NULL; /* the ids behind the virtual-token placeholders: [B, nv + T] */
     float *logits = NULL, *dec = NULL, *pre = NULL;
     llama_acts acts = {0};
     llama_kv_cache kv = {0};
@@ -140,20 +149,29 @@ static int run_driver(const char *model_dir, const char *ids_path, const char *o
             rc = peft_fail(&err, PEFT_EINVAL, "%s is [%d, %d] but the ids are [%d, %d]", pos_path, pB, pT, B, T);
     }
     if (rc == PEFT_OK) rc = llama_load(model_dir, &m, &err);
-    int V = m ? m->cfg.vocab_size : 0;
+    if (rc == PEFT_OK && adapter_dir && *adapter_dir) rc = peft_adapter_set_load(adapter_dir, m, 0, &set, &err);
+    int V = m ? m->cfg.vocab_size : 0, nv = m ? m->n_virtual : 0, Tv = T + nv;
+    if (chunk < 1) chunk = 1;
+    if (chunk > T) chunk = T;
+    if (rc == PEFT_OK && nv && pos)
+        rc = peft_fail(&err, PEFT_EINVAL, "PEFT_DRIVER_POS (packed rows) cannot be combined with virtual tokens");
+    if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, B * Tv > chunk ? B * Tv : chunk, &err);
     size_t N = (size_t)B * T;
     if (rc == PEFT_OK && do_forward) {
-        rc = llama_acts_alloc(m, B, T, 0, 0, &acts, &err);
-        if (rc == PEFT_OK) rc = llama_forward(m, &acts, ids, pos, NULL, NULL, NULL, &err);
-        if (rc == PEFT_OK && !(logits = malloc(N * V * sizeof *logits))) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
-        if (rc == PEFT_OK) memcpy(logits, acts.logits, N * V * sizeof *logits);
+        vids = malloc((size_t)B * Tv * sizeof *vids);
+        logits = malloc(N * V * sizeof *logits);
+        if (!vids || !logits) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
+        for (int b = 0; rc == PEFT_OK && b < B; b++)
+            for (int t = 0; t < Tv; t++) vids[(size_t)b * Tv + t] = t < nv ? 0 : ids[(size_t)b * T + t - nv];
+        if (rc == PEFT_OK) rc = llama_acts_alloc(m, B, Tv, 0, 0, &acts, &err);
+        if (rc == PEFT_OK) rc = llama_forward(m, &acts, vids, pos, NULL, NULL, NULL, &err);
+        for (int b = 0; rc == PEFT_OK && b < B; b++) /* drop the virtual rows */
+            memcpy(logits + (size_t)b * T * V, acts.logits + ((size_t)b * Tv + nv) * V, (size_t)T * V * sizeof *logits);
     }
     if (rc == PEFT_OK && do_decode) {
         dec = malloc(N * V * sizeof *dec);
         pre = malloc((size_t)B * V * sizeof *pre);
         if (!dec || !pre) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
-        if (chunk < 1) chunk = 1;
-        if (chunk > T) chunk = T;
         for (int b = 0; rc == PEFT_OK && b < B; b++) {
             const int32_t *row = ids + (size_t)b * T;
             /* token by token */
@@ -184,6 +202,8 @@ static int run_driver(const char *model_dir, const char *ids_path, const char *o
     free(pre);
     free(ids);
     free(pos);
+    free(vids);
+    peft_adapter_set_free(set);
     llama_free(m);
     return rc ? 1 : 0;
 }
