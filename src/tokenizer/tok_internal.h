@@ -70,6 +70,28 @@ typedef struct tok_dec {
 
 enum { TOK_ADDED = 1, TOK_SPECIAL = 2 };
 
+/* trie.c: a byte trie of strings (the added tokens' texts), two flat arrays; node 0 is the root. */
+typedef struct tok_trie_node {
+    int32_t child;    /* index of the first child; the n_child children are contiguous, by byte */
+    int32_t token;    /* index of the string that ends here, -1 if none */
+    uint16_t n_child; /* 0..256 */
+    uint8_t byte;     /* the byte on the edge from the parent */
+} tok_trie_node;
+typedef struct tok_trie {
+    tok_trie_node *node;
+    size_t n;
+    int32_t root[256]; /* the root's child for each first byte, -1 if none */
+} tok_trie;
+/* Builds the trie of the n strings s[i] (len[i] bytes each, none empty; a string given twice
+ * keeps its first index). The strings are not copied and must outlive the trie. Returns 0, or -1
+ * when out of memory (t is then empty). */
+int tok_trie_build(tok_trie *t, const char *const *s, const uint32_t *len, int n);
+void tok_trie_free(tok_trie *t);
+/* The index of the longest string that s[0..n) starts with, -1 if none. */
+int tok_trie_longest(const tok_trie *t, const char *s, size_t n);
+/* The index of the string equal to s[0..n), -1 if none. */
+int tok_trie_find(const tok_trie *t, const char *s, size_t n);
+
 typedef struct tok_added {
     const char *text;
     uint32_t len;
@@ -88,14 +110,15 @@ struct peft_tokenizer {
     tok_strmap vocab; /* model vocabulary and added tokens: text -> id */
     tok_mergemap merges;
     int byte_level;       /* words are merged starting from their bytes */
-    int32_t byte_id[256]; /* byte-level: id of each byte's symbol; otherwise the <0xNN> ids (or -1) */
+    int32_t byte_id[256]; /* byte-level: id of each byte's symbol; otherwise the <0xNN> ids; -1: none */
     int byte_fallback, fuse_unk, ignore_merges;
     int sp_word_split; /* words may be cut before U+2581 (see tok_bpe_piece) */
     int32_t unk_id;
 
-    tok_added *added; /* sorted by (first byte, length descending) */
-    int n_added;
-    int first_added[257]; /* added[first_added[c] .. first_added[c+1]) start with byte c */
+    tok_added *added; /* the n_raw_added non-normalized ones, then the normalized ones */
+    int n_added, n_raw_added;
+    tok_trie added_trie[2]; /* texts -> index: [0] in added, [1] in added + n_raw_added */
+    pcre2_code *word_re;   /* one character of \w as HF's single_word sees it; NULL when no token is single_word */
 
     tok_norm *norm;
     int n_norm;
@@ -108,7 +131,6 @@ struct peft_tokenizer {
 
     int32_t bos_id, eos_id, pad_id;
     char *bos_text, *eos_text, *chat_template;
-    int clean_up_spaces;
 };
 
 /* Growable output of an encode call: ids and the original byte span of each. */
@@ -150,14 +172,16 @@ void *tok_scratch_alloc(tok_scratch *sc, size_t bytes);
 int tok_scratch_keep(tok_scratch *sc, void *p);
 void tok_scratch_free(tok_scratch *sc);
 
-/* bpe.c: merges one pre-tokenized piece and appends its ids to out. */
+/* bpe.c: merges one pre-tokenized piece and appends its ids to out. Returns 0, or -1 when out
+ * of memory. */
 int tok_bpe_piece(const peft_tokenizer *tok, tok_scratch *sc, const tok_piece *p, tok_out *out);
 
 /* pretok.c */
 int tok_parse_normalizer(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
 int tok_parse_pre_tokenizer(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
 /* Normalizes and pre-tokenizes one section of text between added tokens, then BPEs each piece.
- * first: the section starts the text (Metaspace's prepend_scheme "first"). */
+ * first: the section starts the text (Metaspace's prepend_scheme "first"). Returns 0 or -1
+ * (out of memory). */
 int tok_encode_section(const peft_tokenizer *tok, tok_scratch *sc, const char *s, size_t n, uint32_t base,
                        int first, tok_out *out);
 void tok_free_steps(peft_tokenizer *tok);
@@ -165,8 +189,8 @@ void tok_free_steps(peft_tokenizer *tok);
 /* decode.c */
 int tok_parse_decoder(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
 
-/* Whitespace as JavaScript's String.prototype.trim sees it (what @huggingface/jinja's trim and
- * transformers.js's lstrip/rstrip use). */
+/* Whitespace as JavaScript's String.prototype.trim sees it (what @huggingface/jinja's trim uses;
+ * chat_template.c's). */
 static inline int tok_is_space(uint32_t cp) {
     return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0xA0 || cp == 0x1680 ||
            (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||

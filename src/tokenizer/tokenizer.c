@@ -1,12 +1,13 @@
 /* tokenizer.c: loading tokenizer.json / tokenizer_config.json, and the encode pipeline:
- * added tokens are cut out of the raw text first (longest match, never split), each section in
- * between is normalized, pre-tokenized and merged (pretok.c, bpe.c), then the post-processor's
- * tokens (BOS...) go around the sequence. */
+ * added tokens are cut out of the raw text first (leftmost-longest, found with a trie, trie.c;
+ * never split), each section in between is normalized, pre-tokenized and merged (pretok.c,
+ * bpe.c), then the post-processor's tokens (BOS...) go around the sequence. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fileio.h"
+#include "io/gguf.h"
 #include "io/json.h"
 #include "tok_internal.h"
 #include "utf8.h"
@@ -111,53 +112,85 @@ static int load_merges(tok_full *f, const cJSON *merges, const char *path, peft_
         int32_t ia, ib, iab;
         size_t alen = strlen(a);
         if (!strncmp(b, "\xe2\x96\x81", 3) && (alen < 3 || strcmp(a + alen - 3, "\xe2\x96\x81"))) f->t.sp_word_split = 0;
-        /* a merge whose parts or result are not in the vocabulary can never apply */
-        if (lookup_text(f, a, &ia) && lookup_text(f, b, &ib) && lookup_text(f, ab, &iab) &&
-            tok_mergemap_put(&f->t.merges, ia, ib, (uint32_t)rank, iab))
+        /* HF refuses a file whose merge names a token the vocabulary lacks */
+        const char *missing = !lookup_text(f, a, &ia) ? a : !lookup_text(f, b, &ib) ? b : !lookup_text(f, ab, &iab) ? ab : NULL;
+        if (missing)
+            return peft_fail(err, PEFT_EFORMAT, "%s: merge %d (\"%s\" + \"%s\") needs \"%s\", which is not in the vocabulary",
+                             path, rank, a, b, missing);
+        if (tok_mergemap_put(&f->t.merges, ia, ib, (uint32_t)rank, iab))
             return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
         rank++;
     }
     return 0;
 }
 
-static int cmp_added(const void *x, const void *y) {
-    const tok_added *a = x, *b = y;
-    unsigned char ca = (unsigned char)a->text[0], cb = (unsigned char)b->text[0];
-    if (ca != cb) return ca < cb ? -1 : 1;
-    return a->len > b->len ? -1 : a->len < b->len ? 1 : 0;
-}
-
+/* Fills t->added in two groups, as HF matches them in two passes: the tokens with
+ * "normalized": false first (t->n_raw_added of them), then the normalized ones; file order
+ * within each. */
 static int load_added(tok_full *f, const cJSON *arr, const char *path, peft_err *err) {
     peft_tokenizer *t = &f->t;
     int n = cJSON_GetArraySize(arr);
     if (!(t->added = calloc((size_t)(n ? n : 1), sizeof *t->added))) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
-    const cJSON *a;
-    cJSON_ArrayForEach(a, arr) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id"), *content = cJSON_GetObjectItemCaseSensitive(a, "content");
-        if (!cJSON_IsNumber(id) || !cJSON_IsString(content) || id->valuedouble < 0 || id->valuedouble >= t->n_ids)
-            return peft_fail(err, PEFT_EFORMAT, "%s: added_tokens[%d] needs an \"id\" and a \"content\"", path, t->n_added);
-        size_t len = strlen(content->valuestring);
-        if (!len) return peft_fail(err, PEFT_EFORMAT, "%s: added_tokens[%d] is empty", path, t->n_added);
-        char *s = pool_add(&f->pool, content->valuestring, len);
-        if (!s) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
-        int32_t i = (int32_t)id->valuedouble;
-        tok_added *ad = &t->added[t->n_added++];
-        ad->text = s;
-        ad->len = (uint32_t)len;
-        ad->id = i;
-        ad->lstrip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "lstrip"));
-        ad->rstrip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "rstrip"));
-        ad->single_word = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "single_word"));
-        t->text[i] = s;
-        t->text_len[i] = (uint32_t)len;
-        t->flags[i] = TOK_ADDED | (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special")) ? TOK_SPECIAL : 0);
-        if (tok_strmap_put(&t->vocab, s, (uint32_t)len, i)) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
+    for (int pass = 0; pass < 2; pass++) {
+        const cJSON *a;
+        int index = 0;
+        cJSON_ArrayForEach(a, arr) {
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id"), *content = cJSON_GetObjectItemCaseSensitive(a, "content");
+            const cJSON *normalized = cJSON_GetObjectItemCaseSensitive(a, "normalized");
+            int special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special"));
+            /* HF's default: special tokens are not normalized */
+            if ((cJSON_IsBool(normalized) ? cJSON_IsTrue(normalized) : !special) != pass) {
+                index++;
+                continue;
+            }
+            if (!cJSON_IsNumber(id) || !cJSON_IsString(content) || id->valuedouble < 0 || id->valuedouble >= t->n_ids)
+                return peft_fail(err, PEFT_EFORMAT, "%s: added_tokens[%d] needs an \"id\" and a \"content\"", path, index);
+            size_t len = strlen(content->valuestring);
+            if (!len) return peft_fail(err, PEFT_EFORMAT, "%s: added_tokens[%d] is empty", path, index);
+            char *s = pool_add(&f->pool, content->valuestring, len);
+            if (!s) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
+            int32_t i = (int32_t)id->valuedouble;
+            tok_added *ad = &t->added[t->n_added++];
+            ad->text = s;
+            ad->len = (uint32_t)len;
+            ad->id = i;
+            ad->lstrip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "lstrip"));
+            ad->rstrip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "rstrip"));
+            ad->single_word = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "single_word"));
+            t->text[i] = s;
+            t->text_len[i] = (uint32_t)len;
+            t->flags[i] = TOK_ADDED | (special ? TOK_SPECIAL : 0);
+            if (tok_strmap_put(&t->vocab, s, (uint32_t)len, i)) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
+            index++;
+        }
+        if (pass == 0) t->n_raw_added = t->n_added;
     }
-    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
-    for (int c = 0, k = 0; c <= 256; c++) {
-        while (k < t->n_added && (unsigned char)t->added[k].text[0] < c) k++;
-        t->first_added[c] = k;
+    return 0;
+}
+
+/* The matcher of the added tokens: their trie, and for single_word tokens the class of word
+ * characters of HF's check (regex-syntax's \w: Alphabetic, marks, decimal digits, connector
+ * punctuation, ZWNJ/ZWJ; so "²" or an emoji is not part of a word, "é" or "Ⓐ" is). */
+static int build_matcher(peft_tokenizer *t, const char *path, peft_err *err) {
+    const char **s = malloc((size_t)(t->n_added ? t->n_added : 1) * sizeof *s);
+    uint32_t *len = malloc((size_t)(t->n_added ? t->n_added : 1) * sizeof *len);
+    int single_word = 0, rc = s && len ? 0 : -1;
+    for (int k = 0; k < t->n_added && !rc; k++) {
+        s[k] = t->added[k].text;
+        len[k] = t->added[k].len;
+        single_word |= t->added[k].single_word;
     }
+    if (!rc) rc = tok_trie_build(&t->added_trie[0], s, len, t->n_raw_added);
+    if (!rc) rc = tok_trie_build(&t->added_trie[1], s + t->n_raw_added, len + t->n_raw_added, t->n_added - t->n_raw_added);
+    free(s);
+    free(len);
+    if (rc) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
+    if (!single_word) return 0;
+    int ec;
+    PCRE2_SIZE eo;
+    t->word_re = pcre2_compile((PCRE2_SPTR) "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]", PCRE2_ZERO_TERMINATED,
+                               PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    if (!t->word_re) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: single_word tokens need PCRE2 10.40 or later (\\p{Alphabetic})", path);
     return 0;
 }
 
@@ -250,8 +283,6 @@ static int load_config(tok_full *f, const char *text, size_t len, const char *pa
         int id = s ? peft_tokenizer_token_id(t, s) : -1;
         if (id >= 0) t->flags[id] |= TOK_SPECIAL;
     }
-    /* transformers' current default is not to clean up; files of these models say so anyway */
-    t->clean_up_spaces = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "clean_up_tokenization_spaces"));
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
     const char *tmpl = cJSON_IsString(ct) ? ct->valuestring : NULL;
     const cJSON *named = cJSON_IsArray(ct) ? ct : NULL;
@@ -307,15 +338,16 @@ static int load_model(tok_full *f, const cJSON *root, const char *path, peft_err
     for (int b = 0; b < 256; b++) {
         char c = (char)b, hex[8];
         snprintf(hex, sizeof hex, "<0x%02X>", b);
+        /* -1 where a byte-level vocabulary lacks the byte's symbol: HF loads such files and
+         * drops the byte when encoding (see bpe_word) */
         t->byte_id[b] = t->byte_level ? tok_strmap_get(&t->vocab, &c, 1) : tok_strmap_get(&t->vocab, hex, 6);
-        if (t->byte_level && t->byte_id[b] < 0)
-            return peft_fail(err, PEFT_EFORMAT, "%s: byte-level vocabulary lacks the symbol of byte 0x%02X", path, b);
     }
     t->byte_fallback = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"));
     t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "fuse_unk"));
     t->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
     int rc = load_merges(f, merges, path, err);
     if (!rc && cJSON_IsArray(added)) rc = load_added(f, added, path, err);
+    if (!rc) rc = build_matcher(t, path, err);
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
     if (!rc && cJSON_IsString(unk)) t->unk_id = peft_tokenizer_token_id(t, unk->valuestring);
     return rc;
@@ -332,6 +364,9 @@ void peft_tokenizer_free(peft_tokenizer *tok) {
     tok_strmap_free(&tok->vocab);
     tok_mergemap_free(&tok->merges);
     free(tok->added);
+    tok_trie_free(&tok->added_trie[0]);
+    tok_trie_free(&tok->added_trie[1]);
+    if (tok->word_re) pcre2_code_free(tok->word_re);
     tok_free_steps(tok);
     for (int i = 0; i < tok->n_dec; i++) free(tok->dec[i].a), free(tok->dec[i].b);
     free(tok->dec);
@@ -376,6 +411,7 @@ int peft_tokenizer_load(const char *model_dir, peft_tokenizer **out, peft_err *e
     char *json, *cfg = NULL;
     size_t len, cfg_len = 0;
     *out = NULL;
+    if (peft_gguf_is_file(model_dir)) return peft_gguf_tokenizer_load(model_dir, out, err); /* gguf_vocab.c */
     snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
     int rc = peft_read_file(path, &json, &len, err);
     if (rc) return rc;
@@ -389,13 +425,26 @@ int peft_tokenizer_load(const char *model_dir, peft_tokenizer **out, peft_err *e
 
 /* ---- encoding ---- */
 
+/* Whitespace as HF's lstrip/rstrip see it: Rust's char::is_whitespace, Unicode White_Space
+ * (U+0085 is, U+FEFF is not). */
+static int white_space(uint32_t cp) {
+    return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+/* Start of the character that ends at byte e (> 0) of valid UTF-8. */
+static size_t char_before(const char *s, size_t e) {
+    size_t k = e - 1;
+    while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+    return k;
+}
+
 static size_t trim_end(const char *s, size_t b, size_t e) {
     while (e > b) {
-        size_t k = e - 1;
-        while (k > b && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+        size_t k = char_before(s, e);
         uint32_t cp;
         utf8_decode(s + k, e - k, &cp);
-        if (!tok_is_space(cp)) break;
+        if (!white_space(cp)) break;
         e = k;
     }
     return e;
@@ -405,36 +454,69 @@ static size_t trim_start(const char *s, size_t b, size_t e) {
     while (b < e) {
         uint32_t cp;
         size_t k = utf8_decode(s + b, e - b, &cp);
-        if (!tok_is_space(cp)) break;
+        if (!white_space(cp)) break;
         b += k;
     }
     return b;
 }
 
-/* A letter, digit or '_' (any non-ASCII byte counts as part of a word). */
-static int word_byte(unsigned char c) {
-    return c >= 0x80 || c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+/* Whether the character at s[i..n) is a word character (t->word_re). Returns 1, 0, or -1 when
+ * out of memory. */
+static int word_char(const peft_tokenizer *t, tok_scratch *sc, const char *s, size_t i, size_t n) {
+    if (!sc->md && !(sc->md = pcre2_match_data_create(1, NULL))) return -1;
+    return pcre2_match(t->word_re, (PCRE2_SPTR)s, n, i, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, sc->md, NULL) >= 0;
 }
 
-/* The longest added token at s[i..n), or NULL. A single_word token must not touch a word. */
-static const tok_added *match_added(const peft_tokenizer *t, const char *s, size_t i, size_t n) {
-    unsigned char c = (unsigned char)s[i];
-    for (int k = t->first_added[c]; k < t->first_added[c + 1]; k++) {
-        const tok_added *a = &t->added[k];
-        if (a->len > n - i || memcmp(s + i, a->text, a->len)) continue;
-        if (a->single_word && ((i > 0 && word_byte((unsigned char)s[i - 1])) || (i + a->len < n && word_byte((unsigned char)s[i + a->len]))))
-            continue;
-        return a;
-    }
-    return NULL;
+/* A single_word token matched at s[i..i+len) of the text s[b..e) counts only between non-word
+ * characters (or the ends of that text). Returns 1, 0, or -1 when out of memory. */
+static int single_word_ok(const peft_tokenizer *t, tok_scratch *sc, const char *s, size_t b, size_t i, size_t len, size_t e) {
+    int before = i > b ? word_char(t, sc, s, char_before(s, i), e) : 0;
+    int after = before == 0 && i + len < e ? word_char(t, sc, s, i + len, e) : 0;
+    return before < 0 || after < 0 ? -1 : !before && !after;
 }
 
 static int section(const peft_tokenizer *t, tok_scratch *sc, const char *s, size_t b, size_t e, tok_out *out, peft_err *err) {
     if (e <= b) return 0;
     int rc = tok_encode_section(t, sc, s + b, e - b, (uint32_t)b, b == 0, out);
-    if (rc < 0) return peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    if (rc > 0) return peft_fail(err, PEFT_EINVAL, "tokenizer: the text has a character the vocabulary lacks and there is no unk token");
-    return 0;
+    return rc ? peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory") : 0;
+}
+
+/* Cuts the added tokens out of text[b..e) as HF's AddedVocabulary does: pass 0 finds the
+ * non-normalized tokens in the text, then pass 1 the normalized ones in each section left
+ * between them (in the raw text, not the normalized one: the same for the files in use). Each
+ * pass is leftmost-longest and non-overlapping: the longest token at the first position that
+ * has one; a single_word token touching a word is no token, and the search resumes after it (a
+ * shorter token at the same place is not tried). lstrip/rstrip trim Unicode whitespace off the
+ * sections around a token. The sections left by pass 1 are encoded (tok_encode_section). */
+static int split_added(const peft_tokenizer *t, tok_scratch *sc, int pass, const char *text, size_t b, size_t e,
+                       tok_out *out, peft_err *err) {
+    const tok_trie *trie = &t->added_trie[pass];
+    const tok_added *added = t->added + (pass ? t->n_raw_added : 0);
+    size_t sec = b, i = b;
+    int trim_next = 0, rc = 0;
+    while (!rc && i < e) {
+        int k = trie->root[(unsigned char)text[i]] >= 0 ? tok_trie_longest(trie, text + i, e - i) : -1;
+        if (k < 0) {
+            i++;
+            continue;
+        }
+        const tok_added *a = &added[k];
+        int ok = a->single_word ? single_word_ok(t, sc, text, b, i, a->len, e) : 1;
+        if (ok < 0) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+        if (ok <= 0) {
+            i += a->len;
+            continue;
+        }
+        size_t sb = trim_next ? trim_start(text, sec, i) : sec, se = a->lstrip ? trim_end(text, sb, i) : i;
+        rc = pass ? section(t, sc, text, sb, se, out, err) : split_added(t, sc, 1, text, sb, se, out, err);
+        if (!rc && tok_out_push(out, a->id, (uint32_t)i, (uint32_t)(i + a->len))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+        i += a->len;
+        sec = i;
+        trim_next = a->rstrip;
+    }
+    size_t sb = trim_next ? trim_start(text, sec, e) : sec;
+    if (!rc) rc = pass ? section(t, sc, text, sb, e, out, err) : split_added(t, sc, 1, text, sb, e, out, err);
+    return rc;
 }
 
 int peft_tokenizer_encode_spans(const peft_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
@@ -454,23 +536,7 @@ int peft_tokenizer_encode_spans(const peft_tokenizer *t, const char *text, size_
     int rc = 0;
     for (int i = 0; add_special && !rc && i < t->n_post_prefix; i++)
         if (tok_out_push(&out, t->post_prefix[i], 0, 0)) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    size_t sec = 0, i = 0;
-    int trim_next = 0;
-    while (!rc && i < len) {
-        const tok_added *a = t->first_added[(unsigned char)text[i]] < t->first_added[(unsigned char)text[i] + 1]
-                                 ? match_added(t, text, i, len) : NULL;
-        if (!a) {
-            i++;
-            continue;
-        }
-        size_t b = trim_next ? trim_start(text, sec, i) : sec, e = a->lstrip ? trim_end(text, b, i) : i;
-        rc = section(t, &sc, text, b, e, &out, err);
-        if (!rc && tok_out_push(&out, a->id, (uint32_t)i, (uint32_t)(i + a->len))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-        i += a->len;
-        sec = i;
-        trim_next = a->rstrip;
-    }
-    if (!rc) rc = section(t, &sc, text, trim_next ? trim_start(text, sec, len) : sec, len, &out, err);
+    if (!rc) rc = split_added(t, &sc, 0, text, 0, len, &out, err);
     for (int k = 0; add_special && !rc && k < t->n_post_suffix; k++)
         if (tok_out_push(&out, t->post_suffix[k], (uint32_t)len, (uint32_t)len)) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
     tok_scratch_free(&sc);
@@ -506,7 +572,8 @@ const char *peft_tokenizer_added_text(const peft_tokenizer *tok, int id) {
 }
 
 int peft_tokenizer_token_id(const peft_tokenizer *tok, const char *text) {
-    for (int k = 0; k < tok->n_added; k++)
-        if (!strcmp(tok->added[k].text, text)) return tok->added[k].id;
-    return tok_strmap_get(&tok->vocab, text, strlen(text));
+    size_t n = strlen(text);
+    int k = tok_trie_find(&tok->added_trie[0], text, n);
+    if (k < 0 && (k = tok_trie_find(&tok->added_trie[1], text, n)) >= 0) k += tok->n_raw_added;
+    return k >= 0 ? tok->added[k].id : tok_strmap_get(&tok->vocab, text, n);
 }

@@ -5,10 +5,11 @@
  *    pre-tokenizer, then merges by rank over the bytes of each piece;
  *  - SentencePiece-style BPE (Llama-2, TinyLlama, Mistral): Prepend/Replace normalizers or a
  *    Metaspace pre-tokenizer, merges over characters, and <0xNN> byte fallback.
- * Added tokens (specials such as <|im_start|>) are matched in the raw text first, longest
- * match wins, and are never split (lstrip/rstrip/single_word honoured; "normalized" tokens
- * are matched in the raw text too, which is the same for the files in use). BOS/EOS come from
- * tokenizer_config.json.
+ * Added tokens (specials such as <|im_start|>) are matched in the raw text first, as HF does:
+ * leftmost-longest, non-normalized tokens before normalized ones, never split
+ * (lstrip/rstrip/single_word honoured; "normalized" tokens are matched in the raw text, which
+ * is the same for the files in use). A character the vocabulary cannot spell becomes unk, or
+ * is dropped when there is no unk token (as HF does). BOS/EOS come from tokenizer_config.json.
  *
  * Thread safety: a loaded tokenizer is read-only; any number of threads may encode and
  * decode with it at once. */
@@ -22,7 +23,8 @@
 
 typedef struct peft_tokenizer peft_tokenizer;
 
-/* Loads DIR/tokenizer.json and (if present) DIR/tokenizer_config.json.
+/* Loads DIR/tokenizer.json and (if present) DIR/tokenizer_config.json; DIR may also be a .gguf
+ * file, whose embedded vocabulary is loaded (src/tokenizer/gguf_vocab.c).
  * Returns PEFT_OK and *out (free with peft_tokenizer_free), or PEFT_EIO/PEFT_EFORMAT, or
  * PEFT_EUNSUPPORTED naming the component (model, normalizer, pre-tokenizer...) not handled. */
 int peft_tokenizer_load(const char *model_dir, peft_tokenizer **out, peft_err *err);

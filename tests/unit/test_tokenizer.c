@@ -1,13 +1,60 @@
-/* test_tokenizer.c: the tokenizer on a small SentencePiece-style fixture (always), and on the
- * GPT-2 tokenizer of ../shared/models/tiny-gpt2 (when present) with ids from transformers.js.
- * The full comparison with the JavaScript tokenizers is tests/tokenizer/test_tokenizer_js.mjs. */
+/* test_tokenizer.c: the added-token trie against a brute-force longest-prefix search, the
+ * tokenizer on a small SentencePiece-style fixture (always), and on the GPT-2 tokenizer of
+ * ../shared/models/tiny-gpt2 (when present) with ids from HF tokenizers. The full comparison
+ * with HF tokenizers is tests/tokenizer/test_tokenizer_hf.py. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
 #include "fileio.h"
 #include "tokenizer/fixture.h"
+#include "tokenizer/tok_internal.h"
 #include "tokenizer/tokenizer.h"
+
+/* The longest of the n strings that s[0..len) starts with (first index among equals), -1 if
+ * none: what the trie must answer, by looking at every string. */
+static int brute_longest(const char *const *str, const uint32_t *slen, int n, const char *s, size_t len) {
+    int best = -1;
+    for (int k = 0; k < n; k++)
+        if (slen[k] <= len && !memcmp(s, str[k], slen[k]) && (best < 0 || slen[k] > slen[best])) best = k;
+    return best;
+}
+
+static void trie_tests(void) {
+    /* overlapping strings: prefixes of each other, a duplicate, bytes 0x00 and 0xFF, one byte */
+    static const char *const fixed[] = {"<|a|>", "<|a|>b", "<|a|>bc", "|a|>", "<|", "<|a|>", "\xff\x00", "\xff", "x", "<|ab|>"};
+    enum { NF = sizeof fixed / sizeof fixed[0], NR = 1000 };
+    const char *str[NF + NR];
+    uint32_t slen[NF + NR];
+    static char pool[NR][8];
+    for (int k = 0; k < NF; k++) str[k] = fixed[k], slen[k] = (uint32_t)strlen(fixed[k]);
+    slen[6] = 2; /* "\xff\x00" holds a NUL */
+    uint32_t r = 12345;
+    for (int k = 0; k < NR; k++) { /* random strings over a 4-letter alphabet: many shared prefixes */
+        r = r * 1103515245u + 12345u;
+        int n = 1 + (int)((r >> 16) % 6);
+        for (int i = 0; i < n; i++) r = r * 1103515245u + 12345u, pool[k][i] = "abc<"[(r >> 16) & 3];
+        str[NF + k] = pool[k];
+        slen[NF + k] = (uint32_t)n;
+    }
+    tok_trie t;
+    CHECK(tok_trie_build(&t, str, slen, NF + NR) == 0);
+    CHECK(tok_trie_longest(&t, "<|a|>bcd", 8) == 2 && tok_trie_longest(&t, "<|a|>b", 5) == 0);
+    CHECK(tok_trie_longest(&t, "<|a|", 4) == 4 && tok_trie_longest(&t, "|a|", 3) == -1);
+    CHECK(tok_trie_longest(&t, "\xff\x00z", 3) == 6 && tok_trie_longest(&t, "\xff", 1) == 7);
+    CHECK(tok_trie_find(&t, "<|a|>", 5) == 0 && tok_trie_find(&t, "<|a", 3) == -1 && tok_trie_find(&t, "", 0) == -1);
+    /* every position of a random text: the trie and the brute force agree */
+    char text[2000];
+    for (size_t i = 0; i < sizeof text; i++) r = r * 1103515245u + 12345u, text[i] = "abc<|x>"[(r >> 16) % 7];
+    int bad = 0;
+    for (size_t i = 0; i < sizeof text; i++)
+        bad += tok_trie_longest(&t, text + i, sizeof text - i) != brute_longest(str, slen, NF + NR, text + i, sizeof text - i);
+    for (int k = 0; k < NF + NR; k++) bad += tok_trie_find(&t, str[k], slen[k]) != brute_longest(str, slen, NF + NR, str[k], slen[k]);
+    CHECK_MSG(bad == 0, "%d trie answers differ from the brute force", bad);
+    tok_trie_free(&t);
+    CHECK(tok_trie_build(&t, str, slen, 0) == 0 && tok_trie_longest(&t, "x", 1) == -1 && tok_trie_find(&t, "x", 1) == -1);
+    tok_trie_free(&t);
+}
 
 static int ids_eq(const int32_t *a, size_t na, const int32_t *b, size_t nb) {
     return na == nb && (na == 0 || !memcmp(a, b, na * sizeof *a));
@@ -109,7 +156,7 @@ static void fixture_tests(void) {
     CHECK(peft_tokenizer_load("/nonexistent-dir", &tok, &err) == PEFT_EIO);
 }
 
-/* GPT-2 ids from transformers.js (@lenml/tokenizers 3.7.2) for the same strings. */
+/* GPT-2 ids from HF tokenizers 0.23.3 (Tokenizer.from_file(...).encode) for the same strings. */
 static void gpt2_tests(void) {
     const char *shared = getenv("PEFT_SHARED");
     char dir[4096];
@@ -133,6 +180,7 @@ static void gpt2_tests(void) {
 }
 
 int main(void) {
+    trie_tests();
     fixture_tests();
     gpt2_tests();
     return check_report("test_tokenizer");
