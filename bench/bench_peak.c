@@ -1,5 +1,6 @@
 /* bench_peak: the CPU's arithmetic peak for matmul-style work, from the instructions themselves:
- * 12 independent accumulator chains of vfmadd231ps (f32 FMA, 32 flops per zmm instruction), of
+ * 12 independent accumulator chains of vfmadd231ps (f32 FMA, 32 flops per zmm instruction, 16 per
+ * ymm one where the build has AVX2 + FMA but no AVX-512), of
  * vdpbf16ps (bf16 pairs -> f32, 64 flops per zmm instruction) and of vfmadd231ph (f16 FMA, 64
  * flops per zmm instruction), on every OpenMP thread. No memory traffic, so this is the ceiling
  * a GEMM can approach, not what one reaches.
@@ -18,7 +19,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -30,18 +31,38 @@ static double now_s(void) {
 
 #define CHAINS(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
 
-#ifdef __AVX512F__
+/* f32 FMA in the widest vectors the build has: zmm (AVX-512, 16 lanes) or ymm (AVX2 + FMA, 8 lanes:
+ * AMD Zen 2/3, Intel client parts). */
+#if defined(__AVX512F__)
+#define FMA_LANES 16
+typedef __m512 vf32;
+#define VF_SET1 _mm512_set1_ps
+#define VF_FMA _mm512_fmadd_ps
+static float vf_sum(__m512 v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define FMA_LANES 8
+typedef __m256 vf32;
+#define VF_SET1 _mm256_set1_ps
+#define VF_FMA _mm256_fmadd_ps
+static float vf_sum(__m256 v) {
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+#endif
+
+#ifdef FMA_LANES
 /* iters x 12 FMA instructions; returns the sum so the work is not optimised away. */
 static float fma_chains(long iters) {
-#define Z(k) __m512 c##k = _mm512_set1_ps((float)(k)); /* distinct chains: no common subexpressions */
+#define Z(k) vf32 c##k = VF_SET1((float)(k)); /* distinct chains: no common subexpressions */
     CHAINS(Z)
-    __m512 a = _mm512_set1_ps(1.0f + 1e-7f), b = _mm512_set1_ps(1e-7f);
+    vf32 a = VF_SET1(1.0f + 1e-7f), b = VF_SET1(1e-7f);
     for (long i = 0; i < iters; i++) {
-#define F(k) c##k = _mm512_fmadd_ps(a, b, c##k);
+#define F(k) c##k = VF_FMA(a, b, c##k);
         CHAINS(F)
-        __asm__ volatile("" : "+v"(a));
+        __asm__ volatile("" : "+x"(a));
     }
-#define S(k) +_mm512_reduce_add_ps(c##k)
+#define S(k) +vf_sum(c##k)
     return 0.0f CHAINS(S);
 }
 #endif
@@ -101,8 +122,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i += 2)
         if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
     double f32 = 0, bf16 = 0, f16 = 0;
-#ifdef __AVX512F__
-    f32 = measure(fma_chains, 12 * 32.0, seconds);
+#ifdef FMA_LANES
+    f32 = measure(fma_chains, 12 * 2.0 * FMA_LANES, seconds);
 #endif
 #ifdef __AVX512BF16__
     bf16 = measure(bf16_chains, 12 * 64.0, seconds);

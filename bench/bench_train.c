@@ -11,7 +11,7 @@
  * step_s is the mean over timed steps; tokens_per_s = batch*seq / step_s; peak_rss_mb is
  * getrusage(RUSAGE_SELF).ru_maxrss (includes the mmapped f32 checkpoint pages touched).
  * mfu = model_flops_per_step / step_s / peak (peak from --peak-gflops, else null); the
- * FLOP count is documented in bench/README.md and is the same formula as bench/torch_peer.py. */
+ * FLOP count is documented in bench/README.md and is the same formula as bench/hf_peer.py. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

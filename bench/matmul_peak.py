@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Measures the machine's peak matmul throughput, the denominator of MFU in bench_train.
 
-  /usr/bin/python3 bench/matmul_peak.py [--threads 2] [--sizes 1024,2048,3072] [--seconds 2]
+  .venv/bin/python bench/matmul_peak.py [--threads 2] [--sizes 1024,2048,3072] [--seconds 2]
 
-Runs large square C = A @ B in PyTorch (Debian python3-torch) for
-  bf16  torch.bfloat16 tensors (oneDNN bf16 gemm; AVX512-BF16 where the CPU has it)
-  f32   torch.float32 tensors (OpenBLAS sgemm, the same library libpeft links)
-and reports the best GFLOP/s over the sizes (2*n^3 flops per matmul). Prints one JSON line:
+Runs large square C = A @ B in PyTorch (the benchmark peers' torch: PyPI's) for
+  bf16  torch.bfloat16 tensors (oneDNN bf16 gemm; AVX512-BF16 where the CPU has it, a slow
+        emulation on AVX2-only CPUs such as AMD Zen 3)
+  f32   torch.float32 tensors (torch's BLAS: MKL in PyPI's wheels)
+and reports the best GFLOP/s over the sizes (2*n^3 flops per matmul). Sizes are tried in
+increasing order and a dtype stops at the first size whose best matmul takes longer than
+--seconds (bf16 without hardware support: minutes at n = 3072 otherwise). Prints one JSON line:
   {"bf16_gflops": .., "f32_gflops": .., "threads": .., "by_size": {...}, "openblas_env": {...}}
 """
 import argparse
@@ -26,7 +29,7 @@ def bench(n, dtype, seconds):
     best = float("inf")
     t_end = time.perf_counter() + seconds
     reps = 0
-    while reps < 3 or time.perf_counter() < t_end:
+    while reps < 1 or time.perf_counter() < t_end:  # at least one timed matmul, else ~seconds of them
         t0 = time.perf_counter()
         torch.mm(a, b, out=c)
         best = min(best, time.perf_counter() - t0)
@@ -44,8 +47,11 @@ def main():
     sizes = [int(s) for s in a.sizes.split(",")]
     by = {"bf16": {}, "f32": {}}
     for name, dt in (("bf16", torch.bfloat16), ("f32", torch.float32)):
-        for n in sizes:
-            by[name][n] = round(bench(n, dt, a.seconds), 1)
+        for n in sorted(sizes):
+            gflops = bench(n, dt, a.seconds)
+            by[name][n] = round(gflops, 1)
+            if 2.0 * n ** 3 / gflops / 1e9 > a.seconds:
+                break
     out = {"bf16_gflops": max(by["bf16"].values()), "f32_gflops": max(by["f32"].values()),
            "threads": torch.get_num_threads(), "by_size": by,
            "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}}

@@ -189,14 +189,10 @@ def peft_logits(model, ids):
 
 
 def peft_loss(model, ids):
-    """Mean next-token loss of ids [B, T] on its T-1 predictions. The first label is masked: with
-    prompt tuning PEFT's loss would also count the last virtual token predicting ids[0], which
-    peft.c's trainer and `peft eval` do not (the virtual positions carry no loss); for every other
-    method label 0 is never a target anyway."""
-    labels = ids.clone()
-    labels[:, 0] = -100
+    """PEFT's mean next-token loss of ids [B, T] with labels = input_ids (with prompt tuning the
+    last virtual token's prediction of ids[0] counts too, as in peft.c's trainer and `peft eval`)."""
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.item()
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.item()
 
 
 # ---- a + c: peft.c -> PEFT ------------------------------------------------------------------
