@@ -1,6 +1,6 @@
-/* chat_template.c: native renderers of the chat templates of ChatML (Qwen2/2.5, SmolLM),
- * Qwen3, Llama-3, Llama-2-chat and Mistral Instruct, and the recognition of a Jinja template's
- * family. Each renderer follows its template's Jinja line by line; the comments quote it. */
+/* chat_template.c: conversation records rendered with a Jinja chat template (jinja.c): the
+ * variables transformers' apply_chat_template passes, the built-in templates a user can name,
+ * and the assistant spans a fine-tuning loss is taken on. */
 #include "chat_template.h"
 
 #include <stdlib.h>
@@ -9,383 +9,370 @@
 #include <cjson/cJSON.h>
 
 #include "error.h"
+#include "fileio.h"
+#include "jinja.h"
 #include "tok_internal.h"
-#include "utf8.h"
 
-static const struct { const char *name; int family; } FAMILIES[] = {
-    {"chatml", PEFT_CHAT_CHATML}, {"qwen3", PEFT_CHAT_QWEN3}, {"llama3", PEFT_CHAT_LLAMA3},
-    {"llama2", PEFT_CHAT_LLAMA2}, {"mistral", PEFT_CHAT_MISTRAL},
+struct peft_chat_template {
+    peft_jinja *jinja;
+    char *bos, *eos;   /* the tokenizer's token texts, NULL if it has none */
+    char **specials;   /* texts of the tokenizer's special tokens (end-of-turn candidates) */
+    size_t n_specials;
+    unsigned char first[256]; /* first[c]: some special token starts with byte c */
+};
+
+/* The official templates of each family, as their tokenizer_config.json files spell them. */
+static const char CHATML[] =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+static const char LLAMA3[] = /* Meta-Llama-3-8B-Instruct */
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+static const char LLAMA2[] = /* Llama-2-7b-chat-hf */
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
+    "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+static const char MISTRAL[] = /* Mistral-7B-Instruct-v0.1 */
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+static const char QWEN3[] = /* Qwen3 */
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- messages[0].content + '\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    "    {{- \"# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    "    {%- for tool in tools %}\n"
+    "        {{- \"\\n\" }}\n"
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n"
+    "{%- for message in messages[::-1] %}\n"
+    "    {%- set index = (messages|length - 1) - loop.index0 %}\n"
+    "    {%- if ns.multi_step_tool and message.role == \"user\" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}\n"
+    "        {%- set ns.multi_step_tool = false %}\n"
+    "        {%- set ns.last_query_index = index %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n"
+    "        {%- set content = message.content %}\n"
+    "        {%- set reasoning_content = '' %}\n"
+    "        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}\n"
+    "            {%- set reasoning_content = message.reasoning_content %}\n"
+    "        {%- else %}\n"
+    "            {%- if '</think>' in message.content %}\n"
+    "                {%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}\n"
+    "                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}\n"
+    "            {%- endif %}\n"
+    "        {%- endif %}\n"
+    "        {%- if loop.index0 > ns.last_query_index %}\n"
+    "            {%- if loop.last or (not loop.last and reasoning_content) %}\n"
+    "                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}\n"
+    "            {%- else %}\n"
+    "                {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "            {%- endif %}\n"
+    "        {%- else %}\n"
+    "            {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "        {%- endif %}\n"
+    "        {%- if message.tool_calls %}\n"
+    "            {%- for tool_call in message.tool_calls %}\n"
+    "                {%- if (loop.first and content) or (not loop.first) %}\n"
+    "                    {{- '\\n' }}\n"
+    "                {%- endif %}\n"
+    "                {%- if tool_call.function %}\n"
+    "                    {%- set tool_call = tool_call.function %}\n"
+    "                {%- endif %}\n"
+    "                {{- '<tool_call>\\n{\"name\": \"' }}\n"
+    "                {{- tool_call.name }}\n"
+    "                {{- '\", \"arguments\": ' }}\n"
+    "                {%- if tool_call.arguments is string %}\n"
+    "                    {{- tool_call.arguments }}\n"
+    "                {%- else %}\n"
+    "                    {{- tool_call.arguments | tojson }}\n"
+    "                {%- endif %}\n"
+    "                {{- '}\\n</tool_call>' }}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if loop.first or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}";
+
+static const struct { const char *name, *jinja; } BUILTIN[] = {
+    {"chatml", CHATML}, {"qwen3", QWEN3}, {"llama3", LLAMA3}, {"llama2", LLAMA2}, {"mistral", MISTRAL},
 };
 
 const char *peft_chat_template_names(void) { return "chatml, qwen3, llama3, llama2, mistral"; }
 
-int peft_chat_template_named(const char *name, peft_chat_template *out, peft_err *err) {
-    memset(out, 0, sizeof *out);
-    for (size_t i = 0; i < sizeof FAMILIES / sizeof FAMILIES[0]; i++)
-        if (!strcmp(name, FAMILIES[i].name)) {
-            out->family = FAMILIES[i].family;
-            out->eos_space = out->family == PEFT_CHAT_MISTRAL;
-            return PEFT_OK;
-        }
-    return peft_fail(err, PEFT_EINVAL, "unknown chat template \"%s\" (known: %s)", name, peft_chat_template_names());
+void peft_chat_template_free(peft_chat_template *t) {
+    if (!t) return;
+    peft_jinja_free(t->jinja);
+    free(t->bos);
+    free(t->eos);
+    for (size_t i = 0; i < t->n_specials; i++) free(t->specials[i]);
+    free(t->specials);
+    free(t);
 }
 
-/* The default system prompt a ChatML template writes when the conversation has none: the text
- * of a literal '<|im_start|>system\n...<|im_end|>' in the template, Jinja escapes undone. */
-static void default_system(const char *j, peft_chat_template *t) {
-    static const char *heads[] = {"<|im_start|>system\\n", "<|im_start|>system\n"};
-    for (int h = 0; h < 2; h++) {
-        const char *p = strstr(j, heads[h]);
-        if (!p) continue;
-        p += strlen(heads[h]);
-        const char *e = strstr(p, "<|im_end|>");
-        if (!e || e == p) continue;
-        size_t w = 0;
-        int ok = 1;
-        for (const char *q = p; q < e && ok; q++) {
-            if (*q == '\'' || *q == '"' || *q == '{' || *q == '}' || *q == '+') ok = 0; /* not a literal */
-            else if (*q == '\\' && q + 1 < e) {
-                q++;
-                char c = *q == 'n' ? '\n' : *q == 't' ? '\t' : *q;
-                if (w + 1 < sizeof t->default_system) t->default_system[w++] = c;
-            } else if (w + 1 < sizeof t->default_system) t->default_system[w++] = *q;
-            else ok = 0;
-        }
-        if (!ok) continue;
-        t->default_system[w] = 0;
-        t->has_default_system = 1;
-        return;
-    }
+static int dup_opt(const char *s, char **out) {
+    *out = s ? strdup(s) : NULL;
+    return s && !*out;
 }
 
-int peft_chat_template_detect(const char *j, peft_chat_template *out, peft_err *err) {
-    memset(out, 0, sizeof *out);
-    if (strstr(j, "<|im_start|>")) {
-        if (strstr(j, "</think>")) out->family = PEFT_CHAT_QWEN3;
-        else out->family = PEFT_CHAT_CHATML, default_system(j, out);
-    } else if (strstr(j, "<|start_header_id|>")) {
-        /* Llama-3.1+ templates add a dated system turn and tool calls: not this renderer */
-        if (strstr(j, "Cutting Knowledge Date")) goto unknown;
-        out->family = PEFT_CHAT_LLAMA3;
-        out->gen_prompt_always = !strstr(j, "add_generation_prompt");
-    } else if (strstr(j, "[INST]")) {
-        if (strstr(j, "<<SYS>>")) out->family = PEFT_CHAT_LLAMA2;
-        else if (!strstr(j, "system")) out->family = PEFT_CHAT_MISTRAL, out->eos_space = strstr(j, "eos_token + ' '") != NULL;
-        else goto unknown; /* Mistral v0.2+ move the system prompt into the last user turn */
-    } else {
-        goto unknown;
+int peft_chat_template_parse(const char *jinja, const char *what, const peft_tokenizer *tok, peft_chat_template **out,
+                             peft_err *err) {
+    *out = NULL;
+    peft_chat_template *t = calloc(1, sizeof *t);
+    if (!t) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", what);
+    int rc = peft_jinja_parse(jinja, strlen(jinja), what, &t->jinja, err);
+    if (!rc && tok) {
+        int oom = dup_opt(peft_tokenizer_bos_text(tok), &t->bos) | dup_opt(peft_tokenizer_eos_text(tok), &t->eos);
+        t->specials = calloc((size_t)tok->n_ids + 1, sizeof *t->specials);
+        oom |= !t->specials;
+        for (int id = 0; !oom && id < tok->n_ids; id++)
+            if (tok->text[id] && (tok->flags[id] & TOK_SPECIAL) && tok->text_len[id]) {
+                char *s = malloc(tok->text_len[id] + 1);
+                if (!(oom = !s)) {
+                    memcpy(s, tok->text[id], tok->text_len[id]);
+                    s[tok->text_len[id]] = 0;
+                    t->specials[t->n_specials++] = s;
+                    t->first[(unsigned char)s[0]] = 1;
+                }
+            }
+        if (oom) rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", what);
     }
+    if (rc) {
+        peft_chat_template_free(t);
+        return rc;
+    }
+    *out = t;
     return PEFT_OK;
-unknown:
-    return peft_fail(err, PEFT_EUNSUPPORTED,
-                     "the chat template of tokenizer_config.json is not one peft.c recognises; "
-                     "name a family with --chat-template (%s)", peft_chat_template_names());
 }
 
-int peft_chat_template_for(const peft_tokenizer *tok, const char *name, peft_chat_template *out, peft_err *err) {
-    const char *j = peft_tokenizer_chat_template(tok);
-    int rc;
-    if (name) rc = peft_chat_template_named(name, out, err);
-    else if (j) rc = peft_chat_template_detect(j, out, err);
-    else rc = peft_fail(err, PEFT_EINVAL, "the tokenizer has no chat_template; name a family with --chat-template (%s)",
-                        peft_chat_template_names());
+int peft_chat_template_for(const peft_tokenizer *tok, const char *name, peft_chat_template **out, peft_err *err) {
+    *out = NULL;
+    if (!name) {
+        const char *j = peft_tokenizer_chat_template(tok);
+        if (!j)
+            return peft_fail(err, PEFT_EINVAL, "the tokenizer has no chat_template in tokenizer_config.json; name one with "
+                             "--chat-template (%s, or a Jinja file)", peft_chat_template_names());
+        return peft_chat_template_parse(j, "tokenizer_config.json", tok, out, err);
+    }
+    for (size_t i = 0; i < sizeof BUILTIN / sizeof *BUILTIN; i++)
+        if (!strcmp(name, BUILTIN[i].name)) return peft_chat_template_parse(BUILTIN[i].jinja, name, tok, out, err);
+    if (!strchr(name, '/') && !strstr(name, ".jinja"))
+        return peft_fail(err, PEFT_EINVAL, "unknown chat template \"%s\" (known: %s, or a path to a Jinja file)", name,
+                         peft_chat_template_names());
+    char *text;
+    size_t len;
+    int rc = peft_read_file(name, &text, &len, err);
     if (rc) return rc;
-    const char *bos = peft_tokenizer_bos_text(tok), *eos = peft_tokenizer_eos_text(tok);
-    if ((bos && strlen(bos) >= sizeof out->bos) || (eos && strlen(eos) >= sizeof out->eos))
-        return peft_fail(err, PEFT_EFORMAT, "tokenizer_config.json: bos_token/eos_token too long");
-    strcpy(out->bos, bos ? bos : "");
-    strcpy(out->eos, eos ? eos : "");
-    return PEFT_OK;
+    if (strlen(text) != len) rc = peft_fail(err, PEFT_EFORMAT, "%s: a NUL byte in the template", name);
+    else rc = peft_chat_template_parse(text, name, tok, out, err);
+    free(text);
+    return rc;
 }
 
 /* ---- rendering ---- */
 
-typedef struct rbuf {
-    char *s;
-    size_t n, cap;
-    peft_chat_span *spans;
-    size_t n_spans, cap_spans;
-    int oom;
-} rbuf;
-
-static void put_n(rbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = (b->n + n + 1) * 2;
-        char *g = realloc(b->s, cap);
-        if (!g) {
-            b->oom = 1;
-            return;
+/* transformers' _alias_reasoning_fields: a message with reasoning under any of its names gets
+ * {"thinking": r, **message, "reasoning_content": r}. Returns a new array, or NULL when no
+ * message needs it (*oom on allocation failure). */
+static cJSON *alias_reasoning(const cJSON *msgs, int *oom) {
+    static const char *const FIELDS[] = {"reasoning_content", "thinking", "reasoning"};
+    const cJSON *m;
+    int any = 0;
+    cJSON_ArrayForEach(m, msgs) for (int f = 0; f < 3; f++) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, FIELDS[f]);
+        any |= r && !cJSON_IsNull(r);
+    }
+    *oom = 0;
+    if (!any) return NULL;
+    cJSON *out = cJSON_CreateArray();
+    cJSON_ArrayForEach(m, msgs) {
+        const cJSON *r = NULL;
+        for (int f = 0; f < 3 && !r; f++) {
+            r = cJSON_GetObjectItemCaseSensitive(m, FIELDS[f]);
+            if (r && cJSON_IsNull(r)) r = NULL;
         }
-        b->s = g;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-static void put(rbuf *b, const char *s) { put_n(b, s, strlen(s)); }
-
-static void span(rbuf *b, size_t start) {
-    if (b->oom) return;
-    if (b->n_spans == b->cap_spans) {
-        size_t cap = b->cap_spans ? b->cap_spans * 2 : 8;
-        peft_chat_span *g = realloc(b->spans, cap * sizeof *g);
-        if (!g) {
-            b->oom = 1;
-            return;
-        }
-        b->spans = g;
-        b->cap_spans = cap;
-    }
-    b->spans[b->n_spans].start = start;
-    b->spans[b->n_spans++].end = b->n;
-}
-
-/* Jinja's trim / strip(): JavaScript's whitespace at both ends (what @huggingface/jinja does). */
-static void put_trimmed(rbuf *b, const char *s) {
-    size_t n = strlen(s), st = 0, e = n;
-    while (st < e) {
-        uint32_t cp;
-        size_t k = utf8_decode(s + st, e - st, &cp);
-        if (!tok_is_space(cp)) break;
-        st += k;
-    }
-    while (e > st) {
-        size_t k = e - 1;
-        while (k > st && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
-        uint32_t cp;
-        utf8_decode(s + k, e - k, &cp);
-        if (!tok_is_space(cp)) break;
-        e = k;
-    }
-    put_n(b, s + st, e - st);
-}
-
-static int is(const char *a, const char *b) { return a && !strcmp(a, b); }
-
-static int chatml(const peft_chat_template *t, const peft_chat_msg *m, size_t n, int gen, rbuf *b) {
-    /* {% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n<default><|im_end|>\n' }} */
-    if (t->has_default_system && n && !is(m[0].role, "system")) {
-        put(b, "<|im_start|>system\n");
-        put(b, t->default_system);
-        put(b, "<|im_end|>\n");
-    }
-    /* {{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}} */
-    for (size_t i = 0; i < n; i++) {
-        put(b, "<|im_start|>");
-        put(b, m[i].role);
-        put(b, "\n");
-        size_t s = b->n;
-        put(b, m[i].content);
-        put(b, "<|im_end|>");
-        if (is(m[i].role, "assistant")) span(b, s);
-        put(b, "\n");
-    }
-    if (gen) put(b, "<|im_start|>assistant\n");
-    return 0;
-}
-
-static int starts_with(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
-static int ends_with(const char *s, const char *p) {
-    size_t n = strlen(s), k = strlen(p);
-    return n >= k && !memcmp(s + n - k, p, k);
-}
-
-/* Python's s.lstrip('\n') / rstrip('\n') / strip('\n') on [*b, *e). */
-static void strip_nl(const char *s, size_t *b, size_t *e, int left, int right) {
-    while (left && *b < *e && s[*b] == '\n') (*b)++;
-    while (right && *e > *b && s[*e - 1] == '\n') (*e)--;
-}
-
-static int qwen3(const peft_chat_template *t, const peft_chat_msg *m, size_t n, int gen, rbuf *b) {
-    /* {%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }} */
-    if (n && is(m[0].role, "system")) {
-        put(b, "<|im_start|>system\n");
-        put(b, m[0].content);
-        put(b, "<|im_end|>\n");
-    }
-    /* last_query_index: the last user turn that is not a wrapped tool response */
-    size_t last_query = n ? n - 1 : 0;
-    for (size_t k = n; k-- > 0;)
-        if (is(m[k].role, "user") && !(starts_with(m[k].content, "<tool_response>") && ends_with(m[k].content, "</tool_response>"))) {
-            last_query = k;
-            break;
-        }
-    for (size_t i = 0; i < n; i++) {
-        const char *role = m[i].role, *c = m[i].content;
-        if (is(role, "user") || (is(role, "system") && i > 0)) {
-            put(b, "<|im_start|>");
-            put(b, role);
-            put(b, "\n");
-            put(b, c);
-            put(b, "<|im_end|>\n");
-        } else if (is(role, "assistant")) {
-            /* content = after the last '</think>' (lstrip '\n'); reasoning = between the last
-             * '<think>' and the first '</think>' (rstrip then lstrip '\n') */
-            size_t cb = 0, ce = strlen(c), rb = 0, re = 0;
-            const char *close = strstr(c, "</think>");
-            if (close) {
-                const char *last = close, *p;
-                while ((p = strstr(last + 1, "</think>"))) last = p;
-                cb = (size_t)(last - c) + 8;
-                strip_nl(c, &cb, &ce, 1, 0);
-                re = (size_t)(close - c);
-                strip_nl(c, &rb, &re, 0, 1);
-                for (const char *q = c; (q = strstr(q, "<think>")) && (size_t)(q - c) < re; q++) rb = (size_t)(q - c) + 7;
-                strip_nl(c, &rb, &re, 1, 0);
-            }
-            put(b, "<|im_start|>assistant\n");
-            size_t s = b->n;
-            if (i > last_query && (i == n - 1 || re > rb)) {
-                /* '<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') */
-                strip_nl(c, &rb, &re, 1, 1);
-                put(b, "<think>\n");
-                put_n(b, c + rb, re - rb);
-                put(b, "\n</think>\n\n");
-                strip_nl(c, &cb, &ce, 1, 0);
-            }
-            put_n(b, c + cb, ce - cb);
-            put(b, "<|im_end|>");
-            span(b, s);
-            put(b, "\n");
-        } else if (is(role, "tool")) {
-            if (i == 0 || !is(m[i - 1].role, "tool")) put(b, "<|im_start|>user");
-            put(b, "\n<tool_response>\n");
-            put(b, c);
-            put(b, "\n</tool_response>");
-            if (i == n - 1 || !is(m[i + 1].role, "tool")) put(b, "<|im_end|>\n");
-        }
-    }
-    if (gen) put(b, "<|im_start|>assistant\n");
-    (void)t;
-    return 0;
-}
-
-static int llama3(const peft_chat_template *t, const peft_chat_msg *m, size_t n, int gen, rbuf *b) {
-    /* '<|start_header_id|>' + role + '<|end_header_id|>\n\n' + content | trim + '<|eot_id|>', bos first */
-    for (size_t i = 0; i < n; i++) {
-        if (i == 0) put(b, t->bos);
-        put(b, "<|start_header_id|>");
-        put(b, m[i].role);
-        put(b, "<|end_header_id|>\n\n");
-        size_t s = b->n;
-        put_trimmed(b, m[i].content);
-        put(b, "<|eot_id|>");
-        if (is(m[i].role, "assistant")) span(b, s);
-    }
-    if (gen || t->gen_prompt_always) put(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-    return 0;
-}
-
-static int alternation_error(peft_err *err) {
-    return peft_fail(err, PEFT_EINVAL, "Conversation roles must alternate user/assistant/user/assistant/...");
-}
-
-static int llama2(const peft_chat_template *t, const peft_chat_msg *m, size_t n, rbuf *b, peft_err *err) {
-    const char *sys = NULL;
-    if (n && is(m[0].role, "system")) sys = m[0].content, m++, n--;
-    for (size_t i = 0; i < n; i++) {
-        if (is(m[i].role, "user") != (i % 2 == 0)) return alternation_error(err);
-        if (is(m[i].role, "user")) {
-            /* bos_token + '[INST] ' + content.strip() + ' [/INST]', the system prompt inside the first */
-            put(b, t->bos);
-            put(b, "[INST] ");
-            if (i == 0 && sys) {
-                rbuf c = {0};
-                put(&c, "<<SYS>>\n");
-                put(&c, sys);
-                put(&c, "\n<</SYS>>\n\n");
-                put(&c, m[i].content);
-                if (c.oom) return free(c.s), -1;
-                put_trimmed(b, c.s);
-                free(c.s);
-            } else {
-                put_trimmed(b, m[i].content);
-            }
-            put(b, " [/INST]");
-        } else if (is(m[i].role, "assistant")) {
-            /* ' ' + content.strip() + ' ' + eos_token */
-            size_t s = b->n;
-            put(b, " ");
-            put_trimmed(b, m[i].content);
-            put(b, " ");
-            put(b, t->eos);
-            span(b, s);
-        }
-    }
-    return 0;
-}
-
-static int mistral(const peft_chat_template *t, const peft_chat_msg *m, size_t n, rbuf *b, peft_err *err) {
-    put(b, t->bos);
-    for (size_t i = 0; i < n; i++) {
-        if (is(m[i].role, "user") != (i % 2 == 0)) return alternation_error(err);
-        if (is(m[i].role, "user")) {
-            put(b, "[INST] ");
-            put(b, m[i].content);
-            put(b, " [/INST]");
-        } else if (is(m[i].role, "assistant")) {
-            size_t s = b->n;
-            put(b, m[i].content);
-            put(b, t->eos);
-            span(b, s);
-            if (t->eos_space) put(b, " ");
+        cJSON *c;
+        if (!r || !cJSON_IsObject(m)) {
+            c = cJSON_Duplicate(m, 1);
         } else {
-            return peft_fail(err, PEFT_EINVAL, "Only user and assistant roles are supported!");
+            c = cJSON_CreateObject();
+            if (c) cJSON_AddItemToObject(c, "thinking", cJSON_Duplicate(r, 1));
+            const cJSON *it;
+            cJSON_ArrayForEach(it, m) {
+                if (!c) break;
+                if (!strcmp(it->string, "thinking")) cJSON_ReplaceItemInObjectCaseSensitive(c, "thinking", cJSON_Duplicate(it, 1));
+                else cJSON_AddItemToObject(c, it->string, cJSON_Duplicate(it, 1));
+            }
+            if (c && cJSON_GetObjectItemCaseSensitive(c, "reasoning_content"))
+                cJSON_ReplaceItemInObjectCaseSensitive(c, "reasoning_content", cJSON_Duplicate(r, 1));
+            else if (c) cJSON_AddItemToObject(c, "reasoning_content", cJSON_Duplicate(r, 1));
         }
+        if (!out || !c) {
+            cJSON_Delete(c);
+            cJSON_Delete(out);
+            *oom = 1;
+            return NULL;
+        }
+        cJSON_AddItemToArray(out, c);
     }
-    return 0;
+    return out;
 }
 
-int peft_chat_render(const peft_chat_template *t, const peft_chat_msg *msgs, size_t n, int gen_prompt, char **out,
-                     size_t *out_len, peft_chat_span **spans, size_t *n_spans, peft_err *err) {
-    rbuf b = {0};
-    int rc;
-    *out = NULL;
-    if (spans) *spans = NULL, *n_spans = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!msgs[i].role || !msgs[i].content) return peft_fail(err, PEFT_EINVAL, "message %zu has no role or content", i);
-    switch (t->family) {
-    case PEFT_CHAT_CHATML: rc = chatml(t, msgs, n, gen_prompt, &b); break;
-    case PEFT_CHAT_QWEN3: rc = qwen3(t, msgs, n, gen_prompt, &b); break;
-    case PEFT_CHAT_LLAMA3: rc = llama3(t, msgs, n, gen_prompt, &b); break;
-    case PEFT_CHAT_LLAMA2: rc = llama2(t, msgs, n, &b, err); break;
-    case PEFT_CHAT_MISTRAL: rc = mistral(t, msgs, n, &b, err); break;
-    default: rc = peft_fail(err, PEFT_EINVAL, "chat template family %d is not known", t->family);
+/* The variables of one rendering: messages[0..n_msgs) (borrowed), tools, add_generation_prompt,
+ * bos_token/eos_token, then the record's chat_template_kwargs (which win, as in transformers). */
+static int render_prefix(const peft_chat_template *t, const cJSON *msgs, int n_msgs, const cJSON *tools,
+                         const cJSON *kwargs, int gen, char **out, size_t *len, peft_jinja_span **gs, size_t *n_gs,
+                         peft_err *err) {
+    cJSON *vars = cJSON_CreateObject(), *list = cJSON_CreateArray();
+    int oom = !vars || !list;
+    const cJSON *m = msgs ? msgs->child : NULL;
+    for (int i = 0; !oom && i < n_msgs; i++, m = m->next) oom = !cJSON_AddItemReferenceToArray(list, (cJSON *)m);
+    if (!oom) cJSON_AddItemToObject(vars, "messages", list), list = NULL;
+    if (!oom) oom = !(tools ? cJSON_AddItemReferenceToObject(vars, "tools", (cJSON *)tools) : cJSON_AddNullToObject(vars, "tools") != NULL);
+    if (!oom) oom = !cJSON_AddNullToObject(vars, "documents") || !cJSON_AddBoolToObject(vars, "add_generation_prompt", gen);
+    if (!oom && t->bos) oom = !cJSON_AddStringToObject(vars, "bos_token", t->bos);
+    if (!oom && t->eos) oom = !cJSON_AddStringToObject(vars, "eos_token", t->eos);
+    const cJSON *kw;
+    cJSON_ArrayForEach(kw, kwargs) {
+        if (oom) break;
+        cJSON_DeleteItemFromObjectCaseSensitive(vars, kw->string);
+        oom = !cJSON_AddItemReferenceToObject(vars, kw->string, (cJSON *)kw);
     }
-    put(&b, ""); /* an empty rendering is still a string */
-    if (!rc && b.oom) rc = peft_fail(err, PEFT_ENOMEM, "chat template: out of memory");
-    if (rc) {
-        free(b.s);
-        free(b.spans);
-        return rc;
+    int rc = oom ? peft_fail(err, PEFT_ENOMEM, "chat template: out of memory") : peft_jinja_render(t->jinja, vars, out, len, gs, n_gs, err);
+    cJSON_Delete(list);
+    cJSON_Delete(vars);
+    return rc;
+}
+
+static size_t common_prefix(const char *a, size_t na, const char *b, size_t nb) {
+    size_t i = 0;
+    while (i < na && i < nb && a[i] == b[i]) i++;
+    return i;
+}
+
+/* End of assistant message i's turn in the full rendering s[0..n), its start at `start`:
+ * through the first special token at or after start; else `fallback` less trailing whitespace. */
+static size_t turn_end(const peft_chat_template *t, const char *s, size_t n, size_t start, size_t fallback) {
+    for (size_t p = start; p < n; p++) {
+        if (!t->first[(unsigned char)s[p]]) continue;
+        for (size_t k = 0; k < t->n_specials; k++) {
+            size_t len = strlen(t->specials[k]);
+            if (len <= n - p && !memcmp(s + p, t->specials[k], len)) return p + len;
+        }
     }
-    *out = b.s;
-    *out_len = b.n;
-    if (spans) *spans = b.spans, *n_spans = b.n_spans;
-    else free(b.spans);
+    while (fallback > start && strchr(" \t\r\n", s[fallback - 1])) fallback--;
+    return fallback;
+}
+
+/* Assistant spans by prefix renderings: message i's turn starts where the rendering of
+ * messages[:i] with the generation prompt stops agreeing with the full one. */
+static int prefix_spans(const peft_chat_template *t, const cJSON *msgs, const cJSON *tools, const cJSON *kwargs,
+                        const char *full, size_t n, peft_chat_span **spans, size_t *n_spans, peft_err *err) {
+    int count = cJSON_GetArraySize(msgs), k = 0, rc = 0;
+    peft_chat_span *sp = calloc((size_t)count + 1, sizeof *sp);
+    if (!sp) return peft_fail(err, PEFT_ENOMEM, "chat template: out of memory");
+    size_t prev_end = 0, w = 0;
+    for (const cJSON *m = msgs->child; m && !rc; m = m->next, k++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsString(role) || strcmp(role->valuestring, "assistant")) continue;
+        char *pre = NULL, *upto = NULL;
+        size_t np = 0, nu = 0, start = 0, agree;
+        if (k > 0) rc = render_prefix(t, msgs, k, tools, kwargs, 1, &pre, &np, NULL, NULL, err);
+        if (!rc) rc = render_prefix(t, msgs, k + 1, tools, kwargs, 0, &upto, &nu, NULL, NULL, err);
+        if (rc) {
+            peft_err_prefix(err, "locating assistant message %d", k);
+        } else {
+            start = k > 0 ? common_prefix(pre, np, full, n) : 0;
+            if (start < prev_end) start = prev_end;
+            agree = common_prefix(upto, nu, full, n);
+            size_t end = turn_end(t, full, n, start, agree > start ? agree : start);
+            sp[w].start = start, sp[w++].end = end;
+            prev_end = end;
+        }
+        free(pre);
+        free(upto);
+    }
+    if (rc) return free(sp), rc;
+    *spans = sp, *n_spans = w;
     return PEFT_OK;
 }
 
-int peft_chat_render_json(const peft_chat_template *t, const struct cJSON *messages, int gen_prompt, char **out,
-                          size_t *out_len, peft_chat_span **spans, size_t *n_spans, const char *where, peft_err *err) {
-    const cJSON *arr = messages, *it;
-    if (!cJSON_IsArray(arr)) return peft_fail(err, PEFT_EFORMAT, "%s: \"messages\" is not a list", where);
-    size_t n = (size_t)cJSON_GetArraySize(arr), i = 0;
-    peft_chat_msg *m = calloc(n ? n : 1, sizeof *m);
-    if (!m) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", where);
-    cJSON_ArrayForEach(it, arr) {
-        const cJSON *r = cJSON_GetObjectItemCaseSensitive(it, "role"), *c = cJSON_GetObjectItemCaseSensitive(it, "content");
-        if (!cJSON_IsString(r) || !cJSON_IsString(c)) {
-            free(m);
-            return peft_fail(err, PEFT_EFORMAT, "%s: message %zu needs string \"role\" and \"content\"", where, i);
-        }
-        m[i].role = r->valuestring;
-        m[i++].content = c->valuestring;
+int peft_chat_render_json(const peft_chat_template *t, const cJSON *record, int gen_prompt, char **out, size_t *out_len,
+                          peft_chat_span **spans, size_t *n_spans, const char *where, peft_err *err) {
+    *out = NULL;
+    if (spans) *spans = NULL, *n_spans = 0;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(record, "messages");
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(record, "tools");
+    const cJSON *kwargs = cJSON_GetObjectItemCaseSensitive(record, "chat_template_kwargs");
+    const cJSON *m;
+    if (!cJSON_IsArray(msgs)) return peft_fail(err, PEFT_EFORMAT, "%s: \"messages\" is not a list", where);
+    if (tools && !cJSON_IsArray(tools) && !cJSON_IsNull(tools)) return peft_fail(err, PEFT_EFORMAT, "%s: \"tools\" is not a list", where);
+    if (kwargs && !cJSON_IsObject(kwargs)) return peft_fail(err, PEFT_EFORMAT, "%s: \"chat_template_kwargs\" is not an object", where);
+    int k = 0;
+    cJSON_ArrayForEach(m, msgs) { /* transformers' is_valid_message; the content's type is the template's business */
+        if (!cJSON_IsObject(m) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(m, "role")) ||
+            !cJSON_GetObjectItemCaseSensitive(m, "content"))
+            return peft_fail(err, PEFT_EFORMAT, "%s: message %d needs a string \"role\" and a \"content\"", where, k);
+        k++;
     }
-    int rc = peft_chat_render(t, m, n, gen_prompt, out, out_len, spans, n_spans, err);
-    free(m);
-    if (rc && err && rc != PEFT_ENOMEM) peft_err_prefix(err, "%s", where);
+    int oom;
+    cJSON *aliased = alias_reasoning(msgs, &oom);
+    if (oom) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", where);
+    if (aliased) msgs = aliased;
+    peft_jinja_span *gs = NULL;
+    size_t n_gs = 0;
+    int rc = render_prefix(t, msgs, cJSON_GetArraySize(msgs), tools, kwargs, gen_prompt, out, out_len, &gs, &n_gs, err);
+    if (!rc && spans) {
+        if (peft_jinja_has_generation(t->jinja)) {
+            *spans = (peft_chat_span *)gs, *n_spans = n_gs, gs = NULL; /* same layout */
+        } else {
+            rc = prefix_spans(t, msgs, tools, kwargs, *out, *out_len, spans, n_spans, err);
+        }
+    }
+    free(gs);
+    cJSON_Delete(aliased);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+        if (rc != PEFT_ENOMEM) peft_err_prefix(err, "%s", where);
+    }
     return rc;
 }
