@@ -1,0 +1,103 @@
+/* fuzz_gguf.c: libFuzzer target for the GGUF reader (peft_gguf_parse) and the tokenizer built
+ * from a GGUF vocabulary (peft_gguf_tokenizer_from). Any input must give an error naming the
+ * input, or a file whose tensors lie inside the input, aligned, not overlapping, with
+ * numel = prod(ne) and nbytes from the type's block; every string array element and every
+ * typed accessor stays inside the input. Small tensors are dequantized so that ASan sees every
+ * byte they claim. Built by fuzz/run.sh. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/gguf.h"
+#include "tokenizer/tokenizer.h"
+
+#define REQUIRE(c) \
+    do {           \
+        if (!(c)) __builtin_trap(); \
+    } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size > (1u << 20)) return 0;
+    unsigned char *buf = malloc(size ? size : 1); /* exactly sized: reads past the end are reported */
+    if (!buf) return 0;
+    if (size) memcpy(buf, data, size);
+    peft_err err = {0};
+    peft_gguf_file *f = NULL;
+    int rc = peft_gguf_parse(buf, size, "fuzz", &f, &err);
+    if (rc != PEFT_OK) {
+        REQUIRE(f == NULL);
+        REQUIRE(rc < 0 && err.code == rc && memchr(err.msg, 0, sizeof err.msg) && strstr(err.msg, "fuzz"));
+        free(buf);
+        return 0;
+    }
+    REQUIRE(f && f->alignment && !(f->alignment & (f->alignment - 1)));
+    for (int i = 0; i < f->n_kv; i++) {
+        const peft_gguf_kv *kv = &f->kv[i];
+        REQUIRE(kv->key && kv->key[0] && peft_gguf_find(f, kv->key) == kv);
+        REQUIRE(kv->data >= buf && kv->nbytes <= (size_t)(buf + size - kv->data));
+        if (kv->type == PEFT_GGUF_ARRAY && kv->arr_type == PEFT_GGUF_STRING)
+            for (uint64_t j = 0; j < kv->n; j++) {
+                size_t len;
+                const char *s = peft_gguf_arr_str(kv, j, &len);
+                REQUIRE((const unsigned char *)s >= buf && len <= (size_t)(buf + size - (const unsigned char *)s));
+                volatile char sink = len ? s[len - 1] : 0;
+                (void)sink;
+            }
+        int64_t iv;
+        double dv;
+        int bv;
+        const char *s;
+        size_t len;
+        peft_err e2 = {0};
+        if (peft_gguf_get_str(f, kv->key, 1, &s, &len, &e2) == PEFT_OK) REQUIRE(len <= (size_t)(buf + size - (const unsigned char *)s));
+        (void)peft_gguf_get_int(f, kv->key, 1, INT64_MIN, INT64_MAX, &iv, &e2);
+        (void)peft_gguf_get_float(f, kv->key, 1, &dv, &e2);
+        (void)peft_gguf_get_bool(f, kv->key, 1, &bv, &e2);
+    }
+    for (int i = 0; i < f->n_tensors; i++) {
+        const peft_gguf_tensor *t = &f->tensors[i];
+        REQUIRE(peft_ggml_type_name(t->type) && t->ndim >= 1 && t->ndim <= PEFT_GGUF_MAX_DIMS);
+        size_t numel = 1;
+        for (int d = 0; d < PEFT_GGUF_MAX_DIMS; d++) {
+            REQUIRE(t->ne[d] >= 0);
+            numel *= (size_t)t->ne[d];
+        }
+        REQUIRE(numel == t->numel);
+        REQUIRE(t->data >= buf && t->data <= buf + size && t->nbytes <= (size_t)(buf + size - t->data));
+        REQUIRE(((size_t)(t->data - buf) % f->alignment) == ((size_t)(f->tensors[0].data - buf) % f->alignment));
+        for (int j = 0; j < i && f->n_tensors <= 64; j++) {
+            const peft_gguf_tensor *u = &f->tensors[j];
+            if (t->nbytes && u->nbytes) REQUIRE(t->data + t->nbytes <= u->data || u->data + u->nbytes <= t->data);
+        }
+        if (t->numel && t->numel <= 4096) {
+            float tmp[4096];
+            peft_gguf_dequantize(t, tmp);
+            volatile float sink = tmp[t->numel - 1];
+            (void)sink;
+        }
+    }
+    const peft_gguf_kv *toks = peft_gguf_find(f, "tokenizer.ggml.tokens");
+    if (toks && toks->n <= 4096) {
+        peft_tokenizer *tok = NULL;
+        peft_err e3 = {0};
+        int trc = peft_gguf_tokenizer_from(f, &tok, &e3);
+        if (trc == PEFT_OK) {
+            static const char text[] = " Hello  world, <s> caf\xc3\xa9 1234\n";
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (peft_tokenizer_encode(tok, text, sizeof text - 1, 1, &ids, &n, &e3) == PEFT_OK) {
+                for (size_t k = 0; k < n; k++) REQUIRE(ids[k] >= 0 && ids[k] < peft_tokenizer_vocab_size(tok));
+                char *dec = NULL;
+                if (peft_tokenizer_decode(tok, ids, n, 0, &dec, &e3) == PEFT_OK) REQUIRE(dec != NULL);
+                free(dec);
+            }
+            free(ids);
+            peft_tokenizer_free(tok);
+        } else {
+            REQUIRE(trc < 0 && tok == NULL && strstr(e3.msg, "fuzz"));
+        }
+    }
+    peft_gguf_close(f);
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,265 @@
+/* gguf_model.c: a llama-family GGUF as a Hugging Face checkpoint: config.json rebuilt from the
+ * llama.* metadata (and validated by hf_config.c, as any config.json), tensors renamed from
+ * llama.cpp's names to HF's, dequantized to f32, and llama.cpp's q/k row permutation undone. */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "gguf.h"
+
+static const struct {
+    const char *gguf, *hf;
+    int permuted; /* convert_hf_to_gguf.py's LlamaModel permutes q/k rows; Qwen2Model does not */
+} known_archs[] = {
+    {"llama", "LlamaForCausalLM", 1},
+    {"mistral", "MistralForCausalLM", 1},
+    {"qwen2", "Qwen2ForCausalLM", 0},
+};
+
+/* llama.cpp's per-layer tensor names and HF's. */
+static const char *const layer_names[][2] = {
+    {"attn_norm", "input_layernorm"},        {"ffn_norm", "post_attention_layernorm"}, {"attn_q", "self_attn.q_proj"},
+    {"attn_k", "self_attn.k_proj"},          {"attn_v", "self_attn.v_proj"},           {"attn_output", "self_attn.o_proj"},
+    {"ffn_gate", "mlp.gate_proj"},           {"ffn_up", "mlp.up_proj"},                {"ffn_down", "mlp.down_proj"},
+};
+
+/* HF name of a GGUF tensor into hf[size]; 0 when the name is not one of the family's. *qk: 1
+ * for q_proj, 2 for k_proj (the permuted rows). */
+static int hf_name(const char *name, char *hf, size_t size, int *qk) {
+    *qk = 0;
+    static const char *const top[][2] = {{"token_embd.weight", "model.embed_tokens.weight"},
+                                         {"output_norm.weight", "model.norm.weight"},
+                                         {"output.weight", "lm_head.weight"}};
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
+        if (!strcmp(name, top[i][0])) return snprintf(hf, size, "%s", top[i][1]) > 0;
+    int layer, end = 0;
+    char kind[32], suffix[16];
+    if (sscanf(name, "blk.%d.%31[a-z_].%15[a-z]%n", &layer, kind, suffix, &end) != 3 || name[end] || layer < 0 ||
+        (strcmp(suffix, "weight") && strcmp(suffix, "bias")))
+        return 0;
+    for (size_t i = 0; i < sizeof layer_names / sizeof layer_names[0]; i++)
+        if (!strcmp(kind, layer_names[i][0])) {
+            *qk = !strcmp(kind, "attn_q") ? 1 : !strcmp(kind, "attn_k") ? 2 : 0;
+            return snprintf(hf, size, "model.layers.%d.%s.%s", layer, layer_names[i][1], suffix) > 0;
+        }
+    return 0;
+}
+
+/* A uint key of the architecture ("llama.block_count") as an int >= 1 into the config. */
+static int add_int(cJSON *cfg, const peft_gguf_file *f, const char *arch, const char *key, const char *hf, int required,
+                   peft_err *err) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    int64_t v = -1;
+    int rc = peft_gguf_get_int(f, full, required, 1, INT32_MAX, &v, err);
+    if (rc == PEFT_OK && v >= 0) cJSON_AddNumberToObject(cfg, hf, (double)v);
+    return rc;
+}
+
+/* The config.json an HF checkpoint of this GGUF would have. */
+static int build_config(const peft_gguf_file *f, int *permuted, char **json, peft_err *err) {
+    const char *arch;
+    size_t arch_len;
+    int rc = peft_gguf_get_str(f, "general.architecture", 1, &arch, &arch_len, err);
+    if (rc) return rc;
+    size_t k = 0, n_known = sizeof known_archs / sizeof known_archs[0];
+    while (k < n_known && (strlen(known_archs[k].gguf) != arch_len || memcmp(arch, known_archs[k].gguf, arch_len))) k++;
+    if (k == n_known)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: general.architecture \"%.*s\" is not supported (supported: llama, mistral, qwen2)",
+                         f->path, (int)(arch_len > 64 ? 64 : arch_len), arch);
+    const char *a = known_archs[k].gguf;
+    *permuted = known_archs[k].permuted;
+    cJSON *cfg = cJSON_CreateObject(), *archs = cJSON_AddArrayToObject(cfg, "architectures");
+    if (!cfg || !archs) {
+        cJSON_Delete(cfg);
+        return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", f->path);
+    }
+    cJSON_AddItemToArray(archs, cJSON_CreateString(known_archs[k].hf));
+    if ((rc = add_int(cfg, f, a, "embedding_length", "hidden_size", 1, err)) ||
+        (rc = add_int(cfg, f, a, "block_count", "num_hidden_layers", 1, err)) ||
+        (rc = add_int(cfg, f, a, "feed_forward_length", "intermediate_size", 1, err)) ||
+        (rc = add_int(cfg, f, a, "attention.head_count", "num_attention_heads", 1, err)) ||
+        (rc = add_int(cfg, f, a, "attention.head_count_kv", "num_key_value_heads", 0, err)) ||
+        (rc = add_int(cfg, f, a, "attention.key_length", "head_dim", 0, err)) ||
+        (rc = add_int(cfg, f, a, "context_length", "max_position_embeddings", 0, err)))
+        goto done;
+    char key[128];
+    double v;
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", a);
+    if ((rc = peft_gguf_get_float(f, key, 1, &v, err))) goto done;
+    cJSON_AddNumberToObject(cfg, "rms_norm_eps", v);
+    snprintf(key, sizeof key, "%s.rope.freq_base", a);
+    v = 10000.0;
+    if ((rc = peft_gguf_get_float(f, key, 0, &v, err))) goto done;
+    cJSON_AddNumberToObject(cfg, "rope_theta", v);
+    /* what peft.c's RoPE cannot do is refused: partial rotary, scaled or per-frequency RoPE */
+    const cJSON *hd = cJSON_GetObjectItemCaseSensitive(cfg, "head_dim");
+    int64_t heads = (int64_t)cJSON_GetObjectItemCaseSensitive(cfg, "num_attention_heads")->valuedouble;
+    int64_t head_dim = hd ? (int64_t)hd->valuedouble : (int64_t)cJSON_GetObjectItemCaseSensitive(cfg, "hidden_size")->valuedouble / heads;
+    int64_t rope_dim = head_dim, vlen = head_dim;
+    snprintf(key, sizeof key, "%s.rope.dimension_count", a);
+    if ((rc = peft_gguf_get_int(f, key, 0, 1, INT32_MAX, &rope_dim, err))) goto done;
+    snprintf(key, sizeof key, "%s.attention.value_length", a);
+    if ((rc = peft_gguf_get_int(f, key, 0, 1, INT32_MAX, &vlen, err))) goto done;
+    if (rope_dim != head_dim || vlen != head_dim) {
+        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: %s.rope.dimension_count %lld / value_length %lld differ from the head dimension %lld (partial RoPE is not supported)",
+                       f->path, a, (long long)rope_dim, (long long)vlen, (long long)head_dim);
+        goto done;
+    }
+    const char *st = "none";
+    size_t st_len = 4;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if ((rc = peft_gguf_get_str(f, key, 0, &st, &st_len, err))) goto done;
+    if (st_len != 4 || memcmp(st, "none", 4)) {
+        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: %s = \"%.*s\": RoPE scaling is not supported", f->path, key, (int)(st_len > 32 ? 32 : st_len), st);
+        goto done;
+    }
+    if (peft_gguf_find_tensor(f, "rope_freqs.weight")) {
+        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"rope_freqs.weight\" (per-frequency RoPE factors, llama3 scaling) is not supported", f->path);
+        goto done;
+    }
+    /* the vocabulary is the token list; tied when there is no output.weight */
+    const peft_gguf_kv *toks = peft_gguf_find(f, "tokenizer.ggml.tokens");
+    if (toks && toks->type == PEFT_GGUF_ARRAY) {
+        cJSON_AddNumberToObject(cfg, "vocab_size", (double)toks->n);
+    } else if ((rc = add_int(cfg, f, a, "vocab_size", "vocab_size", 1, err))) {
+        rc = peft_err_prefix(err, "no tokenizer.ggml.tokens: ");
+        goto done;
+    }
+    cJSON_AddBoolToObject(cfg, "tie_word_embeddings", !peft_gguf_find_tensor(f, "output.weight"));
+    cJSON_AddBoolToObject(cfg, "attention_bias", peft_gguf_find_tensor(f, "blk.0.attn_output.bias") != NULL);
+    cJSON_AddBoolToObject(cfg, "mlp_bias", peft_gguf_find_tensor(f, "blk.0.ffn_down.bias") != NULL);
+    if (k == 1) cJSON_AddBoolToObject(cfg, "use_sliding_window", 0); /* GGUF carries no window */
+    static const char *const ids[][2] = {{"tokenizer.ggml.bos_token_id", "bos_token_id"}, {"tokenizer.ggml.eos_token_id", "eos_token_id"}};
+    for (int i = 0; i < 2; i++) {
+        int64_t id = -1;
+        if ((rc = peft_gguf_get_int(f, ids[i][0], 0, 0, UINT32_MAX, &id, err))) goto done;
+        if (id >= 0 && id < INT32_MAX) cJSON_AddNumberToObject(cfg, ids[i][1], (double)id);
+    }
+    cJSON_AddStringToObject(cfg, "torch_dtype", "float32");
+    if (!(*json = cJSON_PrintUnformatted(cfg))) rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", f->path);
+done:
+    cJSON_Delete(cfg);
+    return rc;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(((const peft_st_tensor *)a)->name, ((const peft_st_tensor *)b)->name);
+}
+
+/* Undoes convert_hf_to_gguf.py's permute(w, n_head): w.reshape(n_head, 2, rows/n_head/2, ...)
+ * .swapaxes(1, 2). HF row h*HD + i*HD/2 + j was stored as row h*HD + 2j + i.
+ * w [rows, cols] in place, tmp [rows * cols]. */
+static void unpermute_rows(float *w, float *tmp, size_t rows, size_t cols, int n_head) {
+    size_t hd = rows / (size_t)n_head, half = hd / 2;
+    memcpy(tmp, w, rows * cols * sizeof(float));
+    for (size_t h = 0; h < (size_t)n_head; h++)
+        for (size_t i = 0; i < 2; i++)
+            for (size_t j = 0; j < half; j++)
+                memcpy(w + (h * hd + i * half + j) * cols, tmp + (h * hd + 2 * j + i) * cols, cols * sizeof(float));
+}
+
+/* The tensors as one peft_st_file of f32 HF-named tensors in an anonymous mapping (which
+ * peft_st_close unmaps as it would a file's). */
+static int build_weights(const peft_gguf_file *f, const peft_llama_config *cfg, int permuted, peft_weights **out, peft_err *err) {
+    peft_weights *w = calloc(1, sizeof *w);
+    peft_st_file *sf = calloc(1, sizeof *sf);
+    if (w) w->files = calloc(1, sizeof *w->files);
+    if (!w || !sf || !w->files || !(sf->path = strdup(f->path)) ||
+        !(sf->tensors = calloc((size_t)f->n_tensors + 1, sizeof *sf->tensors))) {
+        free(w ? w->files : NULL);
+        free(w);
+        if (sf) free(sf->path);
+        free(sf);
+        return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", f->path);
+    }
+    w->files[0] = sf;
+    w->n_files = 1;
+    size_t total = 0, largest = 0;
+    int rc = PEFT_OK;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const peft_gguf_tensor *g = &f->tensors[i];
+        peft_st_tensor *t = &sf->tensors[sf->n_tensors];
+        char hf[160];
+        int qk;
+        if (!hf_name(g->name, hf, sizeof hf, &qk)) {
+            rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" is not one of a %s model's", f->path, g->name, cfg->arch_name);
+            break;
+        }
+        if (g->ndim > 2) {
+            rc = peft_fail(err, PEFT_EFORMAT, "%s: tensor \"%s\" has %d dimensions (weights have 1 or 2)", f->path, g->name, g->ndim);
+            break;
+        }
+        if (!(t->name = strdup(hf))) {
+            rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", f->path);
+            break;
+        }
+        sf->n_tensors++;
+        t->dtype = PEFT_F32;
+        t->ndim = g->ndim;
+        for (int d = 0; d < g->ndim; d++) t->shape[d] = g->ne[g->ndim - 1 - d]; /* PyTorch order: ne reversed */
+        t->numel = g->numel;
+        t->nbytes = g->numel * sizeof(float); /* numel * type_size fitted, so this does too */
+        t->data = (const void *)(uintptr_t)total; /* offset into the slab for now */
+        if (!peft_add_ok(total, t->nbytes, &total)) rc = peft_fail(err, PEFT_EFORMAT, "%s: tensors too large", f->path);
+        if (qk && t->nbytes > largest) largest = t->nbytes;
+    }
+    void *slab = MAP_FAILED;
+    float *tmp = NULL;
+    if (rc == PEFT_OK && total) {
+        slab = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        tmp = largest ? malloc(largest) : NULL;
+        if (slab == MAP_FAILED || (largest && !tmp))
+            rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the dequantized weights", f->path, total >> 20);
+        else
+            sf->map = (peft_mapping){slab, total};
+    }
+    for (int i = 0; rc == PEFT_OK && i < f->n_tensors; i++) {
+        const peft_gguf_tensor *g = &f->tensors[i];
+        peft_st_tensor *t = &sf->tensors[i];
+        float *dst = (float *)((unsigned char *)slab + (uintptr_t)t->data);
+        t->data = dst;
+        peft_gguf_dequantize(g, dst);
+        char hf[160];
+        int qk;
+        hf_name(g->name, hf, sizeof hf, &qk);
+        int n_head = qk == 1 ? cfg->n_heads : cfg->n_kv_heads;
+        size_t rows = (size_t)t->shape[0], cols = t->ndim > 1 ? (size_t)t->shape[1] : 1;
+        if (qk && permuted) {
+            if (rows % (2 * (size_t)n_head)) {
+                rc = peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" has %zu rows, not a multiple of 2 x %d heads", f->path, g->name, rows, n_head);
+                break;
+            }
+            unpermute_rows(dst, tmp, rows, cols, n_head);
+        }
+    }
+    free(tmp);
+    if (rc == PEFT_OK) {
+        qsort(sf->tensors, (size_t)sf->n_tensors, sizeof *sf->tensors, cmp_name);
+        for (int i = 1; i < sf->n_tensors && rc == PEFT_OK; i++)
+            if (!strcmp(sf->tensors[i - 1].name, sf->tensors[i].name))
+                rc = peft_fail(err, PEFT_EFORMAT, "%s: two tensors map to \"%s\"", f->path, sf->tensors[i].name);
+    }
+    if (rc) {
+        peft_weights_close(w);
+        return rc;
+    }
+    *out = w;
+    return PEFT_OK;
+}
+
+int peft_gguf_open_llama(const char *path, peft_llama_config *cfg, peft_weights **weights, peft_err *err) {
+    *weights = NULL;
+    peft_gguf_file *f;
+    int rc = peft_gguf_open(path, &f, err), permuted = 0;
+    char *json = NULL, what[4200];
+    if (rc == PEFT_OK) rc = build_config(f, &permuted, &json, err);
+    snprintf(what, sizeof what, "%s (its llama.* metadata as config.json)", path);
+    if (rc == PEFT_OK) rc = peft_llama_config_parse(json, strlen(json), what, cfg, err);
+    if (rc == PEFT_OK) rc = build_weights(f, cfg, permuted, weights, err);
+    free(json);
+    peft_gguf_close(f);
+    return rc;
+}
