@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/gguf.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
 
@@ -148,9 +149,14 @@ int llama_load(const char *dir, peft_llama **out, peft_err *err) {
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    int rc = peft_llama_config_load(path, &m->cfg, err);
+    int rc;
+    if (peft_gguf_is_file(dir)) { /* a .gguf: config and f32 weights under HF names from it */
+        rc = peft_gguf_open_llama(dir, &m->cfg, &m->weights, err);
+    } else {
+        rc = peft_llama_config_load(path, &m->cfg, err);
+        if (rc == PEFT_OK) rc = peft_weights_open(dir, &m->weights, err);
+    }
     const peft_llama_config *c = &m->cfg;
-    if (rc == PEFT_OK) rc = peft_weights_open(dir, &m->weights, err);
     wanted *w = NULL;
     if (rc == PEFT_OK) {
         m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -267,17 +273,20 @@ int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, pef
     return PEFT_OK;
 }
 
-/* logits[N,V] = x[N,C] lm_head^T, in 16 bits when packed. */
-static void lm_head_forward(const peft_llama *m, float *logits, const float *x, int N) {
-    if (m->lm_head_half) m->half->forward(logits, x, m->lm_head_half, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
-    else matmul_forward(logits, x, m->lm_head, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
+/* logits[N,V] = x[N,C] lm_head^T, in 16 bits when packed. PEFT_ENOMEM: the 16-bit kernel's
+ * scratch could not be allocated (so for every int-returning step function below). */
+static int lm_head_forward(const peft_llama *m, float *logits, const float *x, int N) {
+    if (m->lm_head_half) return m->half->forward(logits, x, m->lm_head_half, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
+    matmul_forward(logits, x, m->lm_head, NULL, N, m->cfg.hidden_size, m->cfg.vocab_size);
+    return PEFT_OK;
 }
 
 /* dx[N,C] += dlogits[N,V] lm_head, in 16 bits when packed. */
-static void lm_head_backward_input(const peft_llama *m, float *dx, const float *dlogits, int N) {
+static int lm_head_backward_input(const peft_llama *m, float *dx, const float *dlogits, int N) {
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    if (m->lm_head_t_half) m->half->backward_input(dx, dlogits, m->lm_head_t_half, N, C, V);
-    else matmul_backward(dx, NULL, NULL, dlogits, NULL, m->lm_head, N, C, V);
+    if (m->lm_head_t_half) return m->half->backward_input(dx, dlogits, m->lm_head_t_half, N, C, V);
+    matmul_backward(dx, NULL, NULL, dlogits, NULL, m->lm_head, N, C, V);
+    return PEFT_OK;
 }
 
 void llama_free(peft_llama *m) {
@@ -421,38 +430,42 @@ static void prefix_rows(const peft_llama *m, int l, float *k, float *v, int B, i
  * the packed-example window (see attention_forward). With a KV cache (kc, vc: this layer's
  * [capacity, KD] rows, kv_len already stored), new k/v rows are appended and attention runs
  * over the cache. save: a training forward (adapters keep what backward needs). */
-static void layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out,
-                          const int32_t *rope_pos, const int32_t *attn_pos, int B, int T, float *kc, float *vc,
-                          int kv_len, int save) {
+static int layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out,
+                         const int32_t *rope_pos, const int32_t *attn_pos, int B, int T, float *kc, float *vc,
+                         int kv_len, int save) {
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
     int N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim, KD = c->n_kv_heads * HD;
     rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, C);
-    site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, save);
-    site_forward(&L->sites[SITE_K], la->k, la->xn1, N, save);
-    site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
+    int rc = site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, save);
+    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_K], la->k, la->xn1, N, save);
+    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
+    if (rc) return rc;
     rope_forward(la->q, rope_pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
     rope_forward(la->k, rope_pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
     if (m->prefix_kv && !kc) prefix_rows(m, l, la->k, la->v, B, T);
     if (kc) {
         memcpy(kc + (size_t)kv_len * KD, la->k, (size_t)N * KD * sizeof(float));
         memcpy(vc + (size_t)kv_len * KD, la->v, (size_t)N * KD * sizeof(float));
-        attention_forward(la->att, NULL, la->q, kc, vc, NULL, 1, T, kv_len + T, c->n_heads, c->n_kv_heads, HD);
+        rc = attention_forward(la->att, NULL, la->q, kc, vc, NULL, 1, T, kv_len + T, c->n_heads, c->n_kv_heads, HD);
     } else {
-        attention_forward(la->att, la->lse, la->q, la->k, la->v, attn_pos, B, T, T, c->n_heads, c->n_kv_heads, HD);
+        rc = attention_forward(la->att, la->lse, la->q, la->k, la->v, attn_pos, B, T, T, c->n_heads, c->n_kv_heads, HD);
     }
-    site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, save);
+    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, save);
+    if (rc) return rc;
     add_inplace(la->x_mid, x_in, (size_t)N * C);
     rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, c->rms_norm_eps, N, C);
-    site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, save);
-    site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, save);
+    rc = site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, save);
+    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, save);
+    if (rc) return rc;
     swiglu_forward(la->act, la->gate, la->up, N, F);
     if (la->gate_h) {
         f32_to_bf16_array(la->gate_h, la->gate, (size_t)N * F);
         f32_to_bf16_array(la->up_h, la->up, (size_t)N * F);
     }
-    site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, save);
+    rc = site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, save);
     add_inplace(x_out, la->x_mid, (size_t)N * C);
+    return rc;
 }
 
 static int check_ids(const peft_llama *m, const int32_t *ids, size_t n, peft_err *err) {
@@ -475,7 +488,8 @@ static int check_context(const peft_llama *m, int T, peft_err *err) {
 /* The loss head over the counted rows only (targets >= 0), LLAMA_HEAD_CHUNK at a time: their
  * xnf rows gathered into head_x, logits [R, V], cross-entropy; when dxnf is non-NULL also the
  * gradient of (sum of the losses) / total, scattered into dxnf[N, C] (zero on ignored rows).
- * Rows left out of the loss (prompts) cost nothing. Fills losses[N]; returns the counted rows. */
+ * Rows left out of the loss (prompts) cost nothing. Fills losses[N]; returns the counted rows,
+ * or PEFT_ENOMEM. */
 static int head_loss(const peft_llama *m, llama_acts *a, const int32_t *targets, int total, float *dxnf) {
     const int N = a->B * a->T, C = m->cfg.hidden_size, V = m->cfg.vocab_size;
     int rows[LLAMA_HEAD_CHUNK], tgt[LLAMA_HEAD_CHUNK], counted = 0;
@@ -492,11 +506,11 @@ static int head_loss(const peft_llama *m, llama_acts *a, const int32_t *targets,
             R++;
         }
         if (!R) continue;
-        lm_head_forward(m, a->head_logits, a->head_x, R);
+        if (lm_head_forward(m, a->head_logits, a->head_x, R)) return PEFT_ENOMEM;
         if (dxnf) {
             counted += crossentropy_fused(loss, a->head_logits, tgt, 1.0f / (float)total, R, V);
             memset(a->head_dx, 0, (size_t)R * C * sizeof(float));
-            lm_head_backward_input(m, a->head_dx, a->head_logits, R);
+            if (lm_head_backward_input(m, a->head_dx, a->head_logits, R)) return PEFT_ENOMEM;
             for (int r = 0; r < R; r++)
                 memcpy(dxnf + (size_t)rows[r] * C, a->head_dx + (size_t)r * C, (size_t)C * sizeof(float));
         } else {
@@ -526,15 +540,16 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
     embedding_forward(a->residual, ids, m->embed, N, C);
     for (int b = 0; b < B && m->virtual_emb; b++) /* prompt tuning: trained rows replace the placeholders */
         memcpy(a->residual + (size_t)b * T * C, m->virtual_emb, (size_t)m->n_virtual * C * sizeof(float));
-    for (int l = 0; l < c->n_layers; l++)
-        layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C, a->pos,
-                      pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
+    for (int l = 0; l < c->n_layers && rc == PEFT_OK; l++)
+        rc = layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C,
+                           a->pos, pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
+    if (rc) return peft_fail(err, rc, "out of memory for a kernel's scratch (forward pass)");
     rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, c->rms_norm_eps, N, C);
     a->head_counted = 0;
     if (!targets) {
         if (!a->logits && !(a->logits = malloc((size_t)N * V * sizeof(float))))
             return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB of logits", (size_t)N * V * 4 >> 20);
-        lm_head_forward(m, a->logits, a->xnf, N);
+        if (lm_head_forward(m, a->logits, a->xnf, N)) return peft_fail(err, PEFT_ENOMEM, "out of memory for a kernel's scratch (lm_head)");
     } else {
         int total = 0;
         for (int i = 0; i < N; i++) {
@@ -542,6 +557,7 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
             total += targets[i] >= 0;
         }
         int counted = head_loss(m, a, targets, total, a->training ? a->dxnf : NULL);
+        if (counted < 0) return peft_fail(err, counted, "out of memory for a kernel's scratch (loss head)");
         if (a->training) a->head_counted = counted;
         double sum = 0;
         for (int i = 0; i < N; i++) sum += a->losses[i];
@@ -554,7 +570,7 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
 /* ---- backward ----------------------------------------------------------------- */
 
 /* dres[N,C]: on entry dL/dx_out, on return dL/dx_in. Frozen weights get no gradient. */
-static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts *a, const float *x_in) {
+static int layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts *a, const float *x_in) {
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
     int B = a->B, T = a->T, N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim;
@@ -567,23 +583,26 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     }
     if (rebuild) swiglu_forward(la->act, la->gate, la->up, N, F);
     memset(a->dact, 0, (size_t)N * F * sizeof(float));
-    site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N);
+    int rc = site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N);
+    if (rc) return rc;
     memset(a->dgate, 0, (size_t)N * F * sizeof(float));
     memset(a->dup, 0, (size_t)N * F * sizeof(float));
     swiglu_backward(a->dgate, a->dup, a->dact, la->gate, la->up, N, F);
     if (rebuild) rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, c->rms_norm_eps, N, C);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N);
-    site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N);
+    rc = site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N);
+    if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N);
+    if (rc) return rc;
     rmsnorm_backward(a->dres, L->mlp_norm.grad, a->dxn, la->x_mid, L->mlp_norm.weight, la->rstd2, N, C);
     /* attention: x_mid = x_in + o(attn(q, k, v)) */
     memset(a->datt, 0, QD * N * sizeof(float));
-    site_backward(&L->sites[SITE_O], a->datt, a->dres, la->att, N);
+    if ((rc = site_backward(&L->sites[SITE_O], a->datt, a->dres, la->att, N))) return rc;
     memset(a->dq, 0, QD * N * sizeof(float));
     memset(a->dk, 0, KD * N * sizeof(float));
     memset(a->dv, 0, KD * N * sizeof(float));
-    attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse,
-                       a->pos_is_packed ? a->pos : NULL, B, T, c->n_heads, c->n_kv_heads, HD);
+    rc = attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse,
+                            a->pos_is_packed ? a->pos : NULL, B, T, c->n_heads, c->n_kv_heads, HD);
+    if (rc) return rc;
     if (m->prefix_grad) /* the prefix rows' dk, dv are the prefix's gradient; nothing flows on from them */
         for (int b = 0; b < B; b++)
             for (int t = 0; t < m->n_virtual; t++) {
@@ -598,36 +617,41 @@ static void layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_act
     rope_backward(a->dk, a->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
     if (rebuild) rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, C);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N);
-    site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N);
-    site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N);
+    rc = site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N);
+    if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N);
+    if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N);
+    if (rc) return rc;
     rmsnorm_backward(a->dres, L->attn_norm.grad, a->dxn, x_in, L->attn_norm.weight, la->rstd1, N, C);
+    return PEFT_OK;
 }
 
-void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted) {
+int llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted) {
     const peft_llama_config *c = &m->cfg;
-    int B = a->B, T = a->T, N = B * T, C = c->hidden_size;
+    int B = a->B, T = a->T, N = B * T, C = c->hidden_size, rc = PEFT_OK;
     (void)ids;
-    if (n_counted <= 0) return;
+    if (n_counted <= 0) return PEFT_OK;
     if (!a->head_counted) { /* the forward had no targets: form d(mean loss)/dxnf now */
         a->head_counted = n_counted;
-        head_loss(m, a, targets, n_counted, a->dxnf);
+        int counted = head_loss(m, a, targets, n_counted, a->dxnf); /* the count, or PEFT_ENOMEM */
+        if (counted < 0) return counted;
     } else if (a->head_counted != n_counted) { /* a mean over another count than the forward's */
         scale_inplace(a->dxnf, (float)a->head_counted / (float)n_counted, (size_t)N * C);
         a->head_counted = n_counted;
     }
     memset(a->dres, 0, (size_t)N * C * sizeof(float));
     rmsnorm_backward(a->dres, m->final_norm.grad, a->dxnf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, a->rstdf, N, C);
-    for (int l = c->n_layers - 1; l >= 0; l--) {
+    for (int l = c->n_layers - 1; l >= 0 && rc == PEFT_OK; l--) {
         const float *x_in = a->residual + (size_t)l * N * C;
         if (!a->save_all) /* gradient checkpointing: rebuild this layer's intermediates */
-            layer_forward(m, l, &a->layer[l], x_in, a->residual + (size_t)(l + 1) * N * C, a->pos,
-                          a->pos_is_packed ? a->pos : NULL, B, T, NULL, NULL, 0, 1);
-        layer_backward(m, l, &a->layer[l], a, x_in);
+            rc = layer_forward(m, l, &a->layer[l], x_in, a->residual + (size_t)(l + 1) * N * C, a->pos,
+                               a->pos_is_packed ? a->pos : NULL, B, T, NULL, NULL, 0, 1);
+        if (rc == PEFT_OK) rc = layer_backward(m, l, &a->layer[l], a, x_in);
     }
+    if (rc) return rc;
     /* dres is now dL/d(embeddings): the virtual tokens' rows are prompt tuning's gradient. */
     for (int b = 0; b < B && m->virtual_grad; b++)
         add_inplace(m->virtual_grad, a->dres + (size_t)b * T * C, (size_t)m->n_virtual * C);
+    return PEFT_OK;
 }
 
 /* ---- cached decoding ---------------------------------------------------------- */
@@ -660,7 +684,7 @@ void llama_kv_free(llama_kv_cache *kv) {
 }
 
 /* Appends n rows to the cache: token ids, or (ids NULL) embedding rows emb[n, C]. */
-static void decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, const float *emb, int n, float *logits) {
+static int decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, const float *emb, int n, float *logits) {
     const peft_llama_config *c = &m->cfg;
     int C = c->hidden_size, KD = c->n_kv_heads * c->head_dim;
     llama_acts *a = &kv->acts;
@@ -668,15 +692,17 @@ static void decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, c
     if (ids) embedding_forward(a->residual, ids, m->embed, n, C);
     else memcpy(a->residual, emb, (size_t)n * C * sizeof(float));
     /* Inference reuses two residual rows of the slab: layer l reads slot l%2, writes the other. */
-    for (int l = 0; l < c->n_layers; l++) {
+    int rc = PEFT_OK;
+    for (int l = 0; l < c->n_layers && rc == PEFT_OK; l++) {
         size_t off = (size_t)l * kv->capacity * KD;
-        layer_forward(m, l, &a->layer[0], a->residual + (size_t)(l % 2) * n * C, a->residual + (size_t)((l + 1) % 2) * n * C,
-                      a->pos, NULL, 1, n, kv->k + off, kv->v + off, kv->len, 0);
+        rc = layer_forward(m, l, &a->layer[0], a->residual + (size_t)(l % 2) * n * C,
+                           a->residual + (size_t)((l + 1) % 2) * n * C, a->pos, NULL, 1, n, kv->k + off, kv->v + off, kv->len, 0);
     }
     const float *last = a->residual + (size_t)(c->n_layers % 2) * n * C + (size_t)(n - 1) * C;
     rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm.weight, c->rms_norm_eps, 1, C);
-    lm_head_forward(m, logits, a->xnf, 1);
+    if (rc == PEFT_OK) rc = lm_head_forward(m, logits, a->xnf, 1);
     kv->len += n;
+    return rc;
 }
 
 int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err) {
@@ -696,9 +722,9 @@ int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, f
             }
         kv->len = virt;
     }
-    for (int i = 0; i < virt && m->virtual_emb; i += kv->chunk) /* prompt tuning: the virtual tokens come first */
-        decode_rows(m, kv, NULL, m->virtual_emb + (size_t)i * m->cfg.hidden_size, virt - i < kv->chunk ? virt - i : kv->chunk,
-                    logits);
-    decode_rows(m, kv, ids, NULL, n, logits);
-    return PEFT_OK;
+    for (int i = 0; i < virt && m->virtual_emb && rc == PEFT_OK; i += kv->chunk) /* prompt tuning: the virtual tokens come first */
+        rc = decode_rows(m, kv, NULL, m->virtual_emb + (size_t)i * m->cfg.hidden_size,
+                         virt - i < kv->chunk ? virt - i : kv->chunk, logits);
+    if (rc == PEFT_OK) rc = decode_rows(m, kv, ids, NULL, n, logits);
+    return rc ? peft_fail(err, rc, "out of memory for a kernel's scratch (decoding)") : PEFT_OK;
 }
