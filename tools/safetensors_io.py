@@ -10,9 +10,8 @@ Format (https://github.com/huggingface/safetensors):
 Tensors are written in sorted name order (for tensors of one dtype this is also what the Rust library
 does; it sorts by dtype alignment first, then name).
 
-Also: save_hf_model(dir, cfg, params, shards=None), writing config.json plus model.safetensors or
-model-0000N-of-0000M.safetensors + model.safetensors.index.json, laid out like transformers'
-save_pretrained.
+Also: save_hf_model(dir, cfg, params), writing config.json plus model.safetensors, and
+load_hf_weights(dir), reading model.safetensors or the shards of model.safetensors.index.json.
 """
 import json
 import os
@@ -126,51 +125,13 @@ def load_hf_weights(model_dir):
     return read_safetensors(os.path.join(model_dir, "model.safetensors"))
 
 
-def save_hf_model(model_dir, cfg, params, shards=None, dtype=None):
-    """Write config.json + weights like transformers' save_pretrained.
-
-    params: dict name -> tensor (saved in its own dtype unless `dtype` is given).
-    shards: None/1 -> model.safetensors; M>1 -> model-0000N-of-0000M.safetensors + index json,
-            tensors assigned in sorted-name order to M roughly equal-size contiguous groups.
-    """
+def save_hf_model(model_dir, cfg, params):
+    """Write config.json + model.safetensors (params: dict name -> tensor, each in its own dtype)."""
     os.makedirs(model_dir, exist_ok=True)
-    if dtype is not None:
-        params = {k: v.to(dtype) for k, v in params.items()}
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
         f.write("\n")
-    meta = {"format": "pt"}
-    if not shards or shards <= 1:
-        return write_safetensors(os.path.join(model_dir, "model.safetensors"), params, meta)
-    names = sorted(params)
-    if shards > len(names):
-        raise ValueError("more shards than tensors")
-    sizes = [params[n].numel() * params[n].element_size() for n in names]
-    total = sum(sizes)
-    groups = [[] for _ in range(shards)]
-    acc = 0
-    gi = 0
-    for i, (n, s) in enumerate(zip(names, sizes)):
-        remaining_tensors = len(names) - i
-        remaining_groups = shards - gi - 1
-        # move on when this group has its share, keeping at least one tensor per remaining group
-        if groups[gi] and gi < shards - 1 and (acc >= total * (gi + 1) / shards
-                                               or remaining_tensors <= remaining_groups):
-            gi += 1
-        groups[gi].append(n)
-        acc += s
-    weight_map = {}
-    for i, g in enumerate(groups):
-        fn = "model-%05d-of-%05d.safetensors" % (i + 1, shards)
-        write_safetensors(os.path.join(model_dir, fn), {n: params[n] for n in g}, meta)
-        for n in g:
-            weight_map[n] = fn
-    index = {"metadata": {"total_size": total},
-             "weight_map": {k: weight_map[k] for k in sorted(weight_map)}}
-    with open(os.path.join(model_dir, "model.safetensors.index.json"), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return total
+    return write_safetensors(os.path.join(model_dir, "model.safetensors"), params, {"format": "pt"})
 
 
 if __name__ == "__main__":
@@ -197,9 +158,7 @@ if __name__ == "__main__":
             w2 = read_safetensors(p2)
             assert all(torch.equal(w[k], w2[k]) for k in w)
         params = {"w%d" % i: torch.randn(4, 4) for i in range(7)}
-        save_hf_model(os.path.join(td, "m"), {"x": 1}, params, shards=3)
-        idx = json.load(open(os.path.join(td, "m", "model.safetensors.index.json")))
-        assert len(set(idx["weight_map"].values())) == 3
+        save_hf_model(os.path.join(td, "m"), {"x": 1}, params)
         back = load_hf_weights(os.path.join(td, "m"))
         assert all(torch.equal(back[k], params[k]) for k in params)
     print("safetensors_io self-test OK")

@@ -2,20 +2,22 @@
 """Independent pure-PyTorch forward pass of Hugging Face Llama-family causal LMs.
 
 Mirrors transformers' LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM (eager attention)
-op for op, written with plain torch ops so autograd works through it. Used as the test oracle
-for peft.c and by tools/make_demo_model.py.
+op for op, written with plain torch ops so autograd works through it, with a linear_hook to put
+any method into any linear layer. It is the reference of the parity tests of peft.c's own methods
+(tests/parity/, which transformers + HF PEFT do not have; the model itself is checked against
+transformers in tests/hf/test_transformers_*.py), of tools/make_demo_model.py and bench/torch_peer.py.
 
   cfg    = load_config(model_dir)                 # config.json as a dict
   params = load_params(model_dir)                 # HF-named tensors (any dtype)
-  params = init_random(cfg, seed, torch.float32)  # or random ones
   logits = forward(cfg, params, ids)              # float32 [B, T, V]
 
 Semantics reproduced:
   * RMSNorm: x.float(); x * rsqrt(mean(x^2) + eps); back to input dtype; times weight.
   * RoPE rotate_half, inv_freq = 1/theta^(arange(0,d,2)/d) in f32, cos/sin cast to activation dtype;
-    rope_scaling rope_type "llama3" (= _compute_llama3_parameters), "linear" (positions / factor).
+    theta and type from "rope_parameters" (transformers 5) or "rope_scaling" + "rope_theta";
+    rope_type "llama3" (= _compute_llama3_parameters); other scaled types are refused.
   * GQA (num_key_value_heads), explicit head_dim, scaling head_dim**-0.5, softmax in float32 then
-    cast back, causal mask (+ Mistral sliding window when the sequence is longer than it).
+    cast back, causal mask (no sliding window: sequences are shorter than any window used here).
   * attention_bias (q,k,v,o) and mlp_bias for llama/mistral; q,k,v biases (no o bias) for qwen2.
   * tie_word_embeddings (lm_head = embed_tokens when lm_head.weight is absent / tied).
   * position_ids [B,T] for packed sequences: RoPE uses them, and token t attends only to
@@ -119,70 +121,52 @@ def param_shapes(cfg):
     return s
 
 
-def init_random(cfg, seed=0, dtype=torch.float32, std=None):
-    """Random HF-named params: normal(0, initializer_range) weights (like HF _init_weights),
-    ones for norms with a small random perturbation (so norm weights matter in tests),
-    small random biases."""
-    g = torch.Generator().manual_seed(seed)
-    std = std if std is not None else cfg.get("initializer_range", 0.02)
-    out = {}
-    for name, shape in param_shapes(cfg).items():
-        if name.endswith("norm.weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        elif name.endswith(".bias"):
-            t = 0.05 * torch.randn(shape, generator=g)
-        else:
-            t = std * torch.randn(shape, generator=g)
-        out[name] = t.to(dtype)
-    return out
-
-
 # ----------------------------------------------------------------------------- RoPE
+def rope_params(cfg):
+    """The RoPE dict: transformers 5's "rope_parameters", or the older "rope_scaling" with a
+    top-level "rope_theta" (a non-null rope_scaling wins, as in transformers)."""
+    rp = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    rp.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    rp.setdefault("rope_type", rp.get("type", "default"))
+    return rp
+
+
 def rope_inv_freq(cfg):
-    """inv_freq [head_dim/2] float32, as transformers' ROPE_INIT_FUNCTIONS compute it."""
+    """inv_freq [head_dim/2] float32, as transformers' ROPE_INIT_FUNCTIONS compute it: "default",
+    or "llama3" (= _compute_llama3_parameters)."""
     _, _, _, hd = dims(cfg)
-    dim = int(hd * cfg.get("partial_rotary_factor", 1.0))
-    base = float(cfg.get("rope_theta", 10000.0))
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    rs = cfg.get("rope_scaling")
-    attention_factor = 1.0
-    pos_scale = 1.0
-    if rs:
-        rt = rs.get("rope_type", rs.get("type", "default"))
-        if rt == "llama3":
-            factor = rs["factor"]
-            low_freq_factor = rs["low_freq_factor"]
-            high_freq_factor = rs["high_freq_factor"]
-            old_context_len = rs["original_max_position_embeddings"]
-            low_freq_wavelen = old_context_len / low_freq_factor
-            high_freq_wavelen = old_context_len / high_freq_factor
-            wavelen = 2 * math.pi / inv_freq
-            inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-            smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-            smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
-            is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
-            inv_freq = torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
-        elif rt == "linear":
-            pos_scale = 1.0 / float(rs["factor"])  # transformers divides inv_freq by factor
-            inv_freq = inv_freq * pos_scale
-        elif rt == "default":
-            pass
-        else:
-            raise NotImplementedError("rope_type %r" % rt)
-    return inv_freq, attention_factor
+    rp = rope_params(cfg)
+    if rp.get("partial_rotary_factor", 1.0) != 1.0:
+        raise NotImplementedError("partial_rotary_factor %r" % rp["partial_rotary_factor"])
+    base = float(rp["rope_theta"])
+    inv_freq = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    if rp["rope_type"] == "default":
+        return inv_freq
+    if rp["rope_type"] != "llama3":
+        raise NotImplementedError("rope_type %r" % rp["rope_type"])
+    factor = rp["factor"]
+    low_freq_factor = rp["low_freq_factor"]
+    high_freq_factor = rp["high_freq_factor"]
+    old_context_len = rp.get("original_max_position_embeddings", cfg.get("max_position_embeddings"))
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
 
 
 def rope_cos_sin(cfg, position_ids, dtype):
     """position_ids [B,T] -> cos, sin [B,T,head_dim] in `dtype` (LlamaRotaryEmbedding.forward)."""
-    inv_freq, att = rope_inv_freq(cfg)
+    inv_freq = rope_inv_freq(cfg)
     B = position_ids.shape[0]
     inv_freq_expanded = inv_freq[None, :, None].float().expand(B, -1, 1)
     position_ids_expanded = position_ids[:, None, :].float()
     freqs = (inv_freq_expanded @ position_ids_expanded).transpose(1, 2)
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos = emb.cos() * att
-    sin = emb.sin() * att
-    return cos.to(dtype), sin.to(dtype)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def rotate_half(x):
@@ -217,10 +201,6 @@ def attention_mask(cfg, B, T, position_ids, packed, device):
     if packed:
         start = i[None, :] - position_ids  # [B,T] first key index of each query's example
         allowed = allowed & (i[None, None, :] >= start[:, :, None])
-    sw = cfg.get("sliding_window")
-    use_sw = model_type(cfg) == "mistral" or cfg.get("use_sliding_window", False)
-    if use_sw and sw is not None and T > sw:
-        allowed = allowed & (i[None, None, :] > (i[None, :, None] - sw))
     return allowed[:, None]
 
 
@@ -370,7 +350,7 @@ def _self_test():
     c3 = dict(cfg, head_dim=8, rope_theta=500000.0,
               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-    inv, _ = rope_inv_freq(c3)
+    inv = rope_inv_freq(c3)
     ref = []
     for j in range(4):
         f = 1.0 / (500000.0 ** (2 * j / 8))

@@ -29,49 +29,79 @@ static int get_int(const cJSON *root, const char *key, int required, int lo, int
     return PEFT_OK;
 }
 
-static int parse_rope_scaling(const cJSON *root, peft_llama_config *cfg, const char *what, peft_err *err) {
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (!rs || cJSON_IsNull(rs)) return PEFT_OK;
-    if (!cJSON_IsObject(rs)) return peft_fail(err, PEFT_EFORMAT, "%s: \"rope_scaling\" must be an object or null", what);
-    const char *type = NULL;
-    int rc = peft_json_string(rs, "rope_type", 0, &type, what, err);
-    if (!rc && !type) rc = peft_json_string(rs, "type", 0, &type, what, err);
+/* RoPE. transformers 5 writes "rope_parameters" {"rope_type", "rope_theta", the type's fields};
+ * older configs "rope_scaling" (or null) next to a top-level "rope_theta". As transformers'
+ * convert_rope_params_to_dict: a non-null rope_scaling wins over rope_parameters, a rope_theta
+ * inside the dict over the top-level one, and llama3's original_max_position_embeddings
+ * defaults to max_position_embeddings. Runs after max_position_embeddings is parsed. */
+static int parse_rope(const cJSON *root, peft_llama_config *cfg, const char *what, peft_err *err) {
+    const char *key = "rope_scaling";
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(root, key = "rope_parameters");
+    double theta = 10000.0;
+    int rc = peft_json_double(root, "rope_theta", 0, &theta, what, err);
     if (rc) return rc;
-    if (!type) return peft_fail(err, PEFT_EFORMAT, "%s: \"rope_scaling\" has no \"rope_type\"", what);
+    const char *type = "default";
+    if (rs && !cJSON_IsNull(rs)) {
+        if (!cJSON_IsObject(rs)) return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" must be an object or null", what, key);
+        const cJSON *sub;
+        cJSON_ArrayForEach(sub, rs) {
+            if (cJSON_IsObject(sub)) /* transformers' nesting by layer type ({"full_attention": {...}}) */
+                return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"%s\" per layer type (\"%s\") is not supported", what, key,
+                                 sub->string);
+        }
+        double partial = 1.0;
+        if ((rc = peft_json_double(rs, "rope_theta", 0, &theta, what, err)) ||
+            (rc = peft_json_double(rs, "partial_rotary_factor", 0, &partial, what, err)) ||
+            (rc = peft_json_string(rs, "type", 0, &type, what, err)) || (rc = peft_json_string(rs, "rope_type", 0, &type, what, err)))
+            return rc;
+        if (partial != 1.0)
+            return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"%s\" partial_rotary_factor %g is not supported (only 1)", what, key, partial);
+    }
+    if (!(theta > 1)) return peft_fail(err, PEFT_EFORMAT, "%s: rope_theta must be > 1", what);
+    cfg->rope_theta = theta;
     if (!strcmp(type, "default")) return PEFT_OK;
     if (strcmp(type, "llama3"))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (supported: llama3, default)", what,
-                         type);
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: %s type \"%s\" is not supported (supported: llama3, default)", what, key, type);
     cfg->rope_llama3 = 1;
-    double orig = 8192;
+    double orig = cfg->max_position_embeddings;
     if ((rc = peft_json_double(rs, "factor", 1, &cfg->rope_factor, what, err)) ||
         (rc = peft_json_double(rs, "low_freq_factor", 1, &cfg->rope_low_freq_factor, what, err)) ||
         (rc = peft_json_double(rs, "high_freq_factor", 1, &cfg->rope_high_freq_factor, what, err)) ||
-        (rc = peft_json_double(rs, "original_max_position_embeddings", 1, &orig, what, err)))
+        (rc = peft_json_double(rs, "original_max_position_embeddings", 0, &orig, what, err)))
         return rc;
     if (cfg->rope_factor <= 0 || cfg->rope_low_freq_factor <= 0 || cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor ||
         !(orig >= 1 && orig <= 1 << 30))
-        return peft_fail(err, PEFT_EFORMAT, "%s: rope_scaling llama3 needs factor > 0 and high_freq_factor > low_freq_factor > 0", what);
+        return peft_fail(err, PEFT_EFORMAT, "%s: %s llama3 needs factor > 0 and high_freq_factor > low_freq_factor > 0", what, key);
     cfg->rope_original_max_pos = (int)orig;
+    return PEFT_OK;
+}
+
+/* A token id of config.json: an integer in [0, vocab_size) (it indexes the embedding). */
+static int token_id(const cJSON *v, const peft_llama_config *cfg, const char *key, int *out, const char *what, peft_err *err) {
+    double d = v->valuedouble;
+    if (!cJSON_IsNumber(v) || d != floor(d) || d < 0 || d >= cfg->vocab_size)
+        return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" must hold token ids, integers in [0, vocab_size %d)", what, key, cfg->vocab_size);
+    *out = (int)d;
     return PEFT_OK;
 }
 
 static int parse_token_ids(const cJSON *root, peft_llama_config *cfg, const char *what, peft_err *err) {
     cfg->bos_token_id = -1;
     cfg->n_eos = 0;
+    int rc = PEFT_OK;
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
-    if (cJSON_IsNumber(bos)) cfg->bos_token_id = bos->valueint;
-    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
-    if (cJSON_IsNumber(eos)) {
-        cfg->eos_token_ids[cfg->n_eos++] = eos->valueint;
-    } else if (cJSON_IsArray(eos)) {
-        const cJSON *e;
+    if (bos && !cJSON_IsNull(bos)) rc = token_id(bos, cfg, "bos_token_id", &cfg->bos_token_id, what, err);
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id"), *e;
+    if (rc == PEFT_OK && eos && !cJSON_IsNull(eos) && !cJSON_IsArray(eos))
+        rc = token_id(eos, cfg, "eos_token_id", &cfg->eos_token_ids[cfg->n_eos++], what, err);
+    else if (rc == PEFT_OK && cJSON_IsArray(eos))
         cJSON_ArrayForEach(e, eos) {
-            if (!cJSON_IsNumber(e)) return peft_fail(err, PEFT_EFORMAT, "%s: \"eos_token_id\" must hold integers", what);
-            if (cfg->n_eos < PEFT_MAX_EOS) cfg->eos_token_ids[cfg->n_eos++] = e->valueint;
+            int id;
+            if ((rc = token_id(e, cfg, "eos_token_id", &id, what, err))) break;
+            if (cfg->n_eos < PEFT_MAX_EOS) cfg->eos_token_ids[cfg->n_eos++] = id;
         }
-    }
-    return PEFT_OK;
+    return rc;
 }
 
 static int parse_config(const cJSON *root, const char *what, peft_llama_config *cfg, peft_err *err) {
@@ -117,15 +147,12 @@ static int parse_config(const cJSON *root, const char *what, peft_llama_config *
         return peft_fail(err, PEFT_EFORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d and no head_dim is given",
                          what, cfg->hidden_size, cfg->n_heads);
 
-    double eps = 1e-6, theta = 10000.0;
-    if ((rc = peft_json_double(root, "rms_norm_eps", 0, &eps, what, err)) ||
-        (rc = peft_json_double(root, "rope_theta", 0, &theta, what, err)))
-        return rc;
-    if (!((float)eps > 0) || !(theta > 1)) /* eps is used as a float: 1e-85 would be 0 */
-        return peft_fail(err, PEFT_EFORMAT, "%s: rms_norm_eps must be > 0 (as a float) and rope_theta > 1", what);
+    double eps = 1e-6;
+    if ((rc = peft_json_double(root, "rms_norm_eps", 0, &eps, what, err))) return rc;
+    if (!((float)eps > 0)) /* eps is used as a float: 1e-85 would be 0 */
+        return peft_fail(err, PEFT_EFORMAT, "%s: rms_norm_eps must be > 0 (as a float)", what);
     cfg->rms_norm_eps = (float)eps;
-    cfg->rope_theta = theta;
-    if ((rc = parse_rope_scaling(root, cfg, what, err))) return rc;
+    if ((rc = parse_rope(root, cfg, what, err))) return rc;
 
     /* HF defaults: Llama and Mistral untied unless stated, Qwen2 tied unless stated (its config
      * class default is False too, but every Qwen2 config states it explicitly). */
@@ -150,8 +177,9 @@ static int parse_config(const cJSON *root, const char *what, peft_llama_config *
     }
     if ((rc = parse_token_ids(root, cfg, what, err))) return rc;
 
-    const char *dt = "float32";
-    if ((rc = peft_json_string(root, "torch_dtype", 0, &dt, what, err))) return rc;
+    const char *dt = "float32"; /* transformers 5 writes "dtype", earlier versions "torch_dtype" */
+    if ((rc = peft_json_string(root, "torch_dtype", 0, &dt, what, err)) || (rc = peft_json_string(root, "dtype", 0, &dt, what, err)))
+        return rc;
     cfg->torch_dtype = !strcmp(dt, "bfloat16") ? PEFT_BF16 : !strcmp(dt, "float16") ? PEFT_F16 : PEFT_F32;
     return PEFT_OK;
 }

@@ -1,4 +1,4 @@
-/* driver_logits.c: the C side of the logits parity tests (tests/parity/test_llama_parity.py,
+/* driver_logits.c: the C side of the logits parity tests (tests/hf/test_transformers_parity.py,
  * tests/hf/test_peft_*.py).
  *
  * As a driver it takes:

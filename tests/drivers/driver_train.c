@@ -1,5 +1,5 @@
-/* driver_train.c: the C side of the training parity tests (tests/parity/). With
- * PEFT_DRIVER_TRAIN=DIR it reads
+/* driver_train.c: the C side of the training parity tests (tests/hf/test_transformers_lora.py,
+ * tests/parity/). With PEFT_DRIVER_TRAIN=DIR it reads
  *   DIR/model/ (HF checkpoint), DIR/adapter/ (PEFT LoRA adapter: the initial weights),
  *   DIR/batch.safetensors ("ids", "targets", optional "pos": I32 [B, T])
  * and writes DIR/out.safetensors with

@@ -28,8 +28,7 @@ except Exception as e:  # noqa: BLE001
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import test_methods_parity as mp  # noqa: E402  (also puts tools/ on sys.path)
-import test_lora_parity as lp  # noqa: E402
+import llama_models as mp  # noqa: E402  (also puts tools/ on sys.path)
 import llama_models  # noqa: E402
 import torch_llama as tl  # noqa: E402
 from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
@@ -97,7 +96,8 @@ def bitfit_case(tmp, case):
         return False
     leaves = {k: v.clone().requires_grad_(True) for k, v in tensors.items()}
     hook = bitfit_hook(leaves)
-    loss, grads, _, losses = lp.adamw_reference(lambda: loss_of(cfg, params, hook, ids, targets, pos), leaves, lr, wd, steps)
+    loss, grads, _, losses = llama_models.adamw_reference(lambda: loss_of(cfg, params, hook, ids, targets, pos), leaves,
+                                                          lr, wd, steps)
     if sorted(k[5:] for k in out if k.startswith("grad.")) != sorted(grads):
         print(f"{name}: peft.c's trainable tensors differ from the reference's")
         return False
@@ -188,7 +188,7 @@ def allora_case(tmp, case):
     name, variant, rank, eta, zero_b, packed, wd = case
     work = os.path.join(tmp, name.replace("+", "_"))
     cfg, params = llama_models.make_random_model(os.path.join(work, "model"), variant, seed=3)
-    config, tensors = lp.make_adapter(cfg, params, rank, rank, False, seed=5)  # alpha = r: scale 1
+    config, tensors = llama_models.make_adapter(cfg, params, rank, rank, False, seed=5)  # alpha = r: scale 1
     if zero_b:  # as training starts: B = 0, whose rows move with lr * eta
         tensors = {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in tensors.items()}
     write_adapter(work, config, tensors)

@@ -24,7 +24,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import test_methods_parity as mp  # noqa: E402  (exits 77 when torch is missing)
+import llama_models as mp  # noqa: E402  (exits 77 when torch is missing)
 from test_methods_svd_parity import damped  # noqa: E402
 
 import torch  # noqa: E402
@@ -89,7 +89,7 @@ def rel(a, b):
 def run_case(tmp, method, variant):
     work = os.path.join(tmp, f"{method}-{variant}")
     os.makedirs(work)
-    cfg, params = mp.llama_models.make_random_model(os.path.join(work, "model"), variant, seed=3)
+    cfg, params = mp.make_random_model(os.path.join(work, "model"), variant, seed=3)
     ids, pos = batch(cfg)
     write_safetensors(os.path.join(work, "batch.safetensors"), {"ids": ids.int(), "pos": pos.int()})
     r = subprocess.run([DRIVER], env=dict(os.environ, PEFT_DRIVER_CORDA=work, PEFT_DRIVER_METHOD=method),

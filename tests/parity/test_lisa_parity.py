@@ -20,11 +20,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import test_methods_parity as mp  # noqa: E402  (exits 77 "SKIP" without torch; puts tools/ on sys.path)
+import llama_models as mp  # noqa: E402  (exits 77 "SKIP" without torch; puts tools/ on sys.path)
 import torch  # noqa: E402
 import llama_models  # noqa: E402
 import torch_llama as tl  # noqa: E402
-from safetensors_io import read_safetensors, save_hf_model  # noqa: E402
+from safetensors_io import read_safetensors  # noqa: E402
 
 TOL = 1e-4
 DRIVER = os.path.join(mp.BUILD, "test_lisa")
@@ -36,16 +36,6 @@ CASES = [
     ("qwen2-bias+packed", "qwen2_bias", 2, 2, 6, True, 0.0, 2),
     ("tied+wd", "llama_mha_tied", 2, 3, 6, False, 0.1, 3),
 ]
-
-
-def make_model(model_dir, variant, n_layers, seed):
-    """llama_models.make_random_model with n_layers decoder layers."""
-    cfg, dtype, shards = llama_models._variant_cfg(variant)
-    cfg["num_hidden_layers"] = n_layers
-    params = llama_models._random_params(cfg, seed)
-    stored = {k: v.to(dtype).contiguous() for k, v in params.items()}
-    save_hf_model(model_dir, cfg, stored, shards=shards)
-    return cfg, {k: v.float() for k, v in stored.items()}
 
 
 def layer_of(name):
@@ -94,7 +84,7 @@ def run_case(tmp, case):
     name, variant, gamma, K, steps, packed, wd, seed = case
     work = os.path.join(tmp, name.replace("+", "_"))
     os.makedirs(work)
-    cfg, params = make_model(os.path.join(work, "model"), variant, 4, seed=3)
+    cfg, params = llama_models.make_random_model(os.path.join(work, "model"), variant, seed=3, n_layers=4)
     ids, targets, pos = mp.write_batch(work, cfg, packed)
     lr = 1e-3  # Adam's first steps move every coordinate by ~lr: 1e-2 would be ~10% of these weights
     env = dict(os.environ, PEFT_LISA_DRIVER=work, PEFT_DRIVER_LR=str(lr), PEFT_DRIVER_WD=str(wd), PEFT_DRIVER_STEPS=str(steps),

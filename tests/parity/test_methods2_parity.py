@@ -14,7 +14,7 @@ PyTorch reference within 1e-4 relative (max |a-b| / max |b|):
   mos          A, B assembled from private ranks and routed shards of per-kind global pools
 NOLA's bases and MoS's routing are not in the files: they are regenerated from the config's
 seed, here by a Python port of peft.c's PCG32 (src/core/rng.c) and site hash (dropout.c).
-Shared helpers come from test_methods_parity.py.
+Shared helpers come from llama_models.py.
 """
 import json
 import math
@@ -30,9 +30,9 @@ except Exception as e:  # noqa: BLE001
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_lora_parity import adamw_reference  # noqa: E402
-from test_methods_parity import (DRIVER, SITES, TOL, llama_models, rel, run_driver, site_modules,  # noqa: E402
-                                 tl, write_batch, write_safetensors)
+import llama_models  # noqa: E402
+from llama_models import (DRIVER, SITES, TOL, adamw_reference, rel, run_driver, site_modules, tl,  # noqa: E402
+                          write_batch, write_safetensors)
 
 F = torch.nn.functional
 M64 = (1 << 64) - 1

@@ -4,7 +4,7 @@ against numpy.
 1. svd_f32 (src/kernels/linalg.c, through tests/unit/test_linalg.c's driver mode) against
    numpy.linalg.svd: singular values within 1e-5 relative, singular vectors equal up to sign,
    for tall, wide and square matrices.
-2. Parity, as tests/parity/test_methods_parity.py (whose helpers this file imports): random
+2. Parity, with the helpers of tests/parity/llama_models.py: random
    Llama-family models with the method on every linear layer; the adapter is written here in
    peft.c's format, loaded by tests/drivers/driver_train.c; the loss, every gradient and the
    parameters after 3 AdamW steps match a float64-initialised PyTorch reference within 1e-4:
@@ -25,13 +25,13 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import test_methods_parity as mp  # noqa: E402  (exits 77 when torch is missing)
-from test_lora_parity import adamw_reference  # noqa: E402
+import llama_models as mp  # noqa: E402  (exits 77 when torch is missing)
+from llama_models import adamw_reference  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-llama_models, tl = mp.llama_models, mp.tl
+llama_models, tl = mp, mp.tl
 from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
 
 TOL = mp.TOL
