@@ -21,7 +21,7 @@ set -u
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-300}
 shift || true
-TARGETS=${*:-safetensors config adapter_config tokenizer chat dataset cli_args gguf}
+TARGETS=${*:-safetensors config adapter_config tokenizer chat dataset cli_args gguf checkpoint}
 OUT=${FUZZ_OUT:-build-fuzz}
 SHARED=${PEFT_SHARED:-../shared}
 CC=${FUZZ_CC:-clang}
@@ -68,6 +68,8 @@ for t in $TARGETS; do
     # shellcheck disable=SC2086
     $CC $CFLAGS -fsanitize=fuzzer "$src" "$OUT/libpeft_fuzz.a" $LIBS -o "$bin" || exit 1
     mkdir -p "$OUT/corpus/$t" "$OUT/seeds/$t"
+    # the checkpoint seed is the target's own valid checkpoint (its set on its tiny model)
+    [ "$t" = checkpoint ] && PEFT_FUZZ_WRITE_SEED="$OUT/seeds/$t/valid.safetensors" "$bin" -runs=0 > /dev/null 2>&1
     dict=()
     [ -f "fuzz/$t.dict" ] && dict=(-dict="fuzz/$t.dict")
     echo "== running $bin for ${SECONDS_EACH}s"

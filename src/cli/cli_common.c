@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fileio.h"
+#include "io/gguf.h"
 #include "kernels/kernels.h"
 #include "methods/adapter_set.h"
 
@@ -26,7 +27,7 @@ int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft
     int rc = llama_load(dir, &cm->model, err);
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    if (rc == PEFT_OK && peft_file_exists(path)) rc = peft_tokenizer_load(dir, &cm->tok, err);
+    if (rc == PEFT_OK && (peft_file_exists(path) || peft_gguf_is_file(dir))) rc = peft_tokenizer_load(dir, &cm->tok, err);
     if (rc == PEFT_OK && adapter_dir) rc = peft_adapter_set_load(adapter_dir, cm->model, 0, &cm->adapters, err);
     if (rc) cli_model_free(cm);
     return rc;

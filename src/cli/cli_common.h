@@ -10,6 +10,11 @@
 #include "models/llama.h"
 #include "tokenizer/tokenizer.h"
 
+/* Limits of the numeric options several commands share. With both at their maximum,
+ * batch x seq-len (2^29 tokens) still fits the int the model code counts rows in. */
+#define CLI_MAX_SEQ 131072 /* tokens per row / window: the longest context of current models */
+#define CLI_MAX_BATCH 4096 /* rows per forward */
+
 typedef struct cli_model {
     peft_llama *model;
     peft_tokenizer *tok;  /* NULL when the model directory has no tokenizer.json */

@@ -1,4 +1,5 @@
 /* cmd_eval.c: `peft eval`: mean next-token loss (nats/token) and perplexity on a file. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,12 +10,14 @@
 #include "commands.h"
 #include "fileio.h"
 #include "methods/adapter_set.h"
+#include "train/trainer.h"
 
 static void usage(void) {
     printf("usage: peft eval --model DIR --data FILE [options]\n"
            "  Mean next-token cross-entropy (nats/token) and perplexity over FILE, read in\n"
            "  non-overlapping windows of --seq-len tokens (no context carried across windows).\n"
-           "  --data FILE       text (tokenized with DIR/tokenizer.json, BOS added) or token ids\n"
+           "  --data FILE       text (tokenized with DIR/tokenizer.json, BOS added) or token ids\n"           "                    (.jsonl/.json: records read as `peft train` reads them, the loss taken\n"
+           "                    where training takes it: completions, assistant turns)\n"
            "  --ids             FILE holds token ids (comma/whitespace separated), not text\n"
            CLI_HALF_HELP
            "  --adapter DIR     evaluate with a PEFT adapter attached\n"
@@ -42,22 +45,57 @@ static int load_tokens(const cli_model *cm, const char *path, int as_ids, int32_
     return rc;
 }
 
+/* JSON records (.jsonl, .json) are read as `peft train` reads them (train/data.h): the loss is
+ * the one training takes (completions, assistant turns, EOS), over every record. */
+static int eval_records(cli_model *cm, const char *path, long T, long B, long max_tokens, peft_err *err) {
+    long nv = cm->model->n_virtual;
+    if (max_tokens) return peft_fail(err, PEFT_EINVAL, "%s: --max-tokens is for text and --ids files, not JSON records", path);
+    if (T - nv < 2) return peft_fail(err, PEFT_EINVAL, "--seq-len leaves no room after the adapter's virtual tokens");
+    if (!cm->tok) return peft_fail(err, PEFT_EINVAL, "%s has no tokenizer.json to read %s", cm->model->dir, path);
+    peft_data_opts o = {(int)(T - nv), 0, 0, NULL, 1};
+    peft_dataset *ds;
+    int rc = peft_dataset_load(path, cm->tok, &o, &ds, err);
+    if (rc) return rc;
+    if (peft_dataset_dropped(ds))
+        fprintf(stderr, "warning: %s: %d records dropped: their prompt fills --seq-len %ld\n", path, peft_dataset_dropped(ds), T);
+    int rows = peft_dataset_rows(ds, 0);
+    llama_acts acts;
+    double loss;
+    rc = llama_acts_alloc(cm->model, (int)(B < rows ? B : rows), (int)T, 0, 0, &acts, err);
+    if (rc == PEFT_OK) {
+        rc = peft_adapter_set_reserve(cm->adapters, acts.B * acts.T, err);
+        if (rc == PEFT_OK) rc = peft_evaluate(cm->model, cm->adapters, ds, &acts, 0, 0, &loss, err);
+        llama_acts_free(&acts);
+    }
+    if (rc == PEFT_OK)
+        printf("examples    %d\nloss        %.6f nats/token\nperplexity  %.4f\n", peft_dataset_examples(ds, 0), loss, exp(loss));
+    peft_dataset_free(ds);
+    return rc;
+}
+
+static int is_records(const char *path) {
+    size_t n = strlen(path);
+    return (n > 6 && !strcmp(path + n - 6, ".jsonl")) || (n > 5 && !strcmp(path + n - 5, ".json"));
+}
+
 int cmd_eval(int argc, char **argv) {
     cli_args a;
     args_init(&a, "eval", argc, argv);
-    if (args_has(&a, "--help")) {
-        usage();
-        return 0;
-    }
     const char *dir = args_str(&a, "--model", NULL), *data = args_str(&a, "--data", NULL),
                *adapter = args_str(&a, "--adapter", NULL);
     int as_ids = args_has(&a, "--ids");
-    long T = args_int(&a, "--seq-len", 256), B = args_int(&a, "--batch", 4), max_tokens = args_int(&a, "--max-tokens", 0);
+    long T = args_int(&a, "--seq-len", 256, 1, CLI_MAX_SEQ), B = args_int(&a, "--batch", 4, 1, CLI_MAX_BATCH);
+    long max_tokens = args_int(&a, "--max-tokens", 0, 2, LONG_MAX); /* 0: all */
     int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
+    if (a.help) {
+        usage();
+        args_print_numbers(&a, stdout);
+        return 0;
+    }
     int rc = args_finish(&a);
     if (rc) return rc;
-    if (!dir || !data || T < 1 || B < 1 || max_tokens < 0) {
-        fprintf(stderr, "peft eval: --model and --data are required; --seq-len and --batch must be positive\n");
+    if (!dir || !data) {
+        fprintf(stderr, "peft eval: %s is required (see peft eval --help)\n", !dir ? "--model DIR" : "--data FILE");
         return 2;
     }
     peft_err err = {0};
@@ -67,6 +105,11 @@ int cmd_eval(int argc, char **argv) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }
+    if (!as_ids && is_records(data)) {
+        rc = eval_records(&cm, data, T, B, max_tokens, &err);
+        cli_model_free(&cm);
+        return rc ? cli_report(err.msg) : 0;
+    }
     int32_t *ids = NULL;
     size_t n = 0;
     if (load_tokens(&cm, data, as_ids, &ids, &n, &err)) {
@@ -74,14 +117,18 @@ int cmd_eval(int argc, char **argv) {
         return cli_report(err.msg);
     }
     if (max_tokens && (size_t)max_tokens < n) n = (size_t)max_tokens;
-    /* With prompt tuning each window starts with the virtual tokens (placeholder ids, no loss). */
-    long nv = cm.model->n_virtual, Td = T - nv;
+    /* With prompt / prefix tuning each window starts with the virtual tokens (placeholder ids),
+     * then Td tokens. With prompt tuning the last virtual position predicts the window's first
+     * token, as HF PEFT's loss does (labels = input_ids): window w predicts tokens w*Td ..
+     * w*Td+Td-1, each token once. Otherwise (prefix tuning's virtual tokens are a cache, with no
+     * prediction) window w predicts tokens w*Td+1 .. w*Td+Td from the tokens before them. */
+    long nv = cm.model->n_virtual, Td = T - nv, first = nv && cm.model->virtual_emb;
     if (Td < 1) {
         free(ids);
         cli_model_free(&cm);
         return cli_report("--seq-len leaves no room after the adapter's virtual tokens");
     }
-    size_t n_windows = (n - 1 + (size_t)Td - 1) / (size_t)Td;
+    size_t n_windows = (n - 1 + (size_t)first + (size_t)Td - 1) / (size_t)Td;
     if ((size_t)B > n_windows) B = (long)n_windows;
     llama_acts acts;
     int32_t *inp = malloc((size_t)B * T * sizeof *inp), *tgt = malloc((size_t)B * T * sizeof *tgt);
@@ -91,13 +138,12 @@ int cmd_eval(int argc, char **argv) {
     double total_loss = 0;
     long counted_total = 0;
     for (size_t w0 = 0; rc == PEFT_OK && w0 < n_windows; w0 += (size_t)B) {
-        /* Window w predicts tokens w*Td+1 .. w*Td+Td from the tokens before them. */
         for (long b = 0; b < B; b++)
             for (long t = 0; t < T; t++) {
-                size_t i = (w0 + (size_t)b) * (size_t)Td + (size_t)(t - nv);
-                int data = t >= nv;
-                inp[b * T + t] = data && i < n ? ids[i] : 0;
-                tgt[b * T + t] = data && i + 1 < n ? ids[i + 1] : -1;
+                long i = ((long)w0 + b) * Td + t - nv; /* the token at position t (-1: before the window) */
+                inp[b * T + t] = t >= nv && i < (long)n ? ids[i] : 0;
+                /* the last position's target would be the next window's first token with prompt tuning */
+                tgt[b * T + t] = t >= nv - first && t < T - first && i + 1 < (long)n ? ids[i + 1] : -1;
             }
         double loss;
         int counted;

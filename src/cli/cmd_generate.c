@@ -1,4 +1,5 @@
 /* cmd_generate.c: `peft generate`: greedy or sampled continuation with a KV cache. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,14 +28,19 @@ static int is_eos(const peft_llama_config *c, const cli_model *cm, int id) {
     return cm->tok && peft_tokenizer_eos_id(cm->tok) == id;
 }
 
-/* Prints the text of out[0..n) that has not been printed yet (decoding the whole tail keeps
- * multi-byte characters split across tokens intact). */
-static int print_new_text(const cli_model *cm, const int32_t *out, size_t n, size_t *printed, peft_err *err) {
+/* Streams text as HF's TextStreamer does: seq[0..n) is the prompt followed by the new ids;
+ * the whole sequence is decoded and the part past *printed (bytes already shown; initially the
+ * decoded prompt's length) is printed. Decoding the new ids alone would lose what depends on
+ * their left context: a SentencePiece "▁was" after the prompt is " was", alone it is "was".
+ * A tail ending in U+FFFD (a character whose bytes are split across tokens) waits for the
+ * next token unless this is the last one. */
+static int print_new_text(const cli_model *cm, const int32_t *seq, size_t n, int last, size_t *printed, peft_err *err) {
     char *text;
-    int rc = peft_tokenizer_decode(cm->tok, out, n, 1, &text, err);
+    int rc = peft_tokenizer_decode(cm->tok, seq, n, 1, &text, err);
     if (rc) return rc;
     size_t len = strlen(text);
-    if (len > *printed) {
+    int partial = !last && len >= 3 && !memcmp(text + len - 3, "\xEF\xBF\xBD", 3);
+    if (len > *printed && !partial) {
         fputs(text + *printed, stdout);
         fflush(stdout);
         *printed = len;
@@ -46,20 +52,23 @@ static int print_new_text(const cli_model *cm, const int32_t *out, size_t n, siz
 int cmd_generate(int argc, char **argv) {
     cli_args a;
     args_init(&a, "generate", argc, argv);
-    if (args_has(&a, "--help")) {
-        usage();
-        return 0;
-    }
     const char *dir = args_str(&a, "--model", NULL), *prompt = args_str(&a, "--prompt", NULL),
                *prompt_ids = args_str(&a, "--prompt-ids", NULL), *adapter = args_str(&a, "--adapter", NULL);
-    long max_new = args_int(&a, "--max-new", 64), seed = args_int(&a, "--seed", 0);
-    double temperature = args_double(&a, "--temperature", 0.0), top_p = args_double(&a, "--top-p", 1.0);
+    long max_new = args_int(&a, "--max-new", 64, 0, CLI_MAX_SEQ), seed = args_int(&a, "--seed", 0, 0, LONG_MAX);
+    double temperature = args_real(&a, "--temperature", 0.0, CLI_CLOSED(0, 100)),
+           top_p = args_real(&a, "--top-p", 1.0, CLI_ABOVE(0, 1));
     int ignore_eos = args_has(&a, "--ignore-eos");
     int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
+    if (a.help) {
+        usage();
+        args_print_numbers(&a, stdout);
+        return 0;
+    }
     int rc = args_finish(&a);
     if (rc) return rc;
-    if (!dir || (!prompt == !prompt_ids) || max_new < 0 || top_p <= 0) {
-        fprintf(stderr, "peft generate: needs --model and exactly one of --prompt / --prompt-ids (see --help)\n");
+    if (!dir || !prompt == !prompt_ids) {
+        fprintf(stderr, "peft generate: %s (see peft generate --help)\n",
+                !dir ? "--model DIR is required" : "give exactly one of --prompt / --prompt-ids");
         return 2;
     }
     peft_err err = {0};
@@ -82,8 +91,10 @@ int cmd_generate(int argc, char **argv) {
     if (rc == PEFT_OK) rc = peft_adapter_set_reserve(cm.adapters, chunk, &err);
     float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
     sample_candidate *scratch = malloc((size_t)c->vocab_size * sizeof *scratch);
-    int32_t *out = malloc(((size_t)max_new + 1) * sizeof *out);
-    if (rc == PEFT_OK && (!logits || !scratch || !out)) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
+    /* seq[n + max_new]: the prompt, then the new ids (out) */
+    int32_t *seq = malloc((n + (size_t)max_new + 1) * sizeof *seq), *out = seq ? seq + n : NULL;
+    if (rc == PEFT_OK && (!logits || !scratch || !seq)) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
+    if (rc == PEFT_OK) memcpy(seq, ids, n * sizeof *seq);
     /* Prefill the prompt in chunks, then one token at a time. */
     for (size_t i = 0; rc == PEFT_OK && i < n; i += (size_t)chunk) {
         int len = (int)(n - i < (size_t)chunk ? n - i : (size_t)chunk);
@@ -92,12 +103,24 @@ int cmd_generate(int argc, char **argv) {
     peft_rng rng;
     peft_rng_seed(&rng, (uint64_t)seed, 0x67656e);
     size_t n_out = 0, printed = 0;
-    if (rc == PEFT_OK && prompt) printf("%s", prompt);
+    if (rc == PEFT_OK && prompt) {
+        printf("%s", prompt);
+        char *text;
+        if ((rc = peft_tokenizer_decode(cm.tok, ids, n, 1, &text, &err)) == PEFT_OK) {
+            printed = strlen(text); /* the new text starts where the decoded prompt ends */
+            free(text);
+        }
+    }
     for (long s = 0; rc == PEFT_OK && s < max_new; s++) {
         int next = sample_next(logits, c->vocab_size, (float)temperature, (float)top_p, &rng, scratch);
+        if (next < 0) {
+            rc = peft_fail(&err, PEFT_ENUMERIC, "the model's logits at new token %ld are not finite: nothing to sample", s + 1);
+            break;
+        }
         out[n_out++] = next;
-        if (prompt) rc = print_new_text(&cm, out, n_out, &printed, &err);
-        if ((!ignore_eos && is_eos(c, &cm, next)) || s + 1 == max_new || rc) break;
+        int stop = (!ignore_eos && is_eos(c, &cm, next)) || s + 1 == max_new;
+        if (prompt) rc = print_new_text(&cm, seq, n + n_out, stop, &printed, &err);
+        if (stop || rc) break;
         rc = llama_decode(cm.model, &kv, &out[n_out - 1], 1, logits, &err);
     }
     if (rc == PEFT_OK) {
@@ -109,7 +132,7 @@ int cmd_generate(int argc, char **argv) {
     }
     free(logits);
     free(scratch);
-    free(out);
+    free(seq);
     free(ids);
     llama_kv_free(&kv);
     cli_model_free(&cm);

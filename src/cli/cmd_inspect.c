@@ -4,6 +4,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "io/gguf.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 
@@ -26,7 +27,7 @@ static void print_config(const peft_llama_config *c) {
 int cmd_inspect(int argc, char **argv) {
     cli_args a;
     args_init(&a, "inspect", argc, argv);
-    if (args_has(&a, "--help")) {
+    if (a.help) {
         printf("usage: peft inspect --model DIR [--tensors]\n"
                "  Prints the architecture from config.json, the parameter count per dtype and,\n"
                "  with --tensors, every tensor with its dtype and shape.\n");
@@ -44,9 +45,13 @@ int cmd_inspect(int argc, char **argv) {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     peft_llama_config cfg;
-    if (peft_llama_config_load(path, &cfg, &err)) return cli_report(err.msg);
     peft_weights *w;
-    if (peft_weights_open(dir, &w, &err)) return cli_report(err.msg);
+    if (peft_gguf_is_file(dir)) { /* a .gguf: its tensors as the model sees them (f32, HF names) */
+        if (peft_gguf_open_llama(dir, &cfg, &w, &err)) return cli_report(err.msg);
+    } else {
+        if (peft_llama_config_load(path, &cfg, &err)) return cli_report(err.msg);
+        if (peft_weights_open(dir, &w, &err)) return cli_report(err.msg);
+    }
     print_config(&cfg);
     size_t per_dtype[PEFT_DTYPE_COUNT] = {0}, total = 0, bytes = 0;
     int n_tensors = 0;

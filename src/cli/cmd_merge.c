@@ -14,7 +14,7 @@
 int cmd_merge(int argc, char **argv) {
     cli_args a;
     args_init(&a, "merge", argc, argv);
-    if (args_has(&a, "--help")) {
+    if (a.help) {
         printf("usage: peft merge --model DIR --adapter DIR --out DIR\n"
                "  Writes DIR_out/model.safetensors with every adapted weight replaced by W + scale * B A\n"
                "  (in the base model's dtype), and copies config and tokenizer files.\n");

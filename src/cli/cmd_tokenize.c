@@ -1,6 +1,5 @@
 /* cmd_tokenize.c: `peft tokenize`: text to token ids with a model's tokenizer, ids back to text,
  * and chat conversations rendered with the model's chat template. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +7,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "args.h"
+#include "cli_common.h"
 #include "commands.h"
 #include "fileio.h"
 #include "tokenizer/chat_template.h"
@@ -25,9 +26,11 @@ static void usage(FILE *fp) {
             "  --jsonl F          each line of F is a JSON string: print one line of ids per line\n"
             "  --no-special       do not add the post-processor's tokens (BOS...)\n"
             "  --time             with --text/--file: report the encoding time and throughput on stderr\n"
-            "  --chat F           each line of F is {\"messages\": [{\"role\", \"content\"}...]}: print its ids\n"
+            "  --chat F           each line of F is {\"messages\": [{\"role\", \"content\"}...]} (optional \"tools\",\n"
+            "                     \"chat_template_kwargs\"): print its ids\n"
             "                     as the chat template renders it\n"
-            "  --chat-template N  use template family N (%s) instead of tokenizer_config.json's\n"
+            "  --chat-template N  use built-in template N (%s) or the Jinja file N instead of\n"
+            "                     tokenizer_config.json's\n"
             "  --render           with --chat: print the rendered text (a JSON string per line) instead\n"
             "  --generation-prompt  with --chat: end with the assistant header\n"
             "  --decode --ids L   print the text of the comma-separated ids L\n"
@@ -65,26 +68,6 @@ static int encode_print(const peft_tokenizer *tok, const char *text, size_t len,
     return 0;
 }
 
-static int parse_ids(const char *s, int32_t **ids, size_t *n) {
-    size_t cap = 16;
-    *n = 0;
-    if (!(*ids = malloc(cap * sizeof **ids))) return -1;
-    while (*s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) return -1;
-        if (*n == cap) {
-            int32_t *g = realloc(*ids, (cap *= 2) * sizeof *g);
-            if (!g) return -1;
-            *ids = g;
-        }
-        (*ids)[(*n)++] = (int32_t)v;
-        s = *end ? end + 1 : end;
-    }
-    return 0;
-}
-
 /* Runs fn on each non-blank line of path; a failure names FILE:LINE. */
 static int each_line(const char *path, int (*fn)(const char *line, size_t len, const char *where, void *ctx), void *ctx) {
     char *data, where[4200];
@@ -107,7 +90,7 @@ static int each_line(const char *path, int (*fn)(const char *line, size_t len, c
 typedef struct line_ctx {
     const peft_tokenizer *tok;
     int special, render, gen_prompt, skip_special;
-    peft_chat_template tpl;
+    peft_chat_template *tpl;
 } line_ctx;
 
 static int print_json_string(const char *text) {
@@ -127,14 +110,15 @@ static int decode_line(const char *line, size_t len, const char *where, void *vc
     int n = cJSON_IsArray(j) ? cJSON_GetArraySize(j) : -1, k = 0, rc;
     int32_t *ids = n >= 0 ? malloc(((size_t)n + 1) * sizeof *ids) : NULL;
     cJSON *list = ids ? j : NULL;
-    cJSON_ArrayForEach(it, list) {
-        if (!cJSON_IsNumber(it)) break;
-        ids[k++] = (int32_t)it->valuedouble;
+    cJSON_ArrayForEach(it, list) { /* ids are integers in [0, INT32_MAX]: anything else ends the list early */
+        double v = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (!(v >= 0 && v <= INT32_MAX && v == (double)(int32_t)v)) break;
+        ids[k++] = (int32_t)v;
     }
     cJSON_Delete(j);
     if (!ids || k != n) {
         free(ids);
-        snprintf(msg, sizeof msg, "%s: expected a JSON list of ids", where);
+        snprintf(msg, sizeof msg, "%s: expected a JSON list of token ids (integers in [0, %d])", where, INT32_MAX);
         return cli_report(msg);
     }
     rc = peft_tokenizer_decode(c->tok, ids, (size_t)n, c->skip_special, &text, &err);
@@ -165,7 +149,7 @@ static int chat_line(const char *line, size_t len, const char *where, void *vctx
     char *text = NULL;
     size_t n;
     cJSON *j = cJSON_ParseWithLength(line, len);
-    int rc = peft_chat_render_json(&c->tpl, j ? cJSON_GetObjectItemCaseSensitive(j, "messages") : NULL, c->gen_prompt, &text, &n,
+    int rc = peft_chat_render_json(c->tpl, j, c->gen_prompt, &text, &n,
                                    NULL, NULL, where, &err);
     cJSON_Delete(j);
     if (rc) return cli_report(err.msg);
@@ -180,52 +164,41 @@ static int chat_line(const char *line, size_t len, const char *where, void *vctx
 }
 
 int cmd_tokenize(int argc, char **argv) {
-    const char *model = NULL, *text = NULL, *file = NULL, *jsonl = NULL, *chat = NULL, *ids_arg = NULL, *tname = NULL;
-    int special = 1, decode = 0, skip_special = 0, render = 0, gen_prompt = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char **val = !strcmp(a, "--model") ? &model : !strcmp(a, "--text") ? &text : !strcmp(a, "--file") ? &file
-                         : !strcmp(a, "--jsonl") ? &jsonl : !strcmp(a, "--chat") ? &chat : !strcmp(a, "--ids") ? &ids_arg
-                         : !strcmp(a, "--chat-template") ? &tname : NULL;
-        if (val) {
-            if (++i == argc) {
-                fprintf(stderr, "peft tokenize: %s needs a value\n", a);
-                return 2;
-            }
-            *val = argv[i];
-        } else if (!strcmp(a, "--no-special")) special = 0;
-        else if (!strcmp(a, "--decode")) decode = 1;
-        else if (!strcmp(a, "--skip-special")) skip_special = 1;
-        else if (!strcmp(a, "--render")) render = 1;
-        else if (!strcmp(a, "--generation-prompt")) gen_prompt = 1;
-        else if (!strcmp(a, "--time")) timed = 1;
-        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "peft tokenize: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
+    cli_args a;
+    args_init(&a, "tokenize", argc, argv);
+    const char *model = args_str(&a, "--model", NULL), *text = args_str(&a, "--text", NULL), *file = args_str(&a, "--file", NULL),
+               *jsonl = args_str(&a, "--jsonl", NULL), *chat = args_str(&a, "--chat", NULL), *ids_arg = args_str(&a, "--ids", NULL),
+               *tname = args_str(&a, "--chat-template", NULL);
+    int special = !args_has(&a, "--no-special"), decode = args_has(&a, "--decode"), skip_special = args_has(&a, "--skip-special"),
+        render = args_has(&a, "--render"), gen_prompt = args_has(&a, "--generation-prompt");
+    timed = args_has(&a, "--time");
+    if (a.help) {
+        usage(stdout);
+        return 0;
     }
+    int rc = args_finish(&a);
+    if (rc) return rc;
     int inputs = !!text + !!file + !!jsonl + !!chat + !!ids_arg;
-    if (!model || inputs != 1 || (decode && !ids_arg && !jsonl) || (!decode && ids_arg)) {
-        usage(stderr);
+    const char *usage_error = !model ? "--model DIR is required"
+                            : inputs != 1 ? "give exactly one of --text, --file, --jsonl, --chat, --ids"
+                            : decode && !ids_arg && !jsonl ? "--decode reads --ids or --jsonl"
+                            : !decode && ids_arg ? "--ids is for --decode" : NULL;
+    if (usage_error) {
+        fprintf(stderr, "peft tokenize: %s (see peft tokenize --help)\n", usage_error);
         return 2;
     }
     peft_tokenizer *tok;
     peft_err err;
     if (peft_tokenizer_load(model, &tok, &err)) return cli_report(err.msg);
-    int rc = 0;
-    line_ctx c = {tok, special, render, gen_prompt, skip_special, {0}};
+    line_ctx c = {tok, special, render, gen_prompt, skip_special, NULL};
     if (decode && jsonl) {
         rc = each_line(jsonl, decode_line, &c);
     } else if (decode) {
         int32_t *ids = NULL;
         size_t n;
         char *out;
-        if (parse_ids(ids_arg, &ids, &n)) {
-            fprintf(stderr, "peft tokenize: --ids wants comma-separated non-negative integers\n");
+        if (cli_parse_ids(ids_arg, "--ids", &ids, &n, &err)) {
+            fprintf(stderr, "peft tokenize: %s\n", err.msg);
             rc = 2;
         } else if (peft_tokenizer_decode(tok, ids, n, skip_special, &out, &err)) {
             rc = cli_report(err.msg);
@@ -246,6 +219,7 @@ int cmd_tokenize(int argc, char **argv) {
         else if (peft_chat_template_for(tok, tname, &c.tpl, &err)) rc = cli_report(err.msg);
         else rc = each_line(chat, chat_line, &c);
     }
+    peft_chat_template_free(c.tpl);
     peft_tokenizer_free(tok);
     return rc;
 }

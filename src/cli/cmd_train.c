@@ -1,4 +1,5 @@
 /* cmd_train.c: `peft train`: fine-tune a model with a PEFT method and save the adapter. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,11 @@
 #include "train/corda_calib.h"
 #include "train/data.h"
 #include "train/trainer.h"
+
+/* Ranges of the numeric options (also printed by --help). */
+#define CLI_MAX_RANK 65536                       /* as adapter_config.json's r */
+#define CLI_ALPHA_RANGE CLI_ABOVE(0, 1e6)        /* --alpha and --alpha-pattern values */
+#define CLI_MAX_STEPS 1000000000L                /* --steps, --warmup, --eval-every, ... */
 
 static void usage(void) {
     printf(
@@ -65,16 +71,29 @@ static void usage(void) {
         "DIR/train_log.jsonl, DIR/loss.svg and DIR/checkpoint.safetensors.\n");
 }
 
-/* "q_proj=16,v_proj=4" -> patterns. */
-static int parse_patterns(const char *s, peft_pattern *out, int *n, const char *what, peft_err *err) {
+/* "q_proj=16,v_proj=4" -> patterns; values are read as --rank (integers in [1, CLI_MAX_RANK])
+ * or as --alpha (CLI_ALPHA_RANGE). */
+static int parse_patterns(const char *s, peft_pattern *out, int *n, const char *what, int ranks, peft_err *err) {
     *n = 0;
     while (s && *s) {
         size_t len = strcspn(s, ","), eq = strcspn(s, "=");
-        if (eq >= len || eq == 0 || eq >= sizeof out->key || *n == PEFT_MAX_PATTERNS)
-            return peft_fail(err, PEFT_EINVAL, "%s: expected NAME=VALUE[,NAME=VALUE...], got '%s'", what, s);
+        char value[64];
+        if (eq >= len || eq == 0 || eq >= sizeof out->key || len - eq - 1 >= sizeof value || *n == PEFT_MAX_PATTERNS)
+            return peft_fail(err, PEFT_EINVAL, "%s: expected NAME=VALUE[,NAME=VALUE...] (at most %d), got '%s'", what,
+                             PEFT_MAX_PATTERNS, s);
         memcpy(out[*n].key, s, eq);
         out[*n].key[eq] = '\0';
-        out[(*n)++].value = atof(s + eq + 1);
+        memcpy(value, s + eq + 1, len - eq - 1);
+        value[len - eq - 1] = '\0';
+        long r;
+        char range[64];
+        if (ranks) snprintf(range, sizeof range, "an integer in [1, %d]", CLI_MAX_RANK);
+        else cli_range_str(CLI_ALPHA_RANGE, range, sizeof range);
+        if (ranks ? cli_parse_int(value, 1, CLI_MAX_RANK, &r) : cli_parse_real(value, CLI_ALPHA_RANGE, &out[*n].value))
+            return peft_fail(err, PEFT_EINVAL, "%s: the value of %s must be %s%s, got '%s'", what, out[*n].key,
+                             ranks ? "" : "a number in ", range, value);
+        if (ranks) out[*n].value = (double)r;
+        (*n)++;
         s += len + (s[len] == ',');
     }
     return PEFT_OK;
@@ -125,10 +144,6 @@ static int corda_calibration(const cli_model *cm, const peft_adapter_config *acf
 int cmd_train(int argc, char **argv) {
     cli_args a;
     args_init(&a, "train", argc, argv);
-    if (args_has(&a, "--help")) {
-        usage();
-        return 0;
-    }
     if (args_has(&a, "--methods")) {
         for (int i = 0; peft_methods[i]; i++)
             if (peft_methods[i]->trains_base) printf("%-12s (writes the fine-tuned model)\n", peft_methods[i]->name);
@@ -139,73 +154,82 @@ int cmd_train(int argc, char **argv) {
                *val_data = args_str(&a, "--val-data", NULL);
     peft_adapter_config acfg;
     peft_adapter_config_default(&acfg);
-    acfg.opts.alpha = 16;
     snprintf(acfg.method, sizeof acfg.method, "%s", args_str(&a, "--method", "lora"));
     const char *target = args_str(&a, "--target", NULL), *target_re = args_str(&a, "--target-regex", NULL);
     const char *layers = args_str(&a, "--layers", NULL), *rank_pat = args_str(&a, "--rank-pattern", NULL),
                *alpha_pat = args_str(&a, "--alpha-pattern", NULL), *init = args_str(&a, "--init", "kaiming");
-    acfg.opts.rank = (int)args_int(&a, "--rank", 8);
-    acfg.opts.alpha = args_double(&a, "--alpha", 16);
+    acfg.opts.rank = (int)args_int(&a, "--rank", 8, 1, CLI_MAX_RANK);
+    acfg.opts.alpha = args_real(&a, "--alpha", 16, CLI_ALPHA_RANGE);
     acfg.opts.use_rslora = args_has(&a, "--rslora");
-    acfg.opts.dropout = args_double(&a, "--dropout", 0.0);
-    acfg.opts.init_scale = args_double(&a, "--init-scale", 0.1);
-    acfg.opts.n_virtual = (int)args_int(&a, "--num-virtual-tokens", 20);
+    acfg.opts.dropout = args_real(&a, "--dropout", 0.0, CLI_BELOW(0, 1));
+    acfg.opts.init_scale = args_real(&a, "--init-scale", 0.1, CLI_CLOSED(-1e6, 1e6));
+    acfg.opts.n_virtual = (int)args_int(&a, "--num-virtual-tokens", 20, 1, CLI_MAX_SEQ - 2);
     const char *init_text = args_str(&a, "--prompt-init-text", NULL);
-    acfg.opts.lisa_gamma = (int)args_int(&a, "--lisa-activated-layers", acfg.opts.lisa_gamma);
-    acfg.opts.lisa_interval = args_int(&a, "--lisa-interval-steps", acfg.opts.lisa_interval);
+    acfg.opts.lisa_gamma = (int)args_int(&a, "--lisa-activated-layers", acfg.opts.lisa_gamma, 1, 65536);
+    acfg.opts.lisa_interval = args_int(&a, "--lisa-interval-steps", acfg.opts.lisa_interval, 1, CLI_MAX_STEPS);
     int lisa = !strcmp(acfg.method, "lisa");
     snprintf(acfg.opts.feedforward_modules, sizeof acfg.opts.feedforward_modules, "%s",
              args_str(&a, "--feedforward-modules", "down_proj"));
     const char *calib_data = args_str(&a, "--corda-calib-data", NULL);
-    int calib_batches = (int)args_int(&a, "--corda-calib-batches", 8), corda = !strncmp(acfg.method, "corda_", 6);
+    int calib_batches = (int)args_int(&a, "--corda-calib-batches", 8, 1, 1000000), corda = !strncmp(acfg.method, "corda_", 6);
     acfg.save_as_lora = args_has(&a, "--save-as-lora");
 
     peft_train_opts o;
     peft_train_opts_default(&o);
     peft_data_opts dopts = {0};
-    o.seq_len = dopts.seq_len = (int)args_int(&a, "--seq-len", 256);
-    dopts.val_fraction = args_double(&a, "--val-fraction", 0.1);
+    o.seq_len = dopts.seq_len = (int)args_int(&a, "--seq-len", 256, 2, CLI_MAX_SEQ);
+    dopts.val_fraction = args_real(&a, "--val-fraction", 0.1, CLI_BELOW(0, 1));
     dopts.pack = !args_has(&a, "--no-pack");
     dopts.chat_template = args_str(&a, "--chat-template", NULL);
-    o.batch = (int)args_int(&a, "--batch", 4);
-    o.grad_accum = (int)args_int(&a, "--grad-accum", 1);
-    o.steps = args_int(&a, "--steps", 100);
-    double epochs = args_double(&a, "--epochs", 0);
-    o.lr = args_double(&a, "--lr", 2e-4);
-    o.weight_decay = args_double(&a, "--weight-decay", 0.0);
-    o.warmup = args_int(&a, "--warmup", 0);
+    o.batch = (int)args_int(&a, "--batch", 4, 1, CLI_MAX_BATCH);
+    o.grad_accum = (int)args_int(&a, "--grad-accum", 1, 1, 65536);
+    o.steps = args_int(&a, "--steps", 100, 1, CLI_MAX_STEPS);
+    double epochs = args_real(&a, "--epochs", 0, CLI_ABOVE(0, 1e6));
+    /* any positive float: an update that overflows the weights is the trainer's to stop */
+    o.lr = args_real(&a, "--lr", 2e-4, CLI_ABOVE(0, 1e38));
+    o.weight_decay = args_real(&a, "--weight-decay", 0.0, CLI_CLOSED(0, 10));
+    o.warmup = args_int(&a, "--warmup", 0, 0, CLI_MAX_STEPS);
     const char *sched = args_str(&a, "--schedule", "cosine");
-    o.max_grad_norm = args_double(&a, "--clip", 1.0);
-    o.lr_ratio_b = args_double(&a, "--lora-plus-ratio", 1.0);
+    o.max_grad_norm = args_real(&a, "--clip", 1.0, CLI_CLOSED(0, 1e9)); /* 0: no clipping */
+    o.lr_ratio_b = args_real(&a, "--lora-plus-ratio", 1.0, CLI_ABOVE(0, 1e6));
     /* ALLoRA fixes the LoRA scale to 1 and drops dropout: options that set them conflict. */
     int allora = args_has(&a, "--allora"), eta_given = args_str(&a, "--allora-eta", NULL) != NULL;
     int allora_conflict = args_str(&a, "--alpha", NULL) || args_str(&a, "--dropout", NULL) || args_has(&a, "--rslora") || alpha_pat;
-    o.allora_eta = allora ? args_double(&a, "--allora-eta", 2.0) : 0.0;
-    o.seed = (uint64_t)args_int(&a, "--seed", 42);
+    double eta = args_real(&a, "--allora-eta", 2.0, CLI_ABOVE(0, 1e6));
+    o.allora_eta = allora ? eta : 0.0;
+    o.seed = (uint64_t)args_int(&a, "--seed", 42, 0, LONG_MAX);
     o.recompute = args_has(&a, "--recompute");
     int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
-    o.eval_every = args_int(&a, "--eval-every", 0);
-    o.eval_batches = (int)args_int(&a, "--eval-batches", 0);
-    o.save_every = args_int(&a, "--save-every", 0);
+    o.eval_every = args_int(&a, "--eval-every", 0, 0, CLI_MAX_STEPS);
+    o.eval_batches = (int)args_int(&a, "--eval-batches", 0, 0, 1000000);
+    o.save_every = args_int(&a, "--save-every", 0, 0, CLI_MAX_STEPS);
     o.resume = args_has(&a, "--resume");
     o.skip_nonfinite = args_has(&a, "--skip-nonfinite");
     o.progress = !args_has(&a, "--no-progress") && isatty(2);
     o.out_dir = out;
+    if (a.help) {
+        usage();
+        args_print_numbers(&a, stdout);
+        return 0;
+    }
     int rc = args_finish(&a);
     if (rc) return rc;
     int sk = peft_schedule_parse(sched);
-    if (!dir || !data || !out || sk < 0 || (target && target_re) || (strcmp(init, "kaiming") && strcmp(init, "gaussian"))) {
-        fprintf(stderr, "peft train: needs --model, --data and --out; --schedule cosine|linear|constant; --init kaiming|gaussian; "
-                        "at most one of --target / --target-regex (see --help)\n");
+    const char *usage_error = !dir ? "--model DIR is required" : !data ? "--data FILE is required" : !out ? "--out DIR is required"
+                            : sk < 0 ? "--schedule must be cosine, linear or constant"
+                            : strcmp(init, "kaiming") && strcmp(init, "gaussian") ? "--init must be kaiming or gaussian"
+                            : target && target_re ? "give at most one of --target / --target-regex" : NULL;
+    if (usage_error) {
+        fprintf(stderr, "peft train: %s (see peft train --help)\n", usage_error);
         return 2;
     }
-    if (allora && (strcmp(acfg.method, "lora") || allora_conflict || !(o.allora_eta > 0 && o.allora_eta < 1e30))) {
+    if (allora && (strcmp(acfg.method, "lora") || allora_conflict)) {
         fprintf(stderr, "peft train: --allora trains LoRA (--method lora) with alpha = r and no dropout: leave out --alpha, "
-                        "--alpha-pattern, --dropout and --rslora; --allora-eta must be > 0\n");
+                        "--alpha-pattern, --dropout and --rslora\n");
         return 2;
     }
-    if ((calib_data || args_str(&a, "--corda-calib-batches", NULL)) && (!corda || calib_batches < 1)) {
-        fprintf(stderr, "peft train: --corda-calib-data / --corda-calib-batches (>= 1) are for --method corda_ipm or corda_kpm\n");
+    if ((calib_data || args_str(&a, "--corda-calib-batches", NULL)) && !corda) {
+        fprintf(stderr, "peft train: --corda-calib-data / --corda-calib-batches are for --method corda_ipm or corda_kpm\n");
         return 2;
     }
     if (eta_given && !allora) {
@@ -229,8 +253,8 @@ int cmd_train(int argc, char **argv) {
     snprintf(acfg.base_model, sizeof acfg.base_model, "%s", dir);
 
     peft_err err = {0};
-    if ((rank_pat && parse_patterns(rank_pat, acfg.rank_pattern, &acfg.n_rank_pattern, "--rank-pattern", &err)) ||
-        (alpha_pat && parse_patterns(alpha_pat, acfg.alpha_pattern, &acfg.n_alpha_pattern, "--alpha-pattern", &err)) ||
+    if ((rank_pat && parse_patterns(rank_pat, acfg.rank_pattern, &acfg.n_rank_pattern, "--rank-pattern", 1, &err)) ||
+        (alpha_pat && parse_patterns(alpha_pat, acfg.alpha_pattern, &acfg.n_alpha_pattern, "--alpha-pattern", 0, &err)) ||
         (layers && parse_layers(layers, &acfg, &err))) {
         fprintf(stderr, "peft train: %s\n", err.msg);
         return 2;
@@ -248,6 +272,13 @@ int cmd_train(int argc, char **argv) {
         cli_model_free(&cm);
         return cli_report("the model directory has no tokenizer.json; training data must be tokenized");
     }
+    for (int i = 0; i < acfg.n_layers_to_transform; i++)
+        if (acfg.layers_to_transform[i] >= cm.model->cfg.n_layers) {
+            rc = peft_fail(&err, PEFT_EINVAL, "--layers: layer %d is out of range: %s has %d layers (0 .. %d)",
+                           acfg.layers_to_transform[i], dir, cm.model->cfg.n_layers, cm.model->cfg.n_layers - 1);
+            cli_model_free(&cm);
+            return cli_report(err.msg);
+        }
     peft_dataset *ds = NULL, *val = NULL;
     peft_adapter_set *set = NULL;
     float *init_rows = NULL;
@@ -278,8 +309,12 @@ int cmd_train(int argc, char **argv) {
         rc = peft_dataset_load(val_data, cm.tok, &dopts, &val, &err);
         o.val_data = val;
     }
-    if (rc == PEFT_OK && epochs > 0)
-        o.steps = (long)ceil(epochs * peft_dataset_rows(ds, 0) / ((double)o.batch * o.grad_accum));
+    if (rc == PEFT_OK && epochs > 0) {
+        double steps = ceil(epochs * peft_dataset_rows(ds, 0) / ((double)o.batch * o.grad_accum));
+        if (steps > (double)CLI_MAX_STEPS)
+            rc = peft_fail(&err, PEFT_EINVAL, "--epochs %g makes %.0f updates, more than %ld", epochs, steps, CLI_MAX_STEPS);
+        o.steps = steps < 1 ? 1 : (long)fmin(steps, (double)CLI_MAX_STEPS);
+    }
     if (rc == PEFT_OK) {
         size_t trainable = peft_adapter_set_numel(set);
         fprintf(stderr, "%s: %s on %d modules, %zu trainable parameters (%.3f%% of %zu); %d train / %d validation rows of %d tokens\n",
@@ -288,8 +323,11 @@ int cmd_train(int argc, char **argv) {
         peft_train_result res;
         rc = peft_train(cm.model, set, ds, &o, &res, &err);
         if (rc == PEFT_OK) {
-            printf("steps %ld  train loss %.4f  validation loss %.4f -> %.4f  %.0f tokens/s%s\n", res.steps_done, res.final_train_loss,
-                   res.first_val_loss, res.final_val_loss, res.tokens_per_s, res.skipped_steps ? "  (some steps skipped)" : "");
+            /* without validation rows the losses are NaN: say nothing about validation */
+            printf("steps %ld  train loss %.4f", res.steps_done, res.final_train_loss);
+            if (!isnan(res.first_val_loss)) printf("  validation loss %.4f ->", res.first_val_loss);
+            if (!isnan(res.final_val_loss)) printf("%s %.4f", isnan(res.first_val_loss) ? "  validation loss" : "", res.final_val_loss);
+            printf("  %.0f tokens/s%s\n", res.tokens_per_s, res.skipped_steps ? "  (some steps skipped)" : "");
             printf("%s written to %s\n", lisa ? "fine-tuned model" : "adapter", out);
         }
     }

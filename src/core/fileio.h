@@ -58,4 +58,29 @@ int peft_same_path(const char *a, const char *b);
 /* 1 if the path exists and is a regular file. */
 int peft_file_exists(const char *path);
 
+/* Output directories (adapters, training runs) change as a whole, and one run at a time.
+ *
+ * peft_dir_lock takes an exclusive flock on DIR/.peft.lock (created if needed; DIR must
+ * exist) and returns its descriptor in *fd; while another process holds it, it fails at once
+ * naming that process. Holding it, it removes what killed runs left: temporaries
+ * "DIR/<name>.tmp.<pid>" and staged directories "<DIR>.peft-stage.<pid>". peft_dir_unlock
+ * releases it.
+ *
+ * Staging: peft_dir_stage_begin creates DIR if needed and a sibling "<DIR>.peft-stage.<pid>"
+ * holding hard links of DIR's files (DIR may hold only regular files, and may not be the
+ * current directory). The caller writes the new files into st->path (replacing links by
+ * atomic writes, never writing through them); peft_dir_stage_commit exchanges the two
+ * directories with one renameat2(RENAME_EXCHANGE), so a reader of DIR sees either all old or
+ * all new files, then removes the old one. peft_dir_stage_abort removes the staged one. */
+#define PEFT_LOCK_NAME ".peft.lock"
+int peft_dir_lock(const char *dir, int *fd, peft_err *err);
+void peft_dir_unlock(int fd);
+typedef struct peft_dir_stage {
+    char dir[4096], parent[4096];
+    char path[8400]; /* the staging directory */
+} peft_dir_stage;
+int peft_dir_stage_begin(peft_dir_stage *st, const char *dir, peft_err *err);
+int peft_dir_stage_commit(peft_dir_stage *st, peft_err *err);
+void peft_dir_stage_abort(peft_dir_stage *st);
+
 #endif

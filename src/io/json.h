@@ -9,8 +9,13 @@
 #include <cjson/cJSON.h>
 #include "error.h"
 
-/* Parses a JSON document held in memory; `what` names it in messages (a path). */
+/* Parses a JSON document held in memory, as strictly as Python's json.loads: nothing but
+ * whitespace after the value, no duplicate keys (Python keeps the last, cJSON the first).
+ * `what` names it in messages (a path), with the line and column of the fault. */
 int peft_json_parse(const char *text, size_t len, const char *what, cJSON **out, peft_err *err);
+/* The same for one record of a JSONL file, text[0, len) being line `line` of `path`: messages
+ * say PATH:LINE:COLUMN (invalid JSON, characters after the record, a duplicate key). */
+int peft_json_parse_record(const char *text, size_t len, const char *path, int line, cJSON **out, peft_err *err);
 /* Reads and parses a file. Caller frees with cJSON_Delete. */
 int peft_json_load(const char *path, cJSON **out, peft_err *err);
 

@@ -25,7 +25,9 @@
  * kernels.h). Results do not depend on the thread count in the unsplit case.
  *
  * Per-thread scratch (key-block transposes, tiles, accumulators) is malloc'ed once per parallel
- * region, O((ATTN_BK + group * ATTN_BQ) * hd) floats.
+ * region, O((ATTN_BK + group * ATTN_BQ) * hd) floats. When an allocation fails, the thread
+ * skips its tasks (it must still take part in the work-sharing loop) and the kernel returns
+ * PEFT_ENOMEM: the outputs are then incomplete and must not be used.
  *
  * Masking: query row i of a sequence sits at absolute index a = Tk - Tq + i and sees keys
  * [a - pos_i, a]; pos_i is clamped to [0, a] (so a negative pos sees only itself). */
@@ -41,6 +43,7 @@
 #endif
 
 #include "kernels.h"
+#include "peft.h"
 #include "vexp.h"
 
 #define ATTN_MAX_HD 256
@@ -58,10 +61,14 @@ static inline int window_lo_(const int32_t *pos, size_t row, int a) {
     return a - p;
 }
 
-static void *scratch_alloc_(size_t nfloats) {
+/* 64-byte aligned scratch of nfloats; NULL (and *oom set) when out of memory. */
+static float *scratch_alloc_(size_t nfloats, int *oom) {
     size_t bytes = (nfloats * sizeof(float) + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, bytes ? bytes : 64);
-    assert(p);
+    float *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (!p) {
+#pragma omp atomic write
+        *oom = 1;
+    }
     return p;
 }
 
@@ -269,12 +276,13 @@ static inline float exp_row_(float *p, const float *s, float scale, float off, i
 }
 #endif
 
-void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
-                       int B, int Tq, int Tk, int n_head, int n_kv_head, int hd) {
+int attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                      int B, int Tq, int Tk, int n_head, int n_kv_head, int hd) {
     // out (B, Tq, n_head*hd), lse (B, n_head, Tq) or NULL
     // q (B, Tq, n_head*hd), k, v (B, Tk, n_kv_head*hd), pos (B, Tq) or NULL
-    assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0 && Tq <= Tk);
-    if (B <= 0 || Tq <= 0 || n_head <= 0 || hd <= 0) return;
+    assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0 && Tq <= Tk); /* the model's config guarantees these */
+    if (B <= 0 || Tq <= 0 || n_head <= 0 || hd <= 0) return PEFT_OK;
+    int oom = 0;
     const int group = n_head / n_kv_head;
     const size_t qs = (size_t)n_head * hd, ks = (size_t)n_kv_head * hd;  // row strides
     const float scale = 1.0f / sqrtf((float)hd);
@@ -285,11 +293,12 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
 #pragma omp parallel
     {
         const size_t gq = (size_t)group * ATTN_BQ;
-        float *Kt = scratch_alloc_((size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK + gq * hd + 2 * gq);
+        float *Kt = scratch_alloc_((size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK + gq * hd + 2 * gq, &oom);
         float *S = Kt + (size_t)hd * ATTN_BK, *P = S + ATTN_BQ * ATTN_BK, *acc = P + ATTN_BQ * ATTN_BK;
         float *m = acc + gq * hd, *l = m + gq;  // [group][ATTN_BQ]
 #pragma omp for schedule(dynamic, 1)
         for (long task = 0; task < ntasks; task++) {
+            if (!Kt) continue;
             const int tile = ntiles - 1 - (int)(task % ntiles);  // longest tiles first
             const int kvh = (int)((task / ntiles) % n_kv_head), b = (int)(task / ((long)ntiles * n_kv_head));
             const int i0 = tile * ATTN_BQ, nr = Tq - i0 < ATTN_BQ ? Tq - i0 : ATTN_BQ;
@@ -352,6 +361,7 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
         }
         free(Kt);
     }
+    return oom ? PEFT_ENOMEM : PEFT_OK;
 }
 
 /* One backward task: sequence b, kv head kvh, key blocks [kb0, kb1). dq rows of the group's
@@ -426,13 +436,14 @@ static void attn_bwd_task_(float *dqbase, float *dk, float *dv, const float *dou
     }
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *out, const float *lse, const int32_t *pos, int B, int T,
-                        int n_head, int n_kv_head, int hd) {
+int attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                       const float *v, const float *out, const float *lse, const int32_t *pos, int B, int T,
+                       int n_head, int n_kv_head, int hd) {
     // dq (B, T, n_head*hd) +=, dk, dv (B, T, n_kv_head*hd) +=
     // dout, q, out (B, T, n_head*hd), k, v (B, T, n_kv_head*hd), lse (B, n_head, T), pos (B, T)
-    assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0);
-    if (B <= 0 || T <= 0 || n_head <= 0 || hd <= 0 || (!dq && !dk && !dv)) return;
+    assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0); /* the model's config guarantees these */
+    if (B <= 0 || T <= 0 || n_head <= 0 || hd <= 0 || (!dq && !dk && !dv)) return PEFT_OK;
+    int oom = 0;
     const size_t qs = (size_t)n_head * hd;
     const int nkb = (T + ATTN_BK - 1) / ATTN_BK;
     const size_t scr_floats = 4 * (size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK;
@@ -447,16 +458,17 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     if (nsplit <= 1) {
 #pragma omp parallel
         {
-            float *scr = scratch_alloc_(scr_floats);
+            float *scr = scratch_alloc_(scr_floats, &oom);
 #pragma omp for schedule(dynamic, 1)
             for (int t = 0; t < base; t++) {
+                if (!scr) continue;
                 const int b = t / n_kv_head, kvh = t % n_kv_head;
                 attn_bwd_task_(dq ? dq + (size_t)b * T * qs : NULL, dk, dv, dout, q, k, v, out, lse, pos, b, kvh, 0,
                                nkb, T, n_head, n_kv_head, hd, scr);
             }
             free(scr);
         }
-        return;
+        return oom ? PEFT_ENOMEM : PEFT_OK;
     }
     // split path: causal rows make late key blocks cheap, so ranges are balanced by work
     // (key block kbi is seen by about T - kbi*BK rows); task s of a (b, kvh) gets [cut[s], cut[s+1]).
@@ -476,16 +488,14 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     }
     const size_t dq_slab = (size_t)T * qs;  // one sequence of dq
     float *dqs = NULL;
-    if (dq) {
-        dqs = calloc((size_t)base * nsplit * dq_slab, sizeof(float));
-        assert(dqs);
-    }
+    if (dq && !(dqs = calloc((size_t)base * nsplit * dq_slab, sizeof(float)))) return PEFT_ENOMEM;
     const int ntasks = base * nsplit;
 #pragma omp parallel
     {
-        float *scr = scratch_alloc_(scr_floats);
+        float *scr = scratch_alloc_(scr_floats, &oom);
 #pragma omp for schedule(dynamic, 1)
         for (int t = 0; t < ntasks; t++) {
+            if (!scr) continue;
             const int s = t % nsplit, bk = t / nsplit, b = bk / n_kv_head, kvh = bk % n_kv_head;
             if (cut[s] >= cut[s + 1]) continue;
             // dk/dv rows of disjoint key ranges: no race; dq goes to this task's slab
@@ -494,7 +504,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
         }
         free(scr);
     }
-    if (dq) {
+    if (dq && !oom) {
         // dq[b] += sum over (kvh, s) slabs, fixed order (each slab only touches its group's columns)
 #pragma omp parallel for schedule(static)
         for (int b = 0; b < B; b++) {
@@ -504,6 +514,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                 for (size_t x = 0; x < dq_slab; x++) dst[x] += src[x];
             }
         }
-        free(dqs);
     }
+    free(dqs);
+    return oom ? PEFT_ENOMEM : PEFT_OK;
 }

@@ -9,7 +9,8 @@
  *    may be NULL, meaning "not needed" (frozen weight, or no input gradient): the
  *    kernel then skips that work entirely.
  *  - Kernels never allocate in the hot path unless documented; they are threaded with
- *    OpenMP (elementwise/row ops) or BLAS (matmuls).
+ *    OpenMP (elementwise/row ops) or BLAS (matmuls). Those that allocate scratch (attention,
+ *    the 16-bit matmuls) return PEFT_OK, or PEFT_ENOMEM with their outputs incomplete.
  *  - These are the CPU backend. Model code calls only these entry points, so a CUDA
  *    backend can provide the same functions over device buffers. */
 #ifndef PEFT_KERNELS_H
@@ -17,6 +18,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "peft.h" /* PEFT_OK / PEFT_ENOMEM: the kernels that allocate scratch return them */
 
 /* ---- matmul.c ---------------------------------------------------------------- */
 /* out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] if non-NULL). Overwrites out. */
@@ -54,12 +57,12 @@ void rope_backward(float *dx, const int32_t *pos, const float *cos_table, const 
  *  pos_i = a: attend to everything before). Scale is 1/sqrt(hd).
  *  lse saves each row's log-sum-exp of the scaled scores so backward can recompute the
  *  probabilities without storing the T x T matrix. lse may be NULL (inference). */
-void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
-                       int B, int Tq, int Tk, int n_head, int n_kv_head, int hd);
+int attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                      int B, int Tq, int Tk, int n_head, int n_kv_head, int hd);
 /* Training case (Tq == Tk == T). dq, dk, dv accumulate. */
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *out, const float *lse, const int32_t *pos, int B, int T,
-                        int n_head, int n_kv_head, int hd);
+int attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                       const float *v, const float *out, const float *lse, const int32_t *pos, int B, int T,
+                       int n_head, int n_kv_head, int hd);
 
 /* ---- swiglu.c ---------------------------------------------------------------- */
 /* out[N,F] = silu(gate[N,F]) * up[N,F], silu(x) = x * sigmoid(x). */
@@ -121,18 +124,16 @@ size_t bf16_packed_t_size(int OC, int C); /* ceil(C/64)*64 * (OC + OC%2) */
 void bf16_pack_weight(uint16_t *packed, const float *w, int OC, int C);
 void bf16_pack_weight_t(uint16_t *packed_t, const float *w, int OC, int C);
 /* out[N,OC] = inp[N,C] @ w^T (+ bias[OC] if non-NULL). Overwrites out. */
-void matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C,
-                         int OC);
+int matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C, int OC);
 /* dinp[N,C] += dout[N,OC] @ w (packed_wt from bf16_pack_weight_t). */
-void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
+int matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
 
 size_t f16_packed_size(int OC, int C);   /* ceil(OC/64)*64 * (C + 2) */
 size_t f16_packed_t_size(int OC, int C); /* ceil(C/64)*64 * (OC + 2) */
 void f16_pack_weight(uint16_t *packed, const float *w, int OC, int C);
 void f16_pack_weight_t(uint16_t *packed_t, const float *w, int OC, int C);
-void matmul_f16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C,
-                        int OC);
-void matmul_f16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
+int matmul_f16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C, int OC);
+int matmul_f16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
 
 /* Shared by the formats: out[N,ncol] = bias (or 0) for an empty reduction (C == 0); and the
  * sgemm their portable fallbacks run on operands they already rounded:
@@ -149,8 +150,8 @@ typedef struct peft_half_matmul {
     size_t (*packed_t_size)(int OC, int C);
     void (*pack_weight)(uint16_t *packed, const float *w, int OC, int C);
     void (*pack_weight_t)(uint16_t *packed_t, const float *w, int OC, int C);
-    void (*forward)(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C, int OC);
-    void (*backward_input)(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
+    int (*forward)(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C, int OC);
+    int (*backward_input)(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC);
 } peft_half_matmul;
 extern const peft_half_matmul peft_half_bf16, peft_half_f16;
 

@@ -22,7 +22,6 @@
  * Without __AVX512BF16__ the same packed data is unpacked to f32 and multiplied with cblas_sgemm
  * (inputs rounded to bf16 as well, so both paths multiply the same bf16 operands), so callers can
  * use one code path everywhere. */
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __AVX512BF16__
@@ -159,8 +158,8 @@ static void tile1_(float *C, const uint16_t *A, const uint16_t *panel, int kp2, 
 }
 
 /* out[N][ncol] (= or +=) a[N][K] @ Bt^T (+ bias) */
-static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
-                       int acc_mode) {
+static int gemm_bf16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
+                      int acc_mode) {
     const int Kp = K + (K & 1), kp2 = Kp / 2;
     const int np = (ncol + BF16_NR - 1) / BF16_NR;
     // K <= 2 * BF16_KCP: one K chunk, tasks (panel, 96 rows), panel-major.
@@ -173,11 +172,16 @@ static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const
     // small K: all of A rounded once into ab[N][Kp]; big K: each task rounds its A block chunk
     // by chunk into a per-thread buffer (A is read once, no N x K bf16 copy)
     uint16_t *ab = big ? NULL : aligned_alloc(64, (((size_t)N * Kp * 2) + 63) & ~(size_t)63);
-    assert(big || ab);
+    if (!big && !ab) return PEFT_ENOMEM;
     const long ntasks = (long)npg * nrb;
+    int oom = 0; /* a thread without its buffer skips its tasks; the result is then not used */
 #pragma omp parallel
     {
         uint16_t *abuf = big ? aligned_alloc(64, (size_t)mc * 2 * kcp * 2) : NULL;
+        if (big && !abuf) {
+#pragma omp atomic write
+            oom = 1;
+        }
         if (!big) {
 #pragma omp for schedule(static)
             for (int rb = 0; rb < nrb; rb++) {
@@ -187,6 +191,7 @@ static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const
         }
 #pragma omp for schedule(static)
         for (long t = 0; t < ntasks; t++) {
+            if (big && !abuf) continue;
             const int g = (int)(t / nrb), rb = (int)(t % nrb);
             const int n0 = rb * mc, n1 = n0 + mc < N ? n0 + mc : N;
             const int p1 = (g + 1) * pg < np ? (g + 1) * pg : np;
@@ -219,42 +224,45 @@ static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const
         free(abuf);
     }
     free(ab);
+    return oom ? PEFT_ENOMEM : PEFT_OK;
 }
 #else
 /* portable fallback: unpack Bt to f32 [ncol][K] and use sgemm */
-static void gemm_bf16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
-                       int acc_mode) {
+static int gemm_bf16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
+                      int acc_mode) {
     const int Kp = K + (K & 1), kp2 = Kp / 2;
-    float *bt = malloc((size_t)ncol * K * sizeof(float));
-    assert(bt);
+    float *bt = malloc((size_t)ncol * K * sizeof(float)), *ar = malloc((size_t)N * K * sizeof(float));
+    if (!bt || !ar) {
+        free(bt);
+        free(ar);
+        return PEFT_ENOMEM;
+    }
     for (int col = 0; col < ncol; col++)
         for (int k = 0; k < K; k++)
             bt[(size_t)col * K + k] =
                 peft_bf16_to_f32(packed[((size_t)(col / BF16_NR) * kp2 + k / 2) * (2 * BF16_NR) + 2 * (col % BF16_NR) + (k & 1)]);
     // round the inputs to bf16 too, so both paths compute the same product of bf16 operands
-    float *ar = malloc((size_t)N * K * sizeof(float));
-    assert(ar);
     for (size_t i = 0; i < (size_t)N * K; i++) ar[i] = peft_bf16_to_f32(peft_f32_to_bf16(a[i]));
     a = ar;
     matmul_rounded_sgemm(out, a, bt, bias, N, K, ncol, acc_mode);
     free(bt);
     free(ar);
+    return PEFT_OK;
 }
 #endif
 
-void matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C,
-                         int OC) {
-    if (N <= 0 || OC <= 0) return;
+int matmul_bf16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C, int OC) {
+    if (N <= 0 || OC <= 0) return PEFT_OK;
     if (C <= 0) {
         matmul_fill_bias(out, bias, N, OC);
-        return;
+        return PEFT_OK;
     }
-    gemm_bf16_(out, inp, packed_w, bias, N, C, OC, 0);
+    return gemm_bf16_(out, inp, packed_w, bias, N, C, OC, 0);
 }
 
-void matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC) {
-    if (N <= 0 || OC <= 0 || C <= 0 || !dinp) return;
-    gemm_bf16_(dinp, dout, packed_wt, NULL, N, OC, C, 1);
+int matmul_bf16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC) {
+    if (N <= 0 || OC <= 0 || C <= 0 || !dinp) return PEFT_OK;
+    return gemm_bf16_(dinp, dout, packed_wt, NULL, N, OC, C, 1);
 }
 
 #ifdef __AVX512BF16__

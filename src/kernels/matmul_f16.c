@@ -37,7 +37,6 @@
  * Without __AVX512FP16__ the same packed data is unpacked to f32 and multiplied with
  * cblas_sgemm after the inputs are scaled and rounded the same way (f32 accumulation), so
  * callers use one code path everywhere. */
-#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,13 +221,18 @@ static void tile12_(float *tile, const uint16_t *A, const uint16_t *panel, int k
 }
 
 /* out[N][ncol] (= or +=) a[N][K] @ Bt^T (+ bias) */
-static void gemm_f16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
-                      int acc_mode) {
+static int gemm_f16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
+                     int acc_mode) {
     const int np = (int)n_panels_(ncol), Np = (N + F16_MR - 1) / F16_MR * F16_MR, ntiles = Np / F16_MR;
     const float *binv = inv_scales_(packed, ncol, K);
     uint16_t *ah = aligned_alloc(64, ((size_t)Np * K * sizeof(uint16_t) + 63) & ~(size_t)63);
     float *ainv = malloc((size_t)Np * sizeof(float));
-    assert(ah && ainv);
+    if (!ah || !ainv) {
+        free(ah);
+        free(ainv);
+        return PEFT_ENOMEM;
+    }
+    int oom = 0; /* a thread without its accumulator skips its tasks; the result is then not used */
     // enough tasks for the team: fewer row tiles per task when there are few panels
     int tiles = F16_TILES;
     while (tiles > 1 && (long)np * ((ntiles + tiles - 1) / tiles) < 32) tiles /= 2;
@@ -241,9 +245,13 @@ static void gemm_f16_(float *out, const float *a, const uint16_t *packed, const 
 #pragma omp for schedule(static)
         for (int t = 0; t < ntiles; t++) pack_tile_(ah + (size_t)t * F16_MR * K, ainv, a, t * F16_MR, N, K, &tr);
         float *acc = aligned_alloc(64, (size_t)F16_TILES * F16_MR * F16_NR * sizeof(float));
-        assert(acc);
+        if (!acc) {
+#pragma omp atomic write
+            oom = 1;
+        }
 #pragma omp for schedule(static)
         for (long task = 0; task < ntasks; task++) {
+            if (!acc) continue;
             const int p = (int)(task / nrb), t0 = (int)(task % nrb) * tiles;
             const int t1 = t0 + tiles < ntiles ? t0 + tiles : ntiles;
             memset(acc, 0, (size_t)(t1 - t0) * F16_MR * F16_NR * sizeof(float));
@@ -278,14 +286,19 @@ static void gemm_f16_(float *out, const float *a, const uint16_t *packed, const 
     }
     free(ah);
     free(ainv);
+    return oom ? PEFT_ENOMEM : PEFT_OK;
 }
 #else
 /* portable fallback: the same scaled f16 operands, widened to f32, multiplied by sgemm */
-static void gemm_f16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
-                      int acc_mode) {
+static int gemm_f16_(float *out, const float *a, const uint16_t *packed, const float *bias, int N, int K, int ncol,
+                     int acc_mode) {
     const float *binv = inv_scales_(packed, ncol, K);
     float *bt = malloc((size_t)ncol * K * sizeof(float)), *ar = malloc((size_t)N * K * sizeof(float));
-    assert(bt && ar);
+    if (!bt || !ar) {
+        free(bt);
+        free(ar);
+        return PEFT_ENOMEM;
+    }
     for (int col = 0; col < ncol; col++)
         for (int k = 0; k < K; k++)
             bt[(size_t)col * K + k] =
@@ -299,22 +312,22 @@ static void gemm_f16_(float *out, const float *a, const uint16_t *packed, const 
     matmul_rounded_sgemm(out, ar, bt, bias, N, K, ncol, acc_mode);
     free(bt);
     free(ar);
+    return PEFT_OK;
 }
 #endif
 
-void matmul_f16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C,
-                        int OC) {
-    if (N <= 0 || OC <= 0) return;
+int matmul_f16_forward(float *out, const float *inp, const uint16_t *packed_w, const float *bias, int N, int C, int OC) {
+    if (N <= 0 || OC <= 0) return PEFT_OK;
     if (C <= 0) {
         matmul_fill_bias(out, bias, N, OC);
-        return;
+        return PEFT_OK;
     }
-    gemm_f16_(out, inp, packed_w, bias, N, C, OC, 0);
+    return gemm_f16_(out, inp, packed_w, bias, N, C, OC, 0);
 }
 
-void matmul_f16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC) {
-    if (N <= 0 || OC <= 0 || C <= 0 || !dinp) return;
-    gemm_f16_(dinp, dout, packed_wt, NULL, N, OC, C, 1);
+int matmul_f16_backward_input(float *dinp, const float *dout, const uint16_t *packed_wt, int N, int C, int OC) {
+    if (N <= 0 || OC <= 0 || C <= 0 || !dinp) return PEFT_OK;
+    return gemm_f16_(dinp, dout, packed_wt, NULL, N, OC, C, 1);
 }
 
 #ifdef __AVX512FP16__

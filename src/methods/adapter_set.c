@@ -150,6 +150,11 @@ static int pattern_value(const peft_pattern *pats, int n, const char *name, doub
     return PEFT_OK;
 }
 
+/* PEFT 0.21's IA3Config has no bias, layers_to_transform or layers_pattern fields (its
+ * from_pretrained warns about them as unexpected and ignores them); every other config of a site
+ * method has them. */
+static int layers_in_config(const peft_method *method) { return strcmp(method->peft_type, "IA3") != 0; }
+
 /* ---- creation ---------------------------------------------------------------- */
 
 /* The list of `which` tensors of every adapter (params() or state()) with full keys into out;
@@ -311,10 +316,17 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
     if (first < 0) rc = first;
     else collect_tensors(set);
     set->lists_new = method->begin_step != NULL;
-    if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model)
+    if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model && cfg->target_regex)
+        rc = peft_fail(err, PEFT_EINVAL, "the target regex \"%s\" matches no module of %s: it must match the FULL module name, "
+                                         "such as \"%s\" (e.g. \".*\\.q_proj\")",
+                       cfg->target_modules, m->cfg.arch_name, m->layers[0].sites[0].name);
+    else if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model)
         rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have q_proj, k_proj, "
                                          "v_proj, o_proj, gate_proj, up_proj, down_proj)",
                        cfg->target_modules, m->cfg.arch_name);
+    if (rc == PEFT_OK && cfg->n_layers_to_transform > 0 && !layers_in_config(method))
+        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s adapters cannot be restricted to layers: PEFT's %s config has no layers_to_transform",
+                       method->name, method->peft_type);
     if (rc == PEFT_OK && cfg->save_as_lora && pissa_lora_equivalent(set->sites[0]->adapter, NULL, NULL) < 0)
         rc = peft_fail(err, PEFT_EINVAL, "saving as a LoRA of the original model is for PiSSA and CorDA adapters, not %s", method->name);
     if (rc == PEFT_OK && cfg->save_as_lora && cfg->opts.use_rslora && (cfg->n_rank_pattern || cfg->n_alpha_pattern))
@@ -421,15 +433,17 @@ static char *config_json(const peft_adapter_set *set, const peft_method *method,
         return text;
     }
     int lora_family = !strcmp(method->peft_type, "LORA"); /* only LoraConfig has the patterns */
+    int has_layers = layers_in_config(method);
     if (lora_family) cJSON_AddItemToObject(o, "alpha_pattern", patterns_json(c->alpha_pattern, c->n_alpha_pattern));
     cJSON_AddNullToObject(o, "auto_mapping");
     cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
-    cJSON_AddStringToObject(o, "bias", "none");
+    if (has_layers) cJSON_AddStringToObject(o, "bias", "none");
     cJSON_AddBoolToObject(o, "fan_in_fan_out", 0);
     cJSON_AddBoolToObject(o, "inference_mode", 1);
-    cJSON_AddNullToObject(o, "layers_pattern");
-    if (c->n_layers_to_transform > 0) cJSON_AddItemToObject(o, "layers_to_transform", cJSON_CreateIntArray(c->layers_to_transform, c->n_layers_to_transform));
-    else cJSON_AddNullToObject(o, "layers_to_transform");
+    if (has_layers) cJSON_AddNullToObject(o, "layers_pattern");
+    if (has_layers && c->n_layers_to_transform > 0)
+        cJSON_AddItemToObject(o, "layers_to_transform", cJSON_CreateIntArray(c->layers_to_transform, c->n_layers_to_transform));
+    else if (has_layers) cJSON_AddNullToObject(o, "layers_to_transform");
     cJSON_AddNullToObject(o, "modules_to_save");
     cJSON_AddStringToObject(o, "peft_type", method->peft_type);
     if (lora_family) cJSON_AddItemToObject(o, "rank_pattern", patterns_json(c->rank_pattern, c->n_rank_pattern));
@@ -480,13 +494,17 @@ static int lora_equivalent(const peft_adapter_set *set, peft_st_entry *e, char (
 
 int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err *err) {
     if (set->method->trains_base) return llama_save_hf(set->model, dir, err); /* LISA: the model is the output */
-    int rc = peft_mkdir(dir, err);
+    /* Both files are written into a staged copy of dir that then replaces dir in one rename:
+     * a reader (or a kill) never sees a config of one save with the tensors of another. */
+    peft_dir_stage st;
+    int rc = peft_dir_stage_begin(&st, dir, err);
     if (rc) return rc;
     int as_lora = set->cfg.save_as_lora;
     peft_st_entry *e = calloc((size_t)set->n_params + (size_t)set->shared.n + 1, sizeof *e);
     char(*keys)[256] = as_lora ? calloc((size_t)set->n_sites * 2, sizeof *keys) : NULL;
     if (!e || (as_lora && !keys)) {
         free(e), free(keys);
+        peft_dir_stage_abort(&st);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
     peft_adapter_config saved = set->cfg;
@@ -510,17 +528,19 @@ int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err
         for (int d = 0; d < t->ndim; d++) e[n].shape[d] = t->shape[d];
         n++;
     }
-    char path[4200];
+    char path[sizeof st.path + 64];
     static const char *const meta[] = {"format", "pt"};
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", st.path);
     if (rc == PEFT_OK) rc = peft_st_write(path, e, n, meta, 1, err);
     free(e), free(keys), free(slab);
     char *json = rc ? NULL : config_json(set, method, &saved);
     if (rc == PEFT_OK) {
-        snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+        snprintf(path, sizeof path, "%s/adapter_config.json", st.path);
         rc = json ? peft_write_file_atomic(path, json, strlen(json), err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
     free(json);
+    if (rc == PEFT_OK) rc = peft_dir_stage_commit(&st, err);
+    else peft_dir_stage_abort(&st);
     return rc;
 }
 
@@ -540,6 +560,21 @@ static int parse_patterns(const cJSON *root, const char *key, peft_pattern *out,
         snprintf(out[*n].key, sizeof out[*n].key, "%s", e->string);
         out[(*n)++].value = e->valuedouble;
     }
+    return PEFT_OK;
+}
+
+/* The numbers every method's config_read may have set, checked once for all methods: a file
+ * is untrusted input, and a non-finite alpha would poison every merged or evaluated weight. */
+static int check_opts(const peft_method_opts *o, const char *what, peft_err *err) {
+    if (o->rank < 1 || o->rank > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: rank %d is outside [1, 65536]", what, o->rank);
+    if (!isfinite(o->alpha) || fabs(o->alpha) > 1e30)
+        return peft_fail(err, PEFT_EFORMAT, "%s: the alpha (scaling) %g is not a finite number of at most 1e30", what, o->alpha);
+    if (!(o->dropout >= 0 && o->dropout < 1)) return peft_fail(err, PEFT_EFORMAT, "%s: dropout %g is outside [0, 1)", what, o->dropout);
+    if (!isfinite(o->init_scale) || fabs(o->init_scale) > 1e30)
+        return peft_fail(err, PEFT_EFORMAT, "%s: the initial value %g (d_initial, init scale) is not a finite number of at most 1e30",
+                         what, o->init_scale);
+    if (o->n_virtual < 0 || o->n_virtual > 4096)
+        return peft_fail(err, PEFT_EFORMAT, "%s: num_virtual_tokens %d is outside [0, 4096]", what, o->n_virtual);
     return PEFT_OK;
 }
 
@@ -569,6 +604,7 @@ static int parse_adapter_config(const cJSON *root, const char *what, peft_adapte
     }
     if (!method)
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" (with these settings) is not supported", what, type);
+    if ((rc = check_opts(&cfg->opts, what, err))) return rc;
     if (method->attach_model) return PEFT_OK;
     const cJSON *tm = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
     if (cJSON_IsString(tm)) {
@@ -588,17 +624,27 @@ static int parse_adapter_config(const cJSON *root, const char *what, peft_adapte
         return peft_fail(err, PEFT_EFORMAT, "%s: target_modules must be a list of names or a regex string", what);
     }
     const cJSON *ltt = cJSON_GetObjectItemCaseSensitive(root, "layers_to_transform");
-    if (cJSON_IsNumber(ltt)) cfg->layers_to_transform[cfg->n_layers_to_transform++] = ltt->valueint;
-    else if (cJSON_IsArray(ltt)) {
-        const cJSON *e;
-        cJSON_ArrayForEach(e, ltt) {
-            if (!cJSON_IsNumber(e) || cfg->n_layers_to_transform == 64)
-                return peft_fail(err, PEFT_EFORMAT, "%s: layers_to_transform must hold at most 64 integers", what);
-            cfg->layers_to_transform[cfg->n_layers_to_transform++] = e->valueint;
+    if (ltt && !cJSON_IsNull(ltt)) {
+        const cJSON *e = cJSON_IsArray(ltt) ? ltt->child : ltt;
+        for (; e; e = cJSON_IsArray(ltt) ? e->next : NULL) {
+            double v = e->valuedouble;
+            if (!cJSON_IsNumber(e) || cfg->n_layers_to_transform == 64 || !(v >= 0 && v <= 65536 && v == floor(v)))
+                return peft_fail(err, PEFT_EFORMAT, "%s: layers_to_transform must be a layer index or a list of at most 64 (integers "
+                                 "in [0, 65536])", what);
+            cfg->layers_to_transform[cfg->n_layers_to_transform++] = (int)v;
         }
     }
     if ((rc = parse_patterns(root, "rank_pattern", cfg->rank_pattern, &cfg->n_rank_pattern, what, err))) return rc;
     return parse_patterns(root, "alpha_pattern", cfg->alpha_pattern, &cfg->n_alpha_pattern, what, err);
+}
+
+/* NaN or Inf in a tensor read from a file would reach every output of the model (a merge
+ * poisons the weights): refused for every method, naming the tensor. */
+static int check_finite(const peft_st_file *f, const char *key, const float *x, size_t n, peft_err *err) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value (%g at element %zu)", f->path, key, x[i], i);
+    return PEFT_OK;
 }
 
 /* Copies one tensor from the file into dst after checking its shape. */
@@ -613,7 +659,7 @@ static int read_tensor(const peft_st_file *f, const char *key, int ndim, const i
                          ndim > 1 ? (long long)shape[1] : 0LL);
     if (peft_convert_to_f32(dst, t->data, t->dtype, t->numel))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" has non-float dtype %s", f->path, key, peft_dtype_name(t->dtype));
-    return PEFT_OK;
+    return check_finite(f, key, dst, t->numel, err);
 }
 
 /* Copies every parameter and saved shared tensor from the file; every tensor in the file

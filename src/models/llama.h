@@ -157,8 +157,9 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
 /* Backward of the mean loss of the last llama_forward (same ids/pos/targets): gradients flow
  * to the adapters attached at sites (base weights stay frozen, no dW is formed). When the
  * acts were not saved (save_all == 0) each layer is recomputed from its saved input first
- * (gradient checkpointing). */
-void llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted);
+ * (gradient checkpointing). Returns PEFT_OK, or PEFT_ENOMEM when a kernel's scratch could
+ * not be allocated (the gradients are then incomplete). */
+int llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_t *targets, int n_counted);
 
 /* KV cache for incremental decoding of one sequence (B = 1). */
 typedef struct llama_kv_cache {

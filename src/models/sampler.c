@@ -17,6 +17,8 @@ static int cmp_desc(const void *a, const void *b) {
 }
 
 int sample_next(float *logits, int V, float temperature, float top_p, peft_rng *rng, sample_candidate *scratch) {
+    for (int i = 0; i < V; i++)
+        if (!isfinite(logits[i])) return -1; /* NaN/Inf would make every comparison below meaningless */
     if (temperature <= 0.0f) return argmax(logits, V);
     float mx = logits[argmax(logits, V)];
     double sum = 0;
@@ -24,13 +26,17 @@ int sample_next(float *logits, int V, float temperature, float top_p, peft_rng *
         logits[i] = expf((logits[i] - mx) / temperature);
         sum += logits[i];
     }
+    /* sum >= 1 (the argmax contributes exp(0)); the argmax's probability is pmax */
     for (int i = 0; i < V; i++) logits[i] = (float)(logits[i] / sum);
+    const float pmax = (float)(1.0 / sum);
     int n = V;
     sample_candidate *order = scratch;
     if (top_p < 1.0f) {
         /* Keep candidates with p >= (1 - top_p) / (V - 1) first: anything smaller cannot be
-         * in the nucleus (llama2.c's trick), which keeps the sort short. */
-        float cutoff = (1.0f - top_p) / (float)(V > 1 ? V - 1 : 1);
+         * in the nucleus (llama2.c's trick), which keeps the sort short. The nucleus always
+         * holds the most likely token, even when top_p < 1/V puts the cutoff above every
+         * probability: so the cutoff is at most pmax and at least one candidate survives. */
+        float cutoff = fminf((1.0f - top_p) / (float)(V > 1 ? V - 1 : 1), pmax);
         n = 0;
         for (int i = 0; i < V; i++)
             if (logits[i] >= cutoff) order[n++] = (sample_candidate){logits[i], i};

@@ -6,7 +6,8 @@
 
 /* temperature <= 0: argmax (ties -> lowest id). Otherwise softmax(logits / temperature),
  * restricted to the smallest set of most likely tokens whose mass reaches top_p (top_p >= 1
- * keeps all). scratch[V] is work space. logits[V] is overwritten. */
+ * keeps all). scratch[V] is work space. logits[V] is overwritten. Returns the id, or -1 when a
+ * logit is NaN or infinite (nothing can be sampled from them). */
 typedef struct sample_candidate {
     float prob;
     int id;

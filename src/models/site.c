@@ -4,22 +4,26 @@
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
 
-void site_forward(const peft_site *s, float *y, const float *x, int N, int save) {
+int site_forward(const peft_site *s, float *y, const float *x, int N, int save) {
     peft_adapter *a = s->adapter;
     if (a && a->method->forward_replaces_base) {
         a->method->forward(a, s, y, x, N, save);
-        return;
+        return PEFT_OK;
     }
-    if (s->w_half) s->half->forward(y, x, s->w_half, s->bias, N, s->in_features, s->out_features);
+    int rc = PEFT_OK;
+    if (s->w_half) rc = s->half->forward(y, x, s->w_half, s->bias, N, s->in_features, s->out_features);
     else matmul_forward(y, x, s->weight, s->bias, N, s->in_features, s->out_features);
-    if (a) a->method->forward(a, s, y, x, N, save);
+    if (a && rc == PEFT_OK) a->method->forward(a, s, y, x, N, save);
+    return rc;
 }
 
-void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N) {
+int site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N) {
     peft_adapter *a = s->adapter;
+    int rc = PEFT_OK;
     if (!(a && a->method->forward_replaces_base) && dx) {
-        if (s->wt_half) s->half->backward_input(dx, dy, s->wt_half, N, s->in_features, s->out_features);
+        if (s->wt_half) rc = s->half->backward_input(dx, dy, s->wt_half, N, s->in_features, s->out_features);
         else matmul_backward(dx, NULL, NULL, dy, x, s->weight, N, s->in_features, s->out_features);
     }
-    if (a) a->method->backward(a, s, dx, dy, x, N);
+    if (a && rc == PEFT_OK) a->method->backward(a, s, dx, dy, x, N);
+    return rc;
 }

@@ -26,10 +26,11 @@ typedef struct peft_site {
 } peft_site;
 
 /* y[N,out] = x[N,in] W^T + b, plus the attached adapter's term. save: a training forward,
- * after which site_backward follows (the adapter keeps what it needs). */
-void site_forward(const peft_site *s, float *y, const float *x, int N, int save);
+ * after which site_backward follows (the adapter keeps what it needs). Both return PEFT_OK,
+ * or PEFT_ENOMEM when a 16-bit matmul could not allocate its scratch (outputs incomplete). */
+int site_forward(const peft_site *s, float *y, const float *x, int N, int save);
 /* dx[N,in] += dy W (+ adapter's input gradient); adapter parameter gradients accumulate.
  * dx may be NULL when no input gradient is needed. */
-void site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N);
+int site_backward(const peft_site *s, float *dx, const float *dy, const float *x, int N);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "fileio.h"
+#include "io/json.h"
 #include "tokenizer/chat_template.h"
 
 enum { FMT_NONE, FMT_TEXT, FMT_PROMPT, FMT_ALPACA, FMT_CHAT, FMT_QA };
@@ -31,6 +32,7 @@ struct peft_dataset {
     size_t n_tok, cap_tok, cap_loss;
     example *ex;
     size_t n_ex, cap_ex;
+    int n_dropped; /* records whose learnt tokens all lie beyond seq_len (a prompt that fills it) */
     /* per split: example indices in row order, and where each row starts in that list */
     int *order[2], n_order[2];
     int *row_start[2], n_rows[2]; /* row r holds order[row_start[r] .. row_start[r + 1]) */
@@ -41,8 +43,8 @@ typedef struct loader {
     const peft_tokenizer *tok;
     const peft_data_opts *opts;
     const char *path;
-    peft_chat_template tpl;
-    int have_tpl, fmt;
+    peft_chat_template *tpl; /* parsed at the first chat record */
+    int fmt;
 } loader;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -105,7 +107,13 @@ static int add_record(loader *L, const char *text, size_t len, int add_special, 
                 return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", where);
             ds->ex[ds->n_ex++] = e;
         }
-        if (!windows) break;
+        if (!windows) {
+            /* truncation cut every learnt token: say so instead of losing the record silently */
+            int learnt = 0;
+            for (size_t j = 1; j < n && !any && !learnt; j++) learnt = ds->loss[base + j];
+            ds->n_dropped += learnt;
+            break;
+        }
     }
     return 0;
 }
@@ -156,11 +164,9 @@ static int add_json_record(loader *L, const cJSON *o, const char *where, peft_er
         char *text;
         size_t n, n_spans;
         peft_chat_span *spans;
-        if (!L->have_tpl) {
-            if ((rc = peft_chat_template_for(L->tok, L->opts->chat_template, &L->tpl, err))) return peft_err_prefix(err, "%s", where);
-            L->have_tpl = 1;
-        }
-        if ((rc = peft_chat_render_json(&L->tpl, cJSON_GetObjectItemCaseSensitive(o, "messages"), 0, &text, &n, &spans, &n_spans, where, err)))
+        if (!L->tpl && (rc = peft_chat_template_for(L->tok, L->opts->chat_template, &L->tpl, err)))
+            return peft_err_prefix(err, "%s", where);
+        if ((rc = peft_chat_render_json(L->tpl, o, 0, &text, &n, &spans, &n_spans, where, err)))
             return rc;
         if (!n_spans) rc = peft_fail(err, PEFT_EFORMAT, "%s: conversation has no assistant turn to learn", where);
         /* the template writes BOS and end-of-turn tokens itself */
@@ -214,8 +220,9 @@ static int load_jsonl(loader *L, const char *data, size_t len, peft_err *err) {
         lineno++;
         snprintf(where, sizeof where, "%s:%d", L->path, lineno);
         if (span_of(p, n, " \t\r") < n) {
-            cJSON *o = cJSON_ParseWithLength(p, n);
-            rc = o ? add_json_record(L, o, where, err) : peft_fail(err, PEFT_EFORMAT, "%s: not valid JSON", where);
+            cJSON *o;
+            rc = peft_json_parse_record(p, n, L->path, lineno, &o, err);
+            if (rc == PEFT_OK) rc = add_json_record(L, o, where, err);
             cJSON_Delete(o);
         }
         p += n + 1;
@@ -225,8 +232,9 @@ static int load_jsonl(loader *L, const char *data, size_t len, peft_err *err) {
 
 static int load_array(loader *L, const char *data, size_t len, peft_err *err) {
     char where[4200];
-    cJSON *arr = cJSON_ParseWithLength(data, len), *it;
-    int rc = 0, i = 0;
+    cJSON *arr, *it;
+    int rc = peft_json_parse(data, len, L->path, &arr, err), i = 0;
+    if (rc) return rc;
     if (!cJSON_IsArray(arr)) {
         cJSON_Delete(arr);
         return peft_fail(err, PEFT_EFORMAT, "%s: expected a JSON array of records (or one JSON record per line)", L->path);
@@ -313,7 +321,7 @@ int peft_dataset_load_memory(const char *data, size_t len, const char *path, con
     ds->seq_len = opts->seq_len;
     ds->pack = opts->pack;
     ds->pad_id = peft_tokenizer_eos_id(tok) >= 0 ? peft_tokenizer_eos_id(tok) : 0;
-    loader L = {ds, tok, opts, path, {0}, 0, FMT_NONE};
+    loader L = {ds, tok, opts, path, NULL, FMT_NONE};
     size_t lead = span_of(data, len, " \t\r\n");
     if (lead == len) {
         rc = peft_fail(err, PEFT_EFORMAT, "%s: empty file", path);
@@ -329,7 +337,11 @@ int peft_dataset_load_memory(const char *data, size_t len, const char *path, con
         cJSON_Delete(first);
         rc = records ? load_jsonl(&L, data, len, err) : add_record(&L, data, len, 1, NULL, 0, 1, 1, 1, path, err);
     }
-    if (!rc && ds->n_ex == 0) rc = peft_fail(err, PEFT_EFORMAT, "%s: no usable example (nothing to learn)", path);
+    if (!rc && ds->n_ex == 0 && ds->n_dropped)
+        rc = peft_fail(err, PEFT_EINVAL, "%s: no usable example: in all %d records the prompt fills --seq-len %d, so no "
+                       "completion token is left to learn (raise --seq-len)", path, ds->n_dropped, opts->seq_len);
+    else if (!rc && ds->n_ex == 0)
+        rc = peft_fail(err, PEFT_EFORMAT, "%s: no usable example (nothing to learn)", path);
     int n = (int)ds->n_ex, n_val = 0;
     int *idx = rc ? NULL : malloc(((size_t)n + 1) * sizeof *idx);
     if (!rc && !idx) rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
@@ -345,6 +357,7 @@ int peft_dataset_load_memory(const char *data, size_t len, const char *path, con
             rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
     }
     free(idx);
+    peft_chat_template_free(L.tpl);
     if (rc) {
         peft_dataset_free(ds);
         return rc;
@@ -364,6 +377,31 @@ void peft_dataset_free(peft_dataset *ds) {
 
 int peft_dataset_rows(const peft_dataset *ds, int split) { return split == 0 || split == 1 ? ds->n_rows[split] : 0; }
 int peft_dataset_examples(const peft_dataset *ds, int split) { return split == 0 || split == 1 ? ds->n_order[split] : 0; }
+int peft_dataset_dropped(const peft_dataset *ds) { return ds->n_dropped; }
+
+/* FNV-1a over n bytes, continuing from h */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    for (const unsigned char *b = p; n--; b++) h = (h ^ *b) * 0x100000001b3ull;
+    return h;
+}
+
+uint64_t peft_dataset_hash(const peft_dataset *ds) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    int head[3] = {ds->seq_len, ds->pack, ds->pad_id};
+    h = fnv(h, head, sizeof head);
+    h = fnv(h, ds->ids, ds->n_tok * sizeof *ds->ids);
+    h = fnv(h, ds->loss, ds->n_tok);
+    for (size_t i = 0; i < ds->n_ex; i++) { /* field by field: the struct has padding */
+        uint64_t e[3] = {ds->ex[i].off, ds->ex[i].n, ds->ex[i].limit};
+        h = fnv(h, e, sizeof e);
+    }
+    for (int s = 0; s < 2; s++) {
+        h = fnv(h, &ds->n_rows[s], sizeof ds->n_rows[s]);
+        h = fnv(h, ds->order[s], (size_t)ds->n_order[s] * sizeof(int));
+        h = fnv(h, ds->row_start[s], ((size_t)ds->n_rows[s] + 1) * sizeof(int));
+    }
+    return h;
+}
 
 int peft_dataset_row(const peft_dataset *ds, int split, int row, int32_t *inputs, int32_t *targets, int32_t *pos) {
     if ((split != 0 && split != 1) || row < 0 || row >= ds->n_rows[split]) return PEFT_EINVAL;
@@ -379,4 +417,12 @@ int peft_dataset_row(const peft_dataset *ds, int split, int row, int32_t *inputs
     }
     for (; t < T; t++) inputs[t] = ds->pad_id, targets[t] = -1, pos[t] = 0;
     return PEFT_OK;
+}
+
+int32_t peft_dataset_row_first_target(const peft_dataset *ds, int split, int row) {
+    if ((split != 0 && split != 1) || row < 0 || row >= ds->n_rows[split]) return -1;
+    int k = ds->row_start[split][row];
+    if (k == ds->row_start[split][row + 1]) return -1;
+    const example *e = &ds->ex[ds->order[split][k]];
+    return e->n && ds->loss[e->off] ? ds->ids[e->off] : -1;
 }

@@ -11,7 +11,10 @@
  *                                            assistant turns (content and end-of-turn token)
  * Documents longer than seq_len are cut into seq_len windows (each window an example; the last
  * token of a window still predicts the first of the next); other examples are truncated.
- * An example with no token to learn is dropped. Errors name FILE:LINE (JSONL), FILE: record N
+ * An example with no token to learn is dropped (counted by peft_dataset_dropped when the
+ * truncation cut its tokens to learn). JSON is read as strictly as Python's json: one record
+ * per JSONL line, nothing after it, no duplicate keys. Errors name FILE:LINE:COLUMN (JSONL
+ * syntax), FILE:LINE (JSONL record), FILE: record N
  * (JSON array) or FILE (empty file, no usable example).
  *
  * Thread safety: a loaded dataset is read-only; peft_dataset_row may run on many threads. */
@@ -49,6 +52,14 @@ int peft_dataset_rows(const peft_dataset *ds, int split);
 /* Number of examples (documents' windows count one each) in a split. */
 int peft_dataset_examples(const peft_dataset *ds, int split);
 
+/* Records dropped because their prompt fills seq_len: every token to learn lies beyond it
+ * (loaders should report them; a file of nothing else is refused naming --seq-len). */
+int peft_dataset_dropped(const peft_dataset *ds);
+
+/* A 64-bit hash of everything the rows are made of (tokens, loss flags, examples, split and
+ * row order, seq_len, packing): equal for the same file, tokenizer, template and options. */
+uint64_t peft_dataset_hash(const peft_dataset *ds);
+
 /* Fills one row (T = seq_len):
  *  inputs[T]:  token ids (padded with eos, or 0 when there is none);
  *  targets[T]: the id to predict at each position, or -1 where no loss is taken (prompt
@@ -57,5 +68,9 @@ int peft_dataset_examples(const peft_dataset *ds, int split);
  *              packed example): attention is restricted to [t - pos[t], t].
  * Row order within a split is a fixed seeded shuffle. Returns PEFT_OK or PEFT_EINVAL. */
 int peft_dataset_row(const peft_dataset *ds, int split, int row, int32_t *inputs, int32_t *targets, int32_t *pos);
+/* The target of the position just before the row's first token: that token's id when it is
+ * learnt, else -1 (also for a row out of range). Prompt tuning's last virtual token predicts it,
+ * as HF PEFT's labels do (it prepends -100 for the virtual tokens, then shifts). */
+int32_t peft_dataset_row_first_target(const peft_dataset *ds, int split, int row);
 
 #endif

@@ -6,6 +6,7 @@
 #include "trainer.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +18,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "rng.h"
-
-#define CHECKPOINT_FORMAT "peft.c-checkpoint-1"
+#include "train/checkpoint.h"
 
 void peft_train_opts_default(peft_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -70,11 +70,15 @@ static int row_at(row_order *o, long k) {
     return o->perm[k % o->rows];
 }
 
-/* The given dataset rows (-1: padding, no loss) as model input rows of T tokens. With nv
- * virtual tokens (prompt tuning) each row starts with nv placeholders that carry no loss, the
- * data (T - nv tokens) follows and its positions count on from nv. */
-static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, int T, int nv, int32_t *in, int32_t *tgt,
-                     int32_t *pos, peft_err *err) {
+/* The given dataset rows (-1: padding, no loss) as model input rows of T tokens. With nv =
+ * m->n_virtual virtual tokens (prompt / prefix tuning) each row starts with nv placeholders, the
+ * data (T - nv tokens) follows and its positions count on from nv. The placeholders carry no
+ * loss, except that with prompt tuning the last one predicts the first data token (when it is
+ * learnt): HF PEFT's loss does so, its virtual tokens being positions of the sequence. Prefix
+ * tuning's are a cache, with no prediction of their own. */
+static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, int T, const peft_llama *m, int32_t *in,
+                     int32_t *tgt, int32_t *pos, peft_err *err) {
+    int nv = m->n_virtual;
     for (int b = 0; b < B; b++) {
         int32_t *bi = in + (size_t)b * T, *bt = tgt + (size_t)b * T, *bp = pos + (size_t)b * T;
         if (rows[b] < 0) {
@@ -85,6 +89,7 @@ static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, 
         if (rc) return peft_fail(err, rc, "dataset row %d of split %d could not be read", rows[b], split);
         for (int t = 0; t < nv; t++) bi[t] = 0, bt[t] = -1, bp[t] = t;
         for (int t = nv; t < T && nv; t++) bp[t] += nv;
+        if (nv && m->virtual_emb) bt[nv - 1] = peft_dataset_row_first_target(ds, split, rows[b]);
     }
     return PEFT_OK;
 }
@@ -99,12 +104,12 @@ typedef struct batch_bufs {
 static int eval_split(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, llama_acts *acts, batch_bufs *bb,
                       int split, int max_batches, double *loss, peft_err *err) {
     int B = acts->B, T = acts->T, n_rows = peft_dataset_rows(ds, split);
-    peft_adapter_set_mode(set, 0, 0);
+    if (set) peft_adapter_set_mode(set, 0, 0); /* `peft eval` of a base model has no adapters */
     double sum = 0;
     long count = 0;
     for (int r0 = 0, k = 0; r0 < n_rows && (max_batches <= 0 || k < max_batches); r0 += B, k++) {
         for (int b = 0; b < B; b++) bb->rows[b] = r0 + b < n_rows ? r0 + b : -1;
-        int rc = fill_rows(ds, split, bb->rows, B, T, m->n_virtual, bb->in, bb->tgt, bb->pos, err);
+        int rc = fill_rows(ds, split, bb->rows, B, T, m, bb->in, bb->tgt, bb->pos, err);
         double l;
         int counted;
         if (rc == PEFT_OK) rc = llama_forward(m, acts, bb->in, bb->pos, bb->tgt, &l, &counted, err);
@@ -112,7 +117,9 @@ static int eval_split(peft_llama *m, peft_adapter_set *set, const peft_dataset *
         sum += l * counted;
         count += counted;
     }
-    *loss = count ? sum / count : NAN;
+    if (!count) /* a mean over nothing is no loss: refuse rather than report NaN */
+        return peft_fail(err, PEFT_EINVAL, "evaluation: no token to evaluate (%d rows, none with a target)", n_rows);
+    *loss = sum / count;
     return PEFT_OK;
 }
 
@@ -143,17 +150,6 @@ int peft_evaluate(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, 
 
 /* ---- checkpoints ------------------------------------------------------------------ */
 
-/* Everything that must match for a resume to repeat the same run. */
-static void run_signature(const peft_train_opts *o, const peft_adapter_set *set, char *out, size_t n) {
-    snprintf(out, n, "seed=%llu batch=%d seq=%d accum=%d steps=%ld lr=%g sched=%d warmup=%ld params=%zu",
-             (unsigned long long)o->seed, o->batch, o->seq_len, o->grad_accum, o->steps, o->lr, (int)o->schedule, o->warmup,
-             peft_adapter_set_numel(set));
-    if (o->allora_eta > 0) { /* only then, so signatures of plain runs stay as they were */
-        size_t used = strlen(out);
-        snprintf(out + used, n - used, " allora=%g", o->allora_eta);
-    }
-}
-
 /* Methods whose trainable tensors change (LISA): brings the set to update `step`; when its
  * parameters changed, the optimizer starts afresh on them and `log` (if given) names the
  * layers trained from update step + 1 on. */
@@ -167,88 +163,6 @@ static int set_begin_step(peft_adapter_set *set, peft_adamw *opt, long step, FIL
         for (int i = 0; i < n && i < 1024; i++) fprintf(log, "%s%d", i ? "," : "", layers[i]);
         fprintf(log, "]}\n");
     }
-    return rc;
-}
-
-static int checkpoint_save(const char *path, peft_adapter_set *set, peft_adamw *opt, long step, const char *signature,
-                           peft_err *err) {
-    int n = peft_adapter_set_n_params(set), ns = peft_adapter_set_n_state(set);
-    peft_named_param *p = peft_adapter_set_params(set), *st = peft_adapter_set_state(set);
-    peft_st_entry *e = calloc((size_t)n * 3 + (size_t)ns, sizeof *e);
-    char(*names)[300] = calloc((size_t)n * 2, sizeof *names);
-    if (!e || !names) {
-        free(e);
-        free(names);
-        return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    }
-    for (int i = 0; i < n; i++) {
-        snprintf(names[2 * i], sizeof names[0], "adamw.m.%s", p[i].key);
-        snprintf(names[2 * i + 1], sizeof names[0], "adamw.v.%s", p[i].key);
-        const float *data[3] = {p[i].p.data, peft_adamw_m(opt, i), peft_adamw_v(opt, i)};
-        const char *keys[3] = {p[i].key, names[2 * i], names[2 * i + 1]};
-        for (int k = 0; k < 3; k++) {
-            peft_st_entry *x = &e[3 * i + k];
-            x->name = keys[k];
-            x->dtype = PEFT_F32;
-            x->ndim = p[i].p.ndim;
-            memcpy(x->shape, p[i].p.shape, sizeof p[i].p.shape);
-            x->data = data[k];
-        }
-    }
-    for (int i = 0; i < ns; i++) { /* LISA: layers trained earlier, frozen now */
-        e[3 * n + i] = (peft_st_entry){.name = st[i].key, .dtype = PEFT_F32, .ndim = st[i].p.ndim, .data = st[i].p.data};
-        memcpy(e[3 * n + i].shape, st[i].p.shape, sizeof st[i].p.shape);
-    }
-    char step_s[32], adam_s[32];
-    snprintf(step_s, sizeof step_s, "%ld", step);
-    snprintf(adam_s, sizeof adam_s, "%ld", opt->step);
-    const char *meta[] = {"format", CHECKPOINT_FORMAT, "step", step_s, "adamw_step", adam_s, "run", signature};
-    int rc = peft_st_write(path, e, 3 * n + ns, meta, 4, err);
-    free(e);
-    free(names);
-    return rc;
-}
-
-static const char *meta_get(const cJSON *meta, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static int checkpoint_load(const char *path, peft_adapter_set *set, peft_adamw *opt, const char *signature, long *step,
-                           peft_err *err) {
-    peft_st_file *f;
-    int rc = peft_st_open(path, &f, err);
-    if (rc) return rc;
-    cJSON *meta = f->metadata_json ? cJSON_Parse(f->metadata_json) : NULL;
-    const char *fmt = meta_get(meta, "format"), *st = meta_get(meta, "step"), *as = meta_get(meta, "adamw_step"),
-               *run = meta_get(meta, "run");
-    if (!fmt || strcmp(fmt, CHECKPOINT_FORMAT) || !st || !as || !run)
-        rc = peft_fail(err, PEFT_EFORMAT, "%s: not a peft.c checkpoint (metadata missing)", path);
-    else if (strcmp(run, signature))
-        rc = peft_fail(err, PEFT_EINVAL, "%s: was written by a run with other settings (%s); this run has %s", path, run,
-                       signature);
-    /* LISA: the layers of the last update taken are the ones the moments belong to */
-    if (rc == PEFT_OK) rc = set_begin_step(set, opt, atol(st) > 0 ? atol(st) - 1 : 0, NULL, err);
-    int n = rc == PEFT_OK ? peft_adapter_set_n_params(set) : 0, ns = rc == PEFT_OK ? peft_adapter_set_n_state(set) : 0;
-    peft_named_param *p = peft_adapter_set_params(set), *sp = peft_adapter_set_state(set);
-    for (int i = 0; i < n + ns && rc == PEFT_OK; i++) {
-        const peft_param *pi = i < n ? &p[i].p : &sp[i - n].p;
-        float *dst[3] = {pi->data, i < n ? peft_adamw_m(opt, i) : NULL, i < n ? peft_adamw_v(opt, i) : NULL};
-        for (int k = 0; k < 3 && dst[k] && rc == PEFT_OK; k++) {
-            char key[300];
-            snprintf(key, sizeof key, "%s%s", k == 0 ? "" : k == 1 ? "adamw.m." : "adamw.v.", i < n ? p[i].key : sp[i - n].key);
-            const peft_st_tensor *t = peft_st_find(f, key);
-            if (!t || t->dtype != PEFT_F32 || t->numel != pi->numel)
-                rc = peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" is missing or has the wrong size", path, key);
-            else memcpy(dst[k], t->data, t->nbytes);
-        }
-    }
-    if (rc == PEFT_OK) {
-        *step = atol(st);
-        opt->step = atol(as);
-    }
-    cJSON_Delete(meta);
-    peft_st_close(f);
     return rc;
 }
 
@@ -363,8 +277,16 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     if (B < 1 || T < 2 || o->grad_accum < 1 || o->steps < 1)
         return peft_fail(err, PEFT_EINVAL, "batch, grad_accum and steps must be >= 1 and seq_len >= 2");
     if (n_train < 1) return peft_fail(err, PEFT_EINVAL, "the training split is empty");
-    int rc = peft_mkdir(o->out_dir, err);
+    /* one run at a time per output directory; what a killed run left is removed */
+    int lock = -1, rc = peft_mkdir(o->out_dir, err);
+    if (rc == PEFT_OK) rc = peft_dir_lock(o->out_dir, &lock, err);
     if (rc) return rc;
+    for (int k = 0; k < 2; k++) {
+        const peft_dataset *d = k ? o->val_data : ds;
+        if (d && peft_dataset_dropped(d))
+            fprintf(stderr, "warning: %s data: %d records dropped: their prompt fills --seq-len %d, leaving no completion token "
+                    "to learn\n", k ? "validation" : "training", peft_dataset_dropped(d), T);
+    }
 
     llama_acts acts;
     peft_adamw opt = {0};
@@ -382,21 +304,30 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     opt.allora_eta = o->allora_eta;
     if (rc == PEFT_OK && !order.perm) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
 
-    char ckpt[4200], log_path[4200], svg_path[4200], signature[512];
+    char ckpt[4200], log_path[4200], log_new[4300] = "", svg_path[4200];
     snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", o->out_dir);
     snprintf(log_path, sizeof log_path, "%s/train_log.jsonl", o->out_dir);
     snprintf(svg_path, sizeof svg_path, "%s/loss.svg", o->out_dir);
-    run_signature(o, set, signature, sizeof signature);
+    char *signature = rc == PEFT_OK ? peft_run_signature(o, m, set, ds, o->val_data) : NULL;
+    if (rc == PEFT_OK && !signature) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     long step = 0;
     if (rc == PEFT_OK && o->resume && peft_file_exists(ckpt)) {
-        rc = checkpoint_load(ckpt, set, &opt, signature, &step, err);
+        peft_st_file *f;
+        rc = peft_st_open(ckpt, &f, err);
+        if (rc == PEFT_OK) {
+            rc = peft_checkpoint_restore(f, set, &opt, signature, o->steps, &step, err);
+            peft_st_close(f);
+        }
         if (rc == PEFT_OK) rc = log_restore(log_path, step, &train_curve, &val_curve, err);
         if (rc == PEFT_OK) fprintf(stderr, "resuming from %s at step %ld\n", ckpt, step);
-    } else if (rc == PEFT_OK) {
-        unlink(log_path);
+    } else {
+        /* a fresh run logs beside the previous run's log and replaces it only once its first
+         * update is done: a run that cannot start leaves the old log alone */
+        snprintf(log_new, sizeof log_new, "%s.tmp.%ld", log_path, (long)getpid());
     }
-    FILE *log = rc == PEFT_OK ? fopen(log_path, "a") : NULL;
-    if (rc == PEFT_OK && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing", log_path);
+    const char *log_open = *log_new ? log_new : log_path;
+    FILE *log = rc == PEFT_OK ? fopen(log_open, *log_new ? "w" : "a") : NULL;
+    if (rc == PEFT_OK && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing: %s", log_open, strerror(errno));
 
     if (rc == PEFT_OK && n_val > 0 && step == 0) {
         rc = eval_split(m, set, val_ds, &acts, &bb, val_split, o->eval_batches, &res->first_val_loss, err);
@@ -405,7 +336,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
             curve_add(&val_curve, 0, res->first_val_loss);
         }
     }
-    double t_start = now_s(), tokens_seen = 0;
+    double t_start = now_s(), tokens_seen = 0, train_s = 0; /* train_s: time in updates, without validation */
     long step_start = step;
     while (rc == PEFT_OK && step < o->steps) {
         double t0 = now_s(), loss_sum = 0;
@@ -416,12 +347,13 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
         for (int micro = 0; micro < o->grad_accum && rc == PEFT_OK; micro++) {
             long k0 = (step * o->grad_accum + micro) * (long)B;
             for (int b = 0; b < B; b++) bb.rows[b] = row_at(&order, k0 + b);
-            rc = fill_rows(ds, 0, bb.rows, B, T, m->n_virtual, bb.in, bb.tgt, bb.pos, err);
+            rc = fill_rows(ds, 0, bb.rows, B, T, m, bb.in, bb.tgt, bb.pos, err);
             peft_adapter_set_mode(set, 1, peft_mix64(o->seed ^ ((uint64_t)step << 20) ^ (uint64_t)micro));
             double loss;
             int counted;
             if (rc == PEFT_OK) rc = llama_forward(m, &acts, bb.in, bb.pos, bb.tgt, &loss, &counted, err);
-            if (rc == PEFT_OK) llama_backward(m, &acts, bb.in, bb.tgt, counted);
+            if (rc == PEFT_OK && (rc = llama_backward(m, &acts, bb.in, bb.tgt, counted)))
+                rc = peft_fail(err, rc, "out of memory for a kernel's scratch (backward pass)");
             loss_sum += loss;
             tokens += (long)B * T;
         }
@@ -456,6 +388,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
         step++;
         double dt = now_s() - t0;
         tokens_seen += (double)tokens;
+        train_s += dt;
         double tps = tokens_seen / (now_s() - t_start), eta = (now_s() - t_start) / (step - step_start) * (o->steps - step);
         fprintf(log, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,\"step_s\":%.4f}\n", step,
                 loss, peft_lr_at(o->schedule, o->lr, step - 1, o->steps, o->warmup), gnorm, tps, dt);
@@ -472,18 +405,28 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
             if (o->progress) fprintf(stderr, "\n  step %ld: validation loss %.4f\n", step, vl);
         }
         fflush(log);
+        if (*log_new) {
+            if (rename(log_new, log_path) != 0) {
+                rc = peft_fail(err, PEFT_EIO, "%s: cannot rename to %s: %s", log_new, log_path, strerror(errno));
+                break;
+            }
+            *log_new = '\0';
+        }
         if (o->save_every > 0 && step % o->save_every == 0 && step < o->steps) {
-            rc = checkpoint_save(ckpt, set, &opt, step, signature, err);
+            rc = peft_checkpoint_save(ckpt, set, &opt, step, signature, err);
             write_svg(svg_path, &train_curve, &val_curve);
         }
     }
     if (o->progress) fputc('\n', stderr);
     res->steps_done = step;
-    res->tokens_per_s = tokens_seen / fmax(now_s() - t_start, 1e-9);
+    res->tokens_per_s = tokens_seen / fmax(train_s, 1e-9);
     if (rc == PEFT_OK) rc = peft_adapter_set_save(set, o->out_dir, err);
-    if (rc == PEFT_OK) rc = checkpoint_save(ckpt, set, &opt, step, signature, err);
+    if (rc == PEFT_OK) rc = peft_checkpoint_save(ckpt, set, &opt, step, signature, err);
     write_svg(svg_path, &train_curve, &val_curve);
     if (log) fclose(log);
+    if (*log_new) unlink(log_new); /* the run took no step: the previous log stays */
+    free(signature);
+    peft_dir_unlock(lock);
     curve_free(&train_curve);
     curve_free(&val_curve);
     free(order.perm);

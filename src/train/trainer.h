@@ -43,7 +43,7 @@ typedef struct peft_train_result {
     double first_val_loss;  /* before training (NAN if no validation split) */
     double final_val_loss;
     double final_train_loss;
-    double tokens_per_s;
+    double tokens_per_s;    /* training tokens / time in updates (validation and checkpoints excluded) */
     long skipped_steps;
 } peft_train_result;
 

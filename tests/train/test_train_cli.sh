@@ -66,11 +66,12 @@ done
 
 # SIGKILL inside an adapter write: a preloaded fsync() kills the process at the Nth call,
 # after the temporary is written and before it is renamed. The earlier adapter must stay
-# byte-identical (1st fsync: the new adapter_model.safetensors) or the new one must be complete
-# (3rd fsync: after adapter and config were renamed, during the checkpoint).
+# byte-identical (1st fsync: the new adapter_model.safetensors in the staged directory) or the
+# new one must be complete (4th fsync: the parent directory's, after the staged directory was
+# switched in). test_outputs_cli.sh kills at every fsync.
 if command -v cc > /dev/null; then
     cc -shared -fPIC -o "$W/kill_on_fsync.so" "$SRC/tests/train/kill_on_fsync.c"
-    for at in 1 3; do
+    for at in 1 4; do
         cp -r "$W/full" "$W/kw$at"
         before=$(sha256sum "$W/kw$at/adapter_model.safetensors" | cut -d' ' -f1)
         # (under AddressSanitizer the injector may precede its runtime: allow that)

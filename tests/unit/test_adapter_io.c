@@ -4,7 +4,10 @@
  *    64 tensors on q_proj/v_proj of 16 layers, v_proj's B is [512, 8] by GQA.
  *  - Against a config whose shapes disagree it is refused with a message naming the tensor.
  *  - peft.c's own save -> load round trip reproduces parameters bit for bit, and the saved
- *    adapter_config.json has PEFT's field names and values. */
+ *    adapter_config.json has PEFT's field names and values.
+ *  - Hostile adapter files are refused on load, naming the file and what is wrong: NaN / Inf
+ *    tensors, a non-finite or absurd lora_alpha (1e999 reads as Inf), dropout outside [0, 1),
+ *    fractional or negative layers_to_transform. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,9 +137,85 @@ static void round_trip(const char *src) {
     llama_free(m);
 }
 
+/* Loads dir after setting field `key` of its adapter_config.json to the raw JSON `raw`;
+ * the config is restored afterwards. */
+static int load_with_field(const char *dir, peft_llama *m, const char *key, const char *raw, peft_err *err) {
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    CHECK(peft_read_file(path, &text, &len, err) == 0);
+    cJSON *root = cJSON_Parse(text);
+    cJSON_ReplaceItemInObject(root, key, cJSON_CreateRaw(raw));
+    char *changed = cJSON_Print(root);
+    CHECK(peft_write_file_atomic(path, changed, strlen(changed), err) == 0);
+    peft_adapter_set *set = NULL;
+    int rc = peft_adapter_set_load(dir, m, 0, &set, err);
+    peft_adapter_set_free(set);
+    peft_err ignored;
+    CHECK(peft_write_file_atomic(path, text, len, &ignored) == 0);
+    free(changed);
+    free(text);
+    cJSON_Delete(root);
+    return rc;
+}
+
+static void hostile_adapters(const char *src) {
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg, "%s/tests/data/llama-3.2-1b-config.json", src);
+    peft_err err = {0};
+    peft_llama *m;
+    CHECK(llama_load_shapes(cfg, &m, &err) == 0);
+    peft_adapter_config ac;
+    peft_adapter_config_default(&ac);
+    ac.n_layers_to_transform = 1; /* layer 1's q_proj, v_proj */
+    ac.layers_to_transform[0] = 1;
+    char dir[] = "/tmp/peft_adapter_bad_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    static const float bad[2] = {NAN, INFINITY};
+    for (int k = 0; k < 3; k++) { /* NaN, Inf, then a clean adapter for the config cases */
+        peft_adapter_set *set, *back = NULL;
+        CHECK_MSG(peft_adapter_set_create(m, &ac, 0, &set, &err) == 0, "%s", err.msg);
+        peft_named_param *p = peft_adapter_set_params(set);
+        char key[256];
+        snprintf(key, sizeof key, "%s", p[1].p.numel ? p[1].key : "");
+        if (k < 2) p[1].p.data[p[1].p.numel - 1] = bad[k]; /* the last element of a B */
+        CHECK_MSG(peft_adapter_set_save(set, dir, &err) == 0, "%s", err.msg);
+        peft_adapter_set_free(set);
+        if (k == 2) break;
+        int rc = peft_adapter_set_load(dir, m, 0, &back, &err);
+        CHECK_MSG(rc == PEFT_ENUMERIC && back == NULL && strstr(err.msg, key) && strstr(err.msg, "non-finite") &&
+                      strstr(err.msg, "adapter_model.safetensors"), "rc %d: %s", rc, err.msg);
+        peft_adapter_set_free(back);
+    }
+    peft_adapter_set *ok = NULL;
+    CHECK_MSG(peft_adapter_set_load(dir, m, 0, &ok, &err) == 0, "the clean adapter must load: %s", err.msg);
+    peft_adapter_set_free(ok);
+    static const struct { const char *key, *raw, *want; } cases[] = {
+        {"lora_alpha", "1e999", "alpha"},
+        {"lora_alpha", "-1e999", "alpha"},
+        {"lora_alpha", "1e200", "alpha"},
+        {"lora_dropout", "1.5", "dropout"},
+        {"lora_dropout", "-0.1", "dropout"},
+        {"layers_to_transform", "[1.5]", "layers_to_transform"},
+        {"layers_to_transform", "-1", "layers_to_transform"},
+        {"layers_to_transform", "[1e300]", "layers_to_transform"},
+        {"r", "-8", "r = -8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = load_with_field(dir, m, cases[i].key, cases[i].raw, &err);
+        CHECK_MSG(rc == PEFT_EFORMAT && strstr(err.msg, cases[i].want) && strstr(err.msg, "adapter_config.json"), "%s %s: rc %d %s",
+                  cases[i].key, cases[i].raw, rc, err.msg);
+    }
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+    llama_free(m);
+}
+
 int main(void) {
     const char *src = env_or("PEFT_SRC", ".."), *shared = env_or("PEFT_SHARED", "../../shared");
     round_trip(src);
+    hostile_adapters(src);
     char probe[4096];
     snprintf(probe, sizeof probe, "%s/models/lora-llama-3.2-1b-qv-r8/adapter_config.json", shared);
     if (peft_file_exists(probe)) real_peft_adapter(shared, src);

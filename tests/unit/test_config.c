@@ -53,6 +53,10 @@ int main(void) {
     refused("{\"architectures\":[\"GPT2LMHeadModel\"]}", "GPT2LMHeadModel");
     refused("{\"vocab_size\":3}", "architectures");
     refused("{" BASE ",\"hidden_act\":\"gelu\"}", "hidden_act");
+    /* token ids index the embedding: integers inside the vocabulary (issue 13) */
+    refused("{" BASE ",\"eos_token_id\":-1}", "\"eos_token_id\" must hold token ids");
+    refused("{" BASE ",\"bos_token_id\":1e300}", "\"bos_token_id\" must hold token ids");
+    refused("{" BASE ",\"eos_token_id\":[1,2.5]}", "\"eos_token_id\" must hold token ids");
     refused("{" BASE ",\"num_key_value_heads\":3}", "num_attention_heads");
     refused("{" BASE ",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4}}", "yarn");
     refused("{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":-1}", "vocab_size");

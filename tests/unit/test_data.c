@@ -167,13 +167,13 @@ static void test_text_windows_split_packing(void) {
 static void test_errors(void) {
     expect_error(put_file("empty.jsonl", ""), "empty file");
     expect_error(put_file("blank.txt", "  \n\n"), "empty file");
-    expect_error(put_file("badjson.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \n"), "badjson.jsonl:3: not valid JSON");
+    expect_error(put_file("badjson.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \n"), "badjson.jsonl:3:");
     expect_error(put_file("nofield.jsonl", "{\"text\": \"a\"}\n{\"title\": \"b\"}\n"), "nofield.jsonl:2: record has none of");
     expect_error(put_file("mixed.jsonl", "{\"text\": \"a\"}\n\n{\"prompt\": \"q\", \"completion\": \"a\"}\n"), "mixed.jsonl:3: a {\"prompt\"");
     expect_error(put_file("type.jsonl", "{\"prompt\": \"q\", \"completion\": 3}\n"), "type.jsonl:1: \"prompt\" and \"completion\" must both be strings");
     expect_error(put_file("array.jsonl", "[1, 2]\n"), "array.jsonl:1: expected a JSON object");
     expect_error(put_file("arr.json", "[{\"instruction\": \"x\", \"output\": \"y\"}, 5]"), "arr.json: record 2: expected a JSON object");
-    expect_error(put_file("notarr.json", "[{\"instruction\": \"x\""), "expected a JSON array");
+    expect_error(put_file("notarr.json", "[{\"instruction\": \"x\""), "notarr.json: invalid JSON at line 1");
     expect_error(put_file("noanswer.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n"), "noanswer.jsonl:1: conversation has no assistant turn");
     expect_error(put_file("badmsg.jsonl", "{\"messages\": [{\"role\": \"user\"}]}\n"), "badmsg.jsonl:1: message 0 needs");
     /* the completion does not survive truncation to 16 tokens */
@@ -183,6 +183,46 @@ static void test_errors(void) {
     peft_dataset *ds;
     peft_err err;
     CHECK(peft_dataset_load(put_file("ok.txt", "the"), tok, &o, &ds, &err) == PEFT_EINVAL && strstr(err.msg, "seq_len"));
+}
+
+/* JSON as strict as Python's json.loads (what HF datasets reads with): one record per line,
+ * nothing after it, no duplicate keys; each fault located at FILE:LINE:COLUMN. */
+static void test_strict_json(void) {
+    expect_error(put_file("two.jsonl", "{\"text\": \"a\"}\n{\"text\": \"a\"} {\"text\": \"b\"}\n"),
+                 "two.jsonl:2:15: unexpected characters after the JSON record");
+    expect_error(put_file("tail.jsonl", "{\"text\": \"a\"}x\n"), "tail.jsonl:1:14: unexpected characters");
+    expect_error(put_file("dup.jsonl", "{\"text\": \"a\"}\n\n{\"prompt\": \"q\", \"completion\": \"a\", \"prompt\": \"r\"}\n"),
+                 "dup.jsonl:3:36: duplicate key \"prompt\"");
+    expect_error(put_file("dupnest.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\", \"role\": \"assistant\"}]}\n"),
+                 "dupnest.jsonl:1:48: duplicate key \"role\"");
+    expect_error(put_file("dup.json", "[{\"text\": \"a\"},\n {\"text\": \"b\", \"text\": \"c\"}]"),
+                 "dup.json: duplicate key \"text\" at line 2, column 16");
+    /* cJSON takes NUL and control bytes for whitespace: locating the duplicate must still end
+     * (fuzz_checkpoint found the scanner looping on "[\0\0]") */
+    static const char nul[] = "{\"text\":\"a\",\"x\":[\0\0],\"text\":\"b\"}\n";
+    peft_data_opts o = {16, 0, 1, NULL, 1};
+    peft_dataset *ds = NULL;
+    peft_err err = {0};
+    int rc = peft_dataset_load_memory(nul, sizeof nul - 1, "nul.jsonl", tok, &o, &ds, &err);
+    CHECK_MSG(rc == PEFT_EFORMAT && strstr(err.msg, "nul.jsonl:1:") && strstr(err.msg, "duplicate key"), "rc %d %s", rc, err.msg);
+    peft_dataset_free(ds);
+    expect_error(put_file("tail.json", "[{\"text\": \"a\"}] ]"), "tail.json: unexpected characters after the JSON document at line 1, column 17");
+}
+
+/* Records whose prompt fills seq_len have nothing left to learn: counted, and a file of only
+ * such records is refused naming --seq-len. */
+static void test_dropped_by_seq_len(void) {
+    const char *p = put_file("drop.jsonl", "{\"prompt\": \"abcdefghijklmnopqrstuvwxyz\", \"completion\": \"x\"}\n"
+                                           "{\"prompt\": \"the \", \"completion\": \"cat\"}\n"
+                                           "{\"prompt\": \"zyxwvutsrqponmlkjihgfedcba\", \"completion\": \"y\"}\n");
+    for (int pack = 0; pack < 2; pack++) {
+        peft_dataset *ds = load(p, 16, 0, 1, pack);
+        if (!ds) return;
+        CHECK(peft_dataset_dropped(ds) == 2 && peft_dataset_examples(ds, 0) == 1);
+        peft_dataset_free(ds);
+    }
+    expect_error(put_file("alldrop.jsonl", "{\"prompt\": \"abcdefghijklmnopqrstuvwxyz\", \"completion\": \"x\"}\n"),
+                 "in all 1 records the prompt fills --seq-len 16");
 }
 
 int main(void) {
@@ -199,6 +239,8 @@ int main(void) {
     test_alpaca_and_chat();
     test_text_windows_split_packing();
     test_errors();
+    test_strict_json();
+    test_dropped_by_seq_len();
     peft_tokenizer_free(tok);
     fixture_rmdir(dir_);
     return check_report("test_data");
