@@ -33,6 +33,7 @@ except ImportError as e:  # the oracle itself is missing
     sys.exit(77)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_train_oracle  # noqa: E402
 from test_transformers_parity import BUILD, load_reference, make_model  # noqa: E402
 
 TOL = 1e-4
@@ -53,11 +54,6 @@ def rel(a, b):
     return (a.double() - b.double()).abs().max().item() / max(b.abs().max().item(), 1e-30)
 
 
-def saved_key(param_name):
-    """PEFT's in-memory name (…q_proj.lora_A.default.weight) as save_pretrained writes it."""
-    return param_name.replace(".default.", ".")
-
-
 def make_batch(V, packed, g):
     """ids [2, 12], HF labels (-100 = no loss) and, for packed rows, position_ids: row 1 holds two
     examples of 7 and 5 tokens, so its first token of the second example is not a target."""
@@ -76,23 +72,9 @@ def make_batch(V, packed, g):
 
 def reference(model, ids, labels, pos, wd):
     """transformers + PEFT: the first loss, the LoRA gradients, then STEPS AdamW updates."""
-    leaves = {saved_key(n): p for n, p in model.named_parameters() if p.requires_grad}
-
-    def loss_fn():
-        return model(input_ids=ids, labels=labels, position_ids=pos, use_cache=False).loss
-
-    loss = loss_fn()
-    loss.backward()
-    grads = {k: p.grad.detach().clone() for k, p in leaves.items()}
-    opt = torch.optim.AdamW(leaves.values(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    losses = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        step_loss = loss_fn()
-        losses.append(step_loss.item())
-        step_loss.backward()
-        opt.step()
-    return loss.item(), grads, {k: p.detach() for k, p in leaves.items()}, losses
+    loss, grads, final, losses, _ = hf_train_oracle.reference(
+        model, lambda: model(input_ids=ids, labels=labels, position_ids=pos, use_cache=False).loss, LR, wd, STEPS)
+    return loss, grads, final, losses
 
 
 def run_case(tmp, case, g):
