@@ -106,6 +106,21 @@ const char *peft_ggml_type_name(int type);
 /* dst[t->numel] = the tensor dequantized as gguf.quants.dequantize does (bit for bit). */
 void peft_gguf_dequantize(const peft_gguf_tensor *t, float *dst);
 
+/* A llama-family architecture: its general.architecture name, HF's architectures[0], and
+ * whether convert_hf_to_gguf.py permutes its q/k rows (LlamaModel does, Qwen2Model does not). */
+typedef struct peft_gguf_arch {
+    const char *gguf, *hf;
+    int permuted;
+} peft_gguf_arch;
+/* By general.architecture (len bytes, not NUL-terminated) or by HF architecture; NULL if unknown. */
+const peft_gguf_arch *peft_gguf_arch_find(const char *name, size_t len);
+const peft_gguf_arch *peft_gguf_arch_of_hf(const char *hf_arch);
+/* Tensor names between llama.cpp ("blk.0.attn_q.weight") and HF ("model.layers.0.self_attn.
+ * q_proj.weight"), into out[size]; 0 when the name is not one of the family's. *qk: 1 for q_proj,
+ * 2 for k_proj (the rows llama.cpp permutes), else 0. */
+int peft_gguf_hf_name(const char *gguf_name, char *hf, size_t size, int *qk);
+int peft_gguf_name_of_hf(const char *hf_name, char *gguf, size_t size, int *qk);
+
 /* A llama-family GGUF (general.architecture llama, mistral or qwen2) as the model loader
  * wants it: *cfg from the llama.* metadata, *weights one peft_st_file of f32 tensors under
  * HF names and HF shapes (q/k rows un-permuted for llama/mistral), held in anonymous memory.

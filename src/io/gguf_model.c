@@ -9,44 +9,6 @@
 
 #include "gguf.h"
 
-static const struct {
-    const char *gguf, *hf;
-    int permuted; /* convert_hf_to_gguf.py's LlamaModel permutes q/k rows; Qwen2Model does not */
-} known_archs[] = {
-    {"llama", "LlamaForCausalLM", 1},
-    {"mistral", "MistralForCausalLM", 1},
-    {"qwen2", "Qwen2ForCausalLM", 0},
-};
-
-/* llama.cpp's per-layer tensor names and HF's. */
-static const char *const layer_names[][2] = {
-    {"attn_norm", "input_layernorm"},        {"ffn_norm", "post_attention_layernorm"}, {"attn_q", "self_attn.q_proj"},
-    {"attn_k", "self_attn.k_proj"},          {"attn_v", "self_attn.v_proj"},           {"attn_output", "self_attn.o_proj"},
-    {"ffn_gate", "mlp.gate_proj"},           {"ffn_up", "mlp.up_proj"},                {"ffn_down", "mlp.down_proj"},
-};
-
-/* HF name of a GGUF tensor into hf[size]; 0 when the name is not one of the family's. *qk: 1
- * for q_proj, 2 for k_proj (the permuted rows). */
-static int hf_name(const char *name, char *hf, size_t size, int *qk) {
-    *qk = 0;
-    static const char *const top[][2] = {{"token_embd.weight", "model.embed_tokens.weight"},
-                                         {"output_norm.weight", "model.norm.weight"},
-                                         {"output.weight", "lm_head.weight"}};
-    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
-        if (!strcmp(name, top[i][0])) return snprintf(hf, size, "%s", top[i][1]) > 0;
-    int layer, end = 0;
-    char kind[32], suffix[16];
-    if (sscanf(name, "blk.%d.%31[a-z_].%15[a-z]%n", &layer, kind, suffix, &end) != 3 || name[end] || layer < 0 ||
-        (strcmp(suffix, "weight") && strcmp(suffix, "bias")))
-        return 0;
-    for (size_t i = 0; i < sizeof layer_names / sizeof layer_names[0]; i++)
-        if (!strcmp(kind, layer_names[i][0])) {
-            *qk = !strcmp(kind, "attn_q") ? 1 : !strcmp(kind, "attn_k") ? 2 : 0;
-            return snprintf(hf, size, "model.layers.%d.%s.%s", layer, layer_names[i][1], suffix) > 0;
-        }
-    return 0;
-}
-
 /* A uint key of the architecture ("llama.block_count") as an int >= 1 into the config. */
 static int add_int(cJSON *cfg, const peft_gguf_file *f, const char *arch, const char *key, const char *hf, int required,
                    peft_err *err) {
@@ -64,19 +26,18 @@ static int build_config(const peft_gguf_file *f, int *permuted, char **json, pef
     size_t arch_len;
     int rc = peft_gguf_get_str(f, "general.architecture", 1, &arch, &arch_len, err);
     if (rc) return rc;
-    size_t k = 0, n_known = sizeof known_archs / sizeof known_archs[0];
-    while (k < n_known && (strlen(known_archs[k].gguf) != arch_len || memcmp(arch, known_archs[k].gguf, arch_len))) k++;
-    if (k == n_known)
+    const peft_gguf_arch *known = peft_gguf_arch_find(arch, arch_len);
+    if (!known)
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: general.architecture \"%.*s\" is not supported (supported: llama, mistral, qwen2)",
                          f->path, (int)(arch_len > 64 ? 64 : arch_len), arch);
-    const char *a = known_archs[k].gguf;
-    *permuted = known_archs[k].permuted;
+    const char *a = known->gguf;
+    *permuted = known->permuted;
     cJSON *cfg = cJSON_CreateObject(), *archs = cJSON_AddArrayToObject(cfg, "architectures");
     if (!cfg || !archs) {
         cJSON_Delete(cfg);
         return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", f->path);
     }
-    cJSON_AddItemToArray(archs, cJSON_CreateString(known_archs[k].hf));
+    cJSON_AddItemToArray(archs, cJSON_CreateString(known->hf));
     if ((rc = add_int(cfg, f, a, "embedding_length", "hidden_size", 1, err)) ||
         (rc = add_int(cfg, f, a, "block_count", "num_hidden_layers", 1, err)) ||
         (rc = add_int(cfg, f, a, "feed_forward_length", "intermediate_size", 1, err)) ||
@@ -131,7 +92,7 @@ static int build_config(const peft_gguf_file *f, int *permuted, char **json, pef
     cJSON_AddBoolToObject(cfg, "tie_word_embeddings", !peft_gguf_find_tensor(f, "output.weight"));
     cJSON_AddBoolToObject(cfg, "attention_bias", peft_gguf_find_tensor(f, "blk.0.attn_output.bias") != NULL);
     cJSON_AddBoolToObject(cfg, "mlp_bias", peft_gguf_find_tensor(f, "blk.0.ffn_down.bias") != NULL);
-    if (k == 1) cJSON_AddBoolToObject(cfg, "use_sliding_window", 0); /* GGUF carries no window */
+    if (!strcmp(a, "mistral")) cJSON_AddBoolToObject(cfg, "use_sliding_window", 0); /* GGUF carries no window */
     static const char *const ids[][2] = {{"tokenizer.ggml.bos_token_id", "bos_token_id"}, {"tokenizer.ggml.eos_token_id", "eos_token_id"}};
     for (int i = 0; i < 2; i++) {
         int64_t id = -1;
@@ -184,7 +145,7 @@ static int build_weights(const peft_gguf_file *f, const peft_llama_config *cfg, 
         peft_st_tensor *t = &sf->tensors[sf->n_tensors];
         char hf[160];
         int qk;
-        if (!hf_name(g->name, hf, sizeof hf, &qk)) {
+        if (!peft_gguf_hf_name(g->name, hf, sizeof hf, &qk)) {
             rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" is not one of a %s model's", f->path, g->name, cfg->arch_name);
             break;
         }
@@ -224,7 +185,7 @@ static int build_weights(const peft_gguf_file *f, const peft_llama_config *cfg, 
         peft_gguf_dequantize(g, dst);
         char hf[160];
         int qk;
-        hf_name(g->name, hf, sizeof hf, &qk);
+        peft_gguf_hf_name(g->name, hf, sizeof hf, &qk);
         int n_head = qk == 1 ? cfg->n_heads : cfg->n_kv_heads;
         size_t rows = (size_t)t->shape[0], cols = t->ndim > 1 ? (size_t)t->shape[1] : 1;
         if (qk && permuted) {
