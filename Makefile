@@ -20,7 +20,7 @@ PYTHON ?= python3
 venv: .venv/.installed
 .venv/.installed: requirements.txt
 	$(PYTHON) -m venv .venv
-	.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	.venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements.txt
 	touch $@
 
 # The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer.
