@@ -10,10 +10,25 @@
 #include "fileio.h"
 #include "io/gguf.h"
 #include "kernels/kernels.h"
+#include "kernels/quant.h"
 #include "methods/adapter_set.h"
 
-int cli_use_half(peft_llama *m, int bf16, int f16, int training, peft_err *err) {
+int cli_use_half(peft_llama *m, int bf16, int f16, const char *quantize, int training, peft_err *err) {
     if (bf16 && f16) return peft_fail(err, PEFT_EINVAL, "--bf16 and --f16 exclude each other: pick one");
+    if (quantize) {
+        const peft_qformat *q = peft_qformat_find(quantize);
+        if (!q || !q->quantize_rows || !strcmp(q->name, "q4_1"))
+            return peft_fail(err, PEFT_EINVAL, "--quantize must be q8_0, q4_0 or nf4 (got '%s')", quantize);
+        if (bf16 || f16)
+            return peft_fail(err, PEFT_EINVAL, "--quantize keeps the frozen weights in %s and multiplies in f32: leave out --%s",
+                             q->name, bf16 ? "bf16" : "f16");
+        int rc = llama_quantize(m, q, err), kept = 0;
+        for (int i = 0; rc == PEFT_OK && i < llama_n_sites(m); i++) kept += !llama_site(m, i)->qfmt;
+        if (kept)
+            fprintf(stderr, "peft: note: %d of %d linear layers stay f32 (in_features not a multiple of %s's %d-value block)\n",
+                    kept, llama_n_sites(m), q->name, q->block);
+        return rc;
+    }
     if (!bf16 && !f16) return PEFT_OK;
     const peft_half_matmul *fmt = f16 ? &peft_half_f16 : &peft_half_bf16;
     if (!fmt->native)

@@ -27,14 +27,18 @@ int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft
 void cli_model_free(cli_model *cm);
 
 /* --bf16 / --f16 (flags given, 0 or 1 each): switches the model's frozen matmuls to that 16-bit
- * format (llama_use_half); neither: stays f32. Both: an error. */
-int cli_use_half(peft_llama *m, int bf16, int f16, int training, peft_err *err);
+ * format (llama_use_half); neither: stays f32. Both: an error. --quantize NAME (or NULL):
+ * quantizes the sites' weights to q8_0, q4_0 or nf4 instead (llama_quantize); with --bf16 or
+ * --f16 an error. */
+int cli_use_half(peft_llama *m, int bf16, int f16, const char *quantize, int training, peft_err *err);
 /* Their help lines, shared by train, eval and generate. */
 #define CLI_HALF_HELP                                                                                       \
     "  --f16                frozen matmuls in f16 (AVX512-FP16, f32 sums), ~1e-3 relative rounding: twice\n"  \
     "                       the f32 speed on Intel Sapphire/Emerald Rapids (bench/README.md)\n"                \
     "  --bf16               frozen matmuls in bf16 (AVX512-BF16), ~2e-3 relative rounding: faster on AMD\n"    \
-    "                       Zen 4/5, slower than f32 on Intel without AMX\n"
+    "                       Zen 4/5, slower than f32 on Intel without AMX\n"                              \
+    "  --quantize FMT       keep the frozen linear weights in q8_0, q4_0 or nf4 (bitsandbytes' NF4 with\n"   \
+    "                       double quantisation) and dequantize tile by tile: QLoRA (docs/quantization.md)\n"
 
 /* Parses "1,2,3" or "1 2 3" (any mix of commas and whitespace) into a malloc'ed array. */
 int cli_parse_ids(const char *s, const char *what, int32_t **ids, size_t *n, peft_err *err);

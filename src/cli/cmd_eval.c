@@ -87,6 +87,7 @@ int cmd_eval(int argc, char **argv) {
     long T = args_int(&a, "--seq-len", 256, 1, CLI_MAX_SEQ), B = args_int(&a, "--batch", 4, 1, CLI_MAX_BATCH);
     long max_tokens = args_int(&a, "--max-tokens", 0, 2, LONG_MAX); /* 0: all */
     int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
+    const char *quantize = args_str(&a, "--quantize", NULL);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -101,7 +102,7 @@ int cmd_eval(int argc, char **argv) {
     peft_err err = {0};
     cli_model cm;
     if (cli_model_load(dir, adapter, &cm, &err)) return cli_report(err.msg);
-    if (cli_use_half(cm.model, bf16, f16, 0, &err)) {
+    if (cli_use_half(cm.model, bf16, f16, quantize, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }

@@ -59,6 +59,7 @@ int cmd_generate(int argc, char **argv) {
            top_p = args_real(&a, "--top-p", 1.0, CLI_ABOVE(0, 1));
     int ignore_eos = args_has(&a, "--ignore-eos");
     int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
+    const char *quantize = args_str(&a, "--quantize", NULL);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -74,7 +75,7 @@ int cmd_generate(int argc, char **argv) {
     peft_err err = {0};
     cli_model cm;
     if (cli_model_load(dir, adapter, &cm, &err)) return cli_report(err.msg);
-    if (cli_use_half(cm.model, bf16, f16, 0, &err)) {
+    if (cli_use_half(cm.model, bf16, f16, quantize, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }

@@ -200,6 +200,7 @@ int cmd_train(int argc, char **argv) {
     o.seed = (uint64_t)args_int(&a, "--seed", 42, 0, LONG_MAX);
     o.recompute = args_has(&a, "--recompute");
     int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
+    const char *quantize = args_str(&a, "--quantize", NULL);
     o.eval_every = args_int(&a, "--eval-every", 0, 0, CLI_MAX_STEPS);
     o.eval_batches = (int)args_int(&a, "--eval-batches", 0, 0, 1000000);
     o.save_every = args_int(&a, "--save-every", 0, 0, CLI_MAX_STEPS);
@@ -238,9 +239,9 @@ int cmd_train(int argc, char **argv) {
     }
     /* LISA trains whole layers of its own choosing, in place in the f32 weights, and writes
      * the model: its output must not replace the base checkpoint. */
-    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || f16 || peft_same_path(dir, out))) {
+    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || f16 || quantize || peft_same_path(dir, out))) {
         fprintf(stderr, "peft train: --method lisa trains every module of the layers it samples (no --target other than all-linear, "
-                        "no --target-regex or --layers), in f32 (no --bf16/--f16), and writes the model to --out, which must differ from "
+                        "no --target-regex or --layers), in f32 (no --bf16/--f16/--quantize), and writes the model to --out, which must differ from "
                         "--model\n");
         return 2;
     }
@@ -295,7 +296,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
     peft_corda_covs_free(covs);
-    if (rc == PEFT_OK) rc = cli_use_half(cm.model, bf16, f16, 1, &err);
+    if (rc == PEFT_OK) rc = cli_use_half(cm.model, bf16, f16, quantize, 1, &err);
     int nv = cm.model->n_virtual;
     if (rc == PEFT_OK && nv) {
         /* Virtual tokens (prompt/prefix tuning) start every row: the data gets the rest, one

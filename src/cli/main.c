@@ -18,6 +18,8 @@ static const struct {
     {"tokenize", cmd_tokenize, "encode text to token ids (or decode ids) with a model's tokenizer"},
     {"train", cmd_train, "fine-tune a model with a PEFT method and save the adapter"},
     {"merge", cmd_merge, "merge an adapter into its base model and write an HF checkpoint"},
+    {"combine", cmd_combine, "combine LoRA adapters into one, as PEFT's add_weighted_adapter (svd, cat, ties, dare, ...)"},
+    {"export", cmd_export, "write an adapter as a llama.cpp GGUF LoRA, or the merged model as one GGUF"},
 };
 
 int cli_report(const char *msg) {

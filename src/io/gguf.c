@@ -1,4 +1,4 @@
-/* gguf.c: a validating GGUF v3 reader and the dequantization of its tensor types to f32. */
+/* gguf.c: a validating GGUF v3 reader; the block formats themselves live in kernels/quant.c. */
 #include "gguf.h"
 
 #include <stdio.h>
@@ -6,14 +6,7 @@
 #include <string.h>
 
 #include "dtype.h"
-
-/* gguf.quants.dequantize rounds every product and sum on its own (numpy, f32): a fused
- * multiply-add would round once and differ in the last bit, so none may be formed here. */
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "kernels/quant.h"
 
 /* ---- tensor types ---------------------------------------------------------------- */
 
@@ -46,103 +39,18 @@ static uint32_t rd32(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t
 static uint64_t rd64(const unsigned char *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
 static float h2f(const unsigned char *p) { return peft_f16_to_f32(rd16(p)); }
 
-/* Q4_0, 18 bytes: f16 d, 16 bytes of nibbles; x[j] = d (lo(qs[j]) - 8), x[j+16] = d (hi(qs[j]) - 8). */
-static void deq_q4_0(const unsigned char *b, float *y) {
-    float d = h2f(b);
-    for (int j = 0; j < 16; j++) {
-        y[j] = d * (float)((b[2 + j] & 0xF) - 8);
-        y[j + 16] = d * (float)((b[2 + j] >> 4) - 8);
-    }
-}
-
-/* Q4_1, 20 bytes: f16 d, f16 m, nibbles as Q4_0; x = d q + m. */
-static void deq_q4_1(const unsigned char *b, float *y) {
-    float d = h2f(b), m = h2f(b + 2);
-    for (int j = 0; j < 16; j++) {
-        y[j] = d * (float)(b[4 + j] & 0xF) + m;
-        y[j + 16] = d * (float)(b[4 + j] >> 4) + m;
-    }
-}
-
-/* Q8_0, 34 bytes: f16 d, int8 q[32]; x = q d. */
-static void deq_q8_0(const unsigned char *b, float *y) {
-    float d = h2f(b);
-    for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)b[2 + j] * d;
-}
-
-/* The 8 six-bit scales and mins of a Q4_K/Q5_K block, packed in 12 bytes. */
-static void k_scale_min(const unsigned char *s, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
-}
-
-/* Q4_K, 144 bytes: f16 d, f16 dmin, scales[12], qs[128]; 8 sub-blocks of 32, sub-block s =
- * 2c + h takes nibble h of qs[32c .. 32c+31]; x = (d sc_s) q - (dmin m_s). */
-static void deq_q4_k(const unsigned char *b, float *y) {
-    float d = h2f(b), dmin = h2f(b + 2);
-    const unsigned char *scales = b + 4, *qs = b + 16;
-    for (int s = 0; s < 8; s++) {
-        int sc, mn;
-        k_scale_min(scales, s, &sc, &mn);
-        float ds = d * (float)sc, dm = dmin * (float)mn;
-        const unsigned char *q = qs + 32 * (s / 2);
-        for (int l = 0; l < 32; l++) y[32 * s + l] = ds * (float)((q[l] >> (4 * (s % 2))) & 0xF) - dm;
-    }
-}
-
-/* Q5_K, 176 bytes: as Q4_K with qh[32] before qs; bit s of qh[l] is bit 4 of sub-block s's q. */
-static void deq_q5_k(const unsigned char *b, float *y) {
-    float d = h2f(b), dmin = h2f(b + 2);
-    const unsigned char *scales = b + 4, *qh = b + 16, *qs = b + 48;
-    for (int s = 0; s < 8; s++) {
-        int sc, mn;
-        k_scale_min(scales, s, &sc, &mn);
-        float ds = d * (float)sc, dm = dmin * (float)mn;
-        const unsigned char *q = qs + 32 * (s / 2);
-        for (int l = 0; l < 32; l++) {
-            int v = ((q[l] >> (4 * (s % 2))) & 0xF) | (((qh[l] >> s) & 1) << 4);
-            y[32 * s + l] = ds * (float)v - dm;
-        }
-    }
-}
-
-/* Q6_K, 210 bytes: ql[128], qh[64], int8 scales[16], f16 d. Each half (128 values) takes 64
- * bytes of ql and 32 of qh; its group g (0..3) of 32 values: low nibble (g < 2) or high nibble
- * (g >= 2) of ql[32 (g % 2) + l], bits 2g..2g+1 of qh[l]; x = (d sc[i / 16]) (q - 32). */
-static void deq_q6_k(const unsigned char *b, float *y) {
-    const unsigned char *ql = b, *qh = b + 128;
-    const int8_t *sc = (const int8_t *)(b + 192);
-    float d = h2f(b + 208);
-    for (int half = 0; half < 2; half++)
-        for (int g = 0; g < 4; g++)
-            for (int l = 0; l < 32; l++) {
-                int i = 128 * half + 32 * g + l;
-                int lo = (ql[64 * half + 32 * (g % 2) + l] >> (4 * (g / 2))) & 0xF;
-                int hi = (qh[32 * half + l] >> (2 * g)) & 3;
-                y[i] = d * (float)sc[i / 16] * (float)((lo | hi << 4) - 32);
-            }
-}
-
 void peft_gguf_dequantize(const peft_gguf_tensor *t, float *dst) {
-    const ggml_type_info *ti = type_info(t->type);
     const unsigned char *p = t->data;
-    size_t nb = t->numel / (size_t)ti->block;
-    for (size_t i = 0; i < nb; i++, p += ti->type_size, dst += ti->block) {
+    const peft_qformat *qf = peft_qformat_of_ggml(t->type);
+    if (qf) { /* blocks run along rows, so the whole tensor dequantizes as one long row */
+        qf->dequantize_row(dst, p, (int64_t)t->numel);
+        return;
+    }
+    for (size_t i = 0; i < t->numel; i++) {
         switch (t->type) {
-        case PEFT_GGML_F32: memcpy(dst, p, 4); break;
-        case PEFT_GGML_F16: *dst = h2f(p); break;
-        case PEFT_GGML_BF16: *dst = peft_bf16_to_f32(rd16(p)); break;
-        case PEFT_GGML_Q8_0: deq_q8_0(p, dst); break;
-        case PEFT_GGML_Q4_0: deq_q4_0(p, dst); break;
-        case PEFT_GGML_Q4_1: deq_q4_1(p, dst); break;
-        case PEFT_GGML_Q4_K: deq_q4_k(p, dst); break;
-        case PEFT_GGML_Q5_K: deq_q5_k(p, dst); break;
-        case PEFT_GGML_Q6_K: deq_q6_k(p, dst); break;
+        case PEFT_GGML_F32: memcpy(dst + i, p + 4 * i, 4); break;
+        case PEFT_GGML_F16: dst[i] = h2f(p + 2 * i); break;
+        case PEFT_GGML_BF16: dst[i] = peft_bf16_to_f32(rd16(p + 2 * i)); break;
         }
     }
 }

@@ -120,6 +120,10 @@ const peft_gguf_arch *peft_gguf_arch_of_hf(const char *hf_arch);
  * 2 for k_proj (the rows llama.cpp permutes), else 0. */
 int peft_gguf_hf_name(const char *gguf_name, char *hf, size_t size, int *qk);
 int peft_gguf_name_of_hf(const char *hf_name, char *gguf, size_t size, int *qk);
+/* convert_hf_to_gguf.py's permute(w, n_head) of q/k rows (HF order to llama.cpp's): HF row
+ * h*HD + i*HD/2 + j goes to row h*HD + 2j + i. dst, src [rows, cols], rows a multiple of
+ * 2 * n_head (checked by the caller), distinct buffers. */
+void peft_gguf_permute_rows(float *dst, const float *src, size_t rows, size_t cols, int n_head);
 
 /* A llama-family GGUF (general.architecture llama, mistral or qwen2) as the model loader
  * wants it: *cfg from the llama.* metadata, *weights one peft_st_file of f32 tensors under

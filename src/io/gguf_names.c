@@ -71,3 +71,11 @@ int peft_gguf_hf_name(const char *gguf_name, char *hf, size_t size, int *qk) {
 int peft_gguf_name_of_hf(const char *hf_name, char *gguf, size_t size, int *qk) {
     return map_name(hf_name, 1, gguf, size, qk);
 }
+
+void peft_gguf_permute_rows(float *dst, const float *src, size_t rows, size_t cols, int n_head) {
+    size_t hd = rows / (size_t)n_head, half = hd / 2;
+    for (size_t h = 0; h < (size_t)n_head; h++)
+        for (size_t i = 0; i < 2; i++)
+            for (size_t j = 0; j < half; j++)
+                memcpy(dst + (h * hd + 2 * j + i) * cols, src + (h * hd + i * half + j) * cols, cols * sizeof(float));
+}

@@ -12,6 +12,7 @@
 #include "fileio.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "kernels/quant.h"
 #include "methods/lora.h"
 #include "methods/pissa.h"
 #include "models/llama_export.h"
@@ -355,6 +356,9 @@ int peft_adapter_set_merge(peft_adapter_set *set, int sign, peft_err *err) {
     for (int i = 0; i < set->n_sites; i++) {
         peft_site *s = set->sites[i];
         if (s->w_half) return peft_fail(err, PEFT_EINVAL, "%s: merge before switching the model to 16-bit compute", s->name);
+        if (s->w_q)
+            return peft_fail(err, PEFT_EINVAL, "%s: the base weight is quantized (%s): merge into the unquantized model instead",
+                             s->name, s->qfmt->name);
         if (!s->weight) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", s->name);
         int rc = set->method->merge(s->adapter, s, sign, err);
         if (rc) return rc;

@@ -92,9 +92,9 @@ static int lisa_create(const peft_method_opts *o, const peft_site *s, int max_ro
 
 static int lisa_begin_step(peft_adapter *base, const peft_site *s, long step, peft_err *err) {
     lisa_adapter *a = (lisa_adapter *)base;
-    if (s->w_half)
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: LISA trains the f32 weights in place, which the 16-bit compute copies "
-                                                 "would not follow: train without --bf16/--f16", s->name);
+    if (s->w_half || s->w_q)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: LISA trains the f32 weights in place, which the 16-bit or quantized "
+                                                 "copies would not follow: train without --bf16/--f16/--quantize", s->name);
     long period = step / a->interval;
     if (period == a->period) return 0;
     a->slot = lisa_layer_slot(a->seed, period, a->n_layers, a->gamma, a->layer);

@@ -151,6 +151,8 @@ static int lora_merge(peft_adapter *base, peft_site *s, int sign, peft_err *err)
     return PEFT_OK;
 }
 
+float lora_adapter_scale(const peft_adapter *a) { return ((const lora_adapter *)a)->scale; }
+
 static int lora_params(peft_adapter *base, peft_param *out, int max) {
     lora_adapter *a = (lora_adapter *)base;
     if (max >= 2) {

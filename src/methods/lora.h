@@ -13,6 +13,8 @@ extern const peft_method peft_method_lora;
 int lowrank_check_opts(const peft_method_opts *o, const peft_site *s, const char *method, peft_err *err);
 /* alpha / r, or alpha / sqrt(r) with rsLoRA. */
 float lowrank_scale(const peft_method_opts *o);
+/* The scale s of a LoRA adapter (a->method == &peft_method_lora), its rank/alpha patterns applied. */
+float lora_adapter_scale(const peft_adapter *a);
 
 /* The low-rank term y += s * dropout(x) A^T B^T with dense A [r, in], B [out, r], shared by
  * the methods that assemble A and B differently (LoRA, NOLA, MoS). dropout is the rate in

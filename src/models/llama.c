@@ -8,6 +8,7 @@
 
 #include "io/gguf.h"
 #include "kernels/kernels.h"
+#include "kernels/quant.h"
 #include "methods/adapter.h"
 
 #define ROPE_TABLE_CAP 32768 /* positions precomputed; longer contexts are refused */
@@ -228,6 +229,9 @@ int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, pef
         if (m->half == fmt) return PEFT_OK;
         return peft_fail(err, PEFT_EINVAL, "%s: the model already computes in %s", m->dir, m->half->name);
     }
+    if (m->qfmt)
+        return peft_fail(err, PEFT_EINVAL, "%s: the weights are quantized to %s, which is multiplied in f32", m->dir,
+                         m->qfmt->name);
     const peft_llama_config *c = &m->cfg;
     const int C = c->hidden_size, V = c->vocab_size;
     size_t total = fmt->packed_size(V, C) + (training ? fmt->packed_t_size(V, C) : 0);
@@ -273,6 +277,40 @@ int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, pef
     return PEFT_OK;
 }
 
+int llama_quantize(peft_llama *m, const peft_qformat *fmt, peft_err *err) {
+    if (m->qfmt) {
+        if (m->qfmt == fmt) return PEFT_OK;
+        return peft_fail(err, PEFT_EINVAL, "%s: the model is already quantized to %s", m->dir, m->qfmt->name);
+    }
+    if (m->half)
+        return peft_fail(err, PEFT_EINVAL, "%s: the model computes in %s; quantized weights are multiplied in f32", m->dir,
+                         m->half->name);
+    if (!fmt->quantize_rows) return peft_fail(err, PEFT_EUNSUPPORTED, "peft.c reads %s but does not write it", fmt->name);
+    size_t total = 0;
+    for (int i = 0; i < llama_n_sites(m); i++) {
+        const peft_site *s = llama_site(m, i);
+        if (!s->weight) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", s->name);
+        if (s->in_features % fmt->block == 0) total += fmt->row_bytes(s->in_features) * (size_t)s->out_features;
+    }
+    unsigned char *p = m->q_slab = malloc(total ? total : 1);
+    if (!p) return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB for %s weights", total >> 20, fmt->name);
+    for (int i = 0; i < llama_n_sites(m); i++) {
+        peft_site *s = llama_site(m, i);
+        if (s->in_features % fmt->block) continue; /* rows of whole blocks only: this site stays f32 */
+        if (fmt->quantize_rows(p, s->weight, s->out_features, s->in_features))
+            return peft_fail(err, PEFT_ENOMEM, "%s: out of memory quantizing to %s", s->name, fmt->name);
+        s->w_q = p;
+        s->qfmt = fmt;
+        p += fmt->row_bytes(s->in_features) * (size_t)s->out_features;
+        /* both products of a frozen site now read the blocks: W goes unless the method reads it */
+        if (!(s->adapter && s->adapter->method->reads_base) &&
+            release_weight(m, s->weight, (size_t)s->out_features * s->in_features, 1))
+            s->weight = NULL;
+    }
+    m->qfmt = fmt;
+    return PEFT_OK;
+}
+
 /* logits[N,V] = x[N,C] lm_head^T, in 16 bits when packed. PEFT_ENOMEM: the 16-bit kernel's
  * scratch could not be allocated (so for every int-returning step function below). */
 static int lm_head_forward(const peft_llama *m, float *logits, const float *x, int N) {
@@ -292,6 +330,7 @@ static int lm_head_backward_input(const peft_llama *m, float *dx, const float *d
 void llama_free(peft_llama *m) {
     if (!m) return;
     free(m->half_slab);
+    free(m->q_slab);
     peft_weights_close(m->weights);
     free(m->converted);
     free(m->layers);

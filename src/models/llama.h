@@ -48,6 +48,8 @@ typedef struct peft_llama {
     const struct peft_half_matmul *half; /* 16-bit format of the frozen matmuls (llama_use_half), or NULL */
     uint16_t *half_slab;      /* their packed copies */
     const uint16_t *lm_head_half, *lm_head_t_half;
+    const struct peft_qformat *qfmt; /* block format of the sites' frozen weights (llama_quantize), or NULL */
+    void *q_slab;             /* their quantized rows */
     /* Virtual tokens (prompt and prefix tuning): the first n_virtual rows of every sequence
      * are the method's (callers put placeholder ids there, with no loss on them).
      * Prompt tuning: trained embeddings take the place of those rows' input.
@@ -74,6 +76,17 @@ int llama_load(const char *dir, peft_llama **out, peft_err *err);
  * Merging is refused from then on. One format per model: another format fails. */
 struct peft_half_matmul;
 int llama_use_half(peft_llama *m, const struct peft_half_matmul *fmt, int training, peft_err *err);
+/* Keeps every linear SITE's frozen weight in the block format fmt (kernels/quant.h, one with
+ * quantize_rows: q8_0, q4_0, q4_1, nf4), quantized once from the f32 weight; the embedding,
+ * the norms and the LM head stay as they are (as QLoRA does). The frozen matmuls then
+ * dequantize tile by tile (matmul_q_forward / matmul_q_backward_input). Call it after the
+ * adapters are attached. The f32 weights are then given back as llama_use_half does (kept for
+ * methods that read them: reads_base); merging is refused from then on. A site whose
+ * in_features is not a multiple of the format's block stays f32 (its s->qfmt NULL; llama.cpp
+ * falls back per tensor too). Fails when the model already computes in 16 bits or is quantized
+ * in another format. */
+struct peft_qformat;
+int llama_quantize(peft_llama *m, const struct peft_qformat *fmt, peft_err *err);
 /* Only config.json: the sites with their names and shapes but no weights (to validate an
  * adapter against a model that is not at hand). Forward and merge are not possible. */
 int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err);

@@ -18,8 +18,7 @@ static int is_tensor_of(const char *name, const char *module, const char *suffix
     return !strncmp(name, module, ml) && !strcmp(name + ml, suffix);
 }
 
-/* The model's f32 values of checkpoint tensor `name`, or NULL for one the model does not hold. */
-static const float *model_values(peft_llama *m, const char *name) {
+const float *llama_tensor_values(peft_llama *m, const char *name) {
     if (!strcmp(name, "model.embed_tokens.weight")) return m->embed;
     if (!strcmp(name, "lm_head.weight")) return m->cfg.tie_word_embeddings ? NULL : m->lm_head;
     for (int i = 0; i < llama_n_norm_sites(m); i++) {
@@ -49,7 +48,7 @@ int llama_save_hf(peft_llama *m, const char *dir, peft_err *err) {
             const peft_st_tensor *t = &w->files[f]->tensors[i];
             e[n] = (peft_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
             memcpy(e[n].shape, t->shape, sizeof t->shape);
-            const float *v = model_values(m, t->name);
+            const float *v = llama_tensor_values(m, t->name);
             if (!v || (const void *)v == t->data) continue; /* f32 in the (copy-on-write) mapping: written as it is now */
             if (!(owned[n] = malloc(t->nbytes))) {
                 rc = peft_fail(err, PEFT_ENOMEM, "out of memory");

@@ -13,5 +13,8 @@
  * tokenizer files from m's directory. Creates DIR; each file is written atomically. DIR must
  * not be m's own directory (the base checkpoint stays intact). */
 int llama_save_hf(peft_llama *m, const char *dir, peft_err *err);
+/* The model's current f32 values of checkpoint tensor `name` (HF name, HF shape), or NULL for
+ * one the model does not hold (a tied lm_head). */
+const float *llama_tensor_values(peft_llama *m, const char *name);
 
 #endif

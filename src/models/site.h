@@ -9,6 +9,7 @@
 
 struct peft_adapter;     /* methods/adapter.h */
 struct peft_half_matmul; /* kernels/kernels.h */
+struct peft_qformat;     /* kernels/quant.h */
 
 typedef struct peft_site {
     char name[128];        /* HF module name */
@@ -22,12 +23,16 @@ typedef struct peft_site {
      * for its forward and backward_input; NULL: the f32 weight is used. */
     const struct peft_half_matmul *half;
     const uint16_t *w_half, *wt_half;
+    /* Optional block-quantized copy of the frozen weight (llama_quantize): out rows of
+     * qfmt->row_bytes(in) bytes; used by forward and backward_input when non-NULL. */
+    const struct peft_qformat *qfmt;
+    const void *w_q;
     struct peft_adapter *adapter; /* attached method, or NULL */
 } peft_site;
 
 /* y[N,out] = x[N,in] W^T + b, plus the attached adapter's term. save: a training forward,
  * after which site_backward follows (the adapter keeps what it needs). Both return PEFT_OK,
- * or PEFT_ENOMEM when a 16-bit matmul could not allocate its scratch (outputs incomplete). */
+ * or PEFT_ENOMEM when a 16-bit or quantized matmul could not allocate its scratch (outputs incomplete). */
 int site_forward(const peft_site *s, float *y, const float *x, int N, int save);
 /* dx[N,in] += dy W (+ adapter's input gradient); adapter parameter gradients accumulate.
  * dx may be NULL when no input gradient is needed. */

@@ -166,29 +166,38 @@ static cJSON *replace(const char *from, const char *to) {
     return o;
 }
 
-/* post_processor: BOS / EOS around the sequence as add_bos / add_eos say. */
+/* Appends one TemplateProcessing piece: the sequence `seq` ("A"/"B") or, when seq is NULL, the
+ * special token `name`. */
+static void template_piece(cJSON *arr, const char *seq, const char *name, int type_id) {
+    cJSON *it = cJSON_CreateObject(), *o = cJSON_AddObjectToObject(it, seq ? "Sequence" : "SpecialToken");
+    cJSON_AddStringToObject(o, "id", seq ? seq : name);
+    cJSON_AddNumberToObject(o, "type_id", type_id);
+    cJSON_AddItemToArray(arr, it);
+}
+
+/* post_processor: BOS / EOS around the sequence as add_bos / add_eos say; a pair repeats them
+ * around the second sequence with type id 1, as HF's LlamaTokenizerFast builds its template. */
 static cJSON *post_processor(const vocab *v, int64_t bos, int64_t eos, int add_bos, int add_eos) {
-    cJSON *o = step("TemplateProcessing"), *single = cJSON_AddArrayToObject(o, "single"), *sp = cJSON_AddObjectToObject(o, "special_tokens");
-    cJSON_AddArrayToObject(o, "pair");
-    int64_t ends[2] = {add_bos ? bos : -1, add_eos ? eos : -1};
+    cJSON *o = step("TemplateProcessing"), *single = cJSON_AddArrayToObject(o, "single");
+    cJSON *pair = cJSON_AddArrayToObject(o, "pair"), *sp = cJSON_AddObjectToObject(o, "special_tokens");
+    const char *ends[2] = {NULL, NULL};
+    int64_t end_ids[2] = {add_bos ? bos : -1, add_eos ? eos : -1};
     for (int e = 0; e < 2; e++) {
-        if (e == 1) {
-            cJSON *a = cJSON_CreateObject(), *seq = cJSON_AddObjectToObject(a, "Sequence");
-            cJSON_AddStringToObject(seq, "id", "A");
-            cJSON_AddNumberToObject(seq, "type_id", 0);
-            cJSON_AddItemToArray(single, a);
-        }
-        if (ends[e] < 0 || (uint64_t)ends[e] >= v->n) continue;
-        const char *name = v->text[ends[e]];
-        cJSON *it = cJSON_CreateObject(), *tok = cJSON_AddObjectToObject(it, "SpecialToken");
-        cJSON_AddStringToObject(tok, "id", name);
-        cJSON_AddNumberToObject(tok, "type_id", 0);
-        cJSON_AddItemToArray(single, it);
-        cJSON *def = cJSON_AddObjectToObject(sp, name);
-        cJSON_AddStringToObject(def, "id", name);
+        if (end_ids[e] < 0 || (uint64_t)end_ids[e] >= v->n) continue;
+        ends[e] = v->text[end_ids[e]];
+        if (cJSON_GetObjectItemCaseSensitive(sp, ends[e])) continue; /* BOS == EOS */
+        cJSON *def = cJSON_AddObjectToObject(sp, ends[e]);
+        cJSON_AddStringToObject(def, "id", ends[e]);
         cJSON *ids = cJSON_AddArrayToObject(def, "ids"), *toks = cJSON_AddArrayToObject(def, "tokens");
-        cJSON_AddItemToArray(ids, cJSON_CreateNumber((double)ends[e]));
-        cJSON_AddItemToArray(toks, cJSON_CreateString(name));
+        cJSON_AddItemToArray(ids, cJSON_CreateNumber((double)end_ids[e]));
+        cJSON_AddItemToArray(toks, cJSON_CreateString(ends[e]));
+    }
+    for (int part = 0; part < 3; part++) { /* single; then the pair's A and B */
+        cJSON *arr = part == 0 ? single : pair;
+        int type_id = part == 2;
+        if (ends[0]) template_piece(arr, NULL, ends[0], type_id);
+        template_piece(arr, part == 2 ? "B" : "A", NULL, type_id);
+        if (ends[1]) template_piece(arr, NULL, ends[1], type_id);
     }
     return o;
 }

@@ -9,7 +9,8 @@
  *   "losses" [steps]      the loss before each update.
  * With DIR/covariance.safetensors (one F32 [in, in] tensor per module name), CorDA adapters are
  * created from those calibration covariances.
- * Options: PEFT_DRIVER_LR, PEFT_DRIVER_WD, PEFT_DRIVER_STEPS, PEFT_DRIVER_RECOMPUTE. */
+ * Options: PEFT_DRIVER_LR, PEFT_DRIVER_WD, PEFT_DRIVER_STEPS, PEFT_DRIVER_RECOMPUTE, and
+ * PEFT_DRIVER_QUANTIZE=q8_0|q4_0|nf4 (llama_quantize after the adapter is attached). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "driver.h"
 #include "fileio.h"
 #include "io/safetensors.h"
+#include "kernels/quant.h"
 #include "methods/adapter_set.h"
 #include "methods/pissa.h"
 #include "train/optim.h"
@@ -71,6 +73,11 @@ static int run(const char *dir, peft_err *err) {
     if ((rc = read_covs(dir, &covs, err))) return rc;
     rc = peft_adapter_set_load_covs(path, m, B * T, covs, &set, err);
     peft_corda_covs_free(covs);
+    const char *quantize = getenv("PEFT_DRIVER_QUANTIZE");
+    if (rc == PEFT_OK && quantize && *quantize) {
+        const peft_qformat *fmt = peft_qformat_find(quantize);
+        rc = fmt ? llama_quantize(m, fmt, err) : peft_fail(err, PEFT_EINVAL, "PEFT_DRIVER_QUANTIZE=%s: unknown format", quantize);
+    }
     if (rc) return rc;
     llama_acts a;
     if ((rc = llama_acts_alloc(m, B, T, env_num("PEFT_DRIVER_RECOMPUTE", 0) == 0, 1, &a, err))) return rc;
