@@ -16,14 +16,17 @@
 
 static void usage(FILE *fp) {
     fprintf(fp,
-            "usage: peft tokenize --model DIR (--text STR | --file F) [--no-special]\n"
+            "usage: peft tokenize --model DIR (--text STR | --file F) [--pair STR_B] [--no-special]\n"
             "       peft tokenize --model DIR --jsonl F [--no-special]\n"
             "       peft tokenize --model DIR --chat F [--chat-template NAME] [--render] [--generation-prompt]\n"
             "       peft tokenize --model DIR --decode (--ids 1,2,3 | --jsonl F) [--skip-special]\n\n"
             "  --model DIR        directory with tokenizer.json (and tokenizer_config.json)\n"
             "  --text STR         encode STR and print its ids, comma-separated\n"
             "  --file F           encode the whole file F\n"
-            "  --jsonl F          each line of F is a JSON string: print one line of ids per line\n"
+            "  --pair STR_B       encode the pair (text, STR_B) as BERT's sequence pairs: print the ids, then\n"
+            "                     a line of the token type ids\n"
+            "  --jsonl F          each line of F is a JSON string: print one line of ids per line; or a\n"
+            "                     list [A, B]: print the pair's ids and its type ids (two lines)\n"
             "  --no-special       do not add the post-processor's tokens (BOS...)\n"
             "  --time             with --text/--file: report the encoding time and throughput on stderr\n"
             "  --chat F           each line of F is {\"messages\": [{\"role\", \"content\"}...]} (optional \"tools\",\n"
@@ -65,6 +68,20 @@ static int encode_print(const peft_tokenizer *tok, const char *text, size_t len,
                 (double)len / dt / 1e6, (double)n / dt);
     print_ids(ids, n);
     free(ids);
+    return 0;
+}
+
+static int encode_pair_print(const peft_tokenizer *tok, const char *a, size_t alen, const char *b, size_t blen, int special) {
+    int32_t *ids;
+    uint32_t *types;
+    size_t n;
+    peft_err err;
+    if (peft_tokenizer_encode_pair(tok, a, alen, b, blen, special, &ids, &types, &n, &err)) return cli_report(err.msg);
+    print_ids(ids, n);
+    for (size_t i = 0; i < n; i++) printf(i ? ",%u" : "%u", (unsigned)types[i]);
+    putchar('\n');
+    free(ids);
+    free(types);
     return 0;
 }
 
@@ -133,12 +150,15 @@ static int jsonl_line(const char *line, size_t len, const char *where, void *vct
     line_ctx *c = vctx;
     char msg[4400];
     cJSON *j = cJSON_ParseWithLength(line, len);
-    if (!cJSON_IsString(j)) {
+    const cJSON *a = cJSON_GetArrayItem(j, 0), *b = cJSON_GetArrayItem(j, 1);
+    int pair = cJSON_IsArray(j) && cJSON_GetArraySize(j) == 2 && cJSON_IsString(a) && cJSON_IsString(b);
+    if (!cJSON_IsString(j) && !pair) {
         cJSON_Delete(j);
-        snprintf(msg, sizeof msg, "%s: expected a JSON string", where);
+        snprintf(msg, sizeof msg, "%s: expected a JSON string or a list of two strings", where);
         return cli_report(msg);
     }
-    int rc = encode_print(c->tok, j->valuestring, strlen(j->valuestring), c->special);
+    int rc = pair ? encode_pair_print(c->tok, a->valuestring, strlen(a->valuestring), b->valuestring, strlen(b->valuestring), c->special)
+                  : encode_print(c->tok, j->valuestring, strlen(j->valuestring), c->special);
     cJSON_Delete(j);
     return rc;
 }
@@ -168,7 +188,7 @@ int cmd_tokenize(int argc, char **argv) {
     args_init(&a, "tokenize", argc, argv);
     const char *model = args_str(&a, "--model", NULL), *text = args_str(&a, "--text", NULL), *file = args_str(&a, "--file", NULL),
                *jsonl = args_str(&a, "--jsonl", NULL), *chat = args_str(&a, "--chat", NULL), *ids_arg = args_str(&a, "--ids", NULL),
-               *tname = args_str(&a, "--chat-template", NULL);
+               *tname = args_str(&a, "--chat-template", NULL), *pair = args_str(&a, "--pair", NULL);
     int special = !args_has(&a, "--no-special"), decode = args_has(&a, "--decode"), skip_special = args_has(&a, "--skip-special"),
         render = args_has(&a, "--render"), gen_prompt = args_has(&a, "--generation-prompt");
     timed = args_has(&a, "--time");
@@ -182,7 +202,8 @@ int cmd_tokenize(int argc, char **argv) {
     const char *usage_error = !model ? "--model DIR is required"
                             : inputs != 1 ? "give exactly one of --text, --file, --jsonl, --chat, --ids"
                             : decode && !ids_arg && !jsonl ? "--decode reads --ids or --jsonl"
-                            : !decode && ids_arg ? "--ids is for --decode" : NULL;
+                            : !decode && ids_arg ? "--ids is for --decode"
+                            : pair && !text ? "--pair goes with --text" : NULL;
     if (usage_error) {
         fprintf(stderr, "peft tokenize: %s (see peft tokenize --help)\n", usage_error);
         return 2;
@@ -207,6 +228,8 @@ int cmd_tokenize(int argc, char **argv) {
             free(out);
         }
         free(ids);
+    } else if (text && pair) {
+        rc = encode_pair_print(tok, text, strlen(text), pair, strlen(pair), special);
     } else if (text) {
         rc = encode_print(tok, text, strlen(text), special);
     } else if (file) {

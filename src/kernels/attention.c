@@ -1,4 +1,5 @@
-/* attention.c: causal grouped-query attention, FlashAttention-2 style on the CPU.
+/* attention.c: grouped-query attention (causal or bidirectional, packed examples, padding,
+ * sliding window, score soft-capping), FlashAttention-2 style on the CPU.
  *
  * Both passes work on tiles: a block of ATTN_BQ query rows against a block of ATTN_BK keys.
  * Scores S = Q K^T and the products P V, dS K, P^T dO, dS^T Q are small matmuls done by two
@@ -29,8 +30,14 @@
  * skips its tasks (it must still take part in the work-sharing loop) and the kernel returns
  * PEFT_ENOMEM: the outputs are then incomplete and must not be used.
  *
- * Masking: query row i of a sequence sits at absolute index a = Tk - Tq + i and sees keys
- * [a - pos_i, a]; pos_i is clamped to [0, a] (so a negative pos sees only itself). */
+ * Masking (attention_opts, kernels.h): query row i of a sequence sits at absolute index
+ * a = Tk - Tq + i and sees one contiguous range of keys [lo, hi] (row_keys_), so every mask kind
+ * is the same pair of bounds per row and the tiles never look at a mask matrix: causal gives
+ * hi = a, packed positions lo = a - pos_i (pos_i clamped to [0, a]), a sliding window
+ * lo >= a - window + 1, padding hi <= kv_len[b] - 1 and an empty range for padded queries (their
+ * out rows are 0, lse 0, and they pass no gradient). Soft-capping replaces each scaled score by
+ * cap * tanh(score / cap) right after the score tile is computed; the backward keeps the tanh
+ * derivative of the tile (G) to chain it into dS. */
 #include <assert.h>
 #include <math.h>
 #include <stdlib.h>
@@ -52,13 +59,28 @@
 
 #define AINL static inline __attribute__((always_inline))
 
-/* First key index seen by a query at absolute index a with packed position p (or -1). */
-static inline int window_lo_(const int32_t *pos, size_t row, int a) {
-    if (!pos) return 0;
-    int p = pos[row];
-    if (p < 0) p = 0;
-    if (p > a) p = a;
-    return a - p;
+/* Keys [*lo, *hi] seen by query row i of sequence b (absolute index a = Tk - Tq + i); the range
+ * is empty (*lo > *hi) for a padded query. */
+static inline void row_keys_(const attention_opts *o, int b, int i, int Tq, int Tk, int *lo, int *hi) {
+    const int a = Tk - Tq + i;
+    int l = 0, h = o->causal ? a : Tk - 1;
+    if (o->pos) {
+        int p = o->pos[(size_t)b * Tq + i];
+        p = p < 0 ? 0 : p > a ? a : p;
+        l = a - p;
+    }
+    if (o->window > 0 && a - o->window + 1 > l) l = a - o->window + 1;
+    if (o->kv_len) {
+        const int len = o->kv_len[b];
+        if (a >= len) l = 0, h = -1;  // padded query (also covers len <= 0)
+        else if (h > len - 1) h = len - 1;
+    }
+    *lo = l;
+    *hi = h;
+}
+
+static inline float attn_scale_(const attention_opts *o, int hd) {
+    return o->scale > 0.0f ? o->scale : 1.0f / sqrtf((float)hd);
 }
 
 /* 64-byte aligned scratch of nfloats; NULL (and *oom set) when out of memory. */
@@ -278,14 +300,21 @@ static inline float exp_row_(float *p, const float *s, float scale, float off, i
 
 int attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
                       int B, int Tq, int Tk, int n_head, int n_kv_head, int hd) {
+    const attention_opts o = {.causal = 1, .pos = pos};
+    return attention_forward_opts(out, lse, q, k, v, &o, B, Tq, Tk, n_head, n_kv_head, hd);
+}
+
+int attention_forward_opts(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const attention_opts *o, int B, int Tq, int Tk, int n_head, int n_kv_head, int hd) {
     // out (B, Tq, n_head*hd), lse (B, n_head, Tq) or NULL
-    // q (B, Tq, n_head*hd), k, v (B, Tk, n_kv_head*hd), pos (B, Tq) or NULL
+    // q (B, Tq, n_head*hd), k, v (B, Tk, n_kv_head*hd); o->pos (B, Tq), o->kv_len (B) or NULL
     assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0 && Tq <= Tk); /* the model's config guarantees these */
     if (B <= 0 || Tq <= 0 || n_head <= 0 || hd <= 0) return PEFT_OK;
     int oom = 0;
     const int group = n_head / n_kv_head;
     const size_t qs = (size_t)n_head * hd, ks = (size_t)n_kv_head * hd;  // row strides
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = attn_scale_(o, hd), cap = o->softcap;
+    const float sc = cap > 0.0f ? 1.0f : scale;  // capped scores are already scaled
     const int ntiles = (Tq + ATTN_BQ - 1) / ATTN_BQ;
     // one task = (b, kv head, query tile) for all heads of the group: each key block is
     // transposed once and used by group * ATTN_BQ query rows
@@ -307,8 +336,8 @@ int attention_forward(float *out, float *lse, const float *q, const float *k, co
             int lo[ATTN_BQ], hi[ATTN_BQ];
             int jlo = Tk, jhi = 0;
             for (int r = 0; r < nr; r++) {
-                hi[r] = Tk - Tq + i0 + r;
-                lo[r] = window_lo_(pos, (size_t)b * Tq + i0 + r, hi[r]);
+                row_keys_(o, b, i0 + r, Tq, Tk, &lo[r], &hi[r]);
+                if (lo[r] > hi[r]) continue;
                 jlo = lo[r] < jlo ? lo[r] : jlo;
                 jhi = hi[r] > jhi ? hi[r] : jhi;
             }
@@ -323,6 +352,7 @@ int attention_forward(float *out, float *lse, const float *q, const float *k, co
                     float *mg = m + (size_t)g * ATTN_BQ, *lg = l + (size_t)g * ATTN_BQ;
                     float *ag = acc + (size_t)g * ATTN_BQ * hd;
                     scores_(S, qb, qs, Kt, nr, hd);
+                    if (cap > 0.0f) softcap_span_(S, NULL, S, scale, cap, (size_t)nr * ATTN_BK);
                     for (int r = 0; r < nr; r++) {
                         // valid keys of row r in this block, block-relative
                         const int a = lo[r] - j0 > 0 ? lo[r] - j0 : 0;
@@ -333,7 +363,7 @@ int attention_forward(float *out, float *lse, const float *q, const float *k, co
                             continue;
                         }
                         const float *sr = S + (size_t)r * ATTN_BK;
-                        const float bm = max_row_(sr, a, e) * scale;
+                        const float bm = max_row_(sr, a, e) * sc;
                         if (bm > mg[r]) {
                             const float c = expf(mg[r] - bm);  // 0 on the row's first block (m = -inf)
                             lg[r] *= c;
@@ -342,7 +372,7 @@ int attention_forward(float *out, float *lse, const float *q, const float *k, co
                             for (int d = 0; d < hd; d++) ar[d] *= c;
                             mg[r] = bm;
                         }
-                        lg[r] += exp_row_(pr, sr, scale, mg[r], a, e);
+                        lg[r] += exp_row_(pr, sr, sc, mg[r], a, e);
                     }
                     pv_(ag, hd, P, ATTN_BK, 1, vb + (size_t)j0 * ks, ks, nr, nj, hd);
                 }
@@ -353,9 +383,9 @@ int attention_forward(float *out, float *lse, const float *q, const float *k, co
                     const int i = i0 + r;
                     const size_t x = (size_t)g * ATTN_BQ + r;
                     float *oi = out + ((size_t)b * Tq + i) * qs + (size_t)h * hd;
-                    const float inv = 1.0f / l[x];
+                    const float inv = l[x] > 0.0f ? 1.0f / l[x] : 0.0f;  // 0: a padded query, no keys
                     for (int d = 0; d < hd; d++) oi[d] = acc[x * hd + d] * inv;
-                    if (lse) lse[((size_t)b * n_head + h) * Tq + i] = m[x] + logf(l[x]);
+                    if (lse) lse[((size_t)b * n_head + h) * Tq + i] = l[x] > 0.0f ? m[x] + logf(l[x]) : 0.0f;
                 }
             }
         }
@@ -366,18 +396,23 @@ int attention_forward(float *out, float *lse, const float *q, const float *k, co
 
 /* One backward task: sequence b, kv head kvh, key blocks [kb0, kb1). dq rows of the group's
  * heads go to dqbase (row stride qs, head h at column h*hd), which is either dq itself or a
- * private scratch. */
+ * private scratch. scr holds ATTN_BWD_SCRATCH(hd) floats. */
+#define ATTN_BWD_SCRATCH(hd) (4 * (size_t)(hd) * ATTN_BK + 3 * ATTN_BQ * ATTN_BK)
 static void attn_bwd_task_(float *dqbase, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                           const float *v, const float *out, const float *lse, const int32_t *pos, int b, int kvh,
-                           int kb0, int kb1, int T, int n_head, int n_kv_head, int hd, float *scr) {
+                           const float *v, const float *out, const float *lse, const attention_opts *o, int b,
+                           int kvh, int kb0, int kb1, int T, int n_head, int n_kv_head, int hd, float *scr) {
     const int group = n_head / n_kv_head;
     const size_t qs = (size_t)n_head * hd, ks = (size_t)n_kv_head * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = attn_scale_(o, hd), cap = o->softcap;
+    const float sc = cap > 0.0f ? 1.0f : scale;
     float *Kt = scr, *Vt = Kt + (size_t)hd * ATTN_BK, *dKa = Vt + (size_t)hd * ATTN_BK;
     float *dVa = dKa + (size_t)hd * ATTN_BK, *P = dVa + (size_t)hd * ATTN_BK, *dP = P + ATTN_BQ * ATTN_BK;
+    float *G = cap > 0.0f ? dP + ATTN_BQ * ATTN_BK : NULL;  // d capped / d raw score, [ATTN_BQ][ATTN_BK]
     const int need_dp = dqbase || dk;
+    const int kend = o->kv_len ? (o->kv_len[b] < T ? o->kv_len[b] : T) : T;  // keys past kv_len are never seen
     for (int kbi = kb0; kbi < kb1; kbi++) {
         const int j0 = kbi * ATTN_BK, nj = T - j0 < ATTN_BK ? T - j0 : ATTN_BK;
+        if (j0 >= kend) break;
         const float *kb = k + ((size_t)b * T + j0) * ks + (size_t)kvh * hd;
         const float *vb = v + ((size_t)b * T + j0) * ks + (size_t)kvh * hd;
         transpose_block_(Kt, kb, ks, nj, hd);
@@ -385,13 +420,15 @@ static void attn_bwd_task_(float *dqbase, float *dk, float *dv, const float *dou
         if (dk) memset(dKa, 0, (size_t)nj * hd * sizeof(float));
         if (dv) memset(dVa, 0, (size_t)nj * hd * sizeof(float));
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-            for (int i0 = (j0 / ATTN_BQ) * ATTN_BQ; i0 < T; i0 += ATTN_BQ) {
+            // causal: rows before the key block see none of it
+            for (int i0 = o->causal ? (j0 / ATTN_BQ) * ATTN_BQ : 0; i0 < T; i0 += ATTN_BQ) {
                 const int nr = T - i0 < ATTN_BQ ? T - i0 : ATTN_BQ;
                 int a[ATTN_BQ], e[ATTN_BQ], any = 0;
                 for (int r = 0; r < nr; r++) {
-                    const int i = i0 + r, lo = window_lo_(pos, (size_t)b * T + i, i);
+                    int lo, hi;
+                    row_keys_(o, b, i0 + r, T, T, &lo, &hi);
                     a[r] = lo - j0 > 0 ? lo - j0 : 0;
-                    e[r] = i - j0 < nj - 1 ? i - j0 : nj - 1;
+                    e[r] = hi - j0 < nj - 1 ? hi - j0 : nj - 1;
                     any |= a[r] <= e[r];
                 }
                 if (!any) continue;
@@ -399,10 +436,11 @@ static void attn_bwd_task_(float *dqbase, float *dk, float *dv, const float *dou
                 const float *qb = q + row0, *dob = dout + row0, *ob = out + row0;
                 const float *Lb = lse + ((size_t)b * n_head + h) * T + i0;
                 scores_(P, qb, qs, Kt, nr, hd);
+                if (G) softcap_span_(P, G, P, scale, cap, (size_t)nr * ATTN_BK);
                 for (int r = 0; r < nr; r++) {
                     float *pr = P + (size_t)r * ATTN_BK;
                     if (a[r] > e[r]) memset(pr, 0, ATTN_BK * sizeof(float));
-                    else exp_row_(pr, pr, scale, Lb[r], a[r], e[r]);
+                    else exp_row_(pr, pr, sc, Lb[r], a[r], e[r]);
                 }
                 if (dv) pv_(dVa, hd, P, 1, ATTN_BK, dob, qs, nj, nr, hd);  // dV += P^T dO
                 if (!need_dp) continue;
@@ -413,8 +451,14 @@ static void attn_bwd_task_(float *dqbase, float *dk, float *dv, const float *dou
 #pragma omp simd reduction(+ : D)
                     for (int d = 0; d < hd; d++) D += dor[d] * orr[d];
                     float *pr = P + (size_t)r * ATTN_BK, *dpr = dP + (size_t)r * ATTN_BK;
+                    if (G) {
+                        const float *gr = G + (size_t)r * ATTN_BK;
 #pragma omp simd
-                    for (int jj = 0; jj < ATTN_BK; jj++) dpr[jj] = scale * pr[jj] * (dpr[jj] - D);  // dS
+                        for (int jj = 0; jj < ATTN_BK; jj++) dpr[jj] = gr[jj] * pr[jj] * (dpr[jj] - D);  // dS
+                    } else {
+#pragma omp simd
+                        for (int jj = 0; jj < ATTN_BK; jj++) dpr[jj] = scale * pr[jj] * (dpr[jj] - D);  // dS
+                    }
                 }
                 if (dk) pv_(dKa, hd, dP, 1, ATTN_BK, qb, qs, nj, nr, hd);  // dK += dS^T Q
                 if (dqbase) pv_(dqbase + ((size_t)i0 * qs + (size_t)h * hd), qs, dP, ATTN_BK, 1, kb, ks, nr, nj, hd);
@@ -436,17 +480,31 @@ static void attn_bwd_task_(float *dqbase, float *dk, float *dv, const float *dou
     }
 }
 
+/* Rows that see key block kbi, about: the split path's balance. */
+static double kblock_work_(const attention_opts *o, int T, int kbi) {
+    double w = o->causal ? (double)(T - kbi * ATTN_BK) : (double)T;
+    if (o->window > 0 && w > (double)o->window + ATTN_BK) w = (double)o->window + ATTN_BK;
+    return w;
+}
+
 int attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                        const float *v, const float *out, const float *lse, const int32_t *pos, int B, int T,
                        int n_head, int n_kv_head, int hd) {
+    const attention_opts o = {.causal = 1, .pos = pos};
+    return attention_backward_opts(dq, dk, dv, dout, q, k, v, out, lse, &o, B, T, n_head, n_kv_head, hd);
+}
+
+int attention_backward_opts(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                            const float *v, const float *out, const float *lse, const attention_opts *o, int B, int T,
+                            int n_head, int n_kv_head, int hd) {
     // dq (B, T, n_head*hd) +=, dk, dv (B, T, n_kv_head*hd) +=
-    // dout, q, out (B, T, n_head*hd), k, v (B, T, n_kv_head*hd), lse (B, n_head, T), pos (B, T)
+    // dout, q, out (B, T, n_head*hd), k, v (B, T, n_kv_head*hd), lse (B, n_head, T); o as in the forward
     assert(hd <= ATTN_MAX_HD && n_head % n_kv_head == 0); /* the model's config guarantees these */
     if (B <= 0 || T <= 0 || n_head <= 0 || hd <= 0 || (!dq && !dk && !dv)) return PEFT_OK;
     int oom = 0;
     const size_t qs = (size_t)n_head * hd;
     const int nkb = (T + ATTN_BK - 1) / ATTN_BK;
-    const size_t scr_floats = 4 * (size_t)hd * ATTN_BK + 2 * ATTN_BQ * ATTN_BK;
+    const size_t scr_floats = ATTN_BWD_SCRATCH(hd);
     int nthr = 1;
 #ifdef _OPENMP
     nthr = omp_get_max_threads();
@@ -463,7 +521,7 @@ int attention_backward(float *dq, float *dk, float *dv, const float *dout, const
             for (int t = 0; t < base; t++) {
                 if (!scr) continue;
                 const int b = t / n_kv_head, kvh = t % n_kv_head;
-                attn_bwd_task_(dq ? dq + (size_t)b * T * qs : NULL, dk, dv, dout, q, k, v, out, lse, pos, b, kvh, 0,
+                attn_bwd_task_(dq ? dq + (size_t)b * T * qs : NULL, dk, dv, dout, q, k, v, out, lse, o, b, kvh, 0,
                                nkb, T, n_head, n_kv_head, hd, scr);
             }
             free(scr);
@@ -471,17 +529,18 @@ int attention_backward(float *dq, float *dk, float *dv, const float *dout, const
         return oom ? PEFT_ENOMEM : PEFT_OK;
     }
     // split path: causal rows make late key blocks cheap, so ranges are balanced by work
-    // (key block kbi is seen by about T - kbi*BK rows); task s of a (b, kvh) gets [cut[s], cut[s+1]).
+    // (key block kbi is seen by about T - kbi*BK causal rows, by about window + BK rows in a sliding
+    // window, by all T rows otherwise); task s of a (b, kvh) gets [cut[s], cut[s+1]).
     int cut[65];
     if (nsplit > 64) nsplit = 64;
     {
         double total = 0;
-        for (int kbi = 0; kbi < nkb; kbi++) total += (double)(T - kbi * ATTN_BK);
+        for (int kbi = 0; kbi < nkb; kbi++) total += kblock_work_(o, T, kbi);
         int s = 1;
         double accw = 0;
         cut[0] = 0;
         for (int kbi = 0; kbi < nkb && s < nsplit; kbi++) {
-            accw += (double)(T - kbi * ATTN_BK);
+            accw += kblock_work_(o, T, kbi);
             if (accw >= total * s / nsplit) cut[s++] = kbi + 1;
         }
         while (s <= nsplit) cut[s++] = nkb;
@@ -499,7 +558,7 @@ int attention_backward(float *dq, float *dk, float *dv, const float *dout, const
             const int s = t % nsplit, bk = t / nsplit, b = bk / n_kv_head, kvh = bk % n_kv_head;
             if (cut[s] >= cut[s + 1]) continue;
             // dk/dv rows of disjoint key ranges: no race; dq goes to this task's slab
-            attn_bwd_task_(dq ? dqs + (size_t)t * dq_slab : NULL, dk, dv, dout, q, k, v, out, lse, pos, b, kvh,
+            attn_bwd_task_(dq ? dqs + (size_t)t * dq_slab : NULL, dk, dv, dout, q, k, v, out, lse, o, b, kvh,
                            cut[s], cut[s + 1], T, n_head, n_kv_head, hd, scr);
         }
         free(scr);

@@ -1,4 +1,5 @@
-/* embedding.c: token embedding lookup and its scatter-add backward. */
+/* embedding.c: embedding lookups (tokens; learned absolute positions and token types, added onto
+ * the token embeddings) and their scatter-add backward. */
 #include <string.h>
 
 #include "kernels.h"
@@ -7,6 +8,17 @@ void embedding_forward(float *out, const int32_t *ids, const float *table, int N
     // out (N, C), ids (N), table (V, C)
 #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+}
+
+void embedding_add_forward(float *out, const int32_t *ids, const float *table, int N, int C) {
+    // out (N, C) +=, ids (N), table (V, C): GPT-2's wpe, BERT's position / token-type embeddings
+#pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
+    for (int n = 0; n < N; n++) {
+        float *y = out + (size_t)n * C;
+        const float *row = table + (size_t)ids[n] * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) y[c] += row[c];
+    }
 }
 
 void embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C) {

@@ -34,6 +34,15 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int N, int C);
 
+/* ---- layernorm.c ------------------------------------------------------------- */
+/* out[N,C] = (inp - mean) * rstd * weight + bias (nn.LayerNorm, biased variance); weight and/or
+ * bias may be NULL (1 and 0). mean[N], rstd[N] are saved for backward (NULL: not saved). */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight, const float *bias,
+                       float eps, int N, int C);
+/* dinp[N,C] +=, dweight[C] +=, dbias[C] += (each may be NULL); weight as in the forward (NULL = 1). */
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                        const float *weight, const float *mean, const float *rstd, int N, int C);
+
 /* ---- rope.c ------------------------------------------------------------------ */
 /* Rotary embedding in Hugging Face's rotate_half convention: for each head, the pair is
  * (x[i], x[i + head_dim/2]), i < head_dim/2, rotated by angle pos * inv_freq[i].
@@ -56,7 +65,8 @@ void rope_backward(float *dx, const int32_t *pos, const float *cos_table, const 
  *  pos_i = pos[b*Tq + i] is its position inside its own packed example (pos == NULL means
  *  pos_i = a: attend to everything before). Scale is 1/sqrt(hd).
  *  lse saves each row's log-sum-exp of the scaled scores so backward can recompute the
- *  probabilities without storing the T x T matrix. lse may be NULL (inference). */
+ *  probabilities without storing the T x T matrix. lse may be NULL (inference).
+ *  Both are attention_*_opts with {.causal = 1, .pos = pos} (bit-identical to before the options). */
 int attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
                       int B, int Tq, int Tk, int n_head, int n_kv_head, int hd);
 /* Training case (Tq == Tk == T). dq, dk, dv accumulate. */
@@ -64,14 +74,65 @@ int attention_backward(float *dq, float *dk, float *dv, const float *dout, const
                        const float *v, const float *out, const float *lse, const int32_t *pos, int B, int T,
                        int n_head, int n_kv_head, int hd);
 
+/* The general form: the same kernel with every mask kind of the encoder and decoder architectures.
+ * Query row i of sequence b sits at absolute index a = Tk - Tq + i and sees exactly the keys j with
+ *   causal:  j <= a                       (causal = 0: bidirectional, BERT/RoBERTa/ViT)
+ *   pos:     j >= a - pos[b*Tq + i]       (packed examples; pos_i clamped to [0, a])
+ *   window:  j >  a - window              (window > 0: Mistral / Gemma2 sliding window)
+ *   kv_len:  j <  kv_len[b]               (key padding; a query with a >= kv_len[b] is padding
+ *                                          itself: its out row is 0, its lse 0, and it passes no
+ *                                          gradient to q, k or v)
+ * Scores are q.k * scale (scale = 0: 1/sqrt(hd); Gemma2: query_pre_attn_scalar^-1/2), then, when
+ * softcap > 0, softcap * tanh(score / softcap) (Gemma2's attn_logit_softcapping) before the
+ * softmax; lse is that of the final scores. The backward needs the same opts as the forward. */
+typedef struct attention_opts {
+    int causal;
+    const int32_t *pos;    /* [B, Tq] or NULL */
+    const int32_t *kv_len; /* [B] or NULL (all Tk keys) */
+    int window;            /* 0: none */
+    float softcap;         /* 0: none */
+    float scale;           /* 0: 1/sqrt(hd) */
+} attention_opts;
+int attention_forward_opts(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const attention_opts *opts, int B, int Tq, int Tk, int n_head, int n_kv_head, int hd);
+int attention_backward_opts(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                            const float *v, const float *out, const float *lse, const attention_opts *opts, int B,
+                            int T, int n_head, int n_kv_head, int hd);
+
 /* ---- swiglu.c ---------------------------------------------------------------- */
 /* out[N,F] = silu(gate[N,F]) * up[N,F], silu(x) = x * sigmoid(x). */
 void swiglu_forward(float *out, const float *gate, const float *up, int N, int F);
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int N, int F);
 
+/* ---- gelu.c ------------------------------------------------------------------ */
+/* kind: GELU_ERF = exact, 0.5 x (1 + erf(x/sqrt2)) (HF "gelu"); GELU_TANH = tanh approximation
+ * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (HF "gelu_new", "gelu_pytorch_tanh"). */
+enum { GELU_ERF = 0, GELU_TANH = 1 };
+/* out[N,F] = gelu(inp[N,F]) (out may alias inp); dinp[N,F] += dout * gelu'(inp). */
+void gelu_forward(float *out, const float *inp, int N, int F, int kind);
+void gelu_backward(float *dinp, const float *dout, const float *inp, int N, int F, int kind);
+/* GeGLU (Gemma): out[N,F] = gelu(gate[N,F]) * up[N,F]; dgate, dup accumulate (either may be NULL). */
+void geglu_forward(float *out, const float *gate, const float *up, int N, int F, int kind);
+void geglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int N, int F,
+                    int kind);
+
+/* ---- patch_embed.c ----------------------------------------------------------- */
+/* ViT patch embedding: Conv2d(Cin, C, kernel = stride = P) with bias on img[B, Cin, H, W], as
+ * tokens out[B, NP, C], NP = (H/P) * (W/P) (patches row-major). weight[C, Cin, P, P] is PyTorch's
+ * conv layout, bias[C] or NULL. cols[B*NP, Cin*P*P] (caller-provided) receives the im2col of the
+ * image and is what the backward reads. */
+void patch_embed_forward(float *out, float *cols, const float *img, const float *weight, const float *bias, int B,
+                         int Cin, int H, int W, int P, int C);
+/* dweight[C, Cin, P, P] +=, dbias[C] += (either may be NULL); no gradient for the image. */
+void patch_embed_backward(float *dweight, float *dbias, const float *dout, const float *cols, int B, int Cin, int H,
+                          int W, int P, int C);
+
 /* ---- embedding.c ------------------------------------------------------------- */
 /* out[N,C] = table[ids[n], :]. ids must be validated (< V) by the caller. */
 void embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
+/* out[N,C] += table[ids[n], :]: learned absolute positions (ids = positions) and token types,
+ * added onto the token embeddings. Its backward is embedding_backward with the same ids. */
+void embedding_add_forward(float *out, const int32_t *ids, const float *table, int N, int C);
 /* dtable[V,C] += scatter of dout[N,C] rows at ids. */
 void embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int C);
 
@@ -86,12 +147,21 @@ void crossentropy_backward(float *dlogits, const float *logits, const int32_t *t
 /* Both in one sweep, in place: losses[n] as crossentropy_forward, then logits[N,V] overwritten
  * with scale * (softmax - onehot(target)) (zeros on ignored rows). Returns the counted rows. */
 int crossentropy_fused(float *losses, float *logits, const int32_t *targets, float scale, int N, int V);
+/* The same with Gemma2's final-logit soft-capping: the loss is taken on cap * tanh(logits / cap)
+ * and logits[N,V] (raw on entry) are overwritten with the gradient with respect to the raw
+ * logits. cap <= 0: exactly crossentropy_fused. */
+int crossentropy_softcap_fused(float *losses, float *logits, const int32_t *targets, float cap, float scale, int N,
+                               int V);
 
 /* ---- elementwise.c ----------------------------------------------------------- */
 /* y[n] += x[n] (residual connections). */
 void add_inplace(float *y, const float *x, size_t n);
 /* y[n] = a * y[n] */
 void scale_inplace(float *y, float a, size_t n);
+/* Soft-capping (Gemma2's final logits): out[n] = cap * tanh(inp[n] / cap), out may alias inp;
+ * backward from the capped values: dinp[n] += dout[n] * (1 - (out[n] / cap)^2). */
+void softcap_forward(float *out, const float *inp, float cap, size_t n);
+void softcap_backward(float *dinp, const float *dout, const float *out, float cap, size_t n);
 /* dst[n] = bf16(src[n]), round to nearest even (16-bit storage of saved activations); and back. */
 void f32_to_bf16_array(uint16_t *dst, const float *src, size_t n);
 void bf16_to_f32_array(float *dst, const uint16_t *src, size_t n);

@@ -1,7 +1,10 @@
-/* decode.c: ids back to text through tokenizer.json's decoder chain, as HF tokenizers does it: ByteLevel (bytes of each run of vocabulary tokens, added tokens verbatim), Replace,
- * ByteFallback (<0xNN> runs to bytes), Fuse, Strip, Metaspace. Invalid UTF-8 becomes U+FFFD.
+/* decode.c: ids back to text through tokenizer.json's decoder chain, as HF tokenizers does it:
+ * ByteLevel (bytes of each run of vocabulary tokens, added tokens verbatim), Replace,
+ * ByteFallback (<0xNN> runs to bytes), Fuse, Strip, Metaspace, WordPiece ("##" pieces joined,
+ * a space before the others, its own `cleanup`). Invalid UTF-8 becomes U+FFFD.
  * tokenizer_config.json's clean_up_tokenization_spaces is not applied: transformers ignores it
- * for BPE tokenizers ("destructive for BPE"), and peft.c has only BPE. */
+ * for BPE tokenizers ("destructive for BPE"); for WordPiece it is the decoder's `cleanup`, which
+ * is what the tokenizers library applies. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,11 +57,17 @@ static int dec_one(peft_tokenizer *tok, const cJSON *o, const char *what, peft_e
         d.kind = TOK_DEC_METASPACE;
         d.a = strdup(r ? r : "\xe2\x96\x81"), d.an = strlen(r ? r : "\xe2\x96\x81");
         d.prefix = scheme ? strcmp(scheme, "never") != 0 : !cJSON_IsFalse(aps);
+    } else if (!strcmp(type, "WordPiece")) {
+        const char *pf = jstr(o, "prefix");
+        const cJSON *cleanup = cJSON_GetObjectItemCaseSensitive(o, "cleanup");
+        d.kind = TOK_DEC_WORDPIECE;
+        d.a = strdup(pf ? pf : "##"), d.an = strlen(pf ? pf : "##");
+        d.cleanup = !cJSON_IsFalse(cleanup);
     } else {
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: decoder \"%s\" is not supported", what, type);
     }
     tok_dec *g = realloc(tok->dec, (size_t)(tok->n_dec + 1) * sizeof *g);
-    if (!g || (d.kind == TOK_DEC_REPLACE && (!d.a || !d.b)) || ((d.kind == TOK_DEC_STRIP || d.kind == TOK_DEC_METASPACE) && !d.a)) {
+    if (!g || (d.kind == TOK_DEC_REPLACE && (!d.a || !d.b)) || ((d.kind == TOK_DEC_STRIP || d.kind == TOK_DEC_METASPACE || d.kind == TOK_DEC_WORDPIECE) && !d.a)) {
         free(d.a), free(d.b);
         if (g) tok->dec = g;
         return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", what);
@@ -142,6 +151,36 @@ static int replace_all(dpiece *p, const char *a, size_t an, const char *b, size_
     return 0;
 }
 
+/* The library's WordPiece cleanup: the spaces its joining put before punctuation and
+ * contractions, in this order. */
+static const char *const CLEANUP[][2] = {
+    {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
+    {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
+};
+
+/* WordPiece: after the first token, a token starting with the prefix loses it and any other gets
+ * a space before it; then each token is cleaned up. */
+static int wordpiece(const tok_dec *d, dpiece *v, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        dpiece *p = &v[i];
+        if (i && p->n >= d->an && !memcmp(p->s, d->a, d->an)) {
+            memmove(p->s, p->s + d->an, p->n - d->an + 1);
+            p->n -= d->an;
+        } else if (i) {
+            char *g = malloc(p->n + 2);
+            if (!g) return -1;
+            g[0] = ' ';
+            memcpy(g + 1, p->s, p->n + 1);
+            free(p->s);
+            p->s = g;
+            p->n++;
+        }
+        for (size_t k = 0; d->cleanup && k < sizeof CLEANUP / sizeof *CLEANUP; k++)
+            if (replace_all(p, CLEANUP[k][0], strlen(CLEANUP[k][0]), CLEANUP[k][1], strlen(CLEANUP[k][1]))) return -1;
+    }
+    return 0;
+}
+
 static int is_byte_token(const dpiece *p, unsigned *byte) {
     if (p->n != 6 || memcmp(p->s, "<0x", 3) || p->s[5] != '>') return 0;
     unsigned v = 0;
@@ -199,6 +238,8 @@ static int apply(const tok_dec *d, dpiece *v, size_t *n) {
             if (d->prefix && i == 0 && v[i].n && v[i].s[0] == ' ') memmove(v[i].s, v[i].s + 1, v[i].n--);
         }
         return 0;
+    case TOK_DEC_WORDPIECE:
+        return wordpiece(d, v, *n);
     case TOK_DEC_FUSE: {
         if (*n <= 1) return 0;
         sbuf o = {0};

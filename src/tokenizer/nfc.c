@@ -1,5 +1,5 @@
-/* nfc.c: canonical decomposition, canonical ordering, then primary composition (UAX #15),
- * with Hangul syllables handled algorithmically. */
+/* nfc.c: canonical decomposition, canonical ordering, then (NFC) primary composition (UAX #15),
+ * with Hangul syllables handled algorithmically; lookups of the BERT classes and lowercase. */
 #include "nfc.h"
 
 #include <stdlib.h>
@@ -55,6 +55,12 @@ int nfc_is_trivial(const char *s, size_t n) {
     return 1;
 }
 
+int nfd_is_trivial(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] >= 0xC3) return 0;
+    return 1;
+}
+
 typedef struct { uint32_t *cp, *off; size_t n, cap; } cpbuf;
 
 static int push(cpbuf *b, uint32_t cp, uint32_t off) {
@@ -72,20 +78,22 @@ static int push(cpbuf *b, uint32_t cp, uint32_t off) {
     return 0;
 }
 
-static int decompose(cpbuf *b, uint32_t cp, uint32_t off) {
+/* atomic: leave the UNI_BERT_ATOMIC characters whole (NFD as the tokenizers library has it) */
+static int decompose(cpbuf *b, uint32_t cp, uint32_t off, int atomic) {
     if (cp >= SBASE && cp < SBASE + SCOUNT) {
         uint32_t s = cp - SBASE, t = s % TCOUNT;
         if (push(b, LBASE + s / NCOUNT, off) || push(b, VBASE + (s % NCOUNT) / TCOUNT, off)) return -1;
         return t ? push(b, TBASE + t, off) : 0;
     }
-    const nfc_decomp *d = cp >= 0xC0 ? decomp_of(cp) : NULL;
+    const nfc_decomp *d = cp >= 0xC0 && !(atomic && (uni_bert_flags(cp) & UNI_BERT_ATOMIC)) ? decomp_of(cp) : NULL;
     if (!d) return push(b, cp, off);
-    if (decompose(b, d->a, off)) return -1;
-    return d->b ? decompose(b, d->b, off) : 0;
+    if (decompose(b, d->a, off, atomic)) return -1;
+    return d->b ? decompose(b, d->b, off, atomic) : 0;
 }
 
-int nfc_normalize(const char *s, size_t n, const uint32_t *align, uint32_t base, char **out,
-                  size_t *out_n, uint32_t **out_align) {
+/* NFC (compose) or the library's NFD (!compose) of s[0..n). */
+static int normalize(const char *s, size_t n, const uint32_t *align, uint32_t base, int compose_, char **out,
+                     size_t *out_n, uint32_t **out_align) {
     cpbuf b = {0};
     int rc = -1;
     char *o = NULL;
@@ -93,7 +101,7 @@ int nfc_normalize(const char *s, size_t n, const uint32_t *align, uint32_t base,
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t k = utf8_decode(s + i, n - i, &cp);
-        if (decompose(&b, cp, align ? align[i] : base + (uint32_t)i)) goto done;
+        if (decompose(&b, cp, align ? align[i] : base + (uint32_t)i, !compose_)) goto done;
         i += k;
     }
     /* Canonical ordering: a stable insertion sort of each run of non-starters by class. */
@@ -115,7 +123,7 @@ int nfc_normalize(const char *s, size_t n, const uint32_t *align, uint32_t base,
     for (size_t i = 0; i < b.n; i++) {
         uint32_t cp = b.cp[i];
         int c = ccc_of(cp);
-        if (starter >= 0 && (last < c || (last == 0 && (size_t)starter == m - 1))) {
+        if (compose_ && starter >= 0 && (last < c || (last == 0 && (size_t)starter == m - 1))) {
             uint32_t comp = compose(b.cp[starter], cp);
             if (comp) {
                 b.cp[starter] = comp;
@@ -147,4 +155,45 @@ done:
     free(b.cp);
     free(b.off);
     return rc;
+}
+
+int nfc_normalize(const char *s, size_t n, const uint32_t *align, uint32_t base, char **out, size_t *out_n,
+                  uint32_t **out_align) {
+    return normalize(s, n, align, base, 1, out, out_n, out_align);
+}
+
+int nfd_normalize(const char *s, size_t n, const uint32_t *align, uint32_t base, char **out, size_t *out_n,
+                  uint32_t **out_align) {
+    return normalize(s, n, align, base, 0, out, out_n, out_align);
+}
+
+int uni_bert_flags(uint32_t cp) {
+    int lo = 0, hi = uni_bert_n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < uni_bert[mid].lo) hi = mid - 1;
+        else if (cp > uni_bert[mid].hi) lo = mid + 1;
+        else return uni_bert[mid].flags;
+    }
+    return 0;
+}
+
+int uni_lowercase(uint32_t cp, uint32_t lo[2]) {
+    lo[0] = cp;
+    if (cp < 0x80) {
+        if (cp >= 'A' && cp <= 'Z') lo[0] = cp + 32;
+        return 1;
+    }
+    int l = 0, h = uni_lowers_n - 1;
+    while (l <= h) {
+        int mid = (l + h) / 2;
+        if (cp < uni_lowers[mid].cp) h = mid - 1;
+        else if (cp > uni_lowers[mid].cp) l = mid + 1;
+        else {
+            lo[0] = uni_lowers[mid].a;
+            lo[1] = uni_lowers[mid].b;
+            return lo[1] ? 2 : 1;
+        }
+    }
+    return 1;
 }

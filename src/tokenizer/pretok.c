@@ -2,9 +2,11 @@
  * (the text between two added tokens). Each step keeps, for every byte it produces, the offset
  * of the original byte it came from, so tokens can be traced back to the text (loss masks).
  *
- * Handled: normalizers Sequence, NFC, Prepend, Replace (String), Lowercase (ASCII), Strip;
- * pre-tokenizers Sequence, Split (Regex or String; every behavior; invert), ByteLevel
- * (add_prefix_space, use_regex with the GPT-2 pattern), Metaspace, Digits. Regexes run on
+ * Handled: normalizers Sequence, NFC, Prepend, Replace (String), Lowercase, Strip, BertNormalizer
+ * (clean_text, handle_chinese_chars, strip_accents, lowercase); pre-tokenizers Sequence, Split
+ * (Regex or String; every behavior; invert), ByteLevel (add_prefix_space, use_regex with the GPT-2
+ * pattern), Metaspace, Digits, BertPreTokenizer. The BERT steps and Lowercase use the character
+ * classes of the tokenizers library (nfc.h: uni_bert_flags, uni_lowercase). Regexes run on
  * PCRE2 (JIT) in UTF + UCP mode: \p{L}, \p{N} and \s are Unicode classes, lookaheads work. */
 #include <ctype.h>
 #include <stdlib.h>
@@ -45,6 +47,7 @@ void tok_scratch_free(tok_scratch *sc) {
     free(sc->prev);
     free(sc->next);
     free(sc->heap);
+    free(sc->buf);
     if (sc->md) pcre2_match_data_free(sc->md);
     memset(sc, 0, sizeof *sc);
 }
@@ -106,7 +109,15 @@ static int norm_one(peft_tokenizer *tok, const cJSON *o, const char *what, peft_
         n.a = dup_n(from, n.an = strlen(from));
         n.b = dup_n(to, n.bn = strlen(to));
     } else if (!strcmp(type, "Lowercase")) {
-        n.kind = TOK_NORM_LOWERCASE;
+        n.kind = TOK_NORM_BERT;
+        n.lowercase = 1;
+    } else if (!strcmp(type, "BertNormalizer")) {
+        const cJSON *sa = cJSON_GetObjectItemCaseSensitive(o, "strip_accents");
+        n.kind = TOK_NORM_BERT;
+        n.clean = jbool(o, "clean_text", 1);
+        n.chinese = jbool(o, "handle_chinese_chars", 1);
+        n.lowercase = jbool(o, "lowercase", 1);
+        n.strip_accents = cJSON_IsBool(sa) ? cJSON_IsTrue(sa) : n.lowercase; /* null: as lowercase */
     } else if (!strcmp(type, "Strip")) {
         n.kind = TOK_NORM_STRIP;
         n.left = jbool(o, "strip_left", 1);
@@ -127,19 +138,64 @@ int tok_parse_normalizer(peft_tokenizer *tok, const void *cjson, const char *wha
     return flatten(tok, cjson, "normalizers", norm_one, what, err);
 }
 
+/* Hands an output of nfc_normalize / nfd_normalize to sc and makes it the piece. */
+static int keep_normalized(tok_scratch *sc, tok_piece *p, char *o, size_t on, uint32_t *a) {
+    if (tok_scratch_keep(sc, o)) return free(a), -1;
+    if (tok_scratch_keep(sc, a)) return -1;
+    p->s = o, p->n = on, p->align = a;
+    return 0;
+}
+
+/* One pass over the characters of p into sc memory (at most 3 output bytes per input byte):
+ * stage 0 is clean_text and handle_chinese_chars, stage 1 the removal of nonspacing marks (after
+ * NFD) and lowercase, in the order of the library's BertNormalizer. */
+static int bert_pass(const tok_norm *nm, tok_scratch *sc, tok_piece *p, int stage) {
+    char *o = tok_scratch_alloc(sc, 3 * p->n + 1);
+    uint32_t *a = tok_scratch_alloc(sc, (3 * p->n + 1) * sizeof *a);
+    if (!o || !a) return -1;
+    size_t w = 0;
+    for (size_t i = 0; i < p->n;) {
+        uint32_t cp, cps[3];
+        size_t k = utf8_decode(p->s + i, p->n - i, &cp);
+        int f = uni_bert_flags(cp), m = 1;
+        cps[0] = cp;
+        if (stage == 0 && nm->clean && (f & UNI_BERT_DROP)) m = 0;
+        else if (stage == 0 && nm->clean && (f & UNI_BERT_SPACE)) cps[0] = ' ';
+        else if (stage == 0 && nm->chinese && (f & UNI_BERT_CJK)) cps[0] = ' ', cps[1] = cp, cps[2] = ' ', m = 3;
+        else if (stage == 1 && nm->strip_accents && (f & UNI_BERT_MN)) m = 0;
+        else if (stage == 1 && nm->lowercase) m = uni_lowercase(cp, cps);
+        uint32_t orig = tok_piece_orig(p, i);
+        for (int j = 0; j < m; j++) {
+            size_t e = utf8_encode(cps[j], o + w);
+            while (e--) a[w++] = orig;
+        }
+        i += k;
+    }
+    p->s = o, p->n = w, p->align = a;
+    return 0;
+}
+
+static int bert_normalize(const tok_norm *nm, tok_scratch *sc, tok_piece *p) {
+    if ((nm->clean || nm->chinese) && bert_pass(nm, sc, p, 0)) return -1;
+    if (nm->strip_accents && !nfd_is_trivial(p->s, p->n)) {
+        char *o;
+        uint32_t *a;
+        size_t on;
+        if (nfd_normalize(p->s, p->n, p->align, p->base, &o, &on, &a) || keep_normalized(sc, p, o, on, a)) return -1;
+    }
+    return (nm->strip_accents || nm->lowercase) ? bert_pass(nm, sc, p, 1) : 0;
+}
+
 /* Applies one normalizer to p, writing a new piece into sc memory. Returns 0 or -1 (memory). */
 static int normalize(const tok_norm *nm, tok_scratch *sc, tok_piece *p) {
     size_t n = p->n;
+    if (nm->kind == TOK_NORM_BERT) return bert_normalize(nm, sc, p);
     if (nm->kind == TOK_NORM_NFC) {
         if (nfc_is_trivial(p->s, n)) return 0;
         char *o;
         uint32_t *a;
         size_t on;
-        if (nfc_normalize(p->s, n, p->align, p->base, &o, &on, &a)) return -1;
-        if (tok_scratch_keep(sc, o)) return free(a), -1;
-        if (tok_scratch_keep(sc, a)) return -1;
-        p->s = o, p->n = on, p->align = a;
-        return 0;
+        return nfc_normalize(p->s, n, p->align, p->base, &o, &on, &a) || keep_normalized(sc, p, o, on, a) ? -1 : 0;
     }
     if (nm->kind == TOK_NORM_STRIP) {
         size_t b = 0, e = n;
@@ -176,8 +232,6 @@ static int normalize(const tok_norm *nm, tok_scratch *sc, tok_piece *p) {
                 i++;
             }
         }
-    } else { /* LOWERCASE: ASCII only */
-        for (size_t i = 0; i < n; i++) o[w] = (char)tolower((unsigned char)p->s[i]), a[w++] = tok_piece_orig(p, i);
     }
     p->s = o, p->n = w, p->align = a;
     return 0;
@@ -232,6 +286,8 @@ static int pre_one(peft_tokenizer *tok, const cJSON *o, const char *what, peft_e
         p.prepend_scheme = jbool(o, "add_prefix_space", 1) ? TOK_PREPEND_ALWAYS : TOK_PREPEND_NEVER;
         if (scheme) p.prepend_scheme = !strcmp(scheme, "first") ? TOK_PREPEND_FIRST : !strcmp(scheme, "never") ? TOK_PREPEND_NEVER : TOK_PREPEND_ALWAYS;
         p.split = jbool(o, "split", 1);
+    } else if (!strcmp(type, "BertPreTokenizer")) {
+        p.kind = TOK_PRE_BERT;
     } else if (!strcmp(type, "Digits")) {
         p.kind = TOK_PRE_DIGITS;
         p.individual_digits = jbool(o, "individual_digits", 0);
@@ -392,8 +448,25 @@ static int digits(run_ctx *c, int step, const tok_piece *p, int individual) {
     return 0;
 }
 
+/* BertPreTokenizer: words split at whitespace (removed), each punctuation character a piece. */
+static int bert_pre(run_ctx *c, int step, const tok_piece *p) {
+    size_t b = 0;
+    for (size_t i = 0; i < p->n;) {
+        uint32_t cp;
+        size_t k = utf8_decode(p->s + i, p->n - i, &cp);
+        int f = uni_bert_flags(cp);
+        if (f & (UNI_BERT_WS | UNI_BERT_PUNCT)) {
+            if (emit(c, step, p, b, i) || ((f & UNI_BERT_PUNCT) && emit(c, step, p, i, i + k))) return -1;
+            b = i + k;
+        }
+        i += k;
+    }
+    return emit(c, step, p, b, p->n);
+}
+
 static int run_pre(run_ctx *c, int step, tok_piece p) {
-    if (step == c->tok->n_pre) return tok_bpe_piece(c->tok, c->sc, &p, c->out);
+    if (step == c->tok->n_pre)
+        return c->tok->wordpiece ? tok_wordpiece_piece(c->tok, c->sc, &p, c->out) : tok_bpe_piece(c->tok, c->sc, &p, c->out);
     const tok_pre *pr = &c->tok->pre[step];
     switch (pr->kind) {
     case TOK_PRE_SPLIT:
@@ -412,6 +485,8 @@ static int run_pre(run_ctx *c, int step, tok_piece p) {
         return pr->re ? split_regex(c, step, &p, pr->re, TOK_SPLIT_ISOLATED, 0) : run_pre(c, step + 1, p);
     case TOK_PRE_METASPACE:
         return metaspace(c, step, &p, pr);
+    case TOK_PRE_BERT:
+        return bert_pre(c, step, &p);
     default:
         return digits(c, step, &p, pr->individual_digits);
     }

@@ -1,5 +1,6 @@
 /* tok_internal.h: the parts of a loaded tokenizer shared by tokenizer.c (loading, encoding),
- * bpe.c (vocabulary maps, merges), pretok.c (normalizers, pre-tokenizers) and decode.c. */
+ * bpe.c (vocabulary maps, merges), wordpiece.c, pretok.c (normalizers, pre-tokenizers) and
+ * decode.c. */
 #ifndef PEFT_TOKENIZER_TOK_INTERNAL_H
 #define PEFT_TOKENIZER_TOK_INTERNAL_H
 
@@ -37,15 +38,17 @@ int tok_mergemap_put(tok_mergemap *m, int32_t a, int32_t b, uint32_t rank, int32
 /* Returns 1 and fills rank/merged when the pair merges. */
 int tok_mergemap_get(const tok_mergemap *m, int32_t a, int32_t b, uint32_t *rank, int32_t *merged);
 
-enum { TOK_NORM_NFC, TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_LOWERCASE, TOK_NORM_STRIP };
+/* BERT is BertNormalizer, and Lowercase as a BertNormalizer with only `lowercase` */
+enum { TOK_NORM_NFC, TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_BERT, TOK_NORM_STRIP };
 typedef struct tok_norm {
     int kind;
     char *a, *b; /* PREPEND: a; REPLACE: a -> b (literal) */
     size_t an, bn;
     int left, right; /* STRIP */
+    int clean, chinese, strip_accents, lowercase; /* BERT */
 } tok_norm;
 
-enum { TOK_PRE_SPLIT, TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_DIGITS };
+enum { TOK_PRE_SPLIT, TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_DIGITS, TOK_PRE_BERT };
 enum { TOK_SPLIT_REMOVED, TOK_SPLIT_ISOLATED, TOK_SPLIT_MERGED_PREV, TOK_SPLIT_MERGED_NEXT, TOK_SPLIT_CONTIGUOUS };
 enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
 typedef struct tok_pre {
@@ -59,14 +62,25 @@ typedef struct tok_pre {
     int individual_digits;  /* DIGITS */
 } tok_pre;
 
-enum { TOK_DEC_BYTELEVEL, TOK_DEC_REPLACE, TOK_DEC_BYTEFALLBACK, TOK_DEC_FUSE, TOK_DEC_STRIP, TOK_DEC_METASPACE };
+enum { TOK_DEC_BYTELEVEL, TOK_DEC_REPLACE, TOK_DEC_BYTEFALLBACK, TOK_DEC_FUSE, TOK_DEC_STRIP, TOK_DEC_METASPACE,
+       TOK_DEC_WORDPIECE };
 typedef struct tok_dec {
     int kind;
-    char *a, *b; /* REPLACE: a -> b; STRIP: a is the character; METASPACE: a is the replacement */
+    char *a, *b; /* REPLACE: a -> b; STRIP: a is the character; METASPACE: a is the replacement;
+                  * WORDPIECE: a is the prefix */
     size_t an, bn;
     int start, stop; /* STRIP */
     int prefix;      /* METASPACE: strip the space its prefix added */
+    int cleanup;     /* WORDPIECE: undo the spaces before punctuation and contractions */
 } tok_dec;
+
+/* One piece of a post-processor's template: a sequence (seq 0: A, 1: B) or a special token id
+ * (seq -1); type_id is what every token of the piece gets. */
+typedef struct tok_post_piece {
+    int seq;
+    int32_t id;
+    uint32_t type_id;
+} tok_post_piece;
 
 enum { TOK_ADDED = 1, TOK_SPECIAL = 2 };
 
@@ -114,6 +128,9 @@ struct peft_tokenizer {
     int byte_fallback, fuse_unk, ignore_merges;
     int sp_word_split; /* words may be cut before U+2581 (see tok_bpe_piece) */
     int32_t unk_id;
+    int wordpiece;         /* the model is WordPiece (wordpiece.c), not BPE */
+    char *wp_prefix;       /* WordPiece continuing_subword_prefix */
+    size_t wp_prefix_n, wp_max_chars;
 
     tok_added *added; /* the n_raw_added non-normalized ones, then the normalized ones */
     int n_added, n_raw_added;
@@ -126,8 +143,8 @@ struct peft_tokenizer {
     int n_pre;
     tok_dec *dec;
     int n_dec;
-    int32_t *post_prefix, *post_suffix; /* ids the post-processor puts around one sequence */
-    int n_post_prefix, n_post_suffix;
+    tok_post_piece *post[2]; /* the post-processor's templates for one sequence [0] and a pair [1] */
+    int n_post[2];
 
     int32_t bos_id, eos_id, pad_id;
     char *bos_text, *eos_text, *chat_template;
@@ -163,6 +180,8 @@ typedef struct tok_scratch {
     struct tok_heap_entry *heap;
     size_t heap_cap;
     pcre2_match_data *md;
+    char *buf; /* WordPiece keys */
+    size_t buf_cap;
     /* buffers owned by normalizers and pre-tokenizers, freed at the end of the call */
     void **blocks;
     size_t n_blocks, cap_blocks;
@@ -176,10 +195,17 @@ void tok_scratch_free(tok_scratch *sc);
  * of memory. */
 int tok_bpe_piece(const peft_tokenizer *tok, tok_scratch *sc, const tok_piece *p, tok_out *out);
 
+/* wordpiece.c: reads the WordPiece fields of the model object (after its vocabulary is in
+ * tok->vocab); then cuts one pre-tokenized word and appends its ids to out (0, or -1 when out of
+ * memory). */
+int tok_wordpiece_load(peft_tokenizer *tok, const void *model_cjson, const char *what, peft_err *err);
+int tok_wordpiece_piece(const peft_tokenizer *tok, tok_scratch *sc, const tok_piece *p, tok_out *out);
+
 /* pretok.c */
 int tok_parse_normalizer(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
 int tok_parse_pre_tokenizer(peft_tokenizer *tok, const void *cjson, const char *what, peft_err *err);
-/* Normalizes and pre-tokenizes one section of text between added tokens, then BPEs each piece.
+/* Normalizes and pre-tokenizes one section of text between added tokens, then runs the model
+ * (BPE or WordPiece) on each piece.
  * first: the section starts the text (Metaspace's prepend_scheme "first"). Returns 0 or -1
  * (out of memory). */
 int tok_encode_section(const peft_tokenizer *tok, tok_scratch *sc, const char *s, size_t n, uint32_t base,

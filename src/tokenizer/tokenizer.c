@@ -1,7 +1,8 @@
 /* tokenizer.c: loading tokenizer.json / tokenizer_config.json, and the encode pipeline:
  * added tokens are cut out of the raw text first (leftmost-longest, found with a trie, trie.c;
  * never split), each section in between is normalized, pre-tokenized and merged (pretok.c,
- * bpe.c), then the post-processor's tokens (BOS...) go around the sequence. */
+ * bpe.c or wordpiece.c), then the post-processor's template puts its tokens (BOS, [CLS]/[SEP]...)
+ * around the sequence, or the pair of sequences, and gives each token its type id. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,11 +195,64 @@ static int build_matcher(peft_tokenizer *t, const char *path, peft_err *err) {
     return 0;
 }
 
-static int push_id(int32_t **v, int *n, int32_t id) {
-    int32_t *g = realloc(*v, (size_t)(*n + 1) * sizeof *g);
+static int push_piece(peft_tokenizer *t, int pair, int seq, int32_t id, uint32_t type_id) {
+    tok_post_piece *g = realloc(t->post[pair], (size_t)(t->n_post[pair] + 1) * sizeof *g);
     if (!g) return -1;
-    g[(*n)++] = id;
-    *v = g;
+    g[t->n_post[pair]++] = (tok_post_piece){seq, id, type_id};
+    t->post[pair] = g;
+    return 0;
+}
+
+/* BertProcessing and RobertaProcessing as templates: [CLS] A [SEP] (B [SEP]) with B's part of
+ * type 1; <s> A </s> (</s> B </s>), every type 0 ("Roberta is weird", says the library). */
+static int parse_cls_sep(peft_tokenizer *t, const cJSON *o, const char *ty, const char *path, peft_err *err) {
+    const cJSON *cls = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "cls"), 1);
+    const cJSON *sep = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "sep"), 1);
+    if (!cJSON_IsNumber(cls) || !cJSON_IsNumber(sep))
+        return peft_fail(err, PEFT_EFORMAT, "%s: %s without cls/sep", path, ty);
+    /* the ids are emitted as they are: they must be ids of the vocabulary */
+    if (cls->valuedouble < 0 || cls->valuedouble >= t->n_ids || sep->valuedouble < 0 || sep->valuedouble >= t->n_ids)
+        return peft_fail(err, PEFT_EFORMAT, "%s: %s has a cls/sep id outside the vocabulary", path, ty);
+    int32_t c = cls->valueint, e = sep->valueint;
+    uint32_t b = strcmp(ty, "RobertaProcessing") ? 1 : 0;
+    int rc = push_piece(t, 0, -1, c, 0) || push_piece(t, 0, 0, 0, 0) || push_piece(t, 0, -1, e, 0) ||
+             push_piece(t, 1, -1, c, 0) || push_piece(t, 1, 0, 0, 0) || push_piece(t, 1, -1, e, 0) ||
+             (!b && push_piece(t, 1, -1, e, 0)) || push_piece(t, 1, 1, 0, b) || push_piece(t, 1, -1, e, b);
+    return rc ? peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path) : 0;
+}
+
+/* One of TemplateProcessing's templates ("single" or "pair": lists of {"SpecialToken": {"id",
+ * "type_id"}} and {"Sequence": {"id": "A" | "B", "type_id"}}) into t->post[pair]. */
+static int parse_template(peft_tokenizer *t, const cJSON *tmpl, const cJSON *specials, int pair, const char *path, peft_err *err) {
+    const char *name = pair ? "pair" : "single";
+    const cJSON *it;
+    int seen[2] = {0, 0};
+    cJSON_ArrayForEach(it, tmpl) {
+        const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "SpecialToken"), *sq = cJSON_GetObjectItemCaseSensitive(it, "Sequence");
+        const cJSON *piece = sp ? sp : sq, *id = cJSON_GetObjectItemCaseSensitive(piece, "id");
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(piece, "type_id");
+        if (!cJSON_IsString(id) || (type && !(cJSON_IsNumber(type) && type->valuedouble >= 0 && type->valuedouble <= 1e6)))
+            return peft_fail(err, PEFT_EFORMAT, "%s: post_processor's %s template has a piece without an id or with a bad type_id", path, name);
+        uint32_t type_id = type ? (uint32_t)type->valuedouble : 0;
+        if (sq) {
+            int seq = !strcmp(id->valuestring, "A") ? 0 : !strcmp(id->valuestring, "B") ? 1 : -1;
+            if (seq < 0 || (seq && !pair) || seen[seq]++)
+                return peft_fail(err, PEFT_EFORMAT, "%s: post_processor's %s template has sequence \"%s\" misplaced or repeated", path, name, id->valuestring);
+            if (push_piece(t, pair, seq, 0, type_id)) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
+            continue;
+        }
+        const cJSON *def = cJSON_GetObjectItemCaseSensitive(specials, id->valuestring);
+        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(def, "ids"), *v;
+        if (!cJSON_IsArray(ids))
+            return peft_fail(err, PEFT_EFORMAT, "%s: post_processor names special token \"%s\" it does not define", path, id->valuestring);
+        cJSON_ArrayForEach(v, ids) {
+            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= t->n_ids)
+                return peft_fail(err, PEFT_EFORMAT, "%s: post_processor has a bad id", path);
+            if (push_piece(t, pair, -1, v->valueint, type_id)) return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
+        }
+    }
+    if (!seen[0] || (pair && !seen[1]))
+        return peft_fail(err, PEFT_EFORMAT, "%s: post_processor's %s template lacks sequence %s", path, name, seen[0] ? "B" : "A");
     return 0;
 }
 
@@ -215,42 +269,31 @@ static int parse_post(peft_tokenizer *t, const cJSON *o, const char *path, peft_
         }
         return 0;
     }
-    if (!strcmp(ty, "RobertaProcessing") || !strcmp(ty, "BertProcessing")) {
-        const cJSON *cls = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "cls"), 1);
-        const cJSON *sep = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "sep"), 1);
-        if (!cJSON_IsNumber(cls) || !cJSON_IsNumber(sep))
-            return peft_fail(err, PEFT_EFORMAT, "%s: %s without cls/sep", path, ty);
-        /* the ids are emitted as they are: they must be ids of the vocabulary */
-        if (cls->valuedouble < 0 || cls->valuedouble >= t->n_ids || sep->valuedouble < 0 || sep->valuedouble >= t->n_ids)
-            return peft_fail(err, PEFT_EFORMAT, "%s: %s has a cls/sep id outside the vocabulary", path, ty);
-        if (push_id(&t->post_prefix, &t->n_post_prefix, cls->valueint) ||
-            push_id(&t->post_suffix, &t->n_post_suffix, sep->valueint))
-            return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
-        return 0;
+    int known = !strcmp(ty, "RobertaProcessing") || !strcmp(ty, "BertProcessing") || !strcmp(ty, "TemplateProcessing");
+    if (!known) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: post_processor \"%s\" is not supported", path, ty);
+    if (t->n_post[0])
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: a Sequence of post-processors that add tokens twice is not supported", path);
+    if (strcmp(ty, "TemplateProcessing")) return parse_cls_sep(t, o, ty, path, err);
+    const cJSON *specials = cJSON_GetObjectItemCaseSensitive(o, "special_tokens");
+    const cJSON *pair = cJSON_GetObjectItemCaseSensitive(o, "pair");
+    int rc = parse_template(t, cJSON_GetObjectItemCaseSensitive(o, "single"), specials, 0, path, err);
+    if (!rc && cJSON_GetArraySize(pair) > 0) return parse_template(t, pair, specials, 1, path, err);
+    /* without a pair template (none, or [], as gguf_vocab.c and some files write): the single one
+     * with B (type 1) after A */
+    for (int i = 0; !rc && i < t->n_post[0]; i++) {
+        tok_post_piece q = t->post[0][i];
+        if (push_piece(t, 1, q.seq, q.id, q.type_id) || (q.seq == 0 && push_piece(t, 1, 1, 0, 1)))
+            rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
     }
-    if (strcmp(ty, "TemplateProcessing"))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: post_processor \"%s\" is not supported", path, ty);
-    const cJSON *single = cJSON_GetObjectItemCaseSensitive(o, "single"), *specials = cJSON_GetObjectItemCaseSensitive(o, "special_tokens"), *it;
-    int seen_a = 0;
-    cJSON_ArrayForEach(it, single) {
-        const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "SpecialToken");
-        if (!sp) {
-            seen_a = 1;
-            continue;
-        }
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(sp, "id");
-        const cJSON *def = cJSON_IsString(name) ? cJSON_GetObjectItemCaseSensitive(specials, name->valuestring) : NULL;
-        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(def, "ids"), *id;
-        if (!cJSON_IsArray(ids))
-            return peft_fail(err, PEFT_EFORMAT, "%s: post_processor names special token \"%s\" it does not define", path,
-                             cJSON_IsString(name) ? name->valuestring : "?");
-        cJSON_ArrayForEach(id, ids) {
-            if (!cJSON_IsNumber(id) || id->valueint < 0 || id->valueint >= t->n_ids)
-                return peft_fail(err, PEFT_EFORMAT, "%s: post_processor has a bad id", path);
-            if (seen_a ? push_id(&t->post_suffix, &t->n_post_suffix, id->valueint) : push_id(&t->post_prefix, &t->n_post_prefix, id->valueint))
-                return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
-        }
-    }
+    return rc;
+}
+
+/* Without a post-processor that adds tokens: A alone, or A then B (type 1), as the library's
+ * default processing gives. */
+static int default_post(peft_tokenizer *t, const char *path, peft_err *err) {
+    if (t->n_post[0]) return 0;
+    if (push_piece(t, 0, 0, 0, 0) || push_piece(t, 1, 0, 0, 0) || push_piece(t, 1, 1, 0, 1))
+        return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", path);
     return 0;
 }
 
@@ -302,12 +345,15 @@ static int load_model(tok_full *f, const cJSON *root, const char *path, peft_err
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *it;
-    if (cJSON_IsString(type) && strcmp(type->valuestring, "BPE"))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: model type \"%s\" is not supported (only BPE)", path, type->valuestring);
-    if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges))
+    int wordpiece = cJSON_IsString(type) && !strcmp(type->valuestring, "WordPiece");
+    if (cJSON_IsString(type) && strcmp(type->valuestring, "BPE") && !wordpiece)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: model type \"%s\" is not supported (only BPE and WordPiece)", path, type->valuestring);
+    if (wordpiece && !cJSON_IsObject(vocab))
+        return peft_fail(err, PEFT_EFORMAT, "%s: WordPiece model has no \"vocab\" object", path);
+    if (!wordpiece && (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges)))
         return peft_fail(err, PEFT_EFORMAT, "%s: model has no \"vocab\" object or \"merges\" list", path);
     const char *sfx[] = {"continuing_subword_prefix", "end_of_word_suffix"};
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2 && !wordpiece; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, sfx[i]);
         if (cJSON_IsString(v) && v->valuestring[0])
             return peft_fail(err, PEFT_EUNSUPPORTED, "%s: BPE with a %s is not supported", path, sfx[i]);
@@ -345,11 +391,11 @@ static int load_model(tok_full *f, const cJSON *root, const char *path, peft_err
     t->byte_fallback = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"));
     t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "fuse_unk"));
     t->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
-    int rc = load_merges(f, merges, path, err);
+    int rc = wordpiece ? tok_wordpiece_load(t, model, path, err) : load_merges(f, merges, path, err);
     if (!rc && cJSON_IsArray(added)) rc = load_added(f, added, path, err);
     if (!rc) rc = build_matcher(t, path, err);
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
-    if (!rc && cJSON_IsString(unk)) t->unk_id = peft_tokenizer_token_id(t, unk->valuestring);
+    if (!rc && !wordpiece && cJSON_IsString(unk)) t->unk_id = peft_tokenizer_token_id(t, unk->valuestring);
     return rc;
 }
 
@@ -370,8 +416,9 @@ void peft_tokenizer_free(peft_tokenizer *tok) {
     tok_free_steps(tok);
     for (int i = 0; i < tok->n_dec; i++) free(tok->dec[i].a), free(tok->dec[i].b);
     free(tok->dec);
-    free(tok->post_prefix);
-    free(tok->post_suffix);
+    free(tok->post[0]);
+    free(tok->post[1]);
+    free(tok->wp_prefix);
     free(tok->bos_text);
     free(tok->eos_text);
     free(tok->chat_template);
@@ -396,6 +443,7 @@ int peft_tokenizer_load_json(const char *tokenizer_json, size_t len, const char 
     if (!rc) rc = tok_parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), path, err);
     if (!rc) rc = load_model(f, root, path, err);
     if (!rc) rc = parse_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), path, err);
+    if (!rc) rc = default_post(t, path, err);
     cJSON_Delete(root);
     if (!rc && config_json) rc = load_config(f, config_json, config_len, cfg_path, err);
     if (rc) {
@@ -519,32 +567,66 @@ static int split_added(const peft_tokenizer *t, tok_scratch *sc, int pass, const
     return rc;
 }
 
+/* Encodes n_seq (1 or 2) texts and puts them together as the post-processor's template says
+ * (its special tokens only with add_special): ids and spans into *out, and the type ids into
+ * *types when it is not NULL. A special token gets an empty span at the start of the text, or
+ * at its end once the text's own tokens are out. */
+static int encode_template(const peft_tokenizer *t, const char *const text[2], const size_t len[2], int n_seq,
+                           int add_special, tok_out *out, uint32_t **types, peft_err *err) {
+    tok_out seq[2] = {{0}};
+    tok_scratch sc = {0};
+    int rc = 0;
+    for (int k = 0; k < n_seq && !rc; k++) {
+        if (len[k] > UINT32_MAX - 16) rc = peft_fail(err, PEFT_EINVAL, "tokenizer: text of %zu bytes is too long", len[k]);
+        for (size_t i = 0; i < len[k] && !rc;) {
+            size_t c = utf8_valid_len(text[k] + i, len[k] - i);
+            if (!c) rc = peft_fail(err, PEFT_EINVAL, "tokenizer: %stext is not valid UTF-8 at byte %zu", k ? "second " : "", i);
+            i += c;
+        }
+        if (!rc) rc = split_added(t, &sc, 0, text[k], 0, len[k], &seq[k], err);
+    }
+    tok_scratch_free(&sc);
+    const tok_post_piece *tmpl = t->post[n_seq - 1];
+    int n_tmpl = t->n_post[n_seq - 1], done = 0; /* done: the sequences before this piece are out */
+    size_t n_types = 0;
+    for (int i = 0; i < n_tmpl && !rc; i++) {
+        const tok_post_piece *q = &tmpl[i];
+        const tok_out *s = q->seq >= 0 ? &seq[q->seq] : NULL;
+        if (!s && !add_special) continue;
+        for (size_t j = 0; j < (s ? s->n : 1) && !rc; j++) {
+            uint32_t at = done ? (uint32_t)len[n_seq - 1] : 0;
+            if (s ? tok_out_push(out, s->ids[j], s->start[j], s->end[j]) : tok_out_push(out, q->id, at, at)) rc = -1;
+        }
+        done |= q->seq >= 0;
+        if (!rc && types) {
+            uint32_t *g = realloc(*types, (out->n ? out->n : 1) * sizeof *g);
+            if (!g) rc = -1;
+            else for (*types = g; n_types < out->n; n_types++) g[n_types] = q->type_id;
+        }
+        if (rc) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+    }
+    for (int k = 0; k < 2; k++) free(seq[k].ids), free(seq[k].start), free(seq[k].end);
+    if (!rc && !out->ids && !(out->ids = malloc(sizeof *out->ids))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+    if (!rc && types && !*types && !(*types = malloc(sizeof **types))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+    if (rc) {
+        free(out->ids), free(out->start), free(out->end);
+        if (types) free(*types), *types = NULL;
+        memset(out, 0, sizeof *out);
+    }
+    return rc;
+}
+
 int peft_tokenizer_encode_spans(const peft_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
                                 uint32_t **starts, uint32_t **ends, size_t *n_ids, peft_err *err) {
     *ids = NULL;
     *n_ids = 0;
     if (starts) *starts = NULL;
     if (ends) *ends = NULL;
-    if (len > UINT32_MAX - 16) return peft_fail(err, PEFT_EINVAL, "tokenizer: text of %zu bytes is too long", len);
-    for (size_t i = 0; i < len;) {
-        size_t k = utf8_valid_len(text + i, len - i);
-        if (!k) return peft_fail(err, PEFT_EINVAL, "tokenizer: text is not valid UTF-8 at byte %zu", i);
-        i += k;
-    }
+    const char *texts[2] = {text, NULL};
+    size_t lens[2] = {len, 0};
     tok_out out = {0};
-    tok_scratch sc = {0};
-    int rc = 0;
-    for (int i = 0; add_special && !rc && i < t->n_post_prefix; i++)
-        if (tok_out_push(&out, t->post_prefix[i], 0, 0)) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    if (!rc) rc = split_added(t, &sc, 0, text, 0, len, &out, err);
-    for (int k = 0; add_special && !rc && k < t->n_post_suffix; k++)
-        if (tok_out_push(&out, t->post_suffix[k], (uint32_t)len, (uint32_t)len)) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    tok_scratch_free(&sc);
-    if (!rc && !out.ids && !(out.ids = malloc(sizeof *out.ids))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    if (rc) {
-        free(out.ids), free(out.start), free(out.end);
-        return rc;
-    }
+    int rc = encode_template(t, texts, lens, 1, add_special, &out, NULL, err);
+    if (rc) return rc;
     *ids = out.ids;
     *n_ids = out.n;
     if (starts) *starts = out.start;
@@ -557,6 +639,23 @@ int peft_tokenizer_encode_spans(const peft_tokenizer *t, const char *text, size_
 int peft_tokenizer_encode(const peft_tokenizer *tok, const char *text, size_t len, int add_special, int32_t **ids,
                           size_t *n_ids, peft_err *err) {
     return peft_tokenizer_encode_spans(tok, text, len, add_special, ids, NULL, NULL, n_ids, err);
+}
+
+int peft_tokenizer_encode_pair(const peft_tokenizer *tok, const char *a, size_t alen, const char *b, size_t blen,
+                               int add_special, int32_t **ids, uint32_t **type_ids, size_t *n_ids, peft_err *err) {
+    const char *texts[2] = {a, b};
+    size_t lens[2] = {alen, blen};
+    tok_out out = {0};
+    *ids = NULL;
+    *type_ids = NULL;
+    *n_ids = 0;
+    int rc = encode_template(tok, texts, lens, 2, add_special, &out, type_ids, err);
+    if (rc) return rc;
+    free(out.start);
+    free(out.end);
+    *ids = out.ids;
+    *n_ids = out.n;
+    return PEFT_OK;
 }
 
 int peft_tokenizer_vocab_size(const peft_tokenizer *tok) { return tok->n_ids; }

@@ -1,10 +1,14 @@
-/* tokenizer.h: Hugging Face tokenizer.json BPE tokenizers in C.
+/* tokenizer.h: Hugging Face tokenizer.json tokenizers (BPE and WordPiece) in C.
  *
  * Two kinds of BPE are in use and both are handled:
  *  - byte-level BPE (GPT-2, Llama-3, Qwen2/3, SmolLM): a Split regex and/or ByteLevel
  *    pre-tokenizer, then merges by rank over the bytes of each piece;
  *  - SentencePiece-style BPE (Llama-2, TinyLlama, Mistral): Prepend/Replace normalizers or a
  *    Metaspace pre-tokenizer, merges over characters, and <0xNN> byte fallback.
+ * And WordPiece (BERT and its kin): BertNormalizer, BertPreTokenizer, greedy longest-match-first
+ * pieces with a "##" prefix, the WordPiece decoder. The post-processor (TemplateProcessing,
+ * BertProcessing, RobertaProcessing) adds its special tokens to one text or a pair of texts
+ * ([CLS] A [SEP] B [SEP], <s> A </s></s> B </s>) and gives the type ids.
  * Added tokens (specials such as <|im_start|>) are matched in the raw text first, as HF does:
  * leftmost-longest, non-normalized tokens before normalized ones, never split
  * (lstrip/rstrip/single_word honoured; "normalized" tokens are matched in the raw text, which
@@ -47,6 +51,13 @@ int peft_tokenizer_encode(const peft_tokenizer *tok, const char *text, size_t le
 int peft_tokenizer_encode_spans(const peft_tokenizer *tok, const char *text, size_t len, int add_special,
                                 int32_t **ids, uint32_t **starts, uint32_t **ends, size_t *n_ids,
                                 peft_err *err);
+
+/* Encodes a pair of texts (a: alen bytes, b: blen bytes, UTF-8) as the library's
+ * encode(a, b): each text on its own, then the post-processor's pair template (special tokens
+ * only with add_special). *ids and *type_ids (n_ids each; 0 for A's part, 1 for B's part in
+ * BERT's template, all 0 in RoBERTa's) are malloc'ed, caller frees both. No truncation. */
+int peft_tokenizer_encode_pair(const peft_tokenizer *tok, const char *a, size_t alen, const char *b, size_t blen,
+                               int add_special, int32_t **ids, uint32_t **type_ids, size_t *n_ids, peft_err *err);
 
 /* Decodes ids to a malloc'ed NUL-terminated string (skip_special: drop special tokens).
  * Byte sequences that are not valid UTF-8 become U+FFFD, as HF does. */

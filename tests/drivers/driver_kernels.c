@@ -13,9 +13,19 @@
  *   2 rmsnorm     i: N C      f: eps        in: x w dout            out: out rstd dx dw
  *   3 rope        i: N H hd max_pos         in: x pos inv_freq dout out: out dx
  *   4 attention   i: B Tq Tk H KVH hd has_pos  in: q k v [pos] dout out: out lse [dq dk dv if Tq==Tk]
+ *                 (the causal attention_forward / attention_backward wrappers)
  *   5 swiglu      i: N F                    in: gate up dout        out: out dgate dup
  *   6 embedding   i: N C V                  in: ids table dout      out: out dtable
- *   7 crossentropy i: N V     f: scale      in: logits targets      out: losses count dlogits dlogits_inplace */
+ *   7 crossentropy i: N V     f: scale      in: logits targets      out: losses count dlogits dlogits_inplace
+ *   8 layernorm   i: N C has_w has_b  f: eps   in: x [w] [b] dout   out: out mean rstd dx [dw] [db]
+ *   9 gelu/geglu  i: N F kind gated         in: gate [up] dout      out: out dgate [dup]
+ *  10 attention_opts i: B Tq Tk H KVH hd causal window  f: softcap scale
+ *                 in: q k v pos kv_len dout (pos, kv_len: 0 elements = NULL)
+ *                 out: out lse [dq dk dv if Tq==Tk]
+ *  11 patch_embed i: B Cin H W P C has_bias in: img w [bias] dout   out: out dw [dbias]
+ *  12 positions   i: N C V                  in: base ids table dout out: base + table[ids], dtable
+ *  13 softcap     i: n        f: cap        in: x dout              out: out dx
+ *  14 crossentropy_softcap_fused i: N V  f: cap scale  in: logits targets  out: losses count dlogits */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,26 +135,6 @@ int main(void) {
         free(cs), free(sn);
         break;
     }
-    case 4: {  // attention
-        int B = ip[0], Tq = ip[1], Tk = ip[2], H = ip[3], KVH = ip[4], hd = ip[5], hp = ip[6];
-        const int32_t *pos = hp ? I32(3) : NULL;
-        const float *dout = F32(hp ? 4 : 3);
-        int64_t nq = (int64_t)B * Tq * H * hd, nk = (int64_t)B * Tk * KVH * hd;
-        float *out = zeros_(nq), *lse = zeros_((int64_t)B * H * Tq);
-        attention_forward(out, lse, F32(0), F32(1), F32(2), pos, B, Tq, Tk, H, KVH, hd);
-        EMIT(out, nq);
-        EMIT(lse, (int64_t)B * H * Tq);
-        if (Tq == Tk) {
-            float *dq = zeros_(nq), *dk = zeros_(nk), *dv = zeros_(nk);
-            attention_backward(dq, dk, dv, dout, F32(0), F32(1), F32(2), out, lse, pos, B, Tq, H, KVH, hd);
-            EMIT(dq, nq);
-            EMIT(dk, nk);
-            EMIT(dv, nk);
-            free(dq), free(dk), free(dv);
-        }
-        free(out), free(lse);
-        break;
-    }
     case 5: {  // swiglu
         int N = ip[0], F = ip[1];
         int64_t n = (int64_t)N * F;
@@ -180,6 +170,117 @@ int main(void) {
         crossentropy_backward(F32(0), F32(0), I32(1), fp[0], N, V);  // in place
         EMIT(F32(0), n);
         free(losses), free(d);
+        break;
+    }
+    case 8: {  // layernorm
+        int N = ip[0], C = ip[1], hw = ip[2], hb = ip[3];
+        const float *x = F32(0), *w = hw ? F32(1) : NULL, *b = hb ? F32(1 + hw) : NULL, *dout = F32(1 + hw + hb);
+        float *out = zeros_((int64_t)N * C), *mean = zeros_(N), *rstd = zeros_(N), *dx = zeros_((int64_t)N * C);
+        float *dw = zeros_(C), *db = zeros_(C);
+        layernorm_forward(out, mean, rstd, x, w, b, fp[0], N, C);
+        layernorm_backward(dx, hw ? dw : NULL, hb ? db : NULL, dout, x, w, mean, rstd, N, C);
+        EMIT(out, (int64_t)N * C);
+        EMIT(mean, N);
+        EMIT(rstd, N);
+        EMIT(dx, (int64_t)N * C);
+        if (hw) EMIT(dw, C);
+        if (hb) EMIT(db, C);
+        free(out), free(mean), free(rstd), free(dx), free(dw), free(db);
+        break;
+    }
+    case 9: {  // gelu (gated = 0) or geglu
+        int N = ip[0], F = ip[1], kind = ip[2], gated = ip[3];
+        int64_t n = (int64_t)N * F;
+        float *out = zeros_(n), *dg = zeros_(n), *du = zeros_(n);
+        if (gated) {
+            geglu_forward(out, F32(0), F32(1), N, F, kind);
+            geglu_backward(dg, du, F32(2), F32(0), F32(1), N, F, kind);
+        } else {
+            gelu_forward(out, F32(0), N, F, kind);
+            gelu_backward(dg, F32(1), F32(0), N, F, kind);
+        }
+        EMIT(out, n);
+        EMIT(dg, n);
+        if (gated) EMIT(du, n);
+        free(out), free(dg), free(du);
+        break;
+    }
+    case 4:     // attention through the causal wrappers llama.c calls
+    case 10: {  // attention with options
+        int B = ip[0], Tq = ip[1], Tk = ip[2], H = ip[3], KVH = ip[4], hd = ip[5], legacy = op == 4;
+        attention_opts opts = {.causal = 1, .pos = ip[6] ? I32(3) : NULL};
+        const float *dout = F32(ip[6] ? 4 : 3);
+        if (!legacy) {
+            opts = (attention_opts){.causal = ip[6],
+                                    .window = ip[7],
+                                    .pos = t[3].count ? I32(3) : NULL,
+                                    .kv_len = t[4].count ? I32(4) : NULL,
+                                    .softcap = fp[0],
+                                    .scale = fp[1]};
+            dout = F32(5);
+        }
+        int64_t nq = (int64_t)B * Tq * H * hd, nk = (int64_t)B * Tk * KVH * hd;
+        float *out = zeros_(nq), *lse = zeros_((int64_t)B * H * Tq);
+        int rc = legacy ? attention_forward(out, lse, F32(0), F32(1), F32(2), opts.pos, B, Tq, Tk, H, KVH, hd)
+                        : attention_forward_opts(out, lse, F32(0), F32(1), F32(2), &opts, B, Tq, Tk, H, KVH, hd);
+        if (rc) die_("out of memory");
+        EMIT(out, nq);
+        EMIT(lse, (int64_t)B * H * Tq);
+        if (Tq == Tk) {
+            float *dq = zeros_(nq), *dk = zeros_(nk), *dv = zeros_(nk);
+            rc = legacy ? attention_backward(dq, dk, dv, dout, F32(0), F32(1), F32(2), out, lse, opts.pos, B, Tq, H,
+                                             KVH, hd)
+                        : attention_backward_opts(dq, dk, dv, dout, F32(0), F32(1), F32(2), out, lse, &opts, B, Tq,
+                                                  H, KVH, hd);
+            if (rc) die_("out of memory");
+            EMIT(dq, nq);
+            EMIT(dk, nk);
+            EMIT(dv, nk);
+            free(dq), free(dk), free(dv);
+        }
+        free(out), free(lse);
+        break;
+    }
+    case 11: {  // patch embedding
+        int B = ip[0], Cin = ip[1], H = ip[2], W = ip[3], P = ip[4], C = ip[5], hb = ip[6];
+        int64_t np = (int64_t)(H / P) * (W / P), K = (int64_t)Cin * P * P;
+        float *out = zeros_(B * np * C), *cols = zeros_(B * np * K), *dw = zeros_(C * K), *db = zeros_(C);
+        patch_embed_forward(out, cols, F32(0), F32(1), hb ? F32(2) : NULL, B, Cin, H, W, P, C);
+        patch_embed_backward(dw, hb ? db : NULL, F32(hb ? 3 : 2), cols, B, Cin, H, W, P, C);
+        EMIT(out, B * np * C);
+        EMIT(dw, C * K);
+        if (hb) EMIT(db, C);
+        free(out), free(cols), free(dw), free(db);
+        break;
+    }
+    case 12: {  // learned absolute positions
+        int N = ip[0], C = ip[1], V = ip[2];
+        float *dt = zeros_((int64_t)V * C);
+        embedding_add_forward(F32(0), I32(1), F32(2), N, C);
+        embedding_backward(dt, F32(3), I32(1), N, C);
+        EMIT(F32(0), (int64_t)N * C);
+        EMIT(dt, (int64_t)V * C);
+        free(dt);
+        break;
+    }
+    case 13: {  // soft-capping
+        int64_t n = ip[0];
+        float *out = zeros_(n), *dx = zeros_(n);
+        softcap_forward(out, F32(0), fp[0], (size_t)n);
+        softcap_backward(dx, F32(1), out, fp[0], (size_t)n);
+        EMIT(out, n);
+        EMIT(dx, n);
+        free(out), free(dx);
+        break;
+    }
+    case 14: {  // soft-capped fused cross-entropy, in place
+        int N = ip[0], V = ip[1];
+        float *losses = zeros_(N);
+        float fcount = (float)crossentropy_softcap_fused(losses, F32(0), I32(1), fp[0], fp[1], N, V);
+        EMIT(losses, N);
+        EMIT(&fcount, 1);
+        EMIT(F32(0), (int64_t)N * V);
+        free(losses);
         break;
     }
     default:

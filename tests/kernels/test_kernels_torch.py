@@ -1,7 +1,8 @@
 """test_kernels_torch.py: PyTorch parity of every kernel in src/kernels (forward and backward).
 
 Each case builds random f32 inputs, computes the reference with torch (autograd for the
-gradients, Hugging Face's formulas for RMSNorm, rotate_half RoPE and GQA attention), writes the
+gradients, Hugging Face's formulas for RMSNorm, rotate_half RoPE and GQA attention; torch's own
+layer_norm, gelu, conv2d and scaled_dot_product_attention for the encoder / ViT / Gemma2 ops), writes the
 inputs for the C driver build/driver_kernels, runs it and compares every output with
 max|c - torch| / max|torch| <= 1e-5. Exits 77 (skip) when torch is unavailable, 1 on any mismatch.
 """
@@ -140,41 +141,6 @@ def packed_positions(B, T, gen):
     return pos
 
 
-def case_attention(B, Tq, Tk, H, KVH, hd, packed):
-    gen = torch.Generator().manual_seed(B * 1000 + Tk)
-    q, k, v = leaf(B, Tq, H, hd, amp=2.0), leaf(B, Tk, KVH, hd, amp=2.0), leaf(B, Tk, KVH, hd)
-    pos_full = packed_positions(B, Tk, gen) if packed else None
-    pos = pos_full[:, Tk - Tq:].contiguous() if packed else None
-    # explicit masked softmax (HF eager attention with repeat_kv)
-    group = H // KVH
-    kk = k.repeat_interleave(group, dim=2).transpose(1, 2)  # (B, H, Tk, hd)
-    vv = v.repeat_interleave(group, dim=2).transpose(1, 2)
-    qq = q.transpose(1, 2)  # (B, H, Tq, hd)
-    s = qq @ kk.transpose(-1, -2) / (hd ** 0.5)
-    a = torch.arange(Tk - Tq, Tk)[:, None]  # absolute query index
-    j = torch.arange(Tk)[None, :]
-    if packed:
-        lo = (a - pos.long()[:, :, None])  # (B, Tq, 1)
-        visible = (j <= a) & (j >= lo)  # (B, Tq, Tk)
-        visible = visible[:, None]
-    else:
-        visible = (j <= a)[None, None]
-    s = s.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)  # (B, H, Tq)
-    y = (torch.softmax(s, dim=-1) @ vv).transpose(1, 2).contiguous()  # (B, Tq, H, hd)
-    dy = torch.randn(B, Tq, H, hd)
-    tensors = [q, k, v] + ([pos] if packed else []) + [dy]
-    res = run_case(4, [B, Tq, Tk, H, KVH, hd, int(packed)], [], tensors)
-    tag = f"attn B={B} Tq={Tq} Tk={Tk} H={H}/{KVH} hd={hd}{' packed' if packed else ''}"
-    compare(tag + " out", res[0], y)
-    compare(tag + " lse", res[1], lse)
-    if Tq == Tk:
-        y.backward(dy)
-        compare(tag + " dq", res[2], q.grad)
-        compare(tag + " dk", res[3], k.grad)
-        compare(tag + " dv", res[4], v.grad)
-
-
 def case_swiglu(N, Fd):
     g, u = leaf(N, Fd, amp=6.0), leaf(N, Fd, amp=2.0)
     y = F.silu(g) * u
@@ -221,6 +187,172 @@ def case_crossentropy(N, V):
     compare(tag + " dlogits in-place", res[3], logits.grad)
 
 
+def case_layernorm(N, C, eps, has_w, has_b, offset):
+    x = (torch.rand(N, C) * 6 - 3 + offset).requires_grad_(True)  # offset: a large common mean
+    w = leaf(C, amp=2.0) if has_w else None
+    b = leaf(C) if has_b else None
+    y = F.layer_norm(x, (C,), w, b, eps)
+    with torch.no_grad():
+        xd = x.double()
+        mean = xd.mean(-1)
+        rstd = 1.0 / torch.sqrt(xd.var(-1, unbiased=False) + eps)
+    dy = torch.randn(N, C)
+    y.backward(dy)
+    res = run_case(8, [N, C, int(has_w), int(has_b)], [eps], [x] + ([w] if has_w else []) + ([b] if has_b else []) + [dy])
+    tag = f"layernorm N={N} C={C}{' w' if has_w else ''}{' b' if has_b else ''} offset={offset}"
+    compare(tag + " out", res[0], y)
+    compare(tag + " mean", res[1], mean)
+    compare(tag + " rstd", res[2], rstd)
+    compare(tag + " dinp", res[3], x.grad)
+    if has_w:
+        compare(tag + " dweight", res[4], w.grad)
+    if has_b:
+        compare(tag + " dbias", res[4 + int(has_w)], b.grad)
+
+
+def case_gelu(N, Fd, approximate, gated):
+    g = leaf(N, Fd, amp=6.0)
+    u = leaf(N, Fd, amp=2.0) if gated else None
+    y = F.gelu(g, approximate=approximate)
+    if gated:
+        y = y * u
+    dy = torch.randn(N, Fd)
+    y.backward(dy)
+    res = run_case(9, [N, Fd, int(approximate == "tanh"), int(gated)], [], [g] + ([u] if gated else []) + [dy])
+    tag = f"{'geglu' if gated else 'gelu'} {approximate} N={N} F={Fd}"
+    compare(tag + " out", res[0], y)
+    compare(tag + " dgate", res[1], g.grad)
+    if gated:
+        compare(tag + " dup", res[2], u.grad)
+
+
+def case_attention(B, Tq, Tk, H, KVH, hd, causal=True, window=0, softcap=0.0, scale=0.0, packed=False, kv_len=None,
+                   legacy=False):
+    """attention_forward_opts (legacy: the causal attention_forward llama.c calls, op 4) against an
+    explicit masked softmax with autograd (HF eager attention with repeat_kv), and (without
+    soft-capping) against torch's scaled_dot_product_attention with the same boolean mask."""
+    gen = torch.Generator().manual_seed(B * 1000 + Tk + window)
+    q, k, v = leaf(B, Tq, H, hd, amp=3.0), leaf(B, Tk, KVH, hd, amp=3.0), leaf(B, Tk, KVH, hd)
+    pos = packed_positions(B, Tk, gen)[:, Tk - Tq:].contiguous() if packed else None
+    lens = torch.tensor(kv_len, dtype=torch.int32) if kv_len is not None else None
+    sc = scale if scale > 0 else hd ** -0.5
+    a = torch.arange(Tk - Tq, Tk)[None, :, None]  # absolute query index (1, Tq, 1)
+    j = torch.arange(Tk)[None, None, :]
+    visible = torch.ones(B, Tq, Tk, dtype=torch.bool)
+    if causal:
+        visible &= j <= a
+    if packed:
+        visible &= j >= a - pos.long()[:, :, None]
+    if window > 0:
+        visible &= j > a - window
+    valid_q = torch.ones(B, Tq, dtype=torch.bool)
+    if lens is not None:
+        visible &= j < lens.long()[:, None, None]
+        valid_q = a[:, :, 0] < lens.long()[:, None]
+    # padded queries: out 0, lse 0, no gradient; give them every key so the reference stays finite
+    visible = visible | ~valid_q[:, :, None]
+    group = H // KVH
+
+    def explicit(q, k, v):
+        kk = k.repeat_interleave(group, dim=2).transpose(1, 2)
+        vv = v.repeat_interleave(group, dim=2).transpose(1, 2)
+        s = q.transpose(1, 2) @ kk.transpose(-1, -2) * sc
+        if softcap > 0:
+            s = softcap * torch.tanh(s / softcap)
+        s = s.masked_fill(~visible[:, None], float("-inf"))
+        lse = torch.logsumexp(s, dim=-1) * valid_q[:, None]
+        y = (torch.softmax(s, dim=-1) @ vv).transpose(1, 2) * valid_q[:, :, None, None]
+        return y, lse
+
+    y, lse = explicit(q, k, v)
+    dy = torch.randn(B, Tq, H, hd)
+    empty = torch.zeros(0, dtype=torch.int32)
+    tensors = [q, k, v, pos if packed else empty, lens if lens is not None else empty, dy]
+    if legacy:
+        res = run_case(4, [B, Tq, Tk, H, KVH, hd, int(packed)], [], [q, k, v] + ([pos] if packed else []) + [dy])
+    else:
+        res = run_case(10, [B, Tq, Tk, H, KVH, hd, int(causal), window], [softcap, scale], tensors)
+    tag = (f"attn{' (causal wrapper)' if legacy else ''} B={B} Tq={Tq} Tk={Tk} H={H}/{KVH} hd={hd} {'causal' if causal else 'bidir'}"
+           f"{f' window={window}' if window else ''}{f' softcap={softcap}' if softcap else ''}"
+           f"{f' scale={scale}' if scale else ''}{' packed' if packed else ''}{f' kv_len={kv_len}' if kv_len else ''}")
+    compare(tag + " out", res[0], y)
+    compare(tag + " lse", res[1], lse)
+    if Tq == Tk:
+        y.backward(dy)
+        compare(tag + " dq", res[2], q.grad)
+        compare(tag + " dk", res[3], k.grad)
+        compare(tag + " dv", res[4], v.grad)
+    if softcap == 0:
+        q2, k2, v2 = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+        y2 = F.scaled_dot_product_attention(q2.transpose(1, 2), k2.transpose(1, 2), v2.transpose(1, 2),
+                                            attn_mask=visible[:, None], scale=sc, enable_gqa=True)
+        y2 = y2.transpose(1, 2) * valid_q[:, :, None, None]
+        compare(tag + " out vs sdpa", res[0], y2)
+        if Tq == Tk:
+            y2.backward(dy)
+            compare(tag + " dq vs sdpa", res[2], q2.grad)
+            compare(tag + " dk vs sdpa", res[3], k2.grad)
+            compare(tag + " dv vs sdpa", res[4], v2.grad)
+
+
+def case_patch_embed(B, Cin, H, W, P, C, bias):
+    img = leaf(B, Cin, H, W).detach()
+    w, b = leaf(C, Cin, P, P, amp=0.3), (leaf(C) if bias else None)
+    y = F.conv2d(img, w, b, stride=P).flatten(2).transpose(1, 2)  # HF ViTPatchEmbeddings
+    dy = torch.randn(*y.shape)
+    y.backward(dy)
+    res = run_case(11, [B, Cin, H, W, P, C, int(bias)], [], [img, w] + ([b] if bias else []) + [dy])
+    tag = f"patch_embed B={B} Cin={Cin} {H}x{W} P={P} C={C}{' +bias' if bias else ''}"
+    compare(tag + " out", res[0], y)
+    compare(tag + " dweight", res[1], w.grad)
+    if bias:
+        compare(tag + " dbias", res[2], b.grad)
+
+
+def case_positions(N, C, V):
+    base, table = leaf(N, C), leaf(V, C)
+    pos = torch.randint(0, V, (N,), dtype=torch.int32)
+    pos[2] = pos[0]  # a repeated position (packed rows restart at 0)
+    y = base + F.embedding(pos.long(), table)
+    dy = torch.randn(N, C)
+    y.backward(dy)
+    res = run_case(12, [N, C, V], [], [base, pos, table, dy])
+    tag = f"positions N={N} C={C} V={V}"
+    compare(tag + " out", res[0], y)
+    compare(tag + " dtable", res[1], table.grad)
+
+
+def case_softcap(n, cap):
+    x = leaf(n, amp=3 * cap)
+    with torch.no_grad():
+        x[: n // 4] *= 1e-3  # small values, where tanh must not cancel
+    y = cap * torch.tanh(x / cap)
+    dy = torch.randn(n)
+    y.backward(dy)
+    res = run_case(13, [n], [cap], [x, dy])
+    tag = f"softcap n={n} cap={cap}"
+    compare(tag + " out", res[0], y)
+    compare(tag + " dinp", res[1], x.grad)
+
+
+def case_crossentropy_softcap(N, V, cap):
+    logits = leaf(N, V, amp=60.0)
+    targets = torch.randint(0, V, (N,), dtype=torch.int32)
+    targets[1] = -100
+    capped = cap * torch.tanh(logits / cap)  # Gemma2's final_logit_softcapping
+    losses = F.cross_entropy(capped, targets.long(), ignore_index=-100, reduction="none")
+    count = int((targets >= 0).sum())
+    scale = 1.0 / count
+    (losses.sum() * scale).backward()
+    res = run_case(14, [N, V], [cap, scale], [logits, targets])
+    tag = f"crossentropy_softcap N={N} V={V} cap={cap}"
+    compare(tag + " losses", res[0], losses)
+    if int(res[1][0]) != count:
+        failures.append(tag + " count")
+        print(f"  {tag} count {res[1][0]} vs {count}  FAIL")
+    compare(tag + " dlogits", res[2], logits.grad)
+
+
 def main():
     if not os.path.exists(DRIVER):
         print(f"test_kernels_torch: driver not found at {DRIVER} (build the project first)")
@@ -231,14 +363,36 @@ def main():
     case_rmsnorm(3, 64, 1e-6)
     case_rope(10, 4, 64, 10000.0, 2048)
     case_rope(7, 2, 128, 500000.0, 8192)
-    case_attention(1, 17, 17, 4, 4, 32, False)
-    case_attention(2, 40, 40, 8, 2, 64, False)
-    case_attention(2, 45, 45, 4, 1, 128, True)
-    case_attention(2, 3, 40, 8, 2, 64, False)  # decode against a KV cache
-    case_attention(2, 1, 45, 4, 1, 128, True)
+    case_attention(1, 17, 17, 4, 4, 32, legacy=True)
+    case_attention(2, 40, 40, 8, 2, 64, legacy=True)
+    case_attention(2, 45, 45, 4, 1, 128, packed=True, legacy=True)
+    case_attention(2, 3, 40, 8, 2, 64, legacy=True)  # decode against a KV cache
+    case_attention(2, 1, 45, 4, 1, 128, packed=True, legacy=True)
     case_swiglu(9, 300)
     case_embedding(12, 48, 20)
     case_crossentropy(8, 1000)
+    # encoder / ViT / GPT-2 / Gemma ops (issue 14)
+    case_layernorm(6, 200, 1e-5, True, True, 0.0)
+    case_layernorm(5, 768, 1e-12, True, True, 50.0)  # BERT's eps
+    case_layernorm(3, 64, 1e-6, False, False, 0.0)
+    case_layernorm(4, 100, 1e-5, True, False, -3.0)
+    for approx in ("none", "tanh"):
+        case_gelu(9, 300, approx, False)
+        case_gelu(7, 77, approx, True)
+    case_attention(2, 40, 40, 4, 2, 32, causal=False)
+    case_attention(3, 70, 70, 4, 4, 64, causal=False, kv_len=[70, 33, 1])  # BERT padding
+    case_attention(2, 100, 100, 6, 2, 48, causal=False, kv_len=[65, 64], scale=0.3)
+    case_attention(2, 90, 90, 4, 2, 64, causal=True, window=17)  # Mistral sliding window
+    case_attention(1, 130, 130, 2, 1, 32, causal=True, window=64, packed=True)
+    case_attention(2, 80, 80, 4, 2, 64, causal=True, softcap=50.0, scale=0.05)  # Gemma2 scores
+    case_attention(2, 70, 70, 4, 4, 32, causal=True, window=33, softcap=5.0, kv_len=[70, 41])
+    case_attention(2, 3, 50, 4, 2, 64, causal=True, window=20, softcap=20.0)  # decode, KV cache
+    case_patch_embed(2, 3, 32, 32, 8, 24, True)
+    case_patch_embed(1, 3, 30, 36, 6, 40, False)
+    case_patch_embed(1, 3, 31, 20, 8, 16, True)  # H, W not multiples of P: Conv2d drops the rest
+    case_positions(12, 48, 20)
+    case_softcap(1000, 30.0)
+    case_crossentropy_softcap(6, 1000, 30.0)
     if failures:
         print(f"test_kernels_torch: {len(failures)} mismatches: {', '.join(failures)}")
         return 1
