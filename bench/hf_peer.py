@@ -3,7 +3,8 @@
 
   .venv/bin/python bench/hf_peer.py --model DIR --dtype f32|bf16 [--batch 4] [--seq 256]
         [--steps 5] [--warmup-steps 1] [--rank 16] [--alpha 32] [--lr 1e-4] [--seed 0]
-        [--threads 2] [--peak-gflops G] [--peak-f32-gflops G]
+        [--threads 2] [--peak-gflops G] [--peak-f32-gflops G] [--quantize nf4]
+        [--data TRAIN.txt [--val-data VAL.txt] [--save ADAPTER_DIR]]
 
 What a user runs on PyPI's torch: LlamaForCausalLM.from_pretrained(DIR) in f32 (the files
 bench_train reads; default attention implementation), then
@@ -15,9 +16,21 @@ default would be 0.01).
   --dtype f32   plain float32
   --dtype bf16  torch.autocast("cpu", dtype=torch.bfloat16) around forward + loss (master
                 weights, LoRA parameters and AdamW state stay f32)
+  --quantize nf4  QLoRA's base: every Linear of the decoder layers as bitsandbytes Linear4bit
+                (transformers' BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute
+                dtype f32)); the embedding and the tied LM head stay f32, as peft.c's --quantize
+                keeps them. bitsandbytes >= 0.48 runs it on the CPU.
 Batches: bench_train's own splitmix64 stream (seed s = seed * 0x2545F4914F6CDD1D + 1, one
 draw % vocab per token, B rows of T+1 tokens, targets = the next token), so both sides train
 on the identical token ids and the first step's loss (B = 0: the base model) must agree.
+With --data (plain text), the rows of `peft train --data TRAIN.txt --val-data ...` instead:
+the text tokenized by the model's tokenizer.json (tokenizers, BOS as its post-processor adds
+it) with the tokenizer's EOS appended, cut into windows of T tokens, window w predicting
+tokens w*T+1 .. w*T+T (the last target of a window is the next window's first token; none
+after the EOS). When the file makes exactly B windows every step is the same batch, whatever
+order a side draws them in, so both sides see the same rows at every step. --val-data: the
+loss over VAL.txt as `peft eval` takes it (BOS, no EOS, the same windows, no context across
+them), after the last step, f32 logits; --save writes the adapter.
 Loss: transformers' own causal-LM loss (model.loss_function, f32 logits, mean over B*T) with
 the targets given as shift_labels, i.e. all T targets of each row, as bench_train counts them.
 Prints the JSON line of bench_train (peak_rss_mb = getrusage ru_maxrss of this process, as
@@ -44,6 +57,45 @@ def splitmix64(state):
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     return state, z ^ (z >> 31)
+
+
+def windows(ids, T):
+    """[n, T] inputs and [n, T] targets (-100: none) of a token list cut into windows of T:
+    window w holds ids[w*T : w*T+T] and predicts ids[w*T+1 : w*T+T+1]; n = ceil((len-1)/T), the
+    windows with at least one target (as peft.c keeps them). Padding (0) has no target and,
+    after the real tokens of a causal model, changes no loss."""
+    import torch
+    n = (len(ids) - 1 + T - 1) // T
+    inp = torch.zeros((n, T), dtype=torch.long)
+    tgt = torch.full((n, T), -100, dtype=torch.long)
+    for w in range(n):
+        seg = ids[w * T:w * T + T + 1]
+        inp[w, :min(T, len(seg))] = torch.tensor(seg[:T])
+        tgt[w, :len(seg) - 1] = torch.tensor(seg[1:])
+    return inp, tgt
+
+
+def text_windows(path, tok, T, eos=None):
+    """The rows of a plain-text file: `peft train`'s (eos: the tokenizer's EOS appended) or,
+    with eos None, `peft eval`'s (BOS + text only). Either way a window's last position
+    predicts the next window's first token, and no context is carried across windows."""
+    with open(path, encoding="utf-8") as f:
+        ids = tok.encode(f.read()).ids
+    if eos is not None:
+        ids.append(eos)
+    return windows(ids, T)
+
+
+def tokenizer_of(model_dir):
+    """The model's tokenizer.json and its EOS id (tokenizer_config.json's eos_token, as peft.c)."""
+    import os
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    with open(os.path.join(model_dir, "tokenizer_config.json")) as f:
+        eos = json.load(f).get("eos_token")
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    return tok, (tok.token_to_id(eos) if eos else None)
 
 
 def model_flops_per_step(cfg, B, T, rank):
@@ -74,7 +126,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak-gflops", type=float, default=0.0)
     ap.add_argument("--peak-f32-gflops", type=float, default=0.0)
+    ap.add_argument("--quantize", choices=("nf4",), default=None)
+    ap.add_argument("--data", help="plain-text training file (else bench_train's random token stream)")
+    ap.add_argument("--val-data", help="plain-text validation file (needs --data)")
+    ap.add_argument("--save", help="write the trained adapter here (save_pretrained)")
     a = ap.parse_args()
+    if a.val_data and not a.data:
+        ap.error("--val-data needs --data")
+    if a.quantize and a.dtype != "f32":
+        ap.error("--quantize nf4 computes in f32 (QLoRA's compute dtype): use --dtype f32")
 
     import peft
     import torch
@@ -85,7 +145,13 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)  # LoRA A's Kaiming init
     t_load = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    qcfg = None
+    if a.quantize:
+        from transformers import BitsAndBytesConfig
+        qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, quantization_config=qcfg,
+                                                 device_map="cpu" if qcfg else None)
     lcfg = peft.LoraConfig(r=a.rank, lora_alpha=a.alpha, lora_dropout=0.0, target_modules=SITES,
                            task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, lcfg)
@@ -95,18 +161,26 @@ def main():
     cfg = model.config
     V, B, T = cfg.vocab_size, a.batch, a.seq
     state = (a.seed * 0x2545F4914F6CDD1D + 1) & MASK64
+    if a.data:
+        tok, eos = tokenizer_of(a.model)
+        rows_in, rows_tgt = text_windows(a.data, tok, T, eos)
     t_load = time.perf_counter() - t_load
 
     t_fwd = t_bwd = t_opt = 0.0
     t_min = float("inf")
+    step_times = []
     first_loss = loss_v = 0.0
     for step in range(a.warmup_steps + a.steps):
-        stream = []  # [B][T+1] token ids, drawn row by row as bench_train does
-        for _ in range(B * (T + 1)):
-            state, z = splitmix64(state)
-            stream.append(z % V)
-        stream = torch.tensor(stream, dtype=torch.long).view(B, T + 1)
-        ids, tgt = stream[:, :T], stream[:, 1:].contiguous()
+        if a.data:  # rows step*B .. step*B+B-1, cyclically (all of them when there are B)
+            pick = [(step * B + b) % rows_in.shape[0] for b in range(B)]
+            ids, tgt = rows_in[pick], rows_tgt[pick]
+        else:
+            stream = []  # [B][T+1] token ids, drawn row by row as bench_train does
+            for _ in range(B * (T + 1)):
+                state, z = splitmix64(state)
+                stream.append(z % V)
+            stream = torch.tensor(stream, dtype=torch.long).view(B, T + 1)
+            ids, tgt = stream[:, :T], stream[:, 1:].contiguous()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
@@ -129,11 +203,26 @@ def main():
             t_bwd += t2 - t1
             t_opt += t3 - t2
             t_min = min(t_min, t3 - t0)
+            step_times.append(round(t3 - t0, 4))
+    val_loss = None
+    if a.val_data:
+        model.eval()
+        v_in, v_tgt = text_windows(a.val_data, tok, T)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for w in range(0, v_in.shape[0], B):
+                logits = model(input_ids=v_in[w:w + B], use_cache=False).logits.float()
+                total += torch.nn.functional.cross_entropy(logits.view(-1, V), v_tgt[w:w + B].reshape(-1),
+                                                           ignore_index=-100, reduction="sum").item()
+                count += int((v_tgt[w:w + B] != -100).sum())
+        val_loss = total / count
+    if a.save:
+        model.save_pretrained(a.save)
     n = a.steps
     step_s = (t_fwd + t_bwd + t_opt) / n
     flops = model_flops_per_step(cfg, B, T, a.rank)
     out = {
-        "impl": "hf-%s" % a.dtype,
+        "impl": "hf-%s" % (a.quantize or a.dtype),
         "tokens_per_s": round(B * T / step_s, 1),
         "peak_rss_mb": round(rss_mb(), 1),
         "step_s": round(step_s, 4),
@@ -149,6 +238,9 @@ def main():
         "threads": torch.get_num_threads(),
         "lora_params": sum(t.numel() for t in leaves),
         "first_loss": round(first_loss, 5), "last_loss": round(loss_v, 5),
+        "val_loss": None if val_loss is None else round(val_loss, 6),
+        "step_times_s": step_times,
+        "quantize": a.quantize,
         "load_s": round(t_load, 3),
         "import_rss_mb": round(import_rss, 1),
         "attn_implementation": cfg._attn_implementation,
