@@ -4,6 +4,8 @@
 #define PEFT_TESTS_DRIVER_H
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "io/safetensors.h"
 #include "models/llama.h"
@@ -13,7 +15,9 @@
 static int driver_open(const char *dir, peft_llama **m, peft_st_file **batch, peft_err *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/model", dir);
-    int rc = llama_load(path, m, err);
+    /* PEFT_DRIVER_KEEP_BLOCKS=1: a GGUF's block-typed linear weights stay as read (LLAMA_KEEP_BLOCKS) */
+    const char *keep = getenv("PEFT_DRIVER_KEEP_BLOCKS");
+    int rc = llama_load_ex(path, keep && !strcmp(keep, "1") ? LLAMA_KEEP_BLOCKS : 0, m, err);
     if (rc) return rc;
     snprintf(path, sizeof path, "%s/batch.safetensors", dir);
     rc = peft_st_open(path, batch, err);

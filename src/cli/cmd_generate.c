@@ -74,7 +74,9 @@ int cmd_generate(int argc, char **argv) {
     }
     peft_err err = {0};
     cli_model cm;
-    if (cli_model_load(dir, adapter, &cm, &err)) return cli_report(err.msg);
+    int keep;
+    if (cli_keep_blocks(dir, quantize, bf16, f16, 0, &keep, &err) || cli_model_load_ex(dir, adapter, keep, &cm, &err))
+        return cli_report(err.msg);
     if (cli_use_half(cm.model, bf16, f16, quantize, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);

@@ -141,6 +141,16 @@ static int corda_calibration(const cli_model *cm, const peft_adapter_config *acf
     return rc;
 }
 
+/* A method that reads the base weight (reads_base) trains on f32 copies of the block-form
+ * weights it targets (llama_dequantize_sites), made before it is created. */
+static int dequantize_targets(peft_llama *m, const peft_adapter_config *acfg, peft_err *err) {
+    peft_site **sites = malloc((size_t)llama_n_sites(m) * sizeof *sites);
+    int n = 0, rc = sites ? peft_adapter_set_targets(m, acfg, sites, &n, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
+    if (rc == PEFT_OK) rc = llama_dequantize_sites(m, sites, n, err);
+    free(sites);
+    return rc;
+}
+
 int cmd_train(int argc, char **argv) {
     cli_args a;
     args_init(&a, "train", argc, argv);
@@ -239,7 +249,8 @@ int cmd_train(int argc, char **argv) {
     }
     /* LISA trains whole layers of its own choosing, in place in the f32 weights, and writes
      * the model: its output must not replace the base checkpoint. */
-    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || f16 || quantize || peft_same_path(dir, out))) {
+    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || f16 || (quantize && strcmp(quantize, "none")) ||
+                 peft_same_path(dir, out))) {
         fprintf(stderr, "peft train: --method lisa trains every module of the layers it samples (no --target other than all-linear, "
                         "no --target-regex or --layers), in f32 (no --bf16/--f16/--quantize), and writes the model to --out, which must differ from "
                         "--model\n");
@@ -268,7 +279,11 @@ int cmd_train(int argc, char **argv) {
         acfg.n_alpha_pattern = acfg.n_rank_pattern;
     }
     cli_model cm;
-    if (cli_model_load(dir, NULL, &cm, &err)) return cli_report(err.msg);
+    const peft_method *method = peft_method_find(acfg.method);
+    int keep;
+    if (cli_keep_blocks(dir, quantize, bf16, f16, lisa || (method && method->trains_base), &keep, &err) ||
+        cli_model_load_ex(dir, NULL, keep, &cm, &err))
+        return cli_report(err.msg);
     if (!cm.tok) {
         cli_model_free(&cm);
         return cli_report("the model directory has no tokenizer.json; training data must be tokenized");
@@ -294,7 +309,8 @@ int cmd_train(int argc, char **argv) {
         rc = corda_calibration(&cm, &acfg, calib_data ? calib_data : data, dopts, calib_data != NULL, o.batch, calib_batches, &covs, &err);
         acfg.opts.corda_covs = covs;
     }
-    if (rc == PEFT_OK) rc = peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err);
+    if (rc == PEFT_OK && method && method->reads_base) rc = dequantize_targets(cm.model, &acfg, &err);
+    if (rc == PEFT_OK) rc = cli_blocks_hint(cm.model, peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err), &err);
     peft_corda_covs_free(covs);
     if (rc == PEFT_OK) rc = cli_use_half(cm.model, bf16, f16, quantize, 1, &err);
     int nv = cm.model->n_virtual;

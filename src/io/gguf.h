@@ -140,4 +140,12 @@ int peft_gguf_tokenizer_load(const char *path, struct peft_tokenizer **out, peft
 /* The same from an opened file (the fuzzer). */
 int peft_gguf_tokenizer_from(const peft_gguf_file *f, struct peft_tokenizer **out, peft_err *err);
 
+/* peft_gguf_open_llama with keep_blocks: the linear-site weights (model.layers.N.*_proj.weight)
+ * stored in a block format (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) stay in it, as peft_st_tensors
+ * with ggml_type set: rows of blocks in the mapped GGUF, which *weights then keeps mapped (q/k
+ * rows of llama/mistral are un-permuted as whole block rows into anonymous memory). Every other
+ * tensor is dequantized to f32 as peft_gguf_open_llama does. keep_blocks 0: that function. */
+int peft_gguf_open_llama_ex(const char *path, int keep_blocks, peft_llama_config *cfg, peft_weights **weights,
+                            peft_err *err);
+
 #endif

@@ -1,6 +1,7 @@
 /* gguf_model.c: a llama-family GGUF as a Hugging Face checkpoint: config.json rebuilt from the
  * llama.* metadata (and validated by hf_config.c, as any config.json), tensors renamed from
- * llama.cpp's names to HF's, dequantized to f32, and llama.cpp's q/k row permutation undone. */
+ * llama.cpp's names to HF's, dequantized to f32 (or, on request, the linear sites' block-typed
+ * weights kept as read), and llama.cpp's q/k row permutation undone. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include <sys/mman.h>
 
 #include "gguf.h"
+#include "kernels/quant.h"
 
 /* A uint key of the architecture ("llama.block_count") as an int >= 1 into the config. */
 static int add_int(cJSON *cfg, const peft_gguf_file *f, const char *arch, const char *key, const char *hf, int required,
@@ -111,36 +113,50 @@ static int cmp_name(const void *a, const void *b) {
 }
 
 /* Undoes convert_hf_to_gguf.py's permute(w, n_head): w.reshape(n_head, 2, rows/n_head/2, ...)
- * .swapaxes(1, 2). HF row h*HD + i*HD/2 + j was stored as row h*HD + 2j + i.
- * w [rows, cols] in place, tmp [rows * cols]. */
-static void unpermute_rows(float *w, float *tmp, size_t rows, size_t cols, int n_head) {
+ * .swapaxes(1, 2). HF row h*HD + i*HD/2 + j was stored as row h*HD + 2j + i. dst, src [rows] rows
+ * of row_bytes each, distinct: f32 values, or whole rows of blocks (blocks run along a row, so a
+ * block-form tensor un-permutes by moving its rows as they are). */
+static void unpermute_rows(unsigned char *dst, const unsigned char *src, size_t rows, size_t row_bytes, int n_head) {
     size_t hd = rows / (size_t)n_head, half = hd / 2;
-    memcpy(tmp, w, rows * cols * sizeof(float));
     for (size_t h = 0; h < (size_t)n_head; h++)
         for (size_t i = 0; i < 2; i++)
             for (size_t j = 0; j < half; j++)
-                memcpy(w + (h * hd + i * half + j) * cols, tmp + (h * hd + 2 * j + i) * cols, cols * sizeof(float));
+                memcpy(dst + (h * hd + i * half + j) * row_bytes, src + (h * hd + 2 * j + i) * row_bytes, row_bytes);
 }
 
-/* The tensors as one peft_st_file of f32 HF-named tensors in an anonymous mapping (which
- * peft_st_close unmaps as it would a file's). */
-static int build_weights(const peft_gguf_file *f, const peft_llama_config *cfg, int permuted, peft_weights **out, peft_err *err) {
+/* A linear site's weight under its HF name: model.layers.N.{self_attn,mlp}.*_proj.weight. */
+static int is_site_weight(const char *hf) {
+    size_t n = strlen(hf);
+    return !strncmp(hf, "model.layers.", 13) && n > 12 && !strcmp(hf + n - 12, "_proj.weight");
+}
+
+/* The tensors as one peft_st_file of HF-named tensors: f32 in an anonymous mapping (which
+ * peft_st_close unmaps as it would a file's), and with keep_blocks the block-typed site weights
+ * as read (ggml_type set): pointing into the GGUF mapping, whose ownership moves to a second,
+ * tensorless peft_st_file, or, for permuted q/k rows, moved row by row into the anonymous
+ * mapping after the f32 tensors. */
+static int build_weights(peft_gguf_file *f, const peft_llama_config *cfg, int permuted, int keep_blocks, peft_weights **out,
+                         peft_err *err) {
     peft_weights *w = calloc(1, sizeof *w);
-    peft_st_file *sf = calloc(1, sizeof *sf);
-    if (w) w->files = calloc(1, sizeof *w->files);
-    if (!w || !sf || !w->files || !(sf->path = strdup(f->path)) ||
+    peft_st_file *sf = calloc(1, sizeof *sf), *owner = keep_blocks ? calloc(1, sizeof *owner) : NULL;
+    if (w) w->files = calloc(2, sizeof *w->files);
+    if (!w || !sf || (keep_blocks && !owner) || !w->files || !(sf->path = strdup(f->path)) ||
         !(sf->tensors = calloc((size_t)f->n_tensors + 1, sizeof *sf->tensors))) {
         free(w ? w->files : NULL);
         free(w);
         if (sf) free(sf->path);
         free(sf);
+        free(owner);
         return peft_fail(err, PEFT_ENOMEM, "%s: out of memory", f->path);
     }
     w->files[0] = sf;
     w->n_files = 1;
-    size_t total = 0, largest = 0;
-    int rc = PEFT_OK;
-    for (int i = 0; i < f->n_tensors; i++) {
+    if (owner) w->files[w->n_files++] = owner; /* closed with w from here on */
+    size_t total = 0, moved = 0, largest = 0; /* bytes: f32 tensors, block rows moved, largest permuted f32 */
+    int rc = PEFT_OK, in_file = 0;
+    if (owner && (!(owner->path = strdup(f->path)) || !(owner->tensors = calloc(1, sizeof *owner->tensors))))
+        rc = peft_fail(err, PEFT_ENOMEM, "%s: out of memory", f->path);
+    for (int i = 0; rc == PEFT_OK && i < f->n_tensors; i++) {
         const peft_gguf_tensor *g = &f->tensors[i];
         peft_st_tensor *t = &sf->tensors[sf->n_tensors];
         char hf[160];
@@ -162,38 +178,63 @@ static int build_weights(const peft_gguf_file *f, const peft_llama_config *cfg, 
         t->ndim = g->ndim;
         for (int d = 0; d < g->ndim; d++) t->shape[d] = g->ne[g->ndim - 1 - d]; /* PyTorch order: ne reversed */
         t->numel = g->numel;
+        if (keep_blocks && g->ndim == 2 && is_site_weight(hf) && peft_qformat_of_ggml(g->type)) {
+            t->ggml_type = g->type; /* rows of whole blocks: gguf.c checked ne[0] % block and the size */
+            t->nbytes = g->nbytes;
+            if (qk && permuted) {
+                t->data = (const void *)(uintptr_t)moved; /* offset into the moved rows for now */
+                if (!peft_add_ok(moved, t->nbytes, &moved)) rc = peft_fail(err, PEFT_EFORMAT, "%s: tensors too large", f->path);
+            } else {
+                t->data = g->data;
+                in_file = 1;
+            }
+            continue;
+        }
         t->nbytes = g->numel * sizeof(float); /* numel * type_size fitted, so this does too */
         t->data = (const void *)(uintptr_t)total; /* offset into the slab for now */
         if (!peft_add_ok(total, t->nbytes, &total)) rc = peft_fail(err, PEFT_EFORMAT, "%s: tensors too large", f->path);
-        if (qk && t->nbytes > largest) largest = t->nbytes;
+        if (qk && permuted && t->nbytes > largest) largest = t->nbytes;
     }
-    void *slab = MAP_FAILED;
+    unsigned char *slab = MAP_FAILED;
     float *tmp = NULL;
-    if (rc == PEFT_OK && total) {
-        slab = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t size = 0;
+    if (rc == PEFT_OK && !peft_add_ok(total, moved, &size)) rc = peft_fail(err, PEFT_EFORMAT, "%s: tensors too large", f->path);
+    if (rc == PEFT_OK && size) {
+        slab = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         tmp = largest ? malloc(largest) : NULL;
         if (slab == MAP_FAILED || (largest && !tmp))
-            rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the dequantized weights", f->path, total >> 20);
+            rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the dequantized weights", f->path, size >> 20);
         else
-            sf->map = (peft_mapping){slab, total};
+            sf->map = (peft_mapping){slab, size};
     }
     for (int i = 0; rc == PEFT_OK && i < f->n_tensors; i++) {
         const peft_gguf_tensor *g = &f->tensors[i];
         peft_st_tensor *t = &sf->tensors[i];
-        float *dst = (float *)((unsigned char *)slab + (uintptr_t)t->data);
-        t->data = dst;
-        peft_gguf_dequantize(g, dst);
         char hf[160];
         int qk;
         peft_gguf_hf_name(g->name, hf, sizeof hf, &qk);
         int n_head = qk == 1 ? cfg->n_heads : cfg->n_kv_heads;
-        size_t rows = (size_t)t->shape[0], cols = t->ndim > 1 ? (size_t)t->shape[1] : 1;
-        if (qk && permuted) {
-            if (rows % (2 * (size_t)n_head)) {
-                rc = peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" has %zu rows, not a multiple of 2 x %d heads", f->path, g->name, rows, n_head);
-                break;
+        size_t rows = (size_t)t->shape[0];
+        int unpermute = qk && permuted && rows;
+        if (unpermute && rows % (2 * (size_t)n_head)) {
+            rc = peft_fail(err, PEFT_ESHAPE, "%s: tensor \"%s\" has %zu rows, not a multiple of 2 x %d heads", f->path, g->name, rows, n_head);
+            break;
+        }
+        if (t->ggml_type) { /* in block form: only permuted rows move */
+            if (unpermute) {
+                unsigned char *dst = slab + total + (uintptr_t)t->data;
+                unpermute_rows(dst, g->data, rows, t->nbytes / rows, n_head);
+                t->data = dst;
             }
-            unpermute_rows(dst, tmp, rows, cols, n_head);
+            continue;
+        }
+        float *dst = (float *)(slab + (uintptr_t)t->data);
+        t->data = dst;
+        if (unpermute) {
+            peft_gguf_dequantize(g, tmp);
+            unpermute_rows((unsigned char *)dst, (const unsigned char *)tmp, rows, t->nbytes / rows, n_head);
+        } else {
+            peft_gguf_dequantize(g, dst);
         }
     }
     free(tmp);
@@ -207,11 +248,20 @@ static int build_weights(const peft_gguf_file *f, const peft_llama_config *cfg, 
         peft_weights_close(w);
         return rc;
     }
+    if (in_file) { /* tensors point into the GGUF: its mapping lives as long as the weights */
+        owner->map = f->map;
+        f->map = (peft_mapping){0};
+    }
     *out = w;
     return PEFT_OK;
 }
 
 int peft_gguf_open_llama(const char *path, peft_llama_config *cfg, peft_weights **weights, peft_err *err) {
+    return peft_gguf_open_llama_ex(path, 0, cfg, weights, err);
+}
+
+int peft_gguf_open_llama_ex(const char *path, int keep_blocks, peft_llama_config *cfg, peft_weights **weights,
+                            peft_err *err) {
     *weights = NULL;
     peft_gguf_file *f;
     int rc = peft_gguf_open(path, &f, err), permuted = 0;
@@ -219,7 +269,7 @@ int peft_gguf_open_llama(const char *path, peft_llama_config *cfg, peft_weights 
     if (rc == PEFT_OK) rc = build_config(f, &permuted, &json, err);
     snprintf(what, sizeof what, "%s (its llama.* metadata as config.json)", path);
     if (rc == PEFT_OK) rc = peft_llama_config_parse(json, strlen(json), what, cfg, err);
-    if (rc == PEFT_OK) rc = build_weights(f, cfg, permuted, weights, err);
+    if (rc == PEFT_OK) rc = build_weights(f, cfg, permuted, keep_blocks, weights, err);
     free(json);
     peft_gguf_close(f);
     return rc;

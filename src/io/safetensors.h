@@ -24,6 +24,9 @@ typedef struct peft_st_tensor {
     size_t numel;
     size_t nbytes;
     const void *data; /* points into the mapping; may be unaligned */
+    /* 0, or the ggml block type (PEFT_GGML_Q8_0, ... io/gguf.h) of a GGUF tensor kept as read:
+     * data then holds shape[0] rows of blocks, nbytes in all, and dtype does not apply. */
+    int ggml_type;
 } peft_st_tensor;
 
 typedef struct peft_st_file {

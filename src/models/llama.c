@@ -24,15 +24,18 @@ typedef struct wanted {
     int ndim;
     int64_t shape[2];
     float **dst;
+    peft_site *site; /* the site whose weight this is (it may stay in block form), else NULL */
 } wanted;
 
-static void want(wanted *w, int *n, float **dst, int64_t d0, int64_t d1, const char *fmt, int layer) {
+static wanted *want(wanted *w, int *n, float **dst, int64_t d0, int64_t d1, const char *fmt, int layer) {
     wanted *x = &w[(*n)++];
     snprintf(x->name, sizeof x->name, fmt, layer);
     x->ndim = d1 ? 2 : 1;
     x->shape[0] = d0;
     x->shape[1] = d1;
     x->dst = dst;
+    x->site = NULL;
+    return x;
 }
 
 /* Lists every tensor of the checkpoint with its expected shape. Returns the count. */
@@ -60,7 +63,7 @@ static int list_wanted(peft_llama *m, wanted *w) {
             site->out_features = out_dim[s];
             char fmt[192];
             snprintf(fmt, sizeof fmt, "%s.weight", site->name);
-            want(w, &n, &site->weight, out_dim[s], in_dim[s], fmt, 0);
+            want(w, &n, &site->weight, out_dim[s], in_dim[s], fmt, 0)->site = site;
             if (has_bias[s]) {
                 snprintf(fmt, sizeof fmt, "%s.bias", site->name);
                 want(w, &n, &site->bias, out_dim[s], 0, fmt, 0);
@@ -75,6 +78,21 @@ static int check_finite(const float *x, size_t n, const char *name, const char *
         if (!isfinite(x[i]))
             return peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value (%g) at index %zu", file, name, x[i], i);
     return PEFT_OK;
+}
+
+/* A block-form weight [rows, cols] holds only finite values, checked a dequantized row at a time. */
+static int check_finite_blocks(const peft_qformat *qf, const void *q, size_t rows, int cols, const char *name,
+                               const char *file, peft_err *err) {
+    float *row = malloc((size_t)(cols > 0 ? cols : 1) * sizeof(float));
+    if (!row) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    const size_t rb = qf->row_bytes(cols);
+    int rc = PEFT_OK;
+    for (size_t r = 0; r < rows && rc == PEFT_OK; r++) {
+        qf->dequantize_row(row, (const unsigned char *)q + r * rb, cols);
+        rc = check_finite(row, (size_t)cols, name, file, err);
+    }
+    free(row);
+    return rc;
 }
 
 /* Gives back the resident pages of [p, p + bytes) when it lies in the mapped checkpoint (they
@@ -111,14 +129,21 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
                            (long long)w[i].shape[0], w[i].ndim > 1 ? "," : "", w[i].ndim > 1 ? (long long)w[i].shape[1] : 0LL);
             break;
         }
-        if (t->dtype != PEFT_F32 && t->dtype != PEFT_BF16 && t->dtype != PEFT_F16) {
+        if (t->ggml_type) { /* kept in block form (LLAMA_KEEP_BLOCKS): only a site's weight can be */
+            const peft_qformat *qf = peft_qformat_of_ggml(t->ggml_type);
+            if (!qf || !w[i].site || t->shape[1] % qf->block || t->nbytes != qf->row_bytes(t->shape[1]) * (size_t)t->shape[0]) {
+                rc = peft_fail(err, PEFT_EFORMAT, "%s: tensor \"%s\": ggml type %d in block form is not %s", file, w[i].name,
+                               t->ggml_type, qf ? "rows of whole blocks" : "a block format");
+                break;
+            }
+        } else if (t->dtype != PEFT_F32 && t->dtype != PEFT_BF16 && t->dtype != PEFT_F16) {
             rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: tensor \"%s\" has dtype %s (supported: F32, BF16, F16)", file, w[i].name,
                            peft_dtype_name(t->dtype));
             break;
         }
         found[i] = t;
         files[i] = file;
-        if (t->dtype != PEFT_F32 || ((uintptr_t)t->data & 3)) slab += t->numel;
+        if (!t->ggml_type && (t->dtype != PEFT_F32 || ((uintptr_t)t->data & 3))) slab += t->numel;
         m->n_params += t->numel;
     }
     m->converted_floats = slab;
@@ -127,6 +152,15 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
     size_t off = 0;
     for (int i = 0; i < n && rc == PEFT_OK; i++) {
         const peft_st_tensor *t = found[i];
+        if (t->ggml_type) {
+            peft_site *site = w[i].site;
+            site->qfmt = peft_qformat_of_ggml(t->ggml_type);
+            site->w_q = t->data;
+            *w[i].dst = NULL; /* no f32 copy: the matmuls read the blocks */
+            m->n_kept_blocks++;
+            rc = check_finite_blocks(site->qfmt, t->data, (size_t)t->shape[0], (int)t->shape[1], w[i].name, files[i], err);
+            continue;
+        }
         if (t->dtype == PEFT_F32 && !((uintptr_t)t->data & 3)) {
             *w[i].dst = (float *)t->data; /* the mapping is private copy-on-write */
         } else {
@@ -143,7 +177,9 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
     return rc;
 }
 
-int llama_load(const char *dir, peft_llama **out, peft_err *err) {
+int llama_load(const char *dir, peft_llama **out, peft_err *err) { return llama_load_ex(dir, 0, out, err); }
+
+int llama_load_ex(const char *dir, int flags, peft_llama **out, peft_err *err) {
     *out = NULL;
     peft_llama *m = calloc(1, sizeof *m);
     if (!m) return peft_fail(err, PEFT_ENOMEM, "out of memory");
@@ -152,7 +188,7 @@ int llama_load(const char *dir, peft_llama **out, peft_err *err) {
     snprintf(path, sizeof path, "%s/config.json", dir);
     int rc;
     if (peft_gguf_is_file(dir)) { /* a .gguf: config and f32 weights under HF names from it */
-        rc = peft_gguf_open_llama(dir, &m->cfg, &m->weights, err);
+        rc = peft_gguf_open_llama_ex(dir, flags & LLAMA_KEEP_BLOCKS, &m->cfg, &m->weights, err);
     } else {
         rc = peft_llama_config_load(path, &m->cfg, err);
         if (rc == PEFT_OK) rc = peft_weights_open(dir, &m->weights, err);
@@ -232,6 +268,9 @@ int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, pef
     if (m->qfmt)
         return peft_fail(err, PEFT_EINVAL, "%s: the weights are quantized to %s, which is multiplied in f32", m->dir,
                          m->qfmt->name);
+    if (m->n_kept_blocks)
+        return peft_fail(err, PEFT_EINVAL, "%s: %d linear weights are kept in their GGUF block formats, which are multiplied in f32",
+                         m->dir, m->n_kept_blocks);
     const peft_llama_config *c = &m->cfg;
     const int C = c->hidden_size, V = c->vocab_size;
     size_t total = fmt->packed_size(V, C) + (training ? fmt->packed_t_size(V, C) : 0);
@@ -285,6 +324,9 @@ int llama_quantize(peft_llama *m, const peft_qformat *fmt, peft_err *err) {
     if (m->half)
         return peft_fail(err, PEFT_EINVAL, "%s: the model computes in %s; quantized weights are multiplied in f32", m->dir,
                          m->half->name);
+    if (m->n_kept_blocks)
+        return peft_fail(err, PEFT_EINVAL, "%s: %d linear weights are already in block form as the GGUF stores them", m->dir,
+                         m->n_kept_blocks);
     if (!fmt->quantize_rows) return peft_fail(err, PEFT_EUNSUPPORTED, "peft.c reads %s but does not write it", fmt->name);
     size_t total = 0;
     for (int i = 0; i < llama_n_sites(m); i++) {
@@ -311,6 +353,33 @@ int llama_quantize(peft_llama *m, const peft_qformat *fmt, peft_err *err) {
     return PEFT_OK;
 }
 
+int llama_dequantize_sites(peft_llama *m, peft_site *const *sites, int n, peft_err *err) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        if (sites[i]->w_q && !sites[i]->weight) total += (size_t)sites[i]->out_features * sites[i]->in_features;
+    if (!total) return PEFT_OK;
+    if (m->kept_f32) return peft_fail(err, PEFT_EINVAL, "%s: block-form weights were already dequantized once", m->dir);
+    if (!(m->kept_f32 = malloc(total * sizeof(float))))
+        return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB to dequantize block-form weights", total * 4 >> 20);
+    float *p = m->kept_f32;
+    for (int i = 0; i < n; i++) {
+        peft_site *s = sites[i];
+        if (!s->w_q || s->weight) continue;
+        const size_t rb = s->qfmt->row_bytes(s->in_features);
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < s->out_features; r++)
+            s->qfmt->dequantize_row(p + (size_t)r * s->in_features, (const unsigned char *)s->w_q + (size_t)r * rb, s->in_features);
+        /* the site is f32 from now on: a method may change W (PiSSA's residual), so the
+         * matmuls must read the copy, not the blocks */
+        s->weight = p;
+        s->w_q = NULL;
+        s->qfmt = NULL;
+        m->n_kept_blocks--;
+        p += (size_t)s->out_features * s->in_features;
+    }
+    return PEFT_OK;
+}
+
 /* logits[N,V] = x[N,C] lm_head^T, in 16 bits when packed. PEFT_ENOMEM: the 16-bit kernel's
  * scratch could not be allocated (so for every int-returning step function below). */
 static int lm_head_forward(const peft_llama *m, float *logits, const float *x, int N) {
@@ -331,6 +400,7 @@ void llama_free(peft_llama *m) {
     if (!m) return;
     free(m->half_slab);
     free(m->q_slab);
+    free(m->kept_f32);
     peft_weights_close(m->weights);
     free(m->converted);
     free(m->layers);
@@ -465,32 +535,28 @@ static void prefix_rows(const peft_llama *m, int l, float *k, float *v, int B, i
         }
 }
 
-/* One decoder layer: x_out[N,C] from x_in[N,C]. rope_pos[N] are RoPE positions; attn_pos
- * the packed-example window (see attention_forward). With a KV cache (kc, vc: this layer's
- * [capacity, KD] rows, kv_len already stored), new k/v rows are appended and attention runs
- * over the cache. save: a training forward (adapters keep what backward needs). */
-static int layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out,
-                         const int32_t *rope_pos, const int32_t *attn_pos, int B, int T, float *kc, float *vc,
-                         int kv_len, int save) {
+/* A decoder layer up to attention: xn1 = rms(x_in[N,C]); q, k, v from their sites, q and k
+ * rotated at rope_pos[N]. save: a training forward (adapters keep what backward needs). */
+static int layer_qkv(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, const int32_t *rope_pos, int N, int save) {
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
-    int N = B * T, C = c->hidden_size, F = c->intermediate_size, HD = c->head_dim, KD = c->n_kv_heads * HD;
-    rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, C);
+    rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, c->hidden_size);
     int rc = site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, save);
     if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_K], la->k, la->xn1, N, save);
     if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
     if (rc) return rc;
-    rope_forward(la->q, rope_pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
-    rope_forward(la->k, rope_pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
-    if (m->prefix_kv && !kc) prefix_rows(m, l, la->k, la->v, B, T);
-    if (kc) {
-        memcpy(kc + (size_t)kv_len * KD, la->k, (size_t)N * KD * sizeof(float));
-        memcpy(vc + (size_t)kv_len * KD, la->v, (size_t)N * KD * sizeof(float));
-        rc = attention_forward(la->att, NULL, la->q, kc, vc, NULL, 1, T, kv_len + T, c->n_heads, c->n_kv_heads, HD);
-    } else {
-        rc = attention_forward(la->att, la->lse, la->q, la->k, la->v, attn_pos, B, T, T, c->n_heads, c->n_kv_heads, HD);
-    }
-    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, save);
+    rope_forward(la->q, rope_pos, m->rope_cos, m->rope_sin, N, c->n_heads, c->head_dim);
+    rope_forward(la->k, rope_pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, c->head_dim);
+    return PEFT_OK;
+}
+
+/* The rest of a decoder layer after attention (la->att [N, NH*HD]):
+ * x_mid = x_in + o_proj(att), x_out = x_mid + down_proj(silu(gate_proj(rms(x_mid))) * up_proj(...)). */
+static int layer_out(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out, int N, int save) {
+    const peft_llama_config *c = &m->cfg;
+    peft_llama_layer *L = &m->layers[l];
+    int C = c->hidden_size, F = c->intermediate_size;
+    int rc = site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, save);
     if (rc) return rc;
     add_inplace(la->x_mid, x_in, (size_t)N * C);
     rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, c->rms_norm_eps, N, C);
@@ -505,6 +571,28 @@ static int layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float
     rc = site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, save);
     add_inplace(x_out, la->x_mid, (size_t)N * C);
     return rc;
+}
+
+/* One decoder layer: x_out[N,C] from x_in[N,C]. rope_pos[N] are RoPE positions; attn_pos
+ * the packed-example window (see attention_forward). With a KV cache (kc, vc: this layer's
+ * [capacity, KD] rows, kv_len already stored), new k/v rows are appended and attention runs
+ * over the cache. save: a training forward (adapters keep what backward needs). */
+static int layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out,
+                         const int32_t *rope_pos, const int32_t *attn_pos, int B, int T, float *kc, float *vc,
+                         int kv_len, int save) {
+    const peft_llama_config *c = &m->cfg;
+    int N = B * T, HD = c->head_dim, KD = c->n_kv_heads * HD;
+    int rc = layer_qkv(m, l, la, x_in, rope_pos, N, save);
+    if (rc) return rc;
+    if (m->prefix_kv && !kc) prefix_rows(m, l, la->k, la->v, B, T);
+    if (kc) {
+        memcpy(kc + (size_t)kv_len * KD, la->k, (size_t)N * KD * sizeof(float));
+        memcpy(vc + (size_t)kv_len * KD, la->v, (size_t)N * KD * sizeof(float));
+        rc = attention_forward(la->att, NULL, la->q, kc, vc, NULL, 1, T, kv_len + T, c->n_heads, c->n_kv_heads, HD);
+    } else {
+        rc = attention_forward(la->att, la->lse, la->q, la->k, la->v, attn_pos, B, T, T, c->n_heads, c->n_kv_heads, HD);
+    }
+    return rc ? rc : layer_out(m, l, la, x_in, x_out, N, save);
 }
 
 static int check_ids(const peft_llama *m, const int32_t *ids, size_t n, peft_err *err) {
@@ -766,4 +854,51 @@ int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, f
                          virt - i < kv->chunk ? virt - i : kv->chunk, logits);
     if (rc == PEFT_OK) rc = decode_rows(m, kv, ids, NULL, n, logits);
     return rc ? peft_fail(err, rc, "out of memory for a kernel's scratch (decoding)") : PEFT_OK;
+}
+
+/* The n_seq rows (one new token per sequence) go through every site together: one base matmul
+ * and, with an adapter pool, one gathered adapter term per row group. Attention runs per
+ * sequence: row i's k, v are appended to cache i and its query attends that cache alone. */
+int llama_decode_batch(peft_llama *m, llama_kv_cache *const *kv, const int32_t *ids, int n_seq, float *logits,
+                       peft_err *err) {
+    if (n_seq < 1) return peft_fail(err, PEFT_EINVAL, "batched decode of %d sequences", n_seq);
+    for (int i = 0; i < n_seq; i++) {
+        if (kv[i]->len + 1 > kv[i]->capacity)
+            return peft_fail(err, PEFT_EINVAL, "sequence %d: context full (%d tokens)", i, kv[i]->capacity);
+        if (m->n_virtual && kv[i]->len == 0)
+            return peft_fail(err, PEFT_EINVAL, "sequence %d: prefill it with llama_decode first (virtual tokens)", i);
+        for (int j = 0; j < i; j++)
+            if (kv[j] == kv[i]) return peft_fail(err, PEFT_EINVAL, "sequences %d and %d share a KV cache", j, i);
+    }
+    int rc = check_ids(m, ids, (size_t)n_seq, err);
+    if (rc) return rc;
+    const peft_llama_config *c = &m->cfg;
+    int C = c->hidden_size, HD = c->head_dim, QD = c->n_heads * HD, KD = c->n_kv_heads * HD;
+    llama_acts a; /* n_seq rows of inference scratch, a few MB at most: small against a step */
+    if ((rc = llama_acts_alloc(m, n_seq, 1, 0, 0, &a, err))) return rc;
+    llama_layer_acts *la = &a.layer[0];
+    for (int i = 0; i < n_seq; i++) a.pos[i] = kv[i]->len;
+    embedding_forward(a.residual, ids, m->embed, n_seq, C);
+    for (int l = 0; l < c->n_layers && rc == PEFT_OK; l++) { /* layer l reads residual slot l%2, writes the other */
+        const float *x_in = a.residual + (size_t)(l % 2) * n_seq * C;
+        rc = layer_qkv(m, l, la, x_in, a.pos, n_seq, 0);
+        for (int i = 0; i < n_seq && rc == PEFT_OK; i++) {
+            size_t off = (size_t)l * kv[i]->capacity * KD, len = (size_t)kv[i]->len;
+            float *kc = kv[i]->k + off, *vc = kv[i]->v + off;
+            memcpy(kc + len * KD, la->k + (size_t)i * KD, (size_t)KD * sizeof(float));
+            memcpy(vc + len * KD, la->v + (size_t)i * KD, (size_t)KD * sizeof(float));
+            rc = attention_forward(la->att + (size_t)i * QD, NULL, la->q + (size_t)i * QD, kc, vc, NULL, 1, 1, (int)len + 1,
+                                   c->n_heads, c->n_kv_heads, HD);
+        }
+        if (rc == PEFT_OK) rc = layer_out(m, l, la, x_in, a.residual + (size_t)((l + 1) % 2) * n_seq * C, n_seq, 0);
+    }
+    if (rc == PEFT_OK) {
+        rmsnorm_forward(a.xnf, a.rstdf, a.residual + (size_t)(c->n_layers % 2) * n_seq * C, m->final_norm.weight,
+                        c->rms_norm_eps, n_seq, C);
+        rc = lm_head_forward(m, logits, a.xnf, n_seq);
+    }
+    llama_acts_free(&a);
+    if (rc) return peft_fail(err, rc, "out of memory for a kernel's scratch (batched decoding)");
+    for (int i = 0; i < n_seq; i++) kv[i]->len++;
+    return PEFT_OK;
 }

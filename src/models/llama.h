@@ -50,6 +50,8 @@ typedef struct peft_llama {
     const uint16_t *lm_head_half, *lm_head_t_half;
     const struct peft_qformat *qfmt; /* block format of the sites' frozen weights (llama_quantize), or NULL */
     void *q_slab;             /* their quantized rows */
+    int n_kept_blocks;        /* sites whose frozen weight is a GGUF block tensor as read (LLAMA_KEEP_BLOCKS) */
+    float *kept_f32;          /* f32 copies of such weights for methods that read them (llama_dequantize_sites) */
     /* Virtual tokens (prompt and prefix tuning): the first n_virtual rows of every sequence
      * are the method's (callers put placeholder ids there, with no loss on them).
      * Prompt tuning: trained embeddings take the place of those rows' input.
@@ -65,6 +67,20 @@ typedef struct peft_llama {
 
 /* Loads DIR/config.json and the weights. Errors name the file and the problem. */
 int llama_load(const char *dir, peft_llama **out, peft_err *err);
+/* llama_load with flags. LLAMA_KEEP_BLOCKS: a GGUF's linear-site weights stored in a block
+ * format (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) stay in it as read: each such site gets s->qfmt and
+ * s->w_q pointing into the mapped file (q/k rows un-permuted as whole block rows) and no f32
+ * weight (s->weight NULL); the frozen matmuls dequantize tile by tile as after llama_quantize.
+ * The embedding, norms, LM head and f32/f16/bf16 tensors load as usual. Merging, llama_use_half
+ * and llama_quantize are refused on such a model; methods that read the base weight need
+ * llama_dequantize_sites first. No effect on a safetensors directory. */
+#define LLAMA_KEEP_BLOCKS 1
+int llama_load_ex(const char *dir, int flags, peft_llama **out, peft_err *err);
+/* Turns each of sites[n] whose weight is kept in block form into an f32 site: s->weight = its
+ * blocks dequantized (HF layout), s->w_q / s->qfmt cleared, for methods that read or change the
+ * base weight (reads_base; PiSSA's residual, SVFT's SVD, ... at create). Other sites are left
+ * alone. Once per model: a second call that would convert sites fails. */
+int llama_dequantize_sites(peft_llama *m, peft_site *const *sites, int n, peft_err *err);
 /* Computes the frozen linear layers and the LM head in a 16-bit format (kernels.h:
  * &peft_half_bf16 or &peft_half_f16): packs a copy of each weight once (both layouts when
  * `training`, for the input gradient too). Outputs then differ from f32 by about 1e-3 (f16) or
@@ -188,5 +204,12 @@ void llama_kv_free(llama_kv_cache *kv);
 /* Appends n tokens (n <= chunk) and writes the logits of the last one into logits[V]. With
  * prompt tuning, the virtual tokens are fed first when the cache is empty. */
 int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err);
+/* One decoding step for n_seq independent sequences, each with its own KV cache (B = 1 each, any
+ * lengths): ids[n_seq] (one new token each), logits[n_seq, V]. The linear layers run once over the n_seq
+ * rows (with the pool's per-row adapters, methods/adapter_pool.h: row i is sequence i); attention runs
+ * per sequence against its own cache. The caches must be distinct; with virtual tokens (prompt or
+ * prefix tuning) each must have been prefilled by llama_decode. On failure no cache has grown. */
+int llama_decode_batch(peft_llama *m, llama_kv_cache *const *kv, const int32_t *ids, int n_seq, float *logits,
+                       peft_err *err);
 
 #endif
