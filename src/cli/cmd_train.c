@@ -332,14 +332,18 @@ int cmd_train(int argc, char **argv) {
             rc = peft_fail(&err, PEFT_EINVAL, "--epochs %g makes %.0f updates, more than %ld", epochs, steps, CLI_MAX_STEPS);
         o.steps = steps < 1 ? 1 : (long)fmin(steps, (double)CLI_MAX_STEPS);
     }
+    peft_dist dist = {0, 1}; /* under mpirun: this process's rank in the job sharing each update */
+    if (rc == PEFT_OK) rc = peft_dist_init(&dist, &err);
+    o.dist = &dist;
     if (rc == PEFT_OK) {
         size_t trainable = peft_adapter_set_numel(set);
-        fprintf(stderr, "%s: %s on %d modules, %zu trainable parameters (%.3f%% of %zu); %d train / %d validation rows of %d tokens\n",
-                dir, acfg.method, peft_adapter_set_n_sites(set), trainable, 100.0 * trainable / cm.model->n_params,
-                cm.model->n_params, peft_dataset_rows(ds, 0), val ? peft_dataset_rows(val, 0) : peft_dataset_rows(ds, 1), o.seq_len);
+        if (dist.rank == 0)
+            fprintf(stderr, "%s: %s on %d modules, %zu trainable parameters (%.3f%% of %zu); %d train / %d validation rows of %d tokens\n",
+                    dir, acfg.method, peft_adapter_set_n_sites(set), trainable, 100.0 * trainable / cm.model->n_params,
+                    cm.model->n_params, peft_dataset_rows(ds, 0), val ? peft_dataset_rows(val, 0) : peft_dataset_rows(ds, 1), o.seq_len);
         peft_train_result res;
         rc = peft_train(cm.model, set, ds, &o, &res, &err);
-        if (rc == PEFT_OK) {
+        if (rc == PEFT_OK && dist.rank == 0) {
             /* without validation rows the losses are NaN: say nothing about validation */
             printf("steps %ld  train loss %.4f", res.steps_done, res.final_train_loss);
             if (!isnan(res.first_val_loss)) printf("  validation loss %.4f ->", res.first_val_loss);
@@ -348,6 +352,7 @@ int cmd_train(int argc, char **argv) {
             printf("%s written to %s\n", lisa ? "fine-tuned model" : "adapter", out);
         }
     }
+    peft_dist_finalize(&dist);
     peft_adapter_set_free(set);
     peft_dataset_free(ds);
     peft_dataset_free(val);

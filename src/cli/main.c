@@ -20,6 +20,7 @@ static const struct {
     {"merge", cmd_merge, "merge an adapter into its base model and write an HF checkpoint"},
     {"combine", cmd_combine, "combine LoRA adapters into one, as PEFT's add_weighted_adapter (svd, cat, ties, dare, ...)"},
     {"export", cmd_export, "write an adapter as a llama.cpp GGUF LoRA, or the merged model as one GGUF"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server over the model and named adapters"},
 };
 
 int cli_report(const char *msg) {

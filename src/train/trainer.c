@@ -19,6 +19,7 @@
 #include "io/safetensors.h"
 #include "rng.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 
 void peft_train_opts_default(peft_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -264,10 +265,138 @@ static void progress_bar(long step, long total, double loss, double tps, double 
     fflush(stderr);
 }
 
+/* ---- one update's gradient, over micro-batches and ranks --------------------------- */
+
+/* Forward and backward of micro-batch `micro` (0 .. grad_accum - 1) of update `step` into the
+ * zeroed gradients; its mean loss (over its counted tokens) into *loss. Its rows and dropout
+ * seed are functions of (seed, step, micro) only, never of the rank that runs it. */
+static int micro_batch(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o, llama_acts *acts,
+                       batch_bufs *bb, row_order *order, long step, int micro, double *loss, peft_err *err) {
+    int B = o->batch, T = o->seq_len, counted;
+    long k0 = (step * o->grad_accum + micro) * (long)B;
+    for (int b = 0; b < B; b++) bb->rows[b] = row_at(order, k0 + b);
+    int rc = fill_rows(ds, 0, bb->rows, B, T, m, bb->in, bb->tgt, bb->pos, err);
+    peft_adapter_set_mode(set, 1, peft_mix64(o->seed ^ ((uint64_t)step << 20) ^ (uint64_t)micro));
+    peft_adapter_set_zero_grad(set);
+    if (rc == PEFT_OK) rc = llama_forward(m, acts, bb->in, bb->pos, bb->tgt, loss, &counted, err);
+    if (rc == PEFT_OK && (rc = llama_backward(m, acts, bb->in, bb->tgt, counted)))
+        rc = peft_fail(err, rc, "out of memory for a kernel's scratch (backward pass)");
+    return rc;
+}
+
+/* The buffers of the gradient sum: acc [numel] (every trainable number back to back, in
+ * parameter order); with more than one rank a packet [8 + 4 numel] (a micro-batch's loss as a
+ * double, then its gradient) to send and size of them received. */
+typedef struct grad_sum {
+    size_t cap;            /* floats acc holds */
+    float *acc;
+    unsigned char *send, *recv;
+} grad_sum;
+
+static int grad_sum_reserve(grad_sum *g, size_t numel, int ranks, peft_err *err) {
+    if (numel <= g->cap) return PEFT_OK;
+    free(g->acc);
+    free(g->send);
+    free(g->recv);
+    size_t packet = 8 + 4 * numel;
+    g->acc = malloc(numel * sizeof(float));
+    g->send = ranks > 1 ? malloc(packet) : NULL;
+    g->recv = ranks > 1 ? malloc(packet * (size_t)ranks) : NULL;
+    g->cap = g->acc && (ranks == 1 || (g->send && g->recv)) ? numel : 0;
+    return g->cap ? PEFT_OK : peft_fail(err, PEFT_ENOMEM, "out of memory for the gradient sum (%zu numbers)", numel);
+}
+
+static void grad_sum_free(grad_sum *g) {
+    free(g->acc);
+    free(g->send);
+    free(g->recv);
+}
+
+static void add_into(float *acc, const float *g, size_t n) {
+    for (size_t j = 0; j < n; j++) acc[j] += g[j];
+}
+
+/* Update `step`'s gradient. Rank r runs micro-batches r, r + size, r + 2 size, ... (grad_accum
+ * is a multiple of size); after each round every rank holds that round's size gradients and
+ * adds them to the sum in micro-batch order. So every rank, for any number of ranks, computes
+ * g0 + g1 + ... + g(G-1) added left to right, each gi computed alone: a job of N ranks gives
+ * the bits of a single process, and every rank the same bits (so their AdamW updates, run
+ * redundantly, keep the parameters equal without sending them). One micro-batch on one
+ * process needs no sum. Leaves the mean gradient (sum / G) in the parameters' grad and the
+ * mean of the micro-batches' losses in *loss. */
+static int step_gradient(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
+                         const peft_dist *D, llama_acts *acts, batch_bufs *bb, row_order *order, grad_sum *gs, long step,
+                         double *loss, peft_err *err) {
+    int n = peft_adapter_set_n_params(set), G = o->grad_accum;
+    peft_named_param *p = peft_adapter_set_params(set);
+    if (D->size == 1 && G == 1) return micro_batch(m, set, ds, o, acts, bb, order, step, 0, loss, err);
+    size_t numel = 0, packet;
+    for (int i = 0; i < n; i++) numel += p[i].p.numel;
+    packet = 8 + 4 * numel;
+    int rc = peft_dist_agree(D, grad_sum_reserve(gs, numel, D->size, err), err);
+    if (rc) return rc;
+    memset(gs->acc, 0, numel * sizeof(float));
+    double loss_sum = 0;
+    for (int r0 = 0; r0 < G && rc == PEFT_OK; r0 += D->size) {
+        double l = 0;
+        rc = micro_batch(m, set, ds, o, acts, bb, order, step, r0 + D->rank, &l, err);
+        if (D->size == 1) {
+            for (size_t i = 0, off = 0; i < (size_t)n && rc == PEFT_OK; off += p[i].p.numel, i++)
+                add_into(gs->acc + off, p[i].p.grad, p[i].p.numel);
+            loss_sum += l;
+            continue;
+        }
+        memcpy(gs->send, &l, 8);
+        for (size_t i = 0, off = 8; i < (size_t)n && rc == PEFT_OK; off += 4 * p[i].p.numel, i++)
+            memcpy(gs->send + off, p[i].p.grad, 4 * p[i].p.numel);
+        rc = peft_dist_agree(D, rc, err);
+        if (rc == PEFT_OK) rc = peft_dist_allgather(D, gs->send, packet, gs->recv, err);
+        for (int r = 0; r < D->size && rc == PEFT_OK; r++) { /* rank order = micro-batch order */
+            const unsigned char *pk = gs->recv + (size_t)r * packet;
+            memcpy(&l, pk, 8);
+            loss_sum += l;
+            add_into(gs->acc, (const float *)(pk + 8), numel); /* packets start at multiples of 4 bytes */
+        }
+    }
+    if (rc) return rc;
+    for (size_t i = 0, off = 0; i < (size_t)n; off += p[i].p.numel, i++) memcpy(p[i].p.grad, gs->acc + off, 4 * p[i].p.numel);
+    /* Each micro-batch contributed the gradient of its mean loss: average them. */
+    if (G > 1) peft_grad_scale(p, n, 1.0f / (float)G);
+    *loss = loss_sum / G;
+    return PEFT_OK;
+}
+
+/* --resume: rank 0 reads the checkpoint and sends its bytes to every rank (the others may run
+ * on machines without the output directory); each restores its copy of the state from them.
+ * *found: whether there was a checkpoint to resume from. */
+static int resume_state(const peft_dist *D, const char *ckpt, peft_adapter_set *set, peft_adamw *opt, const char *signature,
+                        long max_step, long *step, int *found, peft_err *err) {
+    char *bytes = NULL;
+    size_t len = 0;
+    int rc = D->rank == 0 && peft_file_exists(ckpt) ? peft_read_file(ckpt, &bytes, &len, err) : PEFT_OK;
+    uint64_t n = len;
+    rc = peft_dist_agree(D, rc, err);
+    if (rc == PEFT_OK) rc = peft_dist_bcast(D, &n, sizeof n, 0, err);
+    if (rc == PEFT_OK && n && D->rank && !(bytes = malloc((size_t)n)))
+        rc = peft_fail(err, PEFT_ENOMEM, "out of memory for the checkpoint (%llu bytes)", (unsigned long long)n);
+    rc = peft_dist_agree(D, rc, err);
+    if (rc == PEFT_OK) rc = peft_dist_bcast(D, bytes, (size_t)n, 0, err);
+    peft_st_file *f = NULL;
+    if (rc == PEFT_OK && n) rc = peft_st_parse((const unsigned char *)bytes, (size_t)n, ckpt, &f, err);
+    if (rc == PEFT_OK && n) rc = peft_checkpoint_restore(f, set, opt, signature, max_step, step, err);
+    if (f) peft_st_close(f);
+    free(bytes);
+    *found = n > 0;
+    return rc;
+}
+
 /* ---- the loop ----------------------------------------------------------------------- */
 
 int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
                peft_train_result *res, peft_err *err) {
+    static const peft_dist solo = {.rank = 0, .size = 1};
+    const peft_dist *D = o->dist ? o->dist : &solo;
+    int root = D->rank == 0; /* writes the log, checkpoints and the adapter; validates */
     memset(res, 0, sizeof *res);
     res->first_val_loss = res->final_val_loss = NAN;
     /* Validation rows: a separate dataset's (all of it) or this one's held-out split. */
@@ -277,27 +406,31 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     if (B < 1 || T < 2 || o->grad_accum < 1 || o->steps < 1)
         return peft_fail(err, PEFT_EINVAL, "batch, grad_accum and steps must be >= 1 and seq_len >= 2");
     if (n_train < 1) return peft_fail(err, PEFT_EINVAL, "the training split is empty");
+    if (o->grad_accum % D->size)
+        return peft_fail(err, PEFT_EINVAL, "--grad-accum %d is not a multiple of the %d MPI ranks: every rank runs grad_accum / "
+                         "ranks micro-batches of --batch rows per update (the global batch is batch x grad_accum rows)",
+                         o->grad_accum, D->size);
     /* one run at a time per output directory; what a killed run left is removed */
-    int lock = -1, rc = peft_mkdir(o->out_dir, err);
-    if (rc == PEFT_OK) rc = peft_dir_lock(o->out_dir, &lock, err);
-    if (rc) return rc;
-    for (int k = 0; k < 2; k++) {
+    int lock = -1, rc = root ? peft_mkdir(o->out_dir, err) : PEFT_OK;
+    if (rc == PEFT_OK && root) rc = peft_dir_lock(o->out_dir, &lock, err);
+    for (int k = 0; k < 2 && rc == PEFT_OK && root; k++) {
         const peft_dataset *d = k ? o->val_data : ds;
         if (d && peft_dataset_dropped(d))
             fprintf(stderr, "warning: %s data: %d records dropped: their prompt fills --seq-len %d, leaving no completion token "
                     "to learn\n", k ? "validation" : "training", peft_dataset_dropped(d), T);
     }
 
-    llama_acts acts;
+    llama_acts acts = {0};
     peft_adamw opt = {0};
     batch_bufs bb = {0};
+    grad_sum gs = {0};
     row_order order = {.rows = n_train, .epoch = -1, .seed = o->seed, .perm = malloc((size_t)n_train * sizeof(int))};
     curve train_curve = {0}, val_curve = {0};
     int n_params = peft_adapter_set_n_params(set);
     peft_named_param *params = peft_adapter_set_params(set);
     for (int i = 0; i < n_params; i++)
         if (strstr(params[i].key, "lora_B")) params[i].p.lr_scale = (float)o->lr_ratio_b;
-    rc = llama_acts_alloc(m, B, T, !o->recompute, 1, &acts, err);
+    if (rc == PEFT_OK) rc = llama_acts_alloc(m, B, T, !o->recompute, 1, &acts, err);
     if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, B * T, err);
     if (rc == PEFT_OK) rc = bufs_alloc(&bb, B, T, err);
     if (rc == PEFT_OK) rc = peft_adamw_init(&opt, params, n_params, o->beta1, o->beta2, o->eps, o->weight_decay, err);
@@ -310,57 +443,41 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     snprintf(svg_path, sizeof svg_path, "%s/loss.svg", o->out_dir);
     char *signature = rc == PEFT_OK ? peft_run_signature(o, m, set, ds, o->val_data) : NULL;
     if (rc == PEFT_OK && !signature) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+    rc = peft_dist_agree(D, rc, err);
     long step = 0;
-    if (rc == PEFT_OK && o->resume && peft_file_exists(ckpt)) {
-        peft_st_file *f;
-        rc = peft_st_open(ckpt, &f, err);
-        if (rc == PEFT_OK) {
-            rc = peft_checkpoint_restore(f, set, &opt, signature, o->steps, &step, err);
-            peft_st_close(f);
-        }
-        if (rc == PEFT_OK) rc = log_restore(log_path, step, &train_curve, &val_curve, err);
+    int resumed = 0;
+    if (rc == PEFT_OK && o->resume) rc = resume_state(D, ckpt, set, &opt, signature, o->steps, &step, &resumed, err);
+    if (rc == PEFT_OK && resumed && root) {
+        rc = log_restore(log_path, step, &train_curve, &val_curve, err);
         if (rc == PEFT_OK) fprintf(stderr, "resuming from %s at step %ld\n", ckpt, step);
-    } else {
+    } else if (!resumed) {
         /* a fresh run logs beside the previous run's log and replaces it only once its first
          * update is done: a run that cannot start leaves the old log alone */
         snprintf(log_new, sizeof log_new, "%s.tmp.%ld", log_path, (long)getpid());
     }
     const char *log_open = *log_new ? log_new : log_path;
-    FILE *log = rc == PEFT_OK ? fopen(log_open, *log_new ? "w" : "a") : NULL;
-    if (rc == PEFT_OK && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing: %s", log_open, strerror(errno));
+    FILE *log = rc == PEFT_OK && root ? fopen(log_open, *log_new ? "w" : "a") : NULL;
+    if (rc == PEFT_OK && root && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing: %s", log_open, strerror(errno));
 
-    if (rc == PEFT_OK && n_val > 0 && step == 0) {
+    if (rc == PEFT_OK && root && n_val > 0 && step == 0) {
         rc = eval_split(m, set, val_ds, &acts, &bb, val_split, o->eval_batches, &res->first_val_loss, err);
         if (rc == PEFT_OK) {
             fprintf(log, "{\"step\":0,\"val_loss\":%.6f}\n", res->first_val_loss);
             curve_add(&val_curve, 0, res->first_val_loss);
         }
     }
+    rc = peft_dist_agree(D, rc, err);
     double t_start = now_s(), tokens_seen = 0, train_s = 0; /* train_s: time in updates, without validation */
     long step_start = step;
     while (rc == PEFT_OK && step < o->steps) {
-        double t0 = now_s(), loss_sum = 0;
-        long tokens = 0;
-        if ((rc = set_begin_step(set, &opt, step, log, err))) break;
+        double t0 = now_s(), loss;
+        /* every rank brings LISA to the same layers: they are a function of (seed, step) */
+        if ((rc = peft_dist_agree(D, set_begin_step(set, &opt, step, log, err), err))) break;
         n_params = peft_adapter_set_n_params(set);
-        peft_adapter_set_zero_grad(set);
-        for (int micro = 0; micro < o->grad_accum && rc == PEFT_OK; micro++) {
-            long k0 = (step * o->grad_accum + micro) * (long)B;
-            for (int b = 0; b < B; b++) bb.rows[b] = row_at(&order, k0 + b);
-            rc = fill_rows(ds, 0, bb.rows, B, T, m, bb.in, bb.tgt, bb.pos, err);
-            peft_adapter_set_mode(set, 1, peft_mix64(o->seed ^ ((uint64_t)step << 20) ^ (uint64_t)micro));
-            double loss;
-            int counted;
-            if (rc == PEFT_OK) rc = llama_forward(m, &acts, bb.in, bb.pos, bb.tgt, &loss, &counted, err);
-            if (rc == PEFT_OK && (rc = llama_backward(m, &acts, bb.in, bb.tgt, counted)))
-                rc = peft_fail(err, rc, "out of memory for a kernel's scratch (backward pass)");
-            loss_sum += loss;
-            tokens += (long)B * T;
-        }
+        rc = step_gradient(m, set, ds, o, D, &acts, &bb, &order, &gs, step, &loss, err);
         if (rc) break;
-        /* Each micro-batch contributed the gradient of its mean loss: average them. */
-        if (o->grad_accum > 1) peft_grad_scale(params, n_params, 1.0f / (float)o->grad_accum);
-        double loss = loss_sum / o->grad_accum, gnorm = peft_grad_norm(params, n_params);
+        /* clipping and the update see the summed gradient, equal on every rank */
+        double gnorm = peft_grad_norm(params, n_params);
         if (!isfinite(loss) || !isfinite(gnorm)) {
             if (!o->skip_nonfinite) {
                 rc = peft_fail(err, PEFT_ENUMERIC,
@@ -387,49 +504,54 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
         }
         step++;
         double dt = now_s() - t0;
-        tokens_seen += (double)tokens;
+        tokens_seen += (double)o->grad_accum * B * T; /* the whole job's tokens: every rank counts them all */
         train_s += dt;
+        res->final_train_loss = loss;
+        if (!root) { /* rank 0 alone logs, validates and saves; the others wait for its status */
+            rc = peft_dist_agree(D, rc, err);
+            continue;
+        }
         double tps = tokens_seen / (now_s() - t_start), eta = (now_s() - t_start) / (step - step_start) * (o->steps - step);
         fprintf(log, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,\"step_s\":%.4f}\n", step,
                 loss, peft_lr_at(o->schedule, o->lr, step - 1, o->steps, o->warmup), gnorm, tps, dt);
         curve_add(&train_curve, (double)step, loss);
-        res->final_train_loss = loss;
         if (o->progress) progress_bar(step, o->steps, loss, tps, eta);
         if (n_val > 0 && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)) {
             double vl;
             rc = eval_split(m, set, val_ds, &acts, &bb, val_split, o->eval_batches, &vl, err);
-            if (rc) break;
-            res->final_val_loss = vl;
-            fprintf(log, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, vl);
-            curve_add(&val_curve, (double)step, vl);
-            if (o->progress) fprintf(stderr, "\n  step %ld: validation loss %.4f\n", step, vl);
+            if (rc == PEFT_OK) {
+                res->final_val_loss = vl;
+                fprintf(log, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, vl);
+                curve_add(&val_curve, (double)step, vl);
+                if (o->progress) fprintf(stderr, "\n  step %ld: validation loss %.4f\n", step, vl);
+            }
         }
         fflush(log);
-        if (*log_new) {
-            if (rename(log_new, log_path) != 0) {
+        if (rc == PEFT_OK && *log_new) {
+            if (rename(log_new, log_path) != 0)
                 rc = peft_fail(err, PEFT_EIO, "%s: cannot rename to %s: %s", log_new, log_path, strerror(errno));
-                break;
-            }
-            *log_new = '\0';
+            else *log_new = '\0';
         }
-        if (o->save_every > 0 && step % o->save_every == 0 && step < o->steps) {
+        if (rc == PEFT_OK && o->save_every > 0 && step % o->save_every == 0 && step < o->steps) {
             rc = peft_checkpoint_save(ckpt, set, &opt, step, signature, err);
             write_svg(svg_path, &train_curve, &val_curve);
         }
+        rc = peft_dist_agree(D, rc, err);
     }
-    if (o->progress) fputc('\n', stderr);
+    if (o->progress && root) fputc('\n', stderr);
     res->steps_done = step;
     res->tokens_per_s = tokens_seen / fmax(train_s, 1e-9);
-    if (rc == PEFT_OK) rc = peft_adapter_set_save(set, o->out_dir, err);
-    if (rc == PEFT_OK) rc = peft_checkpoint_save(ckpt, set, &opt, step, signature, err);
-    write_svg(svg_path, &train_curve, &val_curve);
+    if (rc == PEFT_OK && root) rc = peft_adapter_set_save(set, o->out_dir, err);
+    if (rc == PEFT_OK && root) rc = peft_checkpoint_save(ckpt, set, &opt, step, signature, err);
+    if (root) write_svg(svg_path, &train_curve, &val_curve);
     if (log) fclose(log);
-    if (*log_new) unlink(log_new); /* the run took no step: the previous log stays */
+    if (root && *log_new) unlink(log_new); /* the run took no step: the previous log stays */
     free(signature);
     peft_dir_unlock(lock);
     curve_free(&train_curve);
     curve_free(&val_curve);
     free(order.perm);
+    grad_sum_free(&gs);
     bufs_free(&bb);
     peft_adamw_free(&opt);
     llama_acts_free(&acts);

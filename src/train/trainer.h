@@ -11,6 +11,7 @@
 #include "methods/adapter_set.h"
 #include "models/llama.h"
 #include "train/data.h"
+#include "train/dist.h"
 #include "train/optim.h"
 
 typedef struct peft_train_opts {
@@ -34,6 +35,7 @@ typedef struct peft_train_opts {
     int progress;          /* draw a progress bar on stderr */
     const char *out_dir;   /* adapter, checkpoint, train_log.jsonl, loss.svg */
     const peft_dataset *val_data; /* validate on all of this one (NULL: the held-out split of the training data) */
+    const peft_dist *dist; /* the MPI job whose ranks share each update's micro-batches (NULL: this process alone) */
 } peft_train_opts;
 
 void peft_train_opts_default(peft_train_opts *o);
@@ -47,7 +49,11 @@ typedef struct peft_train_result {
     long skipped_steps;
 } peft_train_result;
 
-/* Trains set's parameters on ds and writes the final adapter to opts->out_dir. */
+/* Trains set's parameters on ds and writes the final adapter to opts->out_dir. In a job of N
+ * ranks (opts->dist) every rank calls it with the same arguments; each update's grad_accum
+ * micro-batches (a multiple of N) are shared among them and the adapter equals a single
+ * process's bit for bit; rank 0 alone validates and writes the files (its res has the
+ * validation losses). */
 int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *opts,
                peft_train_result *res, peft_err *err);
 
