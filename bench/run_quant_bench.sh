@@ -152,7 +152,7 @@ run_variant() {
     tail -1 "$WORK/peer.json"
   else
     local q=()
-    case "$v" in f32) ;; bf16) q=(--bf16) ;; *) q=(--quantize "$v") ;; esac
+    case "$v" in f32) q=(--precision f32) ;; bf16) q=(--bf16 --allow-emulated) ;; *) q=(--quantize "$v") ;; esac
     /usr/bin/time -o "$tm" -f "%M %e" "$BUILD/peft" train --model "$MODEL" --data "$WORK/train.txt" --val-fraction 0 \
       --out "$out" --target all-linear --rank 16 --alpha 32 --lr 1e-3 --schedule constant --warmup 0 --clip 0 \
       --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ" --seed 0 --no-progress "${q[@]}" 2>&1 | sed 's/^/   /'

@@ -39,8 +39,7 @@ static int find(cli_args *a, const char *name) {
     return found;
 }
 
-/* Prints "peft CMD: MSG" unless --help was asked for, and marks the arguments bad. */
-__attribute__((format(printf, 2, 3))) static void complain(cli_args *a, const char *fmt, ...) {
+void args_complain(cli_args *a, const char *fmt, ...) {
     a->bad = 1;
     if (a->help) return;
     va_list ap;
@@ -63,15 +62,27 @@ const char *args_str(cli_args *a, const char *name, const char *dflt) {
     if (i < 0) return dflt;
     a->used[i] = 1;
     if (i + 1 >= a->argc) {
-        complain(a, "%s needs a value", name);
+        args_complain(a, "%s needs a value", name);
         return dflt;
     }
     if (is_option(a->argv[i + 1])) { /* `--out --steps 3`: --out's value is missing */
-        complain(a, "%s needs a value, got the option '%s'", name, a->argv[i + 1]);
+        args_complain(a, "%s needs a value, got the option '%s'", name, a->argv[i + 1]);
         return dflt;
     }
     a->used[i + 1] = 1;
     return a->argv[i + 1];
+}
+
+int args_choice(cli_args *a, const char *name, const char *const *choices, int dflt) {
+    const char *s = args_str(a, name, NULL);
+    if (!s) return dflt;
+    for (int k = 0; choices[k]; k++)
+        if (!strcmp(s, choices[k])) return k;
+    char list[256] = "";
+    for (int k = 0; choices[k]; k++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? "|" : "", choices[k]);
+    args_complain(a, "%s must be %s, got '%s'", name, list, s);
+    return dflt;
 }
 
 const char *cli_range_str(cli_range r, char *buf, size_t n) {
@@ -118,7 +129,7 @@ long args_int(cli_args *a, const char *name, long dflt, long lo, long hi) {
     if (!s) return dflt;
     int rc = cli_parse_int(s, lo, hi, &v);
     if (rc == 0) return v;
-    complain(a, "%s %s an integer in [%ld, %ld], got '%s'", name, rc == -1 ? "expects" : "must be", lo, hi, s);
+    args_complain(a, "%s %s an integer in [%ld, %ld], got '%s'", name, rc == -1 ? "expects" : "must be", lo, hi, s);
     return dflt;
 }
 
@@ -130,7 +141,7 @@ double args_real(cli_args *a, const char *name, double dflt, cli_range r) {
     int rc = cli_parse_real(s, r, &v);
     if (rc == 0) return v;
     char range[80];
-    complain(a, "%s %s a number in %s, got '%s'", name, rc == -1 ? "expects" : "must be", cli_range_str(r, range, sizeof range), s);
+    args_complain(a, "%s %s a number in %s, got '%s'", name, rc == -1 ? "expects" : "must be", cli_range_str(r, range, sizeof range), s);
     return dflt;
 }
 

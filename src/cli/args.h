@@ -51,6 +51,12 @@ const char *args_str(cli_args *a, const char *name, const char *dflt);
 long args_int(cli_args *a, const char *name, long dflt, long lo, long hi);
 /* A real number in r (never NaN; infinite only if r says so); dflt when absent. */
 double args_real(cli_args *a, const char *name, double dflt, cli_range r);
+/* The index of the value of `name` in choices (NULL-terminated); dflt when absent; any other
+ * value is refused with the list. */
+int args_choice(cli_args *a, const char *name, const char *const *choices, int dflt);
+/* Prints "peft CMD: MSG" unless --help was asked for, and marks the arguments bad (args_finish
+ * then returns 2): for a combination of options that excludes itself. */
+__attribute__((format(printf, 2, 3))) void args_complain(cli_args *a, const char *fmt, ...);
 /* 0 if all options were consumed and parsed; otherwise prints the problem and returns 2. */
 int args_finish(cli_args *a);
 /* Prints the numeric options the getters saw: name, default, accepted range. */

@@ -14,39 +14,88 @@
 #include "methods/adapter.h"
 #include "methods/adapter_set.h"
 
-int cli_use_half(peft_llama *m, int bf16, int f16, const char *quantize, int training, peft_err *err) {
-    if (bf16 && f16) return peft_fail(err, PEFT_EINVAL, "--bf16 and --f16 exclude each other: pick one");
-    if (quantize && (!strcmp(quantize, "keep") || !strcmp(quantize, "none"))) quantize = NULL; /* decided at load */
-    if (quantize) {
-        const peft_qformat *q = peft_qformat_find(quantize);
-        if (!q || !q->quantize_rows || !strcmp(q->name, "q4_1"))
-            return peft_fail(err, PEFT_EINVAL, "--quantize must be keep, none, q8_0, q4_0 or nf4 (got '%s')", quantize);
-        if (bf16 || f16)
-            return peft_fail(err, PEFT_EINVAL, "--quantize keeps the frozen weights in %s and multiplies in f32: leave out --%s",
-                             q->name, bf16 ? "bf16" : "f16");
-        int rc = llama_quantize(m, q, err), kept = 0;
-        for (int i = 0; rc == PEFT_OK && i < llama_n_sites(m); i++) kept += !llama_site(m, i)->qfmt;
-        if (kept)
-            fprintf(stderr, "peft: note: %d of %d linear layers stay f32 (in_features not a multiple of %s's %d-value block)\n",
-                    kept, llama_n_sites(m), q->name, q->block);
-        return rc;
+void cli_precision_args(cli_args *a, cli_precision *p) {
+    static const char *const names[] = {"auto", "f32", "bf16", "f16", NULL};
+    static char flag[32]; /* one command line per process */
+    memset(p, 0, sizeof *p);
+    int given = args_str(a, "--precision", NULL) != NULL;
+    p->asked = (cli_prec)args_choice(a, "--precision", names, CLI_PREC_AUTO);
+    snprintf(flag, sizeof flag, "--precision %s", names[p->asked]);
+    p->flag = flag;
+    int bf16 = args_has(a, "--bf16"), f16 = args_has(a, "--f16");
+    if (bf16 && f16) args_complain(a, "--bf16 and --f16 exclude each other: pick one");
+    else if (bf16 || f16) {
+        cli_prec k = bf16 ? CLI_PREC_BF16 : CLI_PREC_F16;
+        const char *old = bf16 ? "--bf16" : "--f16";
+        if (given && p->asked != k) args_complain(a, "%s and %s exclude each other: pick one", old, flag);
+        p->asked = k;
+        p->flag = old;
     }
-    if (!bf16 && !f16) return PEFT_OK;
-    const peft_half_matmul *fmt = f16 ? &peft_half_f16 : &peft_half_bf16;
-    if (!fmt->native)
-        fprintf(stderr, "peft: warning: this build has no %s instructions (AVX512-%s); --%s runs a fallback slower than f32\n",
-                fmt->name, f16 ? "FP16" : "BF16", fmt->name);
-    return llama_use_half(m, fmt, training, err);
+    p->allow_emulated = args_has(a, "--allow-emulated");
 }
 
-int cli_keep_blocks(const char *dir, const char *quantize, int bf16, int f16, int needs_f32, int *keep, peft_err *err) {
-    int asked = quantize && !strcmp(quantize, "keep");
-    if (asked && (bf16 || f16))
-        return peft_fail(err, PEFT_EINVAL, "--quantize keep multiplies the GGUF's blocks in f32: leave out --%s, or use --quantize none",
-                         bf16 ? "bf16" : "f16");
-    if (asked && needs_f32)
+const peft_half_matmul *cli_precision_auto(int bf16_native, int f16_native) {
+    return f16_native ? &peft_half_f16 : bf16_native ? &peft_half_bf16 : NULL;
+}
+
+int cli_precision_resolve(cli_precision *p, const char *dir, int needs_f32, peft_err *err) {
+    int half = p->asked == CLI_PREC_BF16 || p->asked == CLI_PREC_F16;
+    const char *q = p->quantize;
+    int keep_asked = q && !strcmp(q, "keep"), quantized = q && !keep_asked && strcmp(q, "none");
+    if (keep_asked && half)
+        return peft_fail(err, PEFT_EINVAL, "--quantize keep multiplies the GGUF's blocks in f32: leave out %s, or use --quantize none",
+                         p->flag);
+    if (keep_asked && needs_f32)
         return peft_fail(err, PEFT_EINVAL, "--quantize keep: this method trains the base weights, which must be f32 (--quantize none)");
-    *keep = peft_gguf_is_file(dir) && (asked || (!quantize && !bf16 && !f16 && !needs_f32));
+    if (quantized && half)
+        return peft_fail(err, PEFT_EINVAL, "--quantize %s keeps the frozen weights quantized and multiplies in f32: leave out %s", q,
+                         p->flag);
+    p->keep_blocks = peft_gguf_is_file(dir) && (keep_asked || (!q && !half && !needs_f32));
+    p->needs_f32 = needs_f32;
+    p->half = NULL;
+    if (!half) return PEFT_OK;
+    p->half = p->asked == CLI_PREC_F16 ? &peft_half_f16 : &peft_half_bf16;
+    const char *isa = p->half == &peft_half_f16 ? "AVX512-FP16" : "AVX512-BF16";
+    if (!p->half->native && !p->allow_emulated)
+        return peft_fail(err, PEFT_EINVAL,
+                         "%s: this CPU (or this build) has no %s, so %s would run emulated (widened to f32), slower than f32: "
+                         "use --precision auto or f32, or add --allow-emulated to run it anyway",
+                         p->flag, isa, p->half->name);
+    snprintf(p->why, sizeof p->why, "%s: %s%s", p->flag, p->half->native ? "" : "emulated, no ", isa);
+    return PEFT_OK;
+}
+
+int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err *err) {
+    const char *q = p->quantize;
+    const peft_qformat *qf = NULL;
+    if (q && strcmp(q, "keep") && strcmp(q, "none")) {
+        qf = peft_qformat_find(q);
+        if (!qf || !qf->quantize_rows || !strcmp(qf->name, "q4_1"))
+            return peft_fail(err, PEFT_EINVAL, "--quantize must be keep, none, q8_0, q4_0 or nf4 (got '%s')", q);
+    }
+    if (p->asked == CLI_PREC_F32) snprintf(p->why, sizeof p->why, "%s", p->flag);
+    else if (p->asked == CLI_PREC_AUTO && (qf || m->n_kept_blocks || p->needs_f32))
+        snprintf(p->why, sizeof p->why, "auto: %s", qf ? "--quantize multiplies in f32"
+                                                    : m->n_kept_blocks ? "the GGUF's kept blocks multiply in f32"
+                                                                       : "this method trains the base weights in f32");
+    else if (p->asked == CLI_PREC_AUTO) {
+        p->half = cli_precision_auto(peft_half_bf16.native, peft_half_f16.native);
+        snprintf(p->why, sizeof p->why, "auto: %s",
+                 p->half == &peft_half_f16    ? "AVX512-FP16"
+                 : p->half == &peft_half_bf16 ? "AVX512-BF16, no AVX512-FP16"
+                                              : "no native AVX512-FP16 or AVX512-BF16 kernels");
+    }
+    int rc = qf ? llama_quantize(m, qf, err) : p->half ? llama_use_half(m, p->half, training, err) : PEFT_OK;
+    if (rc) return rc;
+    int kept = 0;
+    for (int i = 0; qf && i < llama_n_sites(m); i++) kept += !llama_site(m, i)->qfmt;
+    if (kept)
+        fprintf(stderr, "peft: note: %d of %d linear layers stay f32 (in_features not a multiple of %s's %d-value block)\n",
+                kept, llama_n_sites(m), qf->name, qf->block);
+    char on[64] = "";
+    if (qf) snprintf(on, sizeof on, " on %s weights", qf->name);
+    else if (m->n_kept_blocks) snprintf(on, sizeof on, " on %d GGUF block-form weights", m->n_kept_blocks);
+    fprintf(stderr, "precision: %s%s (%s)\n", p->half ? p->half->name : "f32", on, p->why);
     return PEFT_OK;
 }
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "args.h"
 #include "error.h"
 #include "models/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -24,35 +25,61 @@ typedef struct cli_model {
 /* Loads DIR (config, weights, tokenizer if present) and attaches the adapter in adapter_dir
  * (may be NULL). Everything f32 (llama_load). */
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err);
-/* The same; keep_blocks (cli_keep_blocks): a GGUF's block-typed linear weights stay in block form
+/* The same; keep_blocks (cli_precision_resolve): a GGUF's block-typed linear weights stay in block form
  * as read (LLAMA_KEEP_BLOCKS), except at the sites whose attached adapter reads the base weight
  * (reads_base), which get f32 copies (llama_dequantize_sites). */
 int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks, cli_model *cm, peft_err *err);
-/* Whether a model at dir loads with its GGUF blocks kept (*keep 1) or everything f32 (0), from
- * --quantize (NULL when not given), --bf16 / --f16 and needs_f32 (a method that trains the base
- * weights, LISA): "keep", or by default for a .gguf model unless bf16, f16 or needs_f32; "none"
- * and the formats llama_quantize writes load f32. "keep" with bf16, f16 or needs_f32: an error. */
-int cli_keep_blocks(const char *dir, const char *quantize, int bf16, int f16, int needs_f32, int *keep, peft_err *err);
 /* The hint a failure gets when the model keeps block-form weights (a method that needs the f32
  * base at creation: PiSSA, CorDA, SVFT, SaRA): prefixes err and returns rc. */
 int cli_blocks_hint(const peft_llama *m, int rc, peft_err *err);
 void cli_model_free(cli_model *cm);
 
-/* --bf16 / --f16 (flags given, 0 or 1 each): switches the model's frozen matmuls to that 16-bit
- * format (llama_use_half); neither: stays f32. Both: an error. --quantize NAME (or NULL):
- * quantizes the sites' weights to q8_0, q4_0 or nf4 instead (llama_quantize); with --bf16 or
- * --f16 an error. "keep" and "none" (chosen at load, cli_keep_blocks) change nothing here. */
-int cli_use_half(peft_llama *m, int bf16, int f16, const char *quantize, int training, peft_err *err);
-/* Their help lines, shared by train, eval and generate. */
-#define CLI_HALF_HELP                                                                                       \
-    "  --f16                frozen matmuls in f16 (AVX512-FP16, f32 sums), ~1e-3 relative rounding: twice\n"  \
-    "                       the f32 speed on Intel Sapphire/Emerald Rapids (bench/README.md)\n"                \
-    "  --bf16               frozen matmuls in bf16 (AVX512-BF16), ~2e-3 relative rounding: faster on AMD\n"    \
-    "                       Zen 4/5, slower than f32 on Intel without AMX\n"                              \
+/* What the frozen matmuls compute in (--precision, --quantize), decided before the model loads. */
+typedef enum cli_prec { CLI_PREC_AUTO, CLI_PREC_F32, CLI_PREC_BF16, CLI_PREC_F16 } cli_prec;
+typedef struct cli_precision {
+    cli_prec asked;        /* --precision (default auto), or the old --bf16 / --f16 */
+    const char *flag;      /* how it was asked ("--bf16", "--precision f16"), for messages */
+    int allow_emulated;    /* --allow-emulated: run an explicit bf16/f16 without its instructions */
+    const char *quantize;  /* --quantize FMT as given, or NULL; the caller sets it */
+    /* set by cli_precision_resolve (auto's choice: by cli_precision_apply, which sees the model): */
+    const struct peft_half_matmul *half; /* the 16-bit format the frozen matmuls use; NULL: f32 */
+    int keep_blocks;       /* load a GGUF's block-typed linear weights as read (LLAMA_KEEP_BLOCKS) */
+    int needs_f32;         /* the method trains the base weights */
+    char why[160];         /* the reason for the choice, for the "precision: ..." line */
+} cli_precision;
+
+/* Reads --precision, --bf16 (= --precision bf16), --f16 (= --precision f16) and --allow-emulated;
+ * two that disagree are refused (args_complain: args_finish returns 2). */
+void cli_precision_args(cli_args *a, cli_precision *p);
+/* auto's rule, from bench/README.md's measurements: f16 where its kernels are native (Intel
+ * Sapphire/Emerald Rapids: f16 1.4x f32, bf16 0.6x), else bf16 where native (AMD Zen 4/5: 2.2x
+ * f32), else NULL = f32 (an emulated 16-bit path is slower than f32: 0.74x on Zen 3). */
+const struct peft_half_matmul *cli_precision_auto(int bf16_native, int f16_native);
+/* Before loading the model at dir: decides p->keep_blocks and checks the combination. needs_f32:
+ * the method trains the base weights (LISA). --quantize q8_0/q4_0/nf4, a GGUF whose blocks are
+ * kept (keep, or the default for a .gguf) and needs_f32 multiply in f32: auto picks f32 for them,
+ * an explicit bf16/f16 with --quantize is an error (with needs_f32: the caller's to refuse). An
+ * explicit bf16/f16 whose kernels are not native is refused, saying what the CPU lacks, unless
+ * allow_emulated. */
+int cli_precision_resolve(cli_precision *p, const char *dir, int needs_f32, peft_err *err);
+/* After loading: auto's choice (f32 when the model kept GGUF blocks), then quantizes to --quantize
+ * (llama_quantize) or packs the frozen matmuls in p->half (llama_use_half), and says on stderr
+ * which kernels run ("precision: f32 (auto: ...)"). training: pack the backward layouts too. */
+int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err *err);
+/* Their help lines: precision (train, eval, generate, serve) and --quantize (train, eval, generate). */
+#define CLI_PRECISION_HELP                                                                                  \
+    "  --precision P        auto (default), f32, bf16 or f16: the frozen matmuls' arithmetic. auto: f16\n"   \
+    "                       where AVX512-FP16 runs natively (Intel Sapphire/Emerald Rapids), else bf16\n"    \
+    "                       where AVX512-BF16 does (AMD Zen 4/5), else f32 (bench/README.md); f32 with\n"    \
+    "                       --quantize or a GGUF's kept blocks. f16 ~1e-3, bf16 ~2e-3 relative rounding\n"   \
+    "  --f16, --bf16        the same as --precision f16 / bf16\n"                                           \
+    "  --allow-emulated     run --precision bf16/f16 on a CPU without its instructions (slower than f32)\n"
+#define CLI_QUANTIZE_HELP                                                                                   \
     "  --quantize FMT       keep the frozen linear weights in q8_0, q4_0 or nf4 (bitsandbytes' NF4 with\n"   \
     "                       double quantisation) and dequantize tile by tile: QLoRA (docs/quantization.md);\n" \
-    "                       keep (default for a .gguf without --bf16/--f16): its Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/\n" \
-    "                       Q6_K linear weights stay in block form as read; none: dequantize all to f32\n"
+    "                       keep (default for a .gguf without --precision bf16/f16): its Q8_0/Q4_0/Q4_1/\n"   \
+    "                       Q4_K/Q5_K/Q6_K linear weights stay in block form as read; none: all f32\n"
+#define CLI_HALF_HELP CLI_PRECISION_HELP CLI_QUANTIZE_HELP
 
 /* Parses "1,2,3" or "1 2 3" (any mix of commas and whitespace) into a malloc'ed array. */
 int cli_parse_ids(const char *s, const char *what, int32_t **ids, size_t *n, peft_err *err);

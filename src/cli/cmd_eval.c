@@ -86,8 +86,9 @@ int cmd_eval(int argc, char **argv) {
     int as_ids = args_has(&a, "--ids");
     long T = args_int(&a, "--seq-len", 256, 1, CLI_MAX_SEQ), B = args_int(&a, "--batch", 4, 1, CLI_MAX_BATCH);
     long max_tokens = args_int(&a, "--max-tokens", 0, 2, LONG_MAX); /* 0: all */
-    int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
-    const char *quantize = args_str(&a, "--quantize", NULL);
+    cli_precision prec;
+    cli_precision_args(&a, &prec);
+    prec.quantize = args_str(&a, "--quantize", NULL);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -101,10 +102,9 @@ int cmd_eval(int argc, char **argv) {
     }
     peft_err err = {0};
     cli_model cm;
-    int keep;
-    if (cli_keep_blocks(dir, quantize, bf16, f16, 0, &keep, &err) || cli_model_load_ex(dir, adapter, keep, &cm, &err))
+    if (cli_precision_resolve(&prec, dir, 0, &err) || cli_model_load_ex(dir, adapter, prec.keep_blocks, &cm, &err))
         return cli_report(err.msg);
-    if (cli_use_half(cm.model, bf16, f16, quantize, 0, &err)) {
+    if (cli_precision_apply(cm.model, &prec, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }

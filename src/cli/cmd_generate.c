@@ -31,8 +31,9 @@ int cmd_generate(int argc, char **argv) {
     double temperature = args_real(&a, "--temperature", 0.0, CLI_CLOSED(0, 100)),
            top_p = args_real(&a, "--top-p", 1.0, CLI_ABOVE(0, 1));
     int ignore_eos = args_has(&a, "--ignore-eos");
-    int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
-    const char *quantize = args_str(&a, "--quantize", NULL);
+    cli_precision prec;
+    cli_precision_args(&a, &prec);
+    prec.quantize = args_str(&a, "--quantize", NULL);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -47,10 +48,9 @@ int cmd_generate(int argc, char **argv) {
     }
     peft_err err = {0};
     cli_model cm;
-    int keep;
-    if (cli_keep_blocks(dir, quantize, bf16, f16, 0, &keep, &err) || cli_model_load_ex(dir, adapter, keep, &cm, &err))
+    if (cli_precision_resolve(&prec, dir, 0, &err) || cli_model_load_ex(dir, adapter, prec.keep_blocks, &cm, &err))
         return cli_report(err.msg);
-    if (cli_use_half(cm.model, bf16, f16, quantize, 0, &err)) {
+    if (cli_precision_apply(cm.model, &prec, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }

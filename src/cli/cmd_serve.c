@@ -30,7 +30,8 @@ static void usage(void) {
            "  --max-body N         request body bytes; larger get 413\n"
            "  --max-connections N  open connections (one thread each)\n"
            "  --timeout S          idle connections are closed after S seconds\n"
-           "  --grace S            on SIGTERM, wait up to S seconds for the running requests\n",
+           "  --grace S            on SIGTERM, wait up to S seconds for the running requests\n"
+           CLI_PRECISION_HELP,
            peft_chat_template_names());
 }
 
@@ -83,6 +84,9 @@ int cmd_serve(int argc, char **argv) {
         .timeout_s = (int)args_int(&a, "--timeout", 30, 1, 3600),
     };
     int grace = (int)args_int(&a, "--grace", 60, 0, 3600);
+    cli_precision prec;
+    cli_precision_args(&a, &prec);
+    prec.quantize = "none"; /* a GGUF is served dequantized to f32 (block-form weights: not with adapters loaded later) */
     serve_sched_opts so = {
         .max_len = (size_t)args_int(&a, "--max-len", 4096, 2, CLI_MAX_SEQ),
         .max_queue = (int)args_int(&a, "--max-queue", 64, 1, 4096),
@@ -112,7 +116,11 @@ int cmd_serve(int argc, char **argv) {
 
     peft_err err = {0};
     cli_model cm;
-    if (cli_model_load(dir, NULL, &cm, &err)) return cli_report(err.msg);
+    if (cli_precision_resolve(&prec, dir, 0, &err) || cli_model_load(dir, NULL, &cm, &err)) return cli_report(err.msg);
+    if (cli_precision_apply(cm.model, &prec, 0, &err)) {
+        cli_model_free(&cm);
+        return cli_report(err.msg);
+    }
     peft_chat_template *tpl = NULL;
     serve_sched *s = NULL;
     serve_http *h = NULL;

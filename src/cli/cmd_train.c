@@ -209,8 +209,10 @@ int cmd_train(int argc, char **argv) {
     o.allora_eta = allora ? eta : 0.0;
     o.seed = (uint64_t)args_int(&a, "--seed", 42, 0, LONG_MAX);
     o.recompute = args_has(&a, "--recompute");
-    int bf16 = args_has(&a, "--bf16"), f16 = args_has(&a, "--f16");
-    const char *quantize = args_str(&a, "--quantize", NULL);
+    cli_precision prec;
+    cli_precision_args(&a, &prec);
+    const char *quantize = prec.quantize = args_str(&a, "--quantize", NULL);
+    int half = prec.asked == CLI_PREC_BF16 || prec.asked == CLI_PREC_F16;
     o.eval_every = args_int(&a, "--eval-every", 0, 0, CLI_MAX_STEPS);
     o.eval_batches = (int)args_int(&a, "--eval-batches", 0, 0, 1000000);
     o.save_every = args_int(&a, "--save-every", 0, 0, CLI_MAX_STEPS);
@@ -249,10 +251,10 @@ int cmd_train(int argc, char **argv) {
     }
     /* LISA trains whole layers of its own choosing, in place in the f32 weights, and writes
      * the model: its output must not replace the base checkpoint. */
-    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || bf16 || f16 || (quantize && strcmp(quantize, "none")) ||
+    if (lisa && ((target && strcmp(target, "all-linear")) || target_re || layers || half || (quantize && strcmp(quantize, "none")) ||
                  peft_same_path(dir, out))) {
         fprintf(stderr, "peft train: --method lisa trains every module of the layers it samples (no --target other than all-linear, "
-                        "no --target-regex or --layers), in f32 (no --bf16/--f16/--quantize), and writes the model to --out, which must differ from "
+                        "no --target-regex or --layers), in f32 (no --bf16/--f16/--precision bf16 or f16/--quantize), and writes the model to --out, which must differ from "
                         "--model\n");
         return 2;
     }
@@ -280,9 +282,8 @@ int cmd_train(int argc, char **argv) {
     }
     cli_model cm;
     const peft_method *method = peft_method_find(acfg.method);
-    int keep;
-    if (cli_keep_blocks(dir, quantize, bf16, f16, lisa || (method && method->trains_base), &keep, &err) ||
-        cli_model_load_ex(dir, NULL, keep, &cm, &err))
+    if (cli_precision_resolve(&prec, dir, lisa || (method && method->trains_base), &err) ||
+        cli_model_load_ex(dir, NULL, prec.keep_blocks, &cm, &err))
         return cli_report(err.msg);
     if (!cm.tok) {
         cli_model_free(&cm);
@@ -312,7 +313,7 @@ int cmd_train(int argc, char **argv) {
     if (rc == PEFT_OK && method && method->reads_base) rc = dequantize_targets(cm.model, &acfg, &err);
     if (rc == PEFT_OK) rc = cli_blocks_hint(cm.model, peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err), &err);
     peft_corda_covs_free(covs);
-    if (rc == PEFT_OK) rc = cli_use_half(cm.model, bf16, f16, quantize, 1, &err);
+    if (rc == PEFT_OK) rc = cli_precision_apply(cm.model, &prec, 1, &err);
     int nv = cm.model->n_virtual;
     if (rc == PEFT_OK && nv) {
         /* Virtual tokens (prompt/prefix tuning) start every row: the data gets the rest, one

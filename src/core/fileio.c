@@ -63,8 +63,7 @@ int peft_read_file(const char *path, char **out, size_t *len, peft_err *err) {
 }
 
 int peft_map_file(const char *path, peft_mapping *m, peft_err *err) {
-    m->data = NULL;
-    m->size = 0;
+    *m = (peft_mapping){0};
     struct stat st;
     int fd, rc = open_regular(path, &fd, &st, err);
     if (rc) return rc;
@@ -92,7 +91,7 @@ int peft_mapping_release(const peft_mapping *m, const void *p, size_t n, int unw
     if (!m->data || b < m->data || b + n > m->data + m->size) return 0;
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t lo = ((uintptr_t)b + page - 1) & ~(page - 1), hi = ((uintptr_t)b + n) & ~(page - 1);
-    if (hi <= lo) return 1;
+    if (hi <= lo || m->anonymous) return 1;
     /* advice only: a failure changes nothing */
     if (unwritten) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 #ifdef MADV_PAGEOUT

@@ -17,6 +17,8 @@ int peft_read_file(const char *path, char **out, size_t *len, peft_err *err);
 typedef struct peft_mapping {
     const unsigned char *data;
     size_t size;
+    int anonymous; /* 1: anonymous memory standing in for a file (a GGUF's dequantized tensors):
+                      nothing could be read back, so peft_mapping_release keeps its pages */
 } peft_mapping;
 int peft_map_file(const char *path, peft_mapping *m, peft_err *err);
 void peft_unmap_file(peft_mapping *m);

@@ -205,7 +205,7 @@ static int build_weights(peft_gguf_file *f, const peft_llama_config *cfg, int pe
         if (slab == MAP_FAILED || (largest && !tmp))
             rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the dequantized weights", f->path, size >> 20);
         else
-            sf->map = (peft_mapping){slab, size};
+            sf->map = (peft_mapping){slab, size, 1};
     }
     for (int i = 0; rc == PEFT_OK && i < f->n_tensors; i++) {
         const peft_gguf_tensor *g = &f->tensors[i];

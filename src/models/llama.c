@@ -171,6 +171,10 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
             off += t->numel;
         }
         rc = check_finite(*w[i].dst, t->numel, w[i].name, files[i], err);
+        /* the scan made every page of a mapped tensor resident: give them back (unwritten so far),
+         * so that what stays resident is what the model touches next (all of it for f32 compute;
+         * one site at a time for llama_quantize / llama_use_half, which release each as they go) */
+        if (rc == PEFT_OK && *w[i].dst == (const float *)t->data) release_mapped(m, t->data, t->nbytes, 1);
     }
     free(found);
     free(files);

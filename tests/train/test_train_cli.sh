@@ -9,7 +9,7 @@
 #  4. a learning rate that overflows the weights stops with a clear message, no adapter;
 #  5. an empty dataset and a malformed line are refused with the file named;
 #  6. CorDA: calibration on --corda-calib-data, --save-as-lora loads in peft eval, misuse refused;
-#  7. --f16 / --bf16 (frozen matmuls in 16 bits): training lowers the validation loss to within
+#  7. --f16 / --bf16 (frozen matmuls in 16 bits; --allow-emulated: also where they run emulated): lowers the validation loss to within
 #     2 % of the f32 run's, eval agrees with f32 within 1 %, both flags together are refused.
 set -u
 BIN=${PEFT_BIN:?PEFT_BIN not set}
@@ -142,12 +142,12 @@ head -20 "$W/data.jsonl" > "$W/calib.jsonl"
 
 # 16-bit compute: the same run in f16 and bf16 ends where f32 does (within their rounding).
 for h in f16 bf16; do
-    "$BIN" train "${ARGS[@]}" --$h --out "$W/$h" > "$W/$h.txt" 2>&1 || bad "--$h run failed: $(tail -2 "$W/$h.txt")"
+    "$BIN" train "${ARGS[@]}" --$h --allow-emulated --out "$W/$h" > "$W/$h.txt" 2>&1 || bad "--$h run failed: $(tail -2 "$W/$h.txt")"
     hl=$(grep val_loss "$W/$h/train_log.jsonl" | tail -1 | sed 's/.*"val_loss":\([0-9.]*\).*/\1/')
     awk -v a="$last" -v b="$hl" 'BEGIN { d = (a - b) / a; exit !(d < 0.02 && d > -0.02) }' \
         && ok "--$h: final validation loss $hl vs f32 $last" || bad "--$h: final validation loss $hl vs f32 $last"
     e32=$("$BIN" eval --model "$MODEL" --data "$W/data.jsonl" --adapter "$W/full" 2>&1 | awk '/^loss/ {print $2}')
-    e16=$("$BIN" eval --model "$MODEL" --data "$W/data.jsonl" --adapter "$W/full" --$h 2>&1 | awk '/^loss/ {print $2}')
+    e16=$("$BIN" eval --model "$MODEL" --data "$W/data.jsonl" --adapter "$W/full" --$h --allow-emulated 2>&1 | awk '/^loss/ {print $2}')
     awk -v a="$e32" -v b="$e16" 'BEGIN { d = (a - b) / a; exit !(a > 0 && d < 0.01 && d > -0.01) }' \
         && ok "eval --$h: loss $e16 vs f32 $e32" || bad "eval --$h: loss '$e16' vs f32 '$e32'"
 done
