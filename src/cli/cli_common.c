@@ -18,9 +18,20 @@ void cli_precision_args(cli_args *a, cli_precision *p) {
     static const char *const names[] = {"auto", "f32", "bf16", "f16", NULL};
     static char flag[32]; /* one command line per process */
     memset(p, 0, sizeof *p);
+    /* PEFT_PRECISION, when set, is the default instead of auto (the test suite pins f32 with it,
+     * so that its comparisons with f32 oracles do not depend on the CPU running them) */
+    int dflt = CLI_PREC_AUTO;
+    const char *env = getenv("PEFT_PRECISION");
+    if (env && *env) {
+        int k = 0;
+        while (names[k] && strcmp(names[k], env)) k++;
+        if (names[k]) dflt = k;
+        else args_complain(a, "PEFT_PRECISION=\"%.32s\": expected auto, f32, bf16 or f16", env);
+    }
     int given = args_str(a, "--precision", NULL) != NULL;
-    p->asked = (cli_prec)args_choice(a, "--precision", names, CLI_PREC_AUTO);
-    snprintf(flag, sizeof flag, "--precision %s", names[p->asked]);
+    p->asked = (cli_prec)args_choice(a, "--precision", names, dflt);
+    if (given || dflt == CLI_PREC_AUTO) snprintf(flag, sizeof flag, "--precision %s", names[p->asked]);
+    else snprintf(flag, sizeof flag, "PEFT_PRECISION=%s", names[p->asked]);
     p->flag = flag;
     int bf16 = args_has(a, "--bf16"), f16 = args_has(a, "--f16");
     if (bf16 && f16) args_complain(a, "--bf16 and --f16 exclude each other: pick one");

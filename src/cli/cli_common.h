@@ -71,7 +71,8 @@ int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err 
     "  --precision P        auto (default), f32, bf16 or f16: the frozen matmuls' arithmetic. auto: f16\n"   \
     "                       where AVX512-FP16 runs natively (Intel Sapphire/Emerald Rapids), else bf16\n"    \
     "                       where AVX512-BF16 does (AMD Zen 4/5), else f32 (bench/README.md); f32 with\n"    \
-    "                       --quantize or a GGUF's kept blocks. f16 ~1e-3, bf16 ~2e-3 relative rounding\n"   \
+    "                       --quantize or a GGUF's kept blocks. f16 ~1e-3, bf16 ~2e-3 relative rounding;\n"  \
+    "                       the environment's PEFT_PRECISION, when set, replaces the default auto\n"          \
     "  --f16, --bf16        the same as --precision f16 / bf16\n"                                           \
     "  --allow-emulated     run --precision bf16/f16 on a CPU without its instructions (slower than f32)\n"
 #define CLI_QUANTIZE_HELP                                                                                   \

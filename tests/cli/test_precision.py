@@ -32,8 +32,12 @@ def check(ok, what):
     failures += not ok
 
 
-def run(*args):
-    p = subprocess.run([BIN] + list(args), capture_output=True, text=True, timeout=300)
+# The suite pins the default with PEFT_PRECISION=f32 (CMakeLists.txt); this test checks auto itself.
+ENV = {k: v for k, v in os.environ.items() if k != "PEFT_PRECISION"}
+
+
+def run(*args, env=None):
+    p = subprocess.run([BIN] + list(args), capture_output=True, text=True, timeout=300, env=env or ENV)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -84,6 +88,11 @@ def main():
         rc, out, err = run(*ev, "--precision", "f32")
         f32_loss = loss_of(out) if rc == 0 else float("nan")
         check(precision_lines(err) == ["precision: f32 (--precision f32)"], "--precision f32 line: %s" % precision_lines(err))
+        rc, out, err = run(*ev, env=dict(ENV, PEFT_PRECISION="f32"))
+        check(rc == 0 and precision_lines(err) == ["precision: f32 (PEFT_PRECISION=f32)"] and loss_of(out) == f32_loss,
+              "PEFT_PRECISION=f32 is the default: %s" % (precision_lines(err) or err.strip()[-200:]))
+        rc, out, err = run(*ev, env=dict(ENV, PEFT_PRECISION="f8"))
+        check(rc == 2 and "PEFT_PRECISION" in err, "PEFT_PRECISION=f8 refused: %s" % err.strip()[-200:])
         model = LlamaForCausalLM.from_pretrained(DEMO, torch_dtype=torch.float32)
         with torch.no_grad():
             hf = float(model(ids[None], labels=ids[None]).loss)
@@ -113,7 +122,7 @@ def main():
         lines = precision_lines(err)
         check(rc == 0 and len(lines) == 1 and lines[0].startswith("precision: %s (auto: " % expect) and len(out.split()) == 3,
               "generate: %s, stdout %r" % (lines, out))
-        p = subprocess.Popen([BIN, "serve", "--model", DEMO, "--port", "0"], stdout=subprocess.PIPE,
+        p = subprocess.Popen([BIN, "serve", "--model", DEMO, "--port", "0"], stdout=subprocess.PIPE, env=ENV,
                              stderr=subprocess.PIPE, text=True)
         first = p.stdout.readline()
         p.send_signal(signal.SIGTERM)
