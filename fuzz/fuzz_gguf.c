@@ -3,18 +3,66 @@
  * input, or a file whose tensors lie inside the input, aligned, not overlapping, with
  * numel = prod(ne) and nbytes from the type's block; every string array element and every
  * typed accessor stays inside the input. Small tensors are dequantized so that ASan sees every
- * byte they claim. Built by fuzz/run.sh. */
+ * byte they claim. Every file that parses is written back with the GGUF writer (gguf_write.h)
+ * and must re-read with the same keys and tensors. Built by fuzz/run.sh. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "io/gguf.h"
+#include "io/gguf_write.h"
 #include "tokenizer/tokenizer.h"
 
 #define REQUIRE(c) \
     do {           \
         if (!(c)) __builtin_trap(); \
     } while (0)
+
+/* Writes f back with the GGUF writer (keys as they are, tensors with their bytes) and re-reads
+ * it: the same keys in order (type, count, bytes), the same tensors (name, type, shape, bytes),
+ * the same alignment. The file goes to $TMPDIR (a tmpfs such as /dev/shm keeps the writer's
+ * fsync cheap). The writer may refuse only what it documents: a dimension below 1. */
+static void check_roundtrip(const peft_gguf_file *f) {
+    char path[256];
+    const char *tmp = getenv("TMPDIR");
+    snprintf(path, sizeof path, "%s/fuzz_gguf.%d.gguf", tmp && *tmp ? tmp : "/tmp", (int)getpid());
+    peft_gguf_writer w;
+    peft_gguf_writer_init(&w);
+    for (int i = 0; i < f->n_kv; i++) peft_gguf_add_kv(&w, &f->kv[i]);
+    int zero_dim = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const peft_gguf_tensor *t = &f->tensors[i];
+        for (int d = 0; d < t->ndim; d++) zero_dim |= t->ne[d] < 1;
+        peft_gguf_add_tensor(&w, t->name, t->type, t->ndim, t->ne, t->data, t->nbytes);
+    }
+    peft_err err = {0};
+    int rc = peft_gguf_write(&w, path, &err);
+    peft_gguf_writer_free(&w);
+    if (rc != PEFT_OK) {
+        REQUIRE(zero_dim && rc < 0 && err.code == rc && strstr(err.msg, path));
+        return;
+    }
+    peft_gguf_file *g = NULL;
+    rc = peft_gguf_open(path, &g, &err);
+    unlink(path);
+    REQUIRE(rc == PEFT_OK && g);
+    REQUIRE(g->n_kv == f->n_kv && g->n_tensors == f->n_tensors && g->alignment == f->alignment);
+    for (int i = 0; i < f->n_kv; i++) {
+        const peft_gguf_kv *a = &f->kv[i], *b = &g->kv[i];
+        REQUIRE(!strcmp(a->key, b->key) && a->type == b->type && a->nbytes == b->nbytes);
+        REQUIRE(!memcmp(a->data, b->data, a->nbytes));
+        if (a->type == PEFT_GGUF_ARRAY) REQUIRE(a->arr_type == b->arr_type && a->n == b->n);
+    }
+    for (int i = 0; i < f->n_tensors; i++) {
+        const peft_gguf_tensor *a = &f->tensors[i], *b = &g->tensors[i];
+        REQUIRE(!strcmp(a->name, b->name) && a->type == b->type && a->ndim == b->ndim && a->nbytes == b->nbytes);
+        REQUIRE(!memcmp(a->ne, b->ne, sizeof a->ne) && !memcmp(a->data, b->data, a->nbytes));
+    }
+    peft_gguf_close(g);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > (1u << 20)) return 0;
@@ -97,6 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             REQUIRE(trc < 0 && tok == NULL && strstr(e3.msg, "fuzz"));
         }
     }
+    check_roundtrip(f);
     peft_gguf_close(f);
     free(buf);
     return 0;

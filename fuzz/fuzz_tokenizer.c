@@ -3,7 +3,8 @@
  * Input: the tokenizer.json text, optionally followed by a NUL byte and a tokenizer_config.json
  * text. Any input must give an error naming the input, or a tokenizer that encodes a few fixed
  * texts (and the input's last bytes when they are UTF-8) without error, to ids inside its
- * vocabulary with spans inside the text, and decodes those ids and every id of the vocabulary to a
+ * vocabulary with spans inside the text, encodes pairs of them (peft_tokenizer_encode_pair: a's
+ * ids then b's, type ids in the template's range), and decodes those ids and every id of the vocabulary to a
  * NUL-terminated string. Built by fuzz/run.sh. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
 
 #define REQUIRE(c) \
     do {           \
@@ -25,6 +27,12 @@ static const char *const TEXTS[] = {
     "",
 };
 
+static int valid_utf8(const char *s, size_t n) {
+    for (size_t i = 0, k; i < n; i += k)
+        if (!(k = utf8_valid_len(s + i, n - i))) return 0;
+    return 1;
+}
+
 static void check_encode(const peft_tokenizer *tok, const char *text, size_t len) {
     for (int special = 0; special < 2; special++) {
         peft_err err = {0};
@@ -33,7 +41,11 @@ static void check_encode(const peft_tokenizer *tok, const char *text, size_t len
         size_t n;
         int rc = peft_tokenizer_encode_spans(tok, text, len, special, &ids, &st, &en, &n, &err);
         /* valid UTF-8 always encodes: a character the vocabulary cannot spell becomes unk, or is
-         * dropped when there is no unk token (as in HF) */
+         * dropped when there is no unk token (as in HF); invalid UTF-8 may be refused */
+        if (rc != PEFT_OK && !valid_utf8(text, len)) {
+            REQUIRE(rc < 0 && err.code == rc);
+            return;
+        }
         REQUIRE(rc == PEFT_OK);
         int V = peft_tokenizer_vocab_size(tok);
         for (size_t i = 0; i < n; i++) REQUIRE(ids[i] >= 0 && ids[i] < V && st[i] <= en[i] && en[i] <= len);
@@ -47,6 +59,34 @@ static void check_encode(const peft_tokenizer *tok, const char *text, size_t len
         free(ids);
         free(st);
         free(en);
+    }
+}
+
+/* The pair (a, b) as encode(a, b): without specials exactly a's ids then b's; with them, ids in
+ * the vocabulary and type ids as a template may state them (BERT's 0 / 1; TemplateProcessing
+ * allows up to 1e6, see tokenizer.c). Invalid UTF-8 in either must be refused. */
+static void check_pair(const peft_tokenizer *tok, const char *a, size_t alen, const char *b, size_t blen) {
+    int V = peft_tokenizer_vocab_size(tok);
+    size_t n_single[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        peft_err err = {0};
+        int32_t *ids;
+        size_t n;
+        if (peft_tokenizer_encode(tok, k ? b : a, k ? blen : alen, 0, &ids, &n, &err) != PEFT_OK) return;
+        free(ids);
+        n_single[k] = n;
+    }
+    for (int special = 0; special < 2; special++) {
+        peft_err err = {0};
+        int32_t *ids;
+        uint32_t *types;
+        size_t n;
+        int rc = peft_tokenizer_encode_pair(tok, a, alen, b, blen, special, &ids, &types, &n, &err);
+        REQUIRE(rc == PEFT_OK);
+        if (!special) REQUIRE(n == n_single[0] + n_single[1]);
+        for (size_t i = 0; i < n; i++) REQUIRE(ids[i] >= 0 && ids[i] < V && types[i] <= 1000000);
+        free(ids);
+        free(types);
     }
 }
 
@@ -75,9 +115,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int ids[] = {peft_tokenizer_bos_id(tok), peft_tokenizer_eos_id(tok), peft_tokenizer_pad_id(tok)};
     for (int i = 0; i < 3; i++) REQUIRE(ids[i] >= -1 && ids[i] < V);
     for (size_t i = 0; i < sizeof TEXTS / sizeof *TEXTS; i++) check_encode(tok, TEXTS[i], strlen(TEXTS[i]));
-    /* the input's tail as text, when it is valid UTF-8 (invalid UTF-8 must be refused) */
+    /* the input's tail as text (it must encode when it is valid UTF-8) */
     size_t tail = size < 48 ? size : 48;
     check_encode(tok, (const char *)data + size - tail, tail);
+    /* the tail's two halves as a pair, and each fixed text with the next */
+    const char *t0 = (const char *)data + size - tail;
+    check_pair(tok, t0, tail / 2, t0 + tail / 2, tail - tail / 2);
+    for (size_t i = 0; i + 1 < sizeof TEXTS / sizeof *TEXTS; i++)
+        check_pair(tok, TEXTS[i], strlen(TEXTS[i]), TEXTS[i + 1], strlen(TEXTS[i + 1]));
     /* every id alone and all of them at once (ids without a vocabulary entry included) */
     int n_all = V < 4096 ? V : 4096;
     int32_t *all = malloc(((size_t)n_all + 1) * sizeof *all);

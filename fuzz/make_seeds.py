@@ -13,10 +13,18 @@ VeRA configs (patterns, regex targets, layers_to_transform).
 OUT_DIR/tokenizer/*: every tokenizer.json under SHARED_DIR/models and TOKENIZER_ROOT/*/models
 shrunk below 64 KiB (the pipeline, added tokens and post-processor kept; the first ids of the
 vocabulary, the byte symbols and the merges among them), each alone and followed by a NUL byte
-and its tokenizer_config.json (as fuzz_tokenizer.c reads them).
+and its tokenizer_config.json (as fuzz_tokenizer.c reads them); two hand-written BERT-style
+WordPiece tokenizers (BertProcessing, TemplateProcessing with type ids), alone and with a config.
 OUT_DIR/chat/*: message lists (system / user / assistant turns) and the chat_template texts.
 OUT_DIR/dataset/*: two option bytes (see fuzz_dataset.c) and a few records from each shared
-data file, in each record format.  Standard library only.
+data file, in each record format.
+OUT_DIR/image/*: small synthetic PNGs of every colour type and bit depth (written here with
+zlib; tRNS, palette, interlaced, 16-bit), JPEGs (RGB, gray, CMYK, progressive, 4:2:0) when
+Pillow is importable (run with the venv's python), each alone and after a
+preprocessor_config.json and a NUL byte (as fuzz_image.c reads them).  Standard library
+otherwise.
+OUT_DIR/serve_request/*: an option byte (see fuzz_serve_request.c) and an OpenAI-style
+completion, chat, load or unload body.
 """
 import glob
 import json
@@ -113,6 +121,8 @@ def main():
     templates = []
     counts[3] = ("tokenizer", tokenizer_seeds(shared, out, templates))
     counts[4] = ("chat", chat_seeds(out, templates))
+    counts.append(("image", image_seeds(out)))
+    counts.append(("serve_request", serve_request_seeds(out)))
     print("make_seeds: %s in %s" % (", ".join("%d %s" % (n, k) for k, n in counts), out))
 
 
@@ -174,7 +184,42 @@ def shrink_tokenizer(tj, n_vocab=320, n_merges=400):
     return json.dumps(small, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def wordpiece_tokenizer(post):
+    """A small BERT-style tokenizer.json (WordPiece, BertNormalizer, BertPreTokenizer) with the
+    post-processor `post`: "bert" (BertProcessing) or "template" (TemplateProcessing, type ids)."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = ["the", "quick", "brown", "fox", "hello", "world", "un", "##aff", "##able", "##s", "##ing", "cafe",
+             "a", "b", "c", "##a", "##b", "##c", ",", ".", "!", "?", "'", "1", "##2", "##3", "\u4e2d", "\u6587"]
+    vocab = {t: i for i, t in enumerate(specials + words)}
+    if post == "bert":
+        pp = {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]}
+    else:
+        seq = lambda i, t: {"Sequence": {"id": i, "type_id": t}}
+        sp = lambda i, t: {"SpecialToken": {"id": i, "type_id": t}}
+        pp = {"type": "TemplateProcessing", "single": [sp("[CLS]", 0), seq("A", 0), sp("[SEP]", 0)],
+              "pair": [sp("[CLS]", 0), seq("A", 0), sp("[SEP]", 0), seq("B", 1), sp("[SEP]", 1)],
+              "special_tokens": {k: {"id": k, "ids": [vocab[k]], "tokens": [k]} for k in ("[CLS]", "[SEP]")}}
+    return json.dumps({
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for t in specials],
+        "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                       "strip_accents": None, "lowercase": True},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": pp,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": vocab},
+    }, ensure_ascii=False)
+
+
 def tokenizer_seeds(shared, out, templates):
+    for post in ("bert", "template"):
+        cfg = {"do_lower_case": True, "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+               "unk_token": "[UNK]", "mask_token": "[MASK]", "model_max_length": 512}
+        write(out, "tokenizer", "wordpiece_" + post, wordpiece_tokenizer(post))
+        write(out, "tokenizer", "wordpiece_" + post + ".config",
+              wordpiece_tokenizer(post).encode() + b"\0" + json.dumps(cfg).encode())
     dirs = sorted(glob.glob(os.path.join(shared, "models", "*")) + glob.glob(os.path.join(shared, "tokenizers", "*")))
     n = 0
     for d in dirs:
@@ -199,7 +244,7 @@ def tokenizer_seeds(shared, out, templates):
             if len(small) + len(text) < 65000:
                 write(out, "tokenizer", tag + ".config", small + b"\0" + text)
                 n += 1
-    return n
+    return n + 4
 
 
 def chat_seeds(out, templates):
@@ -254,6 +299,89 @@ def dataset_seeds(shared, out):
         write(out, "dataset", tag, head + body[:4000])
         n += 1
     return n
+
+
+def png_bytes(w, h, color_type, depth, rows, extra=b"", interlace=0):
+    """A PNG of raw scanlines `rows` (bytes per row, filter byte 0 added here)."""
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, interlace)
+    raw = b"".join(b"\0" + r for r in rows)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def image_seeds(out):
+    import zlib
+    w, h = 7, 5
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+    imgs = {}
+    for ct, depths in ((0, (1, 2, 4, 8, 16)), (2, (8, 16)), (3, (1, 2, 4, 8)), (4, (8, 16)), (6, (8, 16))):
+        for d in depths:
+            rowbytes = (w * channels[ct] * d + 7) // 8
+            rows = [bytes((x * 37 + y * 11) & 0xFF for x in range(rowbytes)) for y in range(h)]
+            extra = b""
+            if ct == 3:
+                pal = bytes(i * 7 & 0xFF for i in range(3 * (1 << d)))
+                extra = struct.pack(">I", len(pal)) + b"PLTE" + pal + struct.pack(">I", zlib.crc32(b"PLTE" + pal))
+            imgs["ct%d_%d.png" % (ct, d)] = png_bytes(w, h, ct, d, rows, extra)
+    trns = b"\x00\x80\x40"
+    imgs["ct3_trns.png"] = imgs["ct3_8.png"][:33] + struct.pack(">I", 768) + b"PLTE" + bytes(768) + \
+        struct.pack(">I", zlib.crc32(b"PLTE" + bytes(768))) + struct.pack(">I", 3) + b"tRNS" + trns + \
+        struct.pack(">I", zlib.crc32(b"tRNS" + trns)) + imgs["ct3_8.png"][33 + 12 + 3 * 256:]
+    # Adam7: the seven passes' sub-images one after the other, each row with its filter byte
+    px = [[bytes(((x * 40 + y * 9 + c * 80) & 0xFF) for c in range(3)) for x in range(w)] for y in range(h)]
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    rows = [b"".join(px[y][x] for x in range(x0, w, dx)) for x0, y0, dx, dy in passes for y in range(y0, h, dy)
+            if x0 < w]
+    imgs["rgb_adam7.png"] = png_bytes(w, h, 2, 8, rows, interlace=1)
+    imgs["tall_1x40.png"] = png_bytes(1, 40, 0, 8, [b"\x80"] * 40)
+    try:
+        from PIL import Image
+        import io
+        base = Image.frombytes("RGB", (9, 6), bytes((i * 29) & 0xFF for i in range(9 * 6 * 3)))
+        for name, im, kw in (("rgb.jpg", base, {}), ("gray.jpg", base.convert("L"), {}),
+                             ("cmyk.jpg", base.convert("CMYK"), {}), ("prog.jpg", base, {"progressive": True}),
+                             ("sub420.jpg", base, {"subsampling": 2, "quality": 50})):
+            b = io.BytesIO()
+            im.save(b, "JPEG", **kw)
+            imgs[name] = b.getvalue()
+    except ImportError:
+        print("make_seeds: Pillow not importable: no JPEG seeds")
+    configs = {
+        "vit": {"do_resize": True, "size": {"height": 4, "width": 6}, "resample": 2, "do_rescale": True,
+                "rescale_factor": 0.00392156862745098, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True},
+        "clip": {"do_resize": True, "size": {"shortest_edge": 8}, "resample": 3, "do_center_crop": True,
+                 "crop_size": {"height": 6, "width": 6}, "do_convert_rgb": True,
+                 "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]},
+        "plain": {"do_resize": False, "do_normalize": False, "do_rescale": False, "size": 3, "crop_size": 2},
+    }
+    n = 0
+    for name, data in imgs.items():
+        write(out, "image", name, data)
+        n += 1
+    for (cname, cfg), name in zip(sorted(configs.items()), ("ct6_8.png", "ct3_trns.png", "rgb.jpg")):
+        write(out, "image", cname + "+" + name, json.dumps(cfg).encode() + b"\0" + imgs.get(name, imgs["ct2_8.png"]))
+        n += 1
+    return n
+
+
+def serve_request_seeds(out):
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "caf\u00e9?"}]
+    bodies = {
+        "completion": (0, {"model": "base", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0.7,
+                           "top_p": 0.9, "seed": 42, "stop": ["\n", "The"], "stream": False, "n": 1}),
+        "completion_min": (0x18, {"model": "m", "prompt": ""}),
+        "chat": (0x11, {"model": "base", "messages": msgs, "max_completion_tokens": 4, "stream": True, "stop": "x"}),
+        "chat_notpl": (0x05, {"model": "base", "messages": msgs}),
+        "load": (0x02, {"lora_name": "a", "lora_path": "/tmp/adapter"}),
+        "unload": (0x03, {"lora_name": "a"}),
+    }
+    for name, (opt, body) in bodies.items():
+        write(out, "serve_request", name + ".json", bytes([opt]) + json.dumps(body, ensure_ascii=False).encode())
+    return len(bodies)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ set -u
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-300}
 shift || true
-TARGETS=${*:-safetensors config adapter_config tokenizer chat dataset cli_args gguf checkpoint}
+TARGETS=${*:-safetensors config adapter_config tokenizer chat dataset cli_args gguf checkpoint image serve_request}
 OUT=${FUZZ_OUT:-build-fuzz}
 SHARED=${PEFT_SHARED:-../shared}
 CC=${FUZZ_CC:-clang}
@@ -34,8 +34,8 @@ fi
 mkdir -p "$OUT/crashes" "$OUT/corpus" "$OUT/seeds"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -Wno-pass-failed"
 CFLAGS="-std=gnu11 -g -O1 $SAN -fopenmp -Iinclude -Isrc -Isrc/core -Itests
-        $(pkg-config --cflags libcjson libpcre2-8 openblas)"
-LIBS="$(pkg-config --libs libcjson libpcre2-8 openblas) -fopenmp -lm"
+        $(pkg-config --cflags libcjson libpcre2-8 openblas libpng libjpeg)"
+LIBS="$(pkg-config --libs libcjson libpcre2-8 openblas libpng libjpeg) -fopenmp -lm"
 
 # The library, instrumented for coverage but without libFuzzer's main.
 echo "== building $OUT/libpeft_fuzz.a"

@@ -57,7 +57,7 @@ static int grow(peft_gguf_writer *w, void **p, int *cap, size_t need, size_t sz)
 }
 
 static void put(peft_gguf_writer *w, const void *bytes, size_t n) {
-    if (w->problem.code) return;
+    if (w->problem.code || !n) return; /* n == 0: bytes may be NULL (no keys, an empty array) */
     if (w->kv_len + n > w->kv_cap) {
         size_t cap = w->kv_cap ? w->kv_cap : 4096;
         while (cap < w->kv_len + n) cap *= 2;

@@ -112,9 +112,21 @@ int peft_image_processor_load(const char *path, peft_image_processor *p, peft_er
         return peft_fail(err, PEFT_EUNSUPPORTED,
                          "%s: \"resample\": %lld is not supported (0 nearest, 2 bilinear, 3 bicubic)", path, resample);
     p->resample = (int)resample;
-    for (int c = 0; c < 3; c++)
-        if (p->do_normalize && !(p->image_std[c] != 0.0))
-            return peft_fail(err, PEFT_EFORMAT, "%s: \"image_std\"[%d] must not be 0", path, c);
+    for (int c = 0; c < 3; c++) {
+        if (p->do_normalize && !((float)p->image_std[c] != 0.0f))
+            return peft_fail(err, PEFT_EFORMAT, "%s: \"image_std\"[%d] must not be 0 (as a float32)", path, c);
+        /* pixel_values are monotone in the pixel value, so they are finite when those of 0 and
+         * 255 are: computed here exactly as peft_image_preprocess does (float32) */
+        for (int v = 0; v <= 255; v += 255) {
+            float f = p->do_rescale ? (float)(v * p->rescale_factor) : (float)v;
+            if (p->do_normalize) f = (f - (float)p->image_mean[c]) / (float)p->image_std[c];
+            if (!isfinite(f))
+                return peft_fail(err, PEFT_EFORMAT,
+                                 "%s: \"rescale_factor\", \"image_mean\"[%d] and \"image_std\"[%d] give a "
+                                 "non-finite pixel value for %d",
+                                 path, c, c, v);
+        }
+    }
     return PEFT_OK;
 }
 
@@ -314,15 +326,20 @@ int peft_image_preprocess(const peft_image_processor *p, const peft_image *img, 
         rgb[i] = p->do_convert_rgb && img->alpha ? over_white(img->rgb[i], img->alpha[i / 3]) : img->rgb[i];
     int rh = h, rw = w, rc = PEFT_OK;
     if (p->do_resize) {
+        double oh = p->height, ow = p->width; /* the output size, in a double: it may not fit an int */
         if (p->shortest_edge) { /* get_resize_output_image_size(default_to_square=False) */
             int s = p->shortest_edge, shorter = w <= h ? w : h, longer = w <= h ? h : w;
-            int nl = (int)((double)s * longer / shorter);
-            rw = w <= h ? s : nl;
-            rh = w <= h ? nl : s;
-        } else {
-            rh = p->height;
-            rw = p->width;
+            double nl = (double)s * longer / shorter;
+            ow = w <= h ? s : nl;
+            oh = w <= h ? nl : s;
         }
+        if (oh * ow > (double)PEFT_IMAGE_MAX_PIXELS) { /* PIL's decompression-bomb limit, also for the output */
+            free(rgb);
+            return peft_fail(err, PEFT_EUNSUPPORTED, "%s: resizing %dx%d to %.0fx%.0f gives more than %lld pixels", what, w,
+                             h, ow, oh, PEFT_IMAGE_MAX_PIXELS);
+        }
+        rh = (int)oh;
+        rw = (int)ow;
         res = malloc((size_t)rh * rw * 3);
         rc = res ? peft_image_resize(rgb, w, h, res, rw, rh, p->resample, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
         if (rc) peft_err_prefix(err, "%s: ", what);

@@ -12,7 +12,6 @@
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
-#include <math.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -23,7 +22,7 @@
 
 #include <microhttpd.h>
 
-#include "tokenizer/utf8.h"
+#include "serve/request.h"
 
 struct serve_http {
     struct MHD_Daemon *d;
@@ -88,69 +87,6 @@ static cJSON *error_json(unsigned status, const char *param, const char *msg) {
 
 static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *param, const char *msg) {
     return send_json(c, status, error_json(status, param, msg));
-}
-
-/* ---- request parameters ---- */
-
-typedef struct gen_request {
-    const char *model;
-    int stream;
-    serve_params p;
-    char *prompt;     /* the completion prompt or the rendered chat */
-    int add_special;
-} gen_request;
-
-/* A finite JSON number in [lo, hi] (integral when `integer`), or absent (*v untouched).
- * Returns 0, or writes the reason into msg and returns -1. */
-static int get_number(const cJSON *root, const char *key, double lo, double hi, int integer, double *v, char *msg) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!it || cJSON_IsNull(it)) return 0;
-    double x = it->valuedouble;
-    if (!cJSON_IsNumber(it) || !isfinite(x) || x < lo || x > hi || (integer && x != floor(x))) {
-        snprintf(msg, SERVE_MSG_MAX, integer ? "'%s' must be an integer in [%.0f, %.0f]" : "'%s' must be a number in [%g, %g]",
-                 key, lo, hi);
-        return -1;
-    }
-    *v = x;
-    return 0;
-}
-
-/* Fills r from the fields both generation routes share; returns the offending field or NULL. */
-static const char *parse_common(const cJSON *root, const serve_http_opts *o, gen_request *r, char *msg) {
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!cJSON_IsString(model) || strlen(model->valuestring) >= SERVE_NAME_MAX)
-        return snprintf(msg, SERVE_MSG_MAX, "'model' must be a string naming a model of /v1/models"), "model";
-    r->model = model->valuestring;
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
-    if (stream && !cJSON_IsNull(stream) && !cJSON_IsBool(stream)) return snprintf(msg, SERVE_MSG_MAX, "'stream' must be a boolean"), "stream";
-    r->stream = cJSON_IsTrue(stream);
-    double max_tokens = 16, temperature = 1, top_p = 1, seed = 0, n = 1;
-    const char *key = "max_tokens";
-    if (get_number(root, key, 1, (double)o->max_tokens, 1, &max_tokens, msg) ||
-        get_number(root, key = "max_completion_tokens", 1, (double)o->max_tokens, 1, &max_tokens, msg) ||
-        get_number(root, key = "temperature", 0, 2, 0, &temperature, msg) ||
-        get_number(root, key = "top_p", 0, 1, 0, &top_p, msg) ||
-        get_number(root, key = "seed", 0, 9007199254740992.0, 1, &seed, msg) || /* 2^53: exact in a double */
-        get_number(root, key = "n", 1, 1, 1, &n, msg))
-        return key;
-    if (top_p <= 0) return snprintf(msg, SERVE_MSG_MAX, "'top_p' must be in (0, 1]"), "top_p";
-    r->p.max_tokens = (size_t)max_tokens;
-    r->p.temperature = (float)temperature;
-    r->p.top_p = (float)top_p;
-    r->p.seed = (uint64_t)seed;
-    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
-    if (!stop || cJSON_IsNull(stop)) return NULL;
-    int n_stop = cJSON_IsString(stop) ? 1 : cJSON_IsArray(stop) ? cJSON_GetArraySize(stop) : -1;
-    if (n_stop < 0 || n_stop > SERVE_MAX_STOP)
-        return snprintf(msg, SERVE_MSG_MAX, "'stop' must be a string or an array of up to %d strings", SERVE_MAX_STOP), "stop";
-    for (int i = 0; i < n_stop; i++) {
-        const cJSON *s = cJSON_IsString(stop) ? stop : cJSON_GetArrayItem(stop, i);
-        if (!cJSON_IsString(s) || !s->valuestring[0] || strlen(s->valuestring) > 256)
-            return snprintf(msg, SERVE_MSG_MAX, "'stop' strings must be 1 to 256 bytes"), "stop";
-        if (!(r->p.stop[r->p.n_stop] = strdup(s->valuestring))) return snprintf(msg, SERVE_MSG_MAX, "out of memory"), "stop";
-        r->p.n_stop++;
-    }
-    return NULL;
 }
 
 /* ---- generation routes ---- */
@@ -268,7 +204,7 @@ static void stream_free(void *cls) {
     free(st);
 }
 
-static enum MHD_Result run_generation(serve_http *h, struct MHD_Connection *c, gen_request *r, int chat) {
+static enum MHD_Result run_generation(serve_http *h, struct MHD_Connection *c, serve_request *r, int chat) {
     char msg[SERVE_MSG_MAX];
     serve_job *job;
     int rc = serve_sched_submit(h->s, r->model, r->prompt, r->add_special, &r->p, &job, msg);
@@ -340,34 +276,9 @@ static enum MHD_Result run_generation(serve_http *h, struct MHD_Connection *c, g
 }
 
 static enum MHD_Result route_generate(serve_http *h, struct MHD_Connection *c, const cJSON *root, int chat) {
-    gen_request r = {0};
-    char msg[SERVE_MSG_MAX];
-    const char *bad = parse_common(root, &h->o, &r, msg);
-    if (!bad && !chat) {
-        const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-        if (!cJSON_IsString(prompt)) bad = "prompt", snprintf(msg, sizeof msg, "'prompt' must be a string");
-        else if (!(r.prompt = strdup(prompt->valuestring))) bad = "prompt", snprintf(msg, sizeof msg, "out of memory");
-        r.add_special = 1;
-    } else if (!bad) {
-        const cJSON *messages = cJSON_GetObjectItemCaseSensitive(root, "messages");
-        cJSON *record = cJSON_CreateObject();
-        peft_err err = {0};
-        size_t len;
-        if (!h->tpl) bad = "messages", snprintf(msg, sizeof msg, "this model has no chat template (start the server with --chat-template)");
-        else if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
-            bad = "messages", snprintf(msg, sizeof msg, "'messages' must be a non-empty array");
-        else if (!record || !cJSON_AddItemReferenceToObject(record, "messages", (cJSON *)messages))
-            bad = "messages", snprintf(msg, sizeof msg, "out of memory");
-        else if (peft_chat_render_json(h->tpl, record, 1, &r.prompt, &len, NULL, NULL, "messages", &err))
-            bad = "messages", snprintf(msg, sizeof msg, "%s", err.msg);
-        cJSON_Delete(record);
-        r.add_special = 0; /* the template spells out BOS itself, as HF's apply_chat_template */
-    }
-    if (bad) {
-        for (int i = 0; i < r.p.n_stop; i++) free(r.p.stop[i]);
-        free(r.prompt);
-        return send_error(c, 400, bad, msg);
-    }
+    serve_request r;
+    serve_refusal e;
+    if (!serve_request_parse(root, chat, h->tpl, h->o.max_tokens, &r, &e)) return send_error(c, e.status, e.param, e.msg);
     return run_generation(h, c, &r, chat);
 }
 
@@ -395,18 +306,15 @@ static enum MHD_Result route_models(serve_http *h, struct MHD_Connection *c) {
 }
 
 static enum MHD_Result route_adapter(serve_http *h, struct MHD_Connection *c, const cJSON *root, int load) {
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "lora_name"),
-                *path = cJSON_GetObjectItemCaseSensitive(root, "lora_path");
-    if (!cJSON_IsString(name) || !name->valuestring[0] || strlen(name->valuestring) >= SERVE_NAME_MAX)
-        return send_error(c, 400, "lora_name", "'lora_name' must be a non-empty string (up to 127 bytes)");
-    if (load && !cJSON_IsString(path)) return send_error(c, 400, "lora_path", "'lora_path' must be a string");
+    const char *name, *path;
+    serve_refusal e;
+    if (!serve_adapter_request_parse(root, load, &name, &path, &e)) return send_error(c, e.status, e.param, e.msg);
     char msg[SERVE_MSG_MAX];
-    int rc = load ? serve_sched_load(h->s, name->valuestring, path->valuestring, msg)
-                  : serve_sched_unload(h->s, name->valuestring, msg);
+    int rc = load ? serve_sched_load(h->s, name, path, msg) : serve_sched_unload(h->s, name, msg);
     if (rc) return send_error(c, (unsigned)rc, "lora_name", msg);
     cJSON *ok = cJSON_CreateObject();
     cJSON_AddStringToObject(ok, "status", load ? "loaded" : "unloaded");
-    cJSON_AddStringToObject(ok, "lora_name", name->valuestring);
+    cJSON_AddStringToObject(ok, "lora_name", name);
     return send_json(c, 200, ok);
 }
 
@@ -420,12 +328,6 @@ static int authorized(const serve_http *h, struct MHD_Connection *c) {
     unsigned char diff = (unsigned char)(n != k);
     for (size_t i = 0; i < k; i++) diff |= (unsigned char)(h->o.api_key[i] ^ (i < n ? v[i] : 0));
     return diff == 0;
-}
-
-static int valid_utf8(const char *s, size_t n) {
-    for (size_t i = 0, k; i < n; i += k)
-        if (!(k = utf8_valid_len(s + i, n - i))) return 0;
-    return 1;
 }
 
 static enum MHD_Result route(serve_http *h, struct MHD_Connection *c, const char *url, const char *method,
@@ -449,12 +351,9 @@ static enum MHD_Result route(serve_http *h, struct MHD_Connection *c, const char
         snprintf(msg, sizeof msg, "the request body is larger than %zu bytes", h->o.max_body);
         return send_error(c, 413, NULL, msg);
     }
-    if (!valid_utf8(cc->body ? cc->body : "", cc->len)) return send_error(c, 400, NULL, "the request body is not valid UTF-8");
-    cJSON *root = cc->body ? cJSON_ParseWithLength(cc->body, cc->len) : NULL;
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return send_error(c, 400, NULL, "the request body is not a JSON object");
-    }
+    cJSON *root;
+    serve_refusal e;
+    if (!serve_body_parse(cc->body, cc->len, &root, &e)) return send_error(c, e.status, e.param, e.msg);
     enum MHD_Result ret = which < 2 ? route_generate(h, c, root, which == 1) : route_adapter(h, c, root, which == 2);
     cJSON_Delete(root);
     return ret;

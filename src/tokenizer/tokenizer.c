@@ -539,7 +539,7 @@ static int section(const peft_tokenizer *t, tok_scratch *sc, const char *s, size
 static int split_added(const peft_tokenizer *t, tok_scratch *sc, int pass, const char *text, size_t b, size_t e,
                        tok_out *out, peft_err *err) {
     const tok_trie *trie = &t->added_trie[pass];
-    const tok_added *added = t->added + (pass ? t->n_raw_added : 0);
+    const tok_added *added = t->added ? t->added + (pass ? t->n_raw_added : 0) : NULL; /* NULL + 0 is UB */
     size_t sec = b, i = b;
     int trim_next = 0, rc = 0;
     while (!rc && i < e) {
