@@ -3,7 +3,7 @@
 
   .venv/bin/python bench/hf_peer.py --model DIR --dtype f32|bf16 [--batch 4] [--seq 256]
         [--steps 5] [--warmup-steps 1] [--rank 16] [--alpha 32] [--lr 1e-4] [--seed 0]
-        [--threads 2] [--peak-gflops G] [--peak-f32-gflops G] [--quantize nf4]
+        [--threads 2] [--peak-gflops G] [--peak-f32-gflops G] [--quantize nf4] [--grad-checkpointing]
         [--data TRAIN.txt [--val-data VAL.txt] [--save ADAPTER_DIR]]
 
 What a user runs on PyPI's torch: LlamaForCausalLM.from_pretrained(DIR) in f32 (the files
@@ -20,6 +20,8 @@ default would be 0.01).
                 (transformers' BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute
                 dtype f32)); the embedding and the tied LM head stay f32, as peft.c's --quantize
                 keeps them. bitsandbytes >= 0.48 runs it on the CPU.
+  --grad-checkpointing  transformers' model.gradient_checkpointing_enable(use_reentrant=False):
+                every decoder layer's activations recomputed in the backward (peer of --recompute)
 Batches: bench_train's own splitmix64 stream (seed s = seed * 0x2545F4914F6CDD1D + 1, one
 draw % vocab per token, B rows of T+1 tokens, targets = the next token), so both sides train
 on the identical token ids and the first step's loss (B = 0: the base model) must agree.
@@ -127,6 +129,7 @@ def main():
     ap.add_argument("--peak-gflops", type=float, default=0.0)
     ap.add_argument("--peak-f32-gflops", type=float, default=0.0)
     ap.add_argument("--quantize", choices=("nf4",), default=None)
+    ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--data", help="plain-text training file (else bench_train's random token stream)")
     ap.add_argument("--val-data", help="plain-text validation file (needs --data)")
     ap.add_argument("--save", help="write the trained adapter here (save_pretrained)")
@@ -152,6 +155,8 @@ def main():
                                   bnb_4bit_compute_dtype=torch.float32)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, quantization_config=qcfg,
                                                  device_map="cpu" if qcfg else None)
+    if a.grad_checkpointing:  # non-reentrant: no need to make the frozen embedding's output require grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lcfg = peft.LoraConfig(r=a.rank, lora_alpha=a.alpha, lora_dropout=0.0, target_modules=SITES,
                            task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, lcfg)
@@ -241,6 +246,7 @@ def main():
         "val_loss": None if val_loss is None else round(val_loss, 6),
         "step_times_s": step_times,
         "quantize": a.quantize,
+        "grad_checkpointing": a.grad_checkpointing,
         "load_s": round(t_load, 3),
         "import_rss_mb": round(import_rss, 1),
         "attn_implementation": cfg._attn_implementation,
