@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fileio.h"
 #include "methods/adapter_set.h"
 
 /* Methods whose output for a row depends on that row alone (no cross-row state, no model-level
@@ -137,20 +136,13 @@ const char *peft_adapter_pool_name(const peft_adapter_pool *p, int i) {
 
 /* The method of DIR's adapter_config.json, refused unless it can be mixed. */
 static int check_mixable(const char *dir, peft_err *err) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *text;
-    size_t len;
-    int rc = peft_read_file(path, &text, &len, err);
-    if (rc) return rc;
     peft_adapter_config cfg;
-    rc = peft_adapter_config_parse(text, len, path, &cfg, err);
-    free(text);
+    int rc = peft_adapter_config_read(dir, &cfg, err);
     if (rc) return rc;
     for (size_t i = 0; i < sizeof mixable / sizeof mixable[0]; i++)
         if (!strcmp(cfg.method, mixable[i])) return PEFT_OK;
-    return peft_fail(err, PEFT_EUNSUPPORTED, "%s: %s adapters cannot be mixed per row (mixable: LoRA, DoRA, IA3, VeRA)", path,
-                     cfg.method);
+    return peft_fail(err, PEFT_EUNSUPPORTED, "%s/adapter_config.json: %s adapters cannot be mixed per row (mixable: LoRA, DoRA, IA3, VeRA)",
+                     dir, cfg.method);
 }
 
 /* Points every site at its own pool adapter again (a set was loaded or freed meanwhile). */

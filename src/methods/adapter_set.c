@@ -699,6 +699,18 @@ int peft_adapter_config_parse(const char *text, size_t len, const char *what, pe
     return rc;
 }
 
+int peft_adapter_config_read(const char *dir, peft_adapter_config *cfg, peft_err *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text;
+    size_t len;
+    int rc = peft_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    rc = peft_adapter_config_parse(text, len, path, cfg, err);
+    free(text);
+    return rc;
+}
+
 int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_adapter_set **out, peft_err *err) {
     return peft_adapter_set_load_covs(dir, m, max_rows, NULL, out, err);
 }
@@ -706,20 +718,14 @@ int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_ada
 int peft_adapter_set_load_covs(const char *dir, peft_llama *m, int max_rows, const struct peft_corda_covs *covs,
                                peft_adapter_set **out, peft_err *err) {
     *out = NULL;
-    char path[4200];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *text;
-    size_t len;
-    int rc = peft_read_file(path, &text, &len, err);
-    if (rc) return rc;
     peft_adapter_config cfg;
-    rc = peft_adapter_config_parse(text, len, path, &cfg, err);
-    free(text);
+    int rc = peft_adapter_config_read(dir, &cfg, err);
     if (rc) return rc;
     cfg.opts.corda_covs = covs;
     peft_adapter_set *set;
     if ((rc = peft_adapter_set_create(m, &cfg, max_rows, &set, err))) return peft_err_prefix(err, "%s", dir);
     peft_st_file *f;
+    char path[4200];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     rc = peft_st_open(path, &f, err);
     if (rc == PEFT_OK) {

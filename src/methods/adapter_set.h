@@ -53,6 +53,8 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
                             peft_err *err);
 /* Parses the text of an adapter_config.json (`what` names it in messages). */
 int peft_adapter_config_parse(const char *text, size_t len, const char *what, peft_adapter_config *cfg, peft_err *err);
+/* Reads and parses DIR/adapter_config.json (messages name that file). */
+int peft_adapter_config_read(const char *dir, peft_adapter_config *cfg, peft_err *err);
 /* Loads DIR/adapter_config.json + DIR/adapter_model.safetensors and attaches the adapters.
  * Every tensor in the file must belong to a site of m with the right shape, and every
  * adapter parameter must be in the file. */

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fileio.h"
 #include "kernels/kernels.h"
 #include "kernels/linalg.h"
 #include "methods/lora.h"
@@ -260,14 +259,7 @@ static int config_rank(const peft_adapter_config *c) {
 
 /* Reads dir's adapter_config.json and refuses what cannot be combined. */
 static int read_lora_config(const char *dir, peft_adapter_config *cfg, peft_err *err) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *text;
-    size_t len;
-    int rc = peft_read_file(path, &text, &len, err);
-    if (rc) return rc;
-    rc = peft_adapter_config_parse(text, len, path, cfg, err);
-    free(text);
+    int rc = peft_adapter_config_read(dir, cfg, err);
     if (rc) return rc;
     if (!strcmp(cfg->method, "dora"))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: a DoRA adapter cannot be combined: its magnitude vector has no weighted "
