@@ -11,6 +11,21 @@ BIN = os.environ.get("PEFT_BIN") or os.path.join(BUILD, "peft")
 SHARED = os.environ.get("PEFT_SHARED") or os.path.join(SRC, "..", "shared")
 
 
+failures = []
+
+
+def check(ok, msg):
+    """Records a failed check in `failures` (the tests exit 1 when it is not empty)."""
+    print(("ok   " if ok else "FAIL ") + msg)
+    if not ok:
+        failures.append(msg)
+
+
+def permute(w, n_head):
+    """convert_hf_to_gguf.py's LlamaModel.permute: q/k rows of each head interleaved (rotate-half -> pairs)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def peft(*args, timeout=300):
     r = subprocess.run([BIN] + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
     return r.returncode, r.stdout.decode(), r.stderr.decode()

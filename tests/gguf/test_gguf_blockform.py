@@ -33,7 +33,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gguf_common import BIN, BUILD, SHARED  # noqa: E402
+from gguf_common import BIN, BUILD, SHARED, check, failures, permute  # noqa: E402
 
 try:
     import gguf
@@ -45,7 +45,7 @@ try:
 except Exception as e:  # noqa: BLE001
     print("SKIP: gguf / numpy / torch / transformers / safetensors not importable (%s)" % e)
     sys.exit(77)
-from test_gguf_parity import check, failures, permute, unpermute  # noqa: E402  (convert_hf_to_gguf.py's q/k order)
+from test_gguf_parity import unpermute  # noqa: E402  (convert_hf_to_gguf.py's q/k order)
 
 STORIES = os.path.join(SHARED, "models", "stories260K-gguf", "stories260K.gguf")
 SANITIZED = os.environ.get("PEFT_SANITIZED") == "1"  # CMake: the binaries are built with ASan

@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gguf_common import BUILD, SHARED, peft, rel_err  # noqa: E402
+from gguf_common import BUILD, SHARED, check, failures, peft, permute, rel_err  # noqa: E402
 
 GGUF = os.path.join(SHARED, "models", "stories260K-gguf", "stories260K.gguf")
 TEXT = os.path.join(SHARED, "data", "tinyshakespeare", "input.txt")
@@ -44,20 +44,8 @@ except Exception as e:  # noqa: BLE001
     print("SKIP: gguf / numpy / llama_cpp / safetensors not importable (%s)" % e)
     sys.exit(77)
 
-failures = []
 HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-
-
-def check(ok, msg):
-    print(("ok   " if ok else "FAIL ") + msg)
-    if not ok:
-        failures.append(msg)
-
-
-def permute(w, n_head):
-    """convert_hf_to_gguf.py's LlamaModel.permute of q/k rows."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def peft_logits(rows, adapter, td):

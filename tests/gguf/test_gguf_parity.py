@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gguf_common import driver_logits, rel_err  # noqa: E402
+from gguf_common import check, driver_logits, failures, permute, rel_err  # noqa: E402
 
 try:
     import gguf
@@ -28,18 +28,6 @@ except Exception as e:  # noqa: BLE001
 
 TOL = 1e-5
 ROPE_THETA = 50000.0  # not the default, so that the metadata key is read
-failures = []
-
-
-def check(ok, msg):
-    print(("ok   " if ok else "FAIL ") + msg)
-    if not ok:
-        failures.append(msg)
-
-
-def permute(w, n_head):
-    """convert_hf_to_gguf.py LlamaModel.permute: rows of each head interleaved (rotate-half -> pairs)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def unpermute(w, n_head):

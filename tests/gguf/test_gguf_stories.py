@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gguf_common import SHARED, copy_for_transformers, driver_logits, peft, rel_err  # noqa: E402
+from gguf_common import SHARED, check, copy_for_transformers, driver_logits, failures, peft, rel_err  # noqa: E402
 
 GGUF = os.path.join(SHARED, "models", "stories260K-gguf", "stories260K.gguf")
 SAMPLE = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
@@ -39,13 +39,6 @@ except Exception as e:  # noqa: BLE001
     print("SKIP: gguf / torch / transformers / peft not importable (%s)" % e)
     sys.exit(77)
 
-failures = []
-
-
-def check(ok, msg):
-    print(("ok   " if ok else "FAIL ") + msg)
-    if not ok:
-        failures.append(msg)
 
 
 def main():
