@@ -1,0 +1,222 @@
+/* driver_gpt2.c: the C side of tests/models/test_gpt2_parity.py.
+ *
+ *   driver_gpt2 MODE MODEL_DIR BATCH OUT [ADAPTER]
+ * MODEL_DIR is loaded through peft_arch_gpt2 (the registry's entry) for the task of
+ * $PEFT_DRIVER_TASK ("causal-lm" default, or "seq-cls"). BATCH is a safetensors file of I32
+ * tensors: "ids" [B, T], optional "lengths" [B], "targets" ([B, T] causal-lm, [B] seq-cls),
+ * "n_new" [1] (generate). ADAPTER, when given, is a PEFT LoRA adapter_model.safetensors whose
+ * lora_A / lora_B tensors are attached at their sites (peft_method_lora with $PEFT_DRIVER_ALPHA,
+ * rank from the tensors), and "base_model.model.score.weight" replaces the head.
+ * Modes (OUT is a safetensors file of F32 tensors unless said otherwise):
+ *   logits    "logits" [B, T, V] or [B, n_labels], target-less forward
+ *   grad      "loss" [1]; "logits"; every attached site's "<PEFT key>" gradient of lora_A/lora_B
+ *             and "score.weight" (seq-cls); forward with targets, backward (save_all from
+ *             $PEFT_DRIVER_SAVE_ALL, default 1; 0 = gradient checkpointing)
+ *   generate  "ids" I32 [B, n_new]: greedy continuation of each row through the KV cache
+ *             (decode of the prompt in chunks of 3, then one token a time); "batch_ids" the same
+ *             through decode_batch over all rows at once (rows of equal length)
+ *   sites     OUT is a text file: one line "name out in fan_in_fan_out" per site, from
+ *             MODEL_DIR/config.json alone (shapes_only)
+ *   save      OUT is a directory: save_hf of the loaded model (merged with ADAPTER when given)
+ * Exit status 0, or 1 with the message on stderr. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fileio.h"
+#include "io/safetensors.h"
+#include "methods/adapter.h"
+#include "methods/lora.h"
+#include "models/gpt2.h"
+
+#define MAX_SITES 512
+#define MAX_ROWS 4096 /* B x T of the largest batch a test sends */
+
+static int die(const peft_err *e) {
+    fprintf(stderr, "driver_gpt2: %s\n", e->msg);
+    return 1;
+}
+
+static const int32_t *batch_i32(const peft_st_file *f, const char *name, int64_t *n) {
+    const peft_st_tensor *t = peft_st_find(f, name);
+    if (!t || t->dtype != PEFT_I32) return NULL;
+    *n = (int64_t)t->numel;
+    return (const int32_t *)t->data;
+}
+
+/* Attaches LoRA at every site the adapter file names; copies its A and B. */
+static int attach(peft_model *m, const char *path, peft_adapter **ad, float **work, peft_err *err) {
+    peft_st_file *f;
+    int rc = peft_st_open(path, &f, err);
+    if (rc) return rc;
+    const char *alpha = getenv("PEFT_DRIVER_ALPHA");
+    size_t wmax = 0;
+    for (int i = 0; i < m->n_sites && rc == PEFT_OK; i++) {
+        peft_site *s = m->sites[i];
+        char key[512];
+        snprintf(key, sizeof key, "base_model.model.%s.lora_A.weight", s->name);
+        const peft_st_tensor *tA = peft_st_find(f, key);
+        if (!tA) continue;
+        peft_method_opts o = {.rank = (int)tA->shape[0], .alpha = alpha ? atof(alpha) : 8.0, .seed = 1};
+        if ((rc = peft_method_lora.create(&o, s, MAX_ROWS, &ad[i], err))) break;
+        s->adapter = ad[i];
+        ad[i]->training = 1;
+        peft_param p[2];
+        peft_method_lora.params(ad[i], p, 2);
+        for (int k = 0; k < 2 && rc == PEFT_OK; k++) {
+            snprintf(key, sizeof key, "base_model.model.%s.%s", s->name, p[k].name);
+            const peft_st_tensor *t = peft_st_find(f, key);
+            if (!t || t->dtype != PEFT_F32 || t->numel != p[k].numel)
+                rc = peft_fail(err, PEFT_ESHAPE, "%s: %s missing or not F32 of %zu values", path, key, p[k].numel);
+            else memcpy(p[k].data, t->data, p[k].numel * sizeof(float));
+        }
+        size_t wf = peft_method_lora.work_floats(ad[i], s, MAX_ROWS);
+        if (wf > wmax) wmax = wf;
+    }
+    const peft_st_tensor *ts = peft_st_find(f, "base_model.model.score.weight");
+    if (rc == PEFT_OK && ts && m->n_head) {
+        if (ts->dtype != PEFT_F32 || ts->numel != m->head[0].numel) rc = peft_fail(err, PEFT_ESHAPE, "%s: score.weight shape", path);
+        else memcpy(m->head[0].data, ts->data, ts->numel * sizeof(float));
+    }
+    peft_st_close(f);
+    if (rc == PEFT_OK && !(*work = calloc(wmax ? wmax : 1, sizeof(float)))) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+    for (int i = 0; rc == PEFT_OK && i < m->n_sites; i++)
+        if (ad[i]) ad[i]->work = *work;
+    return rc;
+}
+
+static int write_sites(peft_model *m, const char *out, peft_err *err) {
+    FILE *fp = fopen(out, "w");
+    if (!fp) return peft_fail(err, PEFT_EIO, "%s: cannot write", out);
+    for (int i = 0; i < m->n_sites; i++)
+        fprintf(fp, "%s %d %d %d\n", m->sites[i]->name, m->sites[i]->out_features, m->sites[i]->in_features,
+                m->sites[i]->fan_in_fan_out);
+    for (int i = 0; i < m->n_norms; i++) fprintf(fp, "norm %s %d %d\n", m->norms[i]->name, m->norms[i]->dim, m->norms[i]->layer);
+    return fclose(fp) ? peft_fail(err, PEFT_EIO, "%s: write failed", out) : PEFT_OK;
+}
+
+/* Greedy continuation of each row: through decode (prompt in chunks of 3), and through decode_batch. */
+static int generate(peft_model *m, const int32_t *ids, int B, int T, int n_new, int32_t *out, int32_t *out_b, peft_err *err) {
+    const int V = m->info.vocab_size;
+    const peft_model_ops *ops = m->ops;
+    float *logits = malloc((size_t)B * V * sizeof(float));
+    peft_kv **kv = calloc((size_t)B, sizeof *kv);
+    int rc = logits && kv ? PEFT_OK : peft_fail(err, PEFT_ENOMEM, "out of memory");
+    for (int pass = 0; pass < 2 && rc == PEFT_OK; pass++) {
+        for (int b = 0; b < B && rc == PEFT_OK; b++) {
+            rc = ops->kv_alloc(m, T + n_new, 3, &kv[b], err);
+            for (int t = 0; t < T && rc == PEFT_OK; t += 3)
+                rc = ops->decode(m, kv[b], ids + (size_t)b * T + t, T - t < 3 ? T - t : 3, logits + (size_t)b * V, err);
+        }
+        int32_t *dst = pass ? out_b : out, cur[256];
+        for (int i = 0; i < n_new && rc == PEFT_OK; i++) {
+            for (int b = 0; b < B; b++) {
+                const float *l = logits + (size_t)b * V;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (l[v] > l[best]) best = v;
+                cur[b] = dst[(size_t)b * n_new + i] = best;
+            }
+            if (i + 1 == n_new) break;
+            if (pass) rc = ops->decode_batch(m, kv, cur, B, logits, err);
+            else
+                for (int b = 0; b < B && rc == PEFT_OK; b++) rc = ops->decode(m, kv[b], &cur[b], 1, logits + (size_t)b * V, err);
+        }
+        for (int b = 0; b < B; b++) ops->kv_free(kv[b]), kv[b] = NULL;
+    }
+    free(logits);
+    free(kv);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: driver_gpt2 MODE MODEL_DIR BATCH OUT [ADAPTER]\n");
+        return 2;
+    }
+    const char *mode = argv[1], *dir = argv[2], *out = argv[4], *task = getenv("PEFT_DRIVER_TASK");
+    peft_err err = {0};
+    peft_model_load_opts lo = {.task = task && !strcmp(task, "seq-cls") ? PEFT_TASK_SEQ_CLS : PEFT_TASK_CAUSAL_LM,
+                               .shapes_only = !strcmp(mode, "sites")};
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    char *text;
+    size_t len;
+    peft_model *m;
+    if (peft_read_file(cfg, &text, &len, &err) || peft_arch_gpt2.load(dir, text, len, &lo, &m, &err)) return die(&err);
+    free(text);
+    if (!strcmp(mode, "sites")) {
+        int rc = write_sites(m, out, &err);
+        m->ops->free(m);
+        return rc ? die(&err) : 0;
+    }
+    peft_adapter *ad[MAX_SITES] = {0};
+    float *work = NULL;
+    if (m->n_sites > MAX_SITES) return fprintf(stderr, "driver_gpt2: too many sites\n"), 1;
+    if (argc > 5 && attach(m, argv[5], ad, &work, &err)) return die(&err);
+    if (!strcmp(mode, "save")) {
+        for (int i = 0; i < m->n_sites; i++)
+            if (ad[i] && peft_method_lora.merge(ad[i], m->sites[i], +1, &err)) return die(&err);
+        return m->ops->save_hf(m, out, &err) ? die(&err) : 0;
+    }
+    peft_st_file *bf;
+    if (peft_st_open(argv[3], &bf, &err)) return die(&err);
+    const peft_st_tensor *tid = peft_st_find(bf, "ids");
+    if (!tid || tid->dtype != PEFT_I32 || tid->ndim != 2) return fprintf(stderr, "driver_gpt2: batch needs I32 ids [B, T]\n"), 1;
+    const int B = (int)tid->shape[0], T = (int)tid->shape[1];
+    int64_t n;
+    peft_batch b = {.B = B, .T = T, .ids = (const int32_t *)tid->data};
+    b.lengths = batch_i32(bf, "lengths", &n);
+    b.targets = batch_i32(bf, "targets", &n);
+    peft_st_entry e[2 * MAX_SITES + 3];
+    int ne = 0;
+    if (!strcmp(mode, "generate")) {
+        const int32_t *nn = batch_i32(bf, "n_new", &n);
+        int n_new = nn ? nn[0] : 8;
+        int32_t *g1 = malloc((size_t)B * n_new * sizeof(int32_t)), *g2 = malloc((size_t)B * n_new * sizeof(int32_t));
+        if (!g1 || !g2 || B > 256 || generate(m, b.ids, B, T, n_new, g1, g2, &err)) return die(&err);
+        e[ne++] = (peft_st_entry){.name = "ids", .dtype = PEFT_I32, .ndim = 2, .shape = {B, n_new}, .data = g1};
+        e[ne++] = (peft_st_entry){.name = "batch_ids", .dtype = PEFT_I32, .ndim = 2, .shape = {B, n_new}, .data = g2};
+        return peft_st_write(out, e, ne, NULL, 0, &err) ? die(&err) : 0;
+    }
+    const char *sa = getenv("PEFT_DRIVER_SAVE_ALL");
+    const int training = !strcmp(mode, "grad");
+    peft_acts *a;
+    if (m->ops->acts_alloc(m, B, T, sa ? atoi(sa) : 1, training, &a, &err)) return die(&err);
+    if (!training) b.targets = NULL;
+    double loss = 0;
+    int counted = 0;
+    if (m->ops->forward(m, a, &b, &loss, &counted, &err)) return die(&err);
+    if (training && m->ops->backward(m, a, &b, counted)) return fprintf(stderr, "driver_gpt2: backward failed\n"), 1;
+    const int NL = m->info.n_labels;
+    e[ne++] = NL ? (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 2, .shape = {B, NL}, .data = m->ops->outputs(a)}
+                 : (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 3, .shape = {B, T, m->info.vocab_size},
+                                   .data = m->ops->outputs(a)};
+    float lossf = (float)loss;
+    static char keys[2 * MAX_SITES + 3][512];
+    if (training) {
+        e[ne++] = (peft_st_entry){.name = "loss", .dtype = PEFT_F32, .ndim = 1, .shape = {1}, .data = &lossf};
+        for (int i = 0; i < m->n_sites; i++) {
+            if (!ad[i]) continue;
+            peft_param p[2];
+            peft_method_lora.params(ad[i], p, 2);
+            for (int k = 0; k < 2; k++) {
+                snprintf(keys[ne], sizeof keys[ne], "base_model.model.%s.%s", m->sites[i]->name, p[k].name);
+                e[ne] = (peft_st_entry){.name = keys[ne], .dtype = PEFT_F32, .ndim = 2, .shape = {p[k].shape[0], p[k].shape[1]},
+                                        .data = p[k].grad};
+                ne++;
+            }
+        }
+        if (m->n_head)
+            e[ne++] = (peft_st_entry){.name = "score.weight", .dtype = PEFT_F32, .ndim = 2,
+                                      .shape = {m->head[0].shape[0], m->head[0].shape[1]}, .data = m->head[0].grad};
+    }
+    if (peft_st_write(out, e, ne, NULL, 0, &err)) return die(&err);
+    m->ops->acts_free(a);
+    peft_st_close(bf);
+    for (int i = 0; i < m->n_sites; i++)
+        if (ad[i]) peft_method_lora.destroy(ad[i]);
+    free(work);
+    m->ops->free(m);
+    return 0;
+}

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""GPT-2 (src/models/gpt2.c) against transformers and HF PEFT.
+
+Random models from a small GPT2Config (torch.manual_seed), written with save_pretrained:
+  * GPT2LMHeadModel: logits of right-padded rows (attention_mask) at their valid positions; with a
+    PEFT LoRA on the fused c_attn (fan_in_fan_out=True, lora_B made non-zero) the loss (labels
+    shifted by transformers) and every lora_A / lora_B gradient, with all layers saved and with
+    gradient checkpointing (save_all 0); the model merged with that LoRA and written by save_hf,
+    loaded back by transformers, gives PEFT's logits.
+  * GPT2ForSequenceClassification (3 labels, pad_token_id set): logits at each row's last
+    non-padding token, the loss, the LoRA gradients and score.weight's gradient.
+Real files in ../shared/models:
+  * tiny-gpt2 (HF-written): logits, and greedy generation through the KV cache (decode, and
+    decode_batch over all rows) equal to model.generate(do_sample=False);
+  * the PEFT adapters lora-distilgpt2-cattn-r8 and lora-gpt2-seqcls-cattn-r8: every tensor names a
+    site of the base's shapes (configs written from GPT2Config(n_layer=6) / GPT2Config(), the
+    bases are not at hand) with lora_A [r, in], lora_B [out, r], fan_in_fan_out as the adapter says.
+Tolerance: 1e-4 relative to the max |value| of the reference.
+Exit 0 = pass, 1 = fail, 77 = skipped (an oracle missing).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+except ImportError as e:
+    print(f"SKIP: {e}")
+    sys.exit(77)
+
+SRC = os.environ.get("PEFT_SRC", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BUILD = os.environ.get("PEFT_BUILD", os.path.join(SRC, "build"))
+SHARED = os.environ.get("PEFT_SHARED", os.path.join(SRC, "..", "shared"))
+DRIVER = os.path.join(BUILD, "driver_gpt2")
+TOL = 1e-4
+ALPHA = 8
+
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures.append(what)
+
+
+def rel(a, b):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).abs().max() / max(float(b.abs().max()), 1e-30))
+
+
+def driver(mode, model_dir, batch, out, adapter=None, env=None):
+    args = [DRIVER, mode, model_dir, batch, out] + ([adapter] if adapter else [])
+    e = dict(os.environ, PEFT_DRIVER_ALPHA=str(ALPHA), **(env or {}))
+    r = subprocess.run(args, env=e, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr}")
+
+
+def small_config(**kw):
+    base = dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64, layer_norm_epsilon=1e-5,
+                activation_function="gelu_new", bos_token_id=0, eos_token_id=1)
+    base.update(kw)
+    return GPT2Config(**base)
+
+
+def batch_file(path, ids, lengths=None, targets=None, n_new=None):
+    t = {"ids": torch.as_tensor(ids, dtype=torch.int32).contiguous()}
+    if lengths is not None:
+        t["lengths"] = torch.as_tensor(lengths, dtype=torch.int32)
+    if targets is not None:
+        t["targets"] = torch.as_tensor(targets, dtype=torch.int32).contiguous()
+    if n_new is not None:
+        t["n_new"] = torch.tensor([n_new], dtype=torch.int32)
+    save_file(t, path)
+
+
+def lora_model(model, tmp, name):
+    """PEFT LoRA on c_attn with a non-zero lora_B, saved; returns (peft model, adapter file)."""
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=ALPHA, target_modules=["c_attn"], fan_in_fan_out=True,
+                                          lora_dropout=0.0))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn_like(p))
+    d = os.path.join(tmp, name)
+    pm.save_pretrained(d)
+    return pm, os.path.join(d, "adapter_model.safetensors")
+
+
+def lora_grads(pm):
+    out = {}
+    for n, p in pm.named_parameters():
+        if "lora_" in n:
+            out[n.replace(".default", "")] = p.grad
+    return out
+
+
+def compare_grads(ref, got, what):
+    worst, n = 0.0, 0
+    for k, g in ref.items():
+        if k not in got:
+            check(False, f"{what}: driver has no gradient {k}")
+            return
+        worst = max(worst, rel(got[k], g))
+        n += 1
+    check(n > 0 and worst <= TOL, f"{what}: {n} LoRA gradients, max rel err {worst:.2e}")
+
+
+def causal_lm(tmp):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(small_config()).eval()
+    mdir = os.path.join(tmp, "lm")
+    model.save_pretrained(mdir)
+    B, T = 3, 12
+    ids = torch.randint(0, 96, (B, T))
+    lengths = torch.tensor([12, 9, 5])
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+    bf, out = os.path.join(tmp, "lm_batch.safetensors"), os.path.join(tmp, "lm_out.safetensors")
+    batch_file(bf, ids, lengths)
+    driver("logits", mdir, bf, out)
+    got = load_file(out)["logits"]
+    err = max(rel(got[b, :lengths[b]], ref[b, :lengths[b]]) for b in range(B))
+    check(err <= TOL, f"causal-lm logits of right-padded rows: max rel err {err:.2e}")
+
+    pm, afile = lora_model(model, tmp, "lm_lora")
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[1, 0:3] = -100  # a prompt part without loss
+    pm.zero_grad()
+    res = pm(input_ids=ids, attention_mask=mask, labels=labels)
+    res.loss.backward()
+    targets = torch.full((B, T), -1)
+    targets[:, :-1] = labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1)
+    batch_file(bf, ids, lengths, targets)
+    for save_all in ("1", "0"):
+        driver("grad", mdir, bf, out, afile, {"PEFT_DRIVER_SAVE_ALL": save_all})
+        got = load_file(out)
+        lerr = abs(float(got["loss"][0]) - float(res.loss)) / abs(float(res.loss))
+        check(lerr <= TOL, f"causal-lm LoRA loss (save_all {save_all}): {float(got['loss'][0]):.6f} vs {float(res.loss):.6f}")
+        compare_grads(lora_grads(pm), got, f"causal-lm LoRA c_attn (save_all {save_all})")
+
+    # merged with the LoRA and saved by peft.c: transformers loads it and gives PEFT's logits
+    sdir = os.path.join(tmp, "lm_saved")
+    driver("save", mdir, bf, sdir, afile)
+    back = GPT2LMHeadModel.from_pretrained(sdir).eval()
+    with torch.no_grad():
+        want = pm(input_ids=ids[:1]).logits
+        have = back(input_ids=ids[:1]).logits
+    err = rel(have, want)
+    check(err <= TOL, f"save_hf of the LoRA-merged model loaded by transformers: max rel err {err:.2e}")
+
+
+def seq_cls(tmp):
+    torch.manual_seed(1)
+    V = 96
+    model = GPT2ForSequenceClassification(small_config(num_labels=3, pad_token_id=V - 1)).eval()
+    mdir = os.path.join(tmp, "cls")
+    model.save_pretrained(mdir)
+    B, T = 4, 10
+    ids = torch.randint(0, V - 1, (B, T))
+    lengths = torch.tensor([10, 7, 3, 8])
+    for b in range(B):
+        ids[b, lengths[b]:] = V - 1
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    labels = torch.tensor([0, 2, 1, 2])
+    pm, afile = lora_model(model, tmp, "cls_lora")
+    pm.base_model.model.score.weight.requires_grad_(True)
+    pm.zero_grad()
+    res = pm(input_ids=ids, attention_mask=mask, labels=labels)
+    res.loss.backward()
+    bf, out = os.path.join(tmp, "cls_batch.safetensors"), os.path.join(tmp, "cls_out.safetensors")
+    batch_file(bf, ids, lengths, labels)
+    driver("grad", mdir, bf, out, afile, {"PEFT_DRIVER_TASK": "seq-cls"})
+    got = load_file(out)
+    err = rel(got["logits"], res.logits.detach())
+    check(got["logits"].shape == (B, 3) and err <= TOL, f"seq-cls logits at the last non-padding token: max rel err {err:.2e}")
+    lerr = abs(float(got["loss"][0]) - float(res.loss)) / abs(float(res.loss))
+    check(lerr <= TOL, f"seq-cls loss: {float(got['loss'][0]):.6f} vs {float(res.loss):.6f}")
+    compare_grads(lora_grads(pm), got, "seq-cls LoRA c_attn")
+    serr = rel(got["score.weight"], pm.base_model.model.score.weight.grad)
+    check(serr <= TOL, f"seq-cls score.weight gradient: max rel err {serr:.2e}")
+
+
+def tiny_gpt2(tmp):
+    mdir = os.path.join(SHARED, "models", "tiny-gpt2")
+    model = GPT2LMHeadModel.from_pretrained(mdir).eval()
+    torch.manual_seed(2)
+    B, T, NEW = 2, 7, 6
+    ids = torch.randint(0, model.config.vocab_size, (B, T))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False,
+                             pad_token_id=0)[:, T:]
+    bf, out = os.path.join(tmp, "tiny_batch.safetensors"), os.path.join(tmp, "tiny_out.safetensors")
+    batch_file(bf, ids, n_new=NEW)
+    driver("logits", mdir, bf, out)
+    err = rel(load_file(out)["logits"], ref)
+    check(err <= TOL, f"tiny-gpt2 logits: max rel err {err:.2e}")
+    driver("generate", mdir, bf, out)
+    got = load_file(out)
+    check(torch.equal(got["ids"].long(), gen), f"tiny-gpt2 greedy generation through the KV cache: {got['ids'].tolist()} vs {gen.tolist()}")
+    check(torch.equal(got["batch_ids"].long(), gen), "tiny-gpt2 greedy generation through decode_batch")
+
+
+def real_adapters(tmp):
+    for name, cfg in (("lora-distilgpt2-cattn-r8", GPT2Config(n_layer=6)), ("lora-gpt2-seqcls-cattn-r8", GPT2Config())):
+        adir = os.path.join(SHARED, "models", name)
+        mdir = os.path.join(tmp, name + "-base")
+        cfg.save_pretrained(mdir)
+        listing = os.path.join(tmp, name + ".sites")
+        driver("sites", mdir, "-", listing)
+        sites = {}
+        for line in open(listing):
+            f = line.split()
+            if f[0] != "norm":
+                sites[f[0]] = (int(f[1]), int(f[2]), int(f[3]))
+        acfg = json.load(open(os.path.join(adir, "adapter_config.json")))
+        r, n, bad = acfg["r"], 0, []
+        with safe_open(os.path.join(adir, "adapter_model.safetensors"), "pt") as f:
+            for k in f.keys():
+                shape = tuple(f.get_slice(k).get_shape())
+                if k == "base_model.model.score.weight":  # the seq-cls head [n_labels, C]
+                    if shape[1] != cfg.n_embd:
+                        bad.append(k)
+                    continue
+                site, _, kind = k[len("base_model.model."):].rpartition(".lora_")
+                if site not in sites:
+                    bad.append(k)
+                    continue
+                out_f, in_f, fifo = sites[site]
+                want = (r, in_f) if kind == "A.weight" else (out_f, r)
+                if shape != want or fifo != int(acfg["fan_in_fan_out"]):
+                    bad.append(f"{k} {shape} vs {want}")
+                n += 1
+        check(n > 0 and not bad, f"{name}: {n} LoRA tensors match gpt2.c's sites of the base's config {bad[:3]}")
+
+
+def main():
+    if not os.path.exists(os.path.join(SHARED, "models", "tiny-gpt2", "model.safetensors")):
+        print(f"SKIP: {SHARED}/models/tiny-gpt2 not present")
+        return 77
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.set_num_threads(2)
+        causal_lm(tmp)
+        seq_cls(tmp)
+        tiny_gpt2(tmp)
+        real_adapters(tmp)
+    print(f"{len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
