@@ -17,7 +17,7 @@
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
-#include "models/gpt2.h"
+#include "models/model.h"
 #include "fileio.h"
 #include "rng.h"
 
@@ -112,7 +112,7 @@ static int parse_config(gpt2 *g, const cJSON *root, const peft_model_load_opts *
         if (!in->n_labels) rc = cfg_labels(root, &in->n_labels, what, err);
         if (!rc && in->n_labels < 1) in->n_labels = 2; /* transformers' default num_labels */
     } else if (!rc && o->task != PEFT_TASK_CAUSAL_LM) {
-        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: gpt2 runs the tasks causal-lm and seq-cls only (asked: image-cls)", what);
+        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: gpt2 runs the tasks causal-lm and seq-cls, not %s", what, peft_task_name(o->task));
     }
     if (rc) return rc;
     in->arch = "gpt2";
@@ -771,5 +771,6 @@ static const peft_model_ops gpt2_ops = {
     .save_hf = gpt2_save_hf,
 };
 
+/* registered in src/models/registry.c */
 static const char *const gpt2_model_types[] = {"gpt2", NULL};
 const peft_arch peft_arch_gpt2 = {.name = "gpt2", .model_types = gpt2_model_types, .load = gpt2_load};

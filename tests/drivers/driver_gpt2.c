@@ -1,16 +1,18 @@
 /* driver_gpt2.c: the C side of tests/models/test_gpt2_parity.py.
  *
  *   driver_gpt2 MODE MODEL_DIR BATCH OUT [ADAPTER]
- * MODEL_DIR is loaded through peft_arch_gpt2 (the registry's entry) for the task of
+ * MODEL_DIR is loaded by peft_model_load (the registry picks gpt2) for the task of
  * $PEFT_DRIVER_TASK ("causal-lm" default, or "seq-cls"). BATCH is a safetensors file of I32
  * tensors: "ids" [B, T], optional "lengths" [B], "targets" ([B, T] causal-lm, [B] seq-cls),
  * "n_new" [1] (generate). ADAPTER, when given, is a PEFT LoRA adapter_model.safetensors whose
  * lora_A / lora_B tensors are attached at their sites (peft_method_lora with $PEFT_DRIVER_ALPHA,
- * rank from the tensors), and "base_model.model.score.weight" replaces the head.
+ * rank from the tensors), "base_model.model.score.weight" replaces the head, and PEFT prompt
+ * tuning's "prompt_embeddings" become the model's virtual tokens (m->virt; a batch's first
+ * n_virtual ids of each row are then placeholders).
  * Modes (OUT is a safetensors file of F32 tensors unless said otherwise):
  *   logits    "logits" [B, T, V] or [B, n_labels], target-less forward
  *   grad      "loss" [1]; "logits"; every attached site's "<PEFT key>" gradient of lora_A/lora_B
- *             and "score.weight" (seq-cls); forward with targets, backward (save_all from
+ *             and "score.weight" (seq-cls), "prompt_embeddings" (prompt tuning); forward with targets, backward (save_all from
  *             $PEFT_DRIVER_SAVE_ALL, default 1; 0 = gradient checkpointing)
  *   generate  "ids" I32 [B, n_new]: greedy continuation of each row through the KV cache
  *             (decode of the prompt in chunks of 3, then one token a time); "batch_ids" the same
@@ -27,7 +29,7 @@
 #include "io/safetensors.h"
 #include "methods/adapter.h"
 #include "methods/lora.h"
-#include "models/gpt2.h"
+#include "models/model.h"
 
 #define MAX_SITES 512
 #define MAX_ROWS 4096 /* B x T of the largest batch a test sends */
@@ -73,6 +75,18 @@ static int attach(peft_model *m, const char *path, peft_adapter **ad, float **wo
         size_t wf = peft_method_lora.work_floats(ad[i], s, MAX_ROWS);
         if (wf > wmax) wmax = wf;
     }
+    /* prompt tuning (PEFT's "prompt_embeddings" [n_virtual, C]): hooked as the method would */
+    const peft_st_tensor *tp = peft_st_find(f, "prompt_embeddings");
+    if (rc == PEFT_OK && tp) {
+        float *emb = tp->dtype == PEFT_F32 && tp->ndim == 2 && tp->shape[1] == m->info.hidden_size
+                         ? malloc(2 * tp->numel * sizeof(float)) : NULL;
+        if (!emb) rc = peft_fail(err, PEFT_ESHAPE, "%s: prompt_embeddings must be F32 [n, %d]", path, m->info.hidden_size);
+        else {
+            memcpy(emb, tp->data, tp->numel * sizeof(float));
+            memset(emb + tp->numel, 0, tp->numel * sizeof(float));
+            m->virt = (peft_virtual){.n_virtual = (int)tp->shape[0], .emb = emb, .emb_grad = emb + tp->numel};
+        }
+    }
     const peft_st_tensor *ts = peft_st_find(f, "base_model.model.score.weight");
     if (rc == PEFT_OK && ts && m->n_head) {
         if (ts->dtype != PEFT_F32 || ts->numel != m->head[0].numel) rc = peft_fail(err, PEFT_ESHAPE, "%s: score.weight shape", path);
@@ -98,15 +112,14 @@ static int write_sites(peft_model *m, const char *out, peft_err *err) {
 /* Greedy continuation of each row: through decode (prompt in chunks of 3), and through decode_batch. */
 static int generate(peft_model *m, const int32_t *ids, int B, int T, int n_new, int32_t *out, int32_t *out_b, peft_err *err) {
     const int V = m->info.vocab_size;
-    const peft_model_ops *ops = m->ops;
     float *logits = malloc((size_t)B * V * sizeof(float));
     peft_kv **kv = calloc((size_t)B, sizeof *kv);
     int rc = logits && kv ? PEFT_OK : peft_fail(err, PEFT_ENOMEM, "out of memory");
     for (int pass = 0; pass < 2 && rc == PEFT_OK; pass++) {
         for (int b = 0; b < B && rc == PEFT_OK; b++) {
-            rc = ops->kv_alloc(m, T + n_new, 3, &kv[b], err);
+            rc = peft_model_kv_alloc(m, T + n_new, 3, &kv[b], err);
             for (int t = 0; t < T && rc == PEFT_OK; t += 3)
-                rc = ops->decode(m, kv[b], ids + (size_t)b * T + t, T - t < 3 ? T - t : 3, logits + (size_t)b * V, err);
+                rc = peft_model_decode(m, kv[b], ids + (size_t)b * T + t, T - t < 3 ? T - t : 3, logits + (size_t)b * V, err);
         }
         int32_t *dst = pass ? out_b : out, cur[256];
         for (int i = 0; i < n_new && rc == PEFT_OK; i++) {
@@ -118,11 +131,11 @@ static int generate(peft_model *m, const int32_t *ids, int B, int T, int n_new, 
                 cur[b] = dst[(size_t)b * n_new + i] = best;
             }
             if (i + 1 == n_new) break;
-            if (pass) rc = ops->decode_batch(m, kv, cur, B, logits, err);
+            if (pass) rc = peft_model_decode_batch(m, kv, cur, B, logits, err);
             else
-                for (int b = 0; b < B && rc == PEFT_OK; b++) rc = ops->decode(m, kv[b], &cur[b], 1, logits + (size_t)b * V, err);
+                for (int b = 0; b < B && rc == PEFT_OK; b++) rc = peft_model_decode(m, kv[b], &cur[b], 1, logits + (size_t)b * V, err);
         }
-        for (int b = 0; b < B; b++) ops->kv_free(kv[b]), kv[b] = NULL;
+        for (int b = 0; b < B; b++) peft_model_kv_free(m, kv[b]), kv[b] = NULL;
     }
     free(logits);
     free(kv);
@@ -138,16 +151,12 @@ int main(int argc, char **argv) {
     peft_err err = {0};
     peft_model_load_opts lo = {.task = task && !strcmp(task, "seq-cls") ? PEFT_TASK_SEQ_CLS : PEFT_TASK_CAUSAL_LM,
                                .shapes_only = !strcmp(mode, "sites")};
-    char cfg[4200];
-    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
-    char *text;
-    size_t len;
     peft_model *m;
-    if (peft_read_file(cfg, &text, &len, &err) || peft_arch_gpt2.load(dir, text, len, &lo, &m, &err)) return die(&err);
-    free(text);
+    if (peft_model_load(dir, &lo, &m, &err)) return die(&err);
+    if (strcmp(m->info.arch, "gpt2")) return fprintf(stderr, "driver_gpt2: %s is not a gpt2 model\n", dir), 1;
     if (!strcmp(mode, "sites")) {
         int rc = write_sites(m, out, &err);
-        m->ops->free(m);
+        peft_model_free(m);
         return rc ? die(&err) : 0;
     }
     peft_adapter *ad[MAX_SITES] = {0};
@@ -157,7 +166,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "save")) {
         for (int i = 0; i < m->n_sites; i++)
             if (ad[i] && peft_method_lora.merge(ad[i], m->sites[i], +1, &err)) return die(&err);
-        return m->ops->save_hf(m, out, &err) ? die(&err) : 0;
+        return peft_model_save_hf(m, out, &err) ? die(&err) : 0;
     }
     peft_st_file *bf;
     if (peft_st_open(argv[3], &bf, &err)) return die(&err);
@@ -182,16 +191,16 @@ int main(int argc, char **argv) {
     const char *sa = getenv("PEFT_DRIVER_SAVE_ALL");
     const int training = !strcmp(mode, "grad");
     peft_acts *a;
-    if (m->ops->acts_alloc(m, B, T, sa ? atoi(sa) : 1, training, &a, &err)) return die(&err);
+    if (peft_model_acts_alloc(m, B, T, sa ? atoi(sa) : 1, training, &a, &err)) return die(&err);
     if (!training) b.targets = NULL;
     double loss = 0;
     int counted = 0;
-    if (m->ops->forward(m, a, &b, &loss, &counted, &err)) return die(&err);
-    if (training && m->ops->backward(m, a, &b, counted)) return fprintf(stderr, "driver_gpt2: backward failed\n"), 1;
+    if (peft_model_forward(m, a, &b, &loss, &counted, &err)) return die(&err);
+    if (training && peft_model_backward(m, a, &b, counted)) return fprintf(stderr, "driver_gpt2: backward failed\n"), 1;
     const int NL = m->info.n_labels;
-    e[ne++] = NL ? (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 2, .shape = {B, NL}, .data = m->ops->outputs(a)}
+    e[ne++] = NL ? (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 2, .shape = {B, NL}, .data = peft_model_outputs(m, a)}
                  : (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 3, .shape = {B, T, m->info.vocab_size},
-                                   .data = m->ops->outputs(a)};
+                                   .data = peft_model_outputs(m, a)};
     float lossf = (float)loss;
     static char keys[2 * MAX_SITES + 3][512];
     if (training) {
@@ -207,16 +216,20 @@ int main(int argc, char **argv) {
                 ne++;
             }
         }
+        if (m->virt.emb_grad)
+            e[ne++] = (peft_st_entry){.name = "prompt_embeddings", .dtype = PEFT_F32, .ndim = 2,
+                                      .shape = {m->virt.n_virtual, m->info.hidden_size}, .data = m->virt.emb_grad};
         if (m->n_head)
             e[ne++] = (peft_st_entry){.name = "score.weight", .dtype = PEFT_F32, .ndim = 2,
                                       .shape = {m->head[0].shape[0], m->head[0].shape[1]}, .data = m->head[0].grad};
     }
     if (peft_st_write(out, e, ne, NULL, 0, &err)) return die(&err);
-    m->ops->acts_free(a);
+    peft_model_acts_free(m, a);
     peft_st_close(bf);
     for (int i = 0; i < m->n_sites; i++)
         if (ad[i]) peft_method_lora.destroy(ad[i]);
     free(work);
-    m->ops->free(m);
+    free((float *)m->virt.emb);
+    peft_model_free(m);
     return 0;
 }

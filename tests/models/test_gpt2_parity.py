@@ -9,6 +9,9 @@ Random models from a small GPT2Config (torch.manual_seed), written with save_pre
     loaded back by transformers, gives PEFT's logits.
   * GPT2ForSequenceClassification (3 labels, pad_token_id set): logits at each row's last
     non-padding token, the loss, the LoRA gradients and score.weight's gradient.
+  * PEFT prompt tuning (3 virtual tokens): logits over the virtual and real rows, the loss, the
+    prompt_embeddings gradient, and greedy generation equal to PEFT's generate.
+  * Greedy generation of the random LM through decode and decode_batch equal to generate.
 Real files in ../shared/models:
   * tiny-gpt2 (HF-written): logits, and greedy generation through the KV cache (decode, and
     decode_batch over all rows) equal to model.generate(do_sample=False);
@@ -26,7 +29,7 @@ import tempfile
 
 try:
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -65,7 +68,8 @@ def driver(mode, model_dir, batch, out, adapter=None, env=None):
 
 def small_config(**kw):
     base = dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64, layer_norm_epsilon=1e-5,
-                activation_function="gelu_new", bos_token_id=0, eos_token_id=1)
+                activation_function="gelu_new", bos_token_id=0, eos_token_id=1,
+                initializer_range=0.2)  # larger than GPT-2's 0.02: greedy continuations that vary
     base.update(kw)
     return GPT2Config(**base)
 
@@ -131,12 +135,25 @@ def causal_lm(tmp):
     err = max(rel(got[b, :lengths[b]], ref[b, :lengths[b]]) for b in range(B))
     check(err <= TOL, f"causal-lm logits of right-padded rows: max rel err {err:.2e}")
 
+    # greedy generation of the random model (before get_peft_model changes it): decode (KV cache) and decode_batch vs generate
+    NEW = 8
+    with torch.no_grad():
+        gen = model.generate(input_ids=ids[:, :6], attention_mask=torch.ones_like(ids[:, :6]), max_new_tokens=NEW,
+                             do_sample=False, pad_token_id=0)[:, 6:]
+    gf = os.path.join(tmp, "lm_gen.safetensors")
+    batch_file(gf, ids[:, :6], n_new=NEW)
+    driver("generate", mdir, gf, out)
+    got = load_file(out)
+    check(torch.equal(got["ids"].long(), gen) and torch.equal(got["batch_ids"].long(), gen),
+          f"causal-lm greedy generation (decode, decode_batch) equal to generate: {got['ids'][0].tolist()}")
+
     pm, afile = lora_model(model, tmp, "lm_lora")
     labels = ids.masked_fill(mask == 0, -100)
     labels[1, 0:3] = -100  # a prompt part without loss
     pm.zero_grad()
     res = pm(input_ids=ids, attention_mask=mask, labels=labels)
     res.loss.backward()
+    loss_ref = float(res.loss.detach())
     targets = torch.full((B, T), -1)
     targets[:, :-1] = labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1)
     batch_file(bf, ids, lengths, targets)
@@ -156,6 +173,49 @@ def causal_lm(tmp):
         have = back(input_ids=ids[:1]).logits
     err = rel(have, want)
     check(err <= TOL, f"save_hf of the LoRA-merged model loaded by transformers: max rel err {err:.2e}")
+
+
+def prompt_tuning(tmp):
+    """PEFT prompt tuning on GPT-2: virtual rows replace the first n_virtual inputs and get wpe[0..n)."""
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(small_config()).eval()
+    mdir = os.path.join(tmp, "pt")
+    model.save_pretrained(mdir)
+    NV, B, T = 3, 2, 8
+    pm = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NV))
+    adir = os.path.join(tmp, "pt_adapter")
+    pm.save_pretrained(adir)
+    afile = os.path.join(adir, "adapter_model.safetensors")
+    ids = torch.randint(0, 96, (B, T))
+    labels = ids.clone()
+    labels[0, :2] = -100
+    pm.zero_grad()
+    res = pm(input_ids=ids, labels=labels)
+    res.loss.backward()
+    full = torch.cat([torch.full((B, NV), -100), labels], dim=1)  # PEFT's labels over virtual + real rows
+    targets = torch.full((B, NV + T), -1)
+    targets[:, :-1] = full[:, 1:].masked_fill(full[:, 1:] == -100, -1)
+    rows = torch.cat([torch.zeros((B, NV), dtype=ids.dtype), ids], dim=1)
+    bf, out = os.path.join(tmp, "pt_batch.safetensors"), os.path.join(tmp, "pt_out.safetensors")
+    batch_file(bf, rows, targets=targets)
+    driver("grad", mdir, bf, out, afile)
+    got = load_file(out)
+    err = rel(got["logits"], res.logits.detach())
+    check(err <= TOL, f"prompt tuning logits over virtual + real rows: max rel err {err:.2e}")
+    lerr = abs(float(got["loss"][0]) - float(res.loss.detach())) / float(res.loss.detach())
+    check(lerr <= TOL, f"prompt tuning loss: {float(got['loss'][0]):.6f} vs {float(res.loss.detach()):.6f}")
+    gerr = rel(got["prompt_embeddings"], pm.prompt_encoder["default"].embedding.weight.grad)
+    check(gerr <= TOL, f"prompt tuning prompt_embeddings gradient: max rel err {gerr:.2e}")
+    NEW = 6
+    with torch.no_grad():
+        gen = pm.generate(input_ids=ids[:, :5], attention_mask=torch.ones_like(ids[:, :5]), max_new_tokens=NEW,
+                          do_sample=False, pad_token_id=0)[:, -NEW:]
+    gf = os.path.join(tmp, "pt_gen.safetensors")
+    batch_file(gf, ids[:, :5], n_new=NEW)
+    driver("generate", mdir, gf, out, afile)
+    got = load_file(out)
+    check(torch.equal(got["ids"].long(), gen) and torch.equal(got["batch_ids"].long(), gen),
+          f"prompt tuning greedy generation through the KV cache equal to PEFT's generate: {got['ids'][0].tolist()}")
 
 
 def seq_cls(tmp):
@@ -250,6 +310,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         torch.set_num_threads(2)
         causal_lm(tmp)
+        prompt_tuning(tmp)
         seq_cls(tmp)
         tiny_gpt2(tmp)
         real_adapters(tmp)
