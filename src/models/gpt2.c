@@ -34,6 +34,7 @@ typedef struct gpt2 {
     peft_model base;     /* first member (model.h) */
     int C, L, NH, F, V, P;
     float eps;
+    float init_std;      /* initializer_range: the std of a score head the checkpoint lacks */
     char prefix[16];     /* "transformer." or "" as the checkpoint names its tensors */
     char *config_text;   /* config.json as read, written back by save_hf */
     float *slab;         /* every tensor as f32 (Conv1D weights transposed) */
@@ -90,6 +91,10 @@ static int parse_config(gpt2 *g, const cJSON *root, const peft_model_load_opts *
     if (!rc) rc = peft_json_double(root, "layer_norm_epsilon", 0, &eps, what, err);
     if (!rc && !(eps > 0 && eps < 1)) rc = peft_fail(err, PEFT_EFORMAT, "%s: \"layer_norm_epsilon\" = %g is outside (0, 1)", what, eps);
     g->eps = (float)eps;
+    double init = 0.02;
+    if (!rc) rc = peft_json_double(root, "initializer_range", 0, &init, what, err);
+    if (!rc && !(init >= 0 && init < 10)) rc = peft_fail(err, PEFT_EFORMAT, "%s: \"initializer_range\" = %g is outside [0, 10)", what, init);
+    g->init_std = (float)init;
     if (!rc && g->C % g->NH) rc = peft_fail(err, PEFT_EFORMAT, "%s: \"n_embd\" %d is not a multiple of \"n_head\" %d", what, g->C, g->NH);
     const char *act = "gelu_new";
     if (!rc) rc = peft_json_string(root, "activation_function", 0, &act, what, err);
@@ -233,9 +238,10 @@ static int bind_weights(gpt2 *g, peft_weights *wts, wanted *w, int n, peft_err *
         size_t k = (size_t)w[i].shape[0] * (w[i].ndim > 1 ? (size_t)w[i].shape[1] : 1);
         const char *file = dir;
         peft_weights_find(wts, full, &file);
-        rc = peft_weights_read_f32(wts, full, w[i].ndim, w[i].shape, w[i].transpose ? tmp : p, err);
+        float *read = w[i].transpose ? tmp : p;
+        rc = peft_weights_read_f32(wts, full, w[i].ndim, w[i].shape, read, err);
+        if (rc == PEFT_OK) rc = check_finite(read, k, full, file, err); /* indices as in the file */
         if (rc == PEFT_OK && w[i].transpose) transpose(p, tmp, (int)w[i].shape[0], (int)w[i].shape[1]);
-        if (rc == PEFT_OK) rc = check_finite(p, k, full, file, err);
         *w[i].dst = p;
         p += k;
         g->base.n_params += k;
@@ -255,10 +261,10 @@ static int bind_weights(gpt2 *g, peft_weights *wts, wanted *w, int n, peft_err *
     if (t) {
         rc = peft_weights_read_f32(wts, "score.weight", 2, s->shape, s->data, err);
         if (rc == PEFT_OK) rc = check_finite(s->data, s->numel, "score.weight", dir, err);
-    } else { /* not in a causal-LM checkpoint: N(0, initializer_range) as HF's _init_weights, fixed seed */
+    } else { /* not in a causal-LM checkpoint: N(0, initializer_range^2) as HF's _init_weights, fixed seed */
         peft_rng r;
         peft_rng_seed(&r, 0x6770743273636f72ULL, 0);
-        for (size_t i = 0; i < s->numel; i++) s->data[i] = 0.02f * peft_rng_normal(&r);
+        for (size_t i = 0; i < s->numel; i++) s->data[i] = g->init_std * peft_rng_normal(&r);
     }
     if (rc == PEFT_OK && !(s->grad = calloc(s->numel, sizeof(float)))) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     g->base.head = s;

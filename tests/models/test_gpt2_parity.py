@@ -18,6 +18,9 @@ Real files in ../shared/models:
   * the PEFT adapters lora-distilgpt2-cattn-r8 and lora-gpt2-seqcls-cattn-r8: every tensor names a
     site of the base's shapes (configs written from GPT2Config(n_layer=6) / GPT2Config(), the
     bases are not at hand) with lora_A [r, in], lora_B [out, r], fan_in_fan_out as the adapter says.
+Formats: a bf16 checkpoint in shards, tensor names without "transformer.", a seq-cls head the
+checkpoint lacks (initialised N(0, initializer_range)); refusals of configs and tensors peft.c does
+not run, naming the field / tensor.
 Tolerance: 1e-4 relative to the max |value| of the reference.
 Exit 0 = pass, 1 = fail, 77 = skipped (an oracle missing).
 """
@@ -270,6 +273,66 @@ def tiny_gpt2(tmp):
     check(torch.equal(got["batch_ids"].long(), gen), "tiny-gpt2 greedy generation through decode_batch")
 
 
+def driver_error(mode, model_dir, batch, out, env=None):
+    args = [DRIVER, mode, model_dir, batch, out]
+    r = subprocess.run(args, env=dict(os.environ, **(env or {})), capture_output=True, text=True)
+    return r.returncode, r.stderr
+
+
+def formats_and_refusals(tmp):
+    torch.manual_seed(4)
+    model = GPT2LMHeadModel(small_config()).eval()
+    ids = torch.randint(0, 96, (2, 9))
+    bf, out = os.path.join(tmp, "fmt_batch.safetensors"), os.path.join(tmp, "fmt_out.safetensors")
+    batch_file(bf, ids)
+    # bf16, sharded: the rounded weights upcast are the reference
+    d16 = os.path.join(tmp, "bf16")
+    model.to(torch.bfloat16).save_pretrained(d16, max_shard_size="40KB")
+    model.float()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    shards = [f for f in os.listdir(d16) if f.endswith(".safetensors")]
+    driver("logits", d16, bf, out)
+    err = rel(load_file(out)["logits"], ref)
+    check(len(shards) > 1 and err <= TOL, f"bf16 checkpoint in {len(shards)} shards: max rel err {err:.2e}")
+    # tensor names without "transformer." (as GPT2Model and old Hub checkpoints write them)
+    dplain = os.path.join(tmp, "plain")
+    model.save_pretrained(dplain)
+    sd = load_file(os.path.join(dplain, "model.safetensors"))
+    save_file({k.removeprefix("transformer."): v.contiguous() for k, v in sd.items()}, os.path.join(dplain, "model.safetensors"))
+    driver("logits", dplain, bf, out)
+    err = rel(load_file(out)["logits"], ref)
+    check(err <= TOL, f"tensor names without the transformer. prefix: max rel err {err:.2e}")
+    # seq-cls on a causal-LM checkpoint: score.weight initialised N(0, initializer_range)
+    dsc = os.path.join(tmp, "score_init")
+    driver("save", dplain, bf, dsc, env={"PEFT_DRIVER_TASK": "seq-cls"})
+    score = load_file(os.path.join(dsc, "model.safetensors"))["score.weight"]
+    std = float(score.std())
+    check(score.shape == (model.config.num_labels, 32) and abs(std / model.config.initializer_range - 1) < 0.2,
+          f"missing score.weight initialised: shape {tuple(score.shape)}, std {std:.4f} (initializer_range "
+          f"{model.config.initializer_range})")
+    # refusals name the file and the field / tensor
+    cfg = json.load(open(os.path.join(dplain, "config.json")))
+    cases = [("activation_function", "relu", "activation_function"), ("scale_attn_by_inverse_layer_idx", True,
+             "scale_attn_by_inverse_layer_idx"), ("n_head", 5, "n_head"), ("tie_word_embeddings", False, "tie_word_embeddings")]
+    for key, val, needle in cases:
+        d = os.path.join(tmp, f"bad_{key}")
+        os.makedirs(d, exist_ok=True)
+        json.dump(dict(cfg, **{key: val}), open(os.path.join(d, "config.json"), "w"))
+        os.symlink(os.path.join(dplain, "model.safetensors"), os.path.join(d, "model.safetensors"))
+        rc, msg = driver_error("logits", d, bf, out)
+        check(rc != 0 and needle in msg and "config.json" in msg, f"config {key} = {val!r} refused: {msg.strip()}")
+    for what, edit in (("shape", lambda t: t[:, :-1]), ("nan", lambda t: t.masked_fill(torch.rand(t.shape) < 0.01, float("nan")))):
+        d = os.path.join(tmp, f"bad_{what}")
+        os.makedirs(d, exist_ok=True)
+        json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+        bad = dict(sd)
+        bad["transformer.h.1.mlp.c_fc.weight"] = edit(sd["transformer.h.1.mlp.c_fc.weight"]).contiguous()
+        save_file(bad, os.path.join(d, "model.safetensors"))
+        rc, msg = driver_error("logits", d, bf, out)
+        check(rc != 0 and "transformer.h.1.mlp.c_fc.weight" in msg, f"tensor with a bad {what} refused: {msg.strip()}")
+
+
 def real_adapters(tmp):
     for name, cfg in (("lora-distilgpt2-cattn-r8", GPT2Config(n_layer=6)), ("lora-gpt2-seqcls-cattn-r8", GPT2Config())):
         adir = os.path.join(SHARED, "models", name)
@@ -314,6 +377,7 @@ def main():
         seq_cls(tmp)
         tiny_gpt2(tmp)
         real_adapters(tmp)
+        formats_and_refusals(tmp)
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0
 
