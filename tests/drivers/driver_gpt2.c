@@ -8,7 +8,8 @@
  * lora_A / lora_B tensors are attached at their sites (peft_method_lora with $PEFT_DRIVER_ALPHA,
  * rank from the tensors), "base_model.model.score.weight" replaces the head, and PEFT prompt
  * tuning's "prompt_embeddings" become the model's virtual tokens (m->virt; a batch's first
- * n_virtual ids of each row are then placeholders).
+ * n_virtual ids of each row are then placeholders). An ADAPTER that is a directory is loaded by
+ * peft_adapter_set_load instead (as `peft eval --adapter` does).
  * Modes (OUT is a safetensors file of F32 tensors unless said otherwise):
  *   logits    "logits" [B, T, V] or [B, n_labels], target-less forward
  *   grad      "loss" [1]; "logits"; every attached site's "<PEFT key>" gradient of lora_A/lora_B
@@ -28,6 +29,7 @@
 #include "fileio.h"
 #include "io/safetensors.h"
 #include "methods/adapter.h"
+#include "methods/adapter_set.h"
 #include "methods/lora.h"
 #include "models/model.h"
 
@@ -162,7 +164,14 @@ int main(int argc, char **argv) {
     peft_adapter *ad[MAX_SITES] = {0};
     float *work = NULL;
     if (m->n_sites > MAX_SITES) return fprintf(stderr, "driver_gpt2: too many sites\n"), 1;
-    if (argc > 5 && attach(m, argv[5], ad, &work, &err)) return die(&err);
+    peft_adapter_set *set = NULL;
+    char acfg[4200];
+    snprintf(acfg, sizeof acfg, "%s/adapter_config.json", argc > 5 ? argv[5] : "");
+    if (argc > 5 && peft_file_exists(acfg)) {
+        if (peft_adapter_set_load(argv[5], m, 0, &set, &err) || peft_adapter_set_reserve(set, MAX_ROWS, &err)) return die(&err);
+    } else if (argc > 5 && attach(m, argv[5], ad, &work, &err)) {
+        return die(&err);
+    }
     if (!strcmp(mode, "save")) {
         for (int i = 0; i < m->n_sites; i++)
             if (ad[i] && peft_method_lora.merge(ad[i], m->sites[i], +1, &err)) return die(&err);
@@ -230,6 +239,7 @@ int main(int argc, char **argv) {
         if (ad[i]) peft_method_lora.destroy(ad[i]);
     free(work);
     free((float *)m->virt.emb);
+    peft_adapter_set_free(set);
     peft_model_free(m);
     return 0;
 }

@@ -18,6 +18,7 @@ Real files in ../shared/models:
   * the PEFT adapters lora-distilgpt2-cattn-r8 and lora-gpt2-seqcls-cattn-r8: every tensor names a
     site of the base's shapes (configs written from GPT2Config(n_layer=6) / GPT2Config(), the
     bases are not at hand) with lora_A [r, in], lora_B [out, r], fan_in_fan_out as the adapter says.
+`peft train` (LoRA on c_attn) on a random GPT-2: HF PEFT loads the adapter and gives peft.c's logits.
 Formats: a bf16 checkpoint in shards, tensor names without "transformer.", a seq-cls head the
 checkpoint lacks (initialised N(0, initializer_range)); refusals of configs and tensors peft.c does
 not run, naming the field / tensor.
@@ -26,13 +27,14 @@ Exit 0 = pass, 1 = fail, 77 = skipped (an oracle missing).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
 try:
     import torch
-    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -44,6 +46,7 @@ SRC = os.environ.get("PEFT_SRC", os.path.dirname(os.path.dirname(os.path.dirname
 BUILD = os.environ.get("PEFT_BUILD", os.path.join(SRC, "build"))
 SHARED = os.environ.get("PEFT_SHARED", os.path.join(SRC, "..", "shared"))
 DRIVER = os.path.join(BUILD, "driver_gpt2")
+PEFT_BIN = os.environ.get("PEFT_BIN", os.path.join(BUILD, "peft"))
 TOL = 1e-4
 ALPHA = 8
 
@@ -333,6 +336,37 @@ def formats_and_refusals(tmp):
         check(rc != 0 and "transformer.h.1.mlp.c_fc.weight" in msg, f"tensor with a bad {what} refused: {msg.strip()}")
 
 
+def cli_train(tmp):
+    """`peft train` LoRA on c_attn of a random GPT-2 (tiny-gpt2's tokenizer); HF PEFT loads the adapter
+    and gives the logits peft.c gives with it (peft_adapter_set_load in the driver)."""
+    torch.manual_seed(5)
+    mdir = os.path.join(tmp, "cli_model")
+    GPT2LMHeadModel(small_config(vocab_size=50257, n_positions=128)).save_pretrained(mdir)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(SHARED, "models", "tiny-gpt2", f), mdir)
+    data = os.path.join(tmp, "cli_data.txt")
+    with open(data, "w") as f:
+        for i in range(40):
+            f.write(f"the quick brown fox jumps over the lazy dog number {i} and runs away.\n")
+    adir = os.path.join(tmp, "cli_adapter")
+    r = subprocess.run([PEFT_BIN, "train", "--model", mdir, "--data", data, "--out", adir, "--target", "c_attn", "--rank", "4",
+                        "--alpha", "8", "--steps", "4", "--batch", "2", "--seq-len", "32", "--lr", "1e-2"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        check(False, f"peft train on GPT-2: {r.stderr.strip()}")
+        return
+    pm = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(mdir), adir).eval()
+    moved = max(float(p.abs().max()) for n, p in pm.named_parameters() if "lora_B" in n)
+    ids = torch.randint(0, 50257, (2, 10))
+    with torch.no_grad():
+        ref = pm(input_ids=ids).logits
+    bf, out = os.path.join(tmp, "cli_batch.safetensors"), os.path.join(tmp, "cli_out.safetensors")
+    batch_file(bf, ids)
+    driver("logits", mdir, bf, out, adir)
+    err = rel(load_file(out)["logits"], ref)
+    check(moved > 0 and err <= TOL, f"peft train LoRA c_attn loaded by HF PEFT (max |lora_B| {moved:.3g}): logits max rel err {err:.2e}")
+
+
 def real_adapters(tmp):
     for name, cfg in (("lora-distilgpt2-cattn-r8", GPT2Config(n_layer=6)), ("lora-gpt2-seqcls-cattn-r8", GPT2Config())):
         adir = os.path.join(SHARED, "models", name)
@@ -378,6 +412,7 @@ def main():
         tiny_gpt2(tmp)
         real_adapters(tmp)
         formats_and_refusals(tmp)
+        cli_train(tmp)
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0
 
