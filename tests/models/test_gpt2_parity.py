@@ -18,7 +18,8 @@ Real files in ../shared/models:
   * the PEFT adapters lora-distilgpt2-cattn-r8 and lora-gpt2-seqcls-cattn-r8: every tensor names a
     site of the base's shapes (configs written from GPT2Config(n_layer=6) / GPT2Config(), the
     bases are not at hand) with lora_A [r, in], lora_B [out, r], fan_in_fan_out as the adapter says.
-`peft train` (LoRA on c_attn) on a random GPT-2: HF PEFT loads the adapter and gives peft.c's logits.
+`peft train` (LoRA on c_attn) on a random GPT-2: HF PEFT loads the adapter and gives peft.c's logits;
+`peft merge` of it, loaded by transformers, gives them too.
 Formats: a bf16 checkpoint in shards, tensor names without "transformer.", a seq-cls head the
 checkpoint lacks (initialised N(0, initializer_range)); refusals of configs and tensors peft.c does
 not run, naming the field / tensor.
@@ -365,6 +366,15 @@ def cli_train(tmp):
     driver("logits", mdir, bf, out, adir)
     err = rel(load_file(out)["logits"], ref)
     check(moved > 0 and err <= TOL, f"peft train LoRA c_attn loaded by HF PEFT (max |lora_B| {moved:.3g}): logits max rel err {err:.2e}")
+    merged = os.path.join(tmp, "cli_merged")
+    r = subprocess.run([PEFT_BIN, "merge", "--model", mdir, "--adapter", adir, "--out", merged], capture_output=True, text=True)
+    if r.returncode:
+        check(False, f"peft merge on GPT-2: {r.stderr.strip()}")
+        return
+    with torch.no_grad():
+        have = GPT2LMHeadModel.from_pretrained(merged).eval()(input_ids=ids).logits
+    err = rel(have, ref)
+    check(err <= TOL, f"peft merge (save_hf, Conv1D layout) loaded by transformers gives HF PEFT's logits: max rel err {err:.2e}")
 
 
 def real_adapters(tmp):
