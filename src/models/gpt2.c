@@ -7,7 +7,10 @@
  *   seq-cls:   logits = score(ln_f(x) at each row's last non-padding token)
  * HF's Conv1D keeps its weight as [in, out]; the sites hold the transpose [out, in] (what every
  * method expects), marked fan_in_fan_out, and save_hf transposes back. c_attn is ONE site
- * [3C, C] (q, k, v stacked), as PEFT targets it. All tensors are widened to f32 copies. */
+ * [3C, C] (q, k, v stacked), as PEFT targets it. All tensors are widened to f32 copies.
+ * Virtual tokens (model.h): prompt tuning's rows replace wte and still get wpe[t]; prefix
+ * tuning's keys/values replace rows t < n_virtual of k and v, so real tokens sit at positions
+ * n_virtual.. as with HF's prefix cache. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +41,6 @@ typedef struct gpt2 {
     char prefix[16];     /* "transformer." or "" as the checkpoint names its tensors */
     char *config_text;   /* config.json as read, written back by save_hf */
     float *slab;         /* every tensor as f32 (Conv1D weights transposed) */
-    size_t slab_floats;
     float *wte;          /* [V, C] also the tied LM head */
     float *wpe;          /* [P, C] */
     gpt2_layer *layers;  /* [L] */
@@ -226,7 +228,6 @@ static int bind_weights(gpt2 *g, peft_weights *wts, wanted *w, int n, peft_err *
         total += k;
         if (w[i].transpose && k > big) big = k;
     }
-    g->slab_floats = total;
     g->slab = malloc(total * sizeof(float));
     float *tmp = malloc((big ? big : 1) * sizeof(float));
     int rc = PEFT_OK;
@@ -448,6 +449,12 @@ static void qkv_move(float *qkv, float *q, float *k, float *v, int N, int C, int
         }
 }
 
+/* Prefix tuning: where layer l's key (column block 2l) or value (2l + 1) of virtual token t
+ * starts in prefix_kv / prefix_grad [n_virtual, L * 2 * C]. */
+static size_t prefix_at(const gpt2 *g, int l, int t, int value) {
+    return (size_t)t * g->L * 2 * g->C + (size_t)(2 * l + value) * g->C;
+}
+
 /* One layer: x_out[N, C] from x_in. Without a cache, attention runs over the batch (B x T, causal,
  * opts' positions and lengths); with one (kc, vc: this layer's [capacity, C] rows, kv_len
  * stored), the T new rows of one sequence are appended and attend the cache. */
@@ -464,6 +471,12 @@ static int layer_forward(gpt2 *g, int l, gpt2_layer_acts *la, const float *x_in,
         rc = attention_forward_opts(la->att, NULL, la->q, kc, vc, &dec, 1, T, kv_len + T, g->NH, g->NH, HD);
     } else {
         qkv_move(la->qkv, la->q, la->k, la->v, N, C, 0);
+        const peft_virtual *vt = &g->base.virt;
+        for (int b = 0; b < B && vt->prefix_kv; b++) /* rows t < n_virtual: the trained prefix as k and v */
+            for (int t = 0; t < vt->n_virtual; t++) {
+                memcpy(la->k + ((size_t)b * T + t) * C, vt->prefix_kv + prefix_at(g, l, t, 0), (size_t)C * sizeof(float));
+                memcpy(la->v + ((size_t)b * T + t) * C, vt->prefix_kv + prefix_at(g, l, t, 1), (size_t)C * sizeof(float));
+            }
         rc = attention_forward_opts(la->att, la->lse, la->q, la->k, la->v, ao, B, T, T, g->NH, g->NH, HD);
     }
     if (rc == PEFT_OK) rc = site_forward(&Ly->sites[G_ATTN_PROJ], la->x_mid, la->att, N, save);
@@ -498,7 +511,6 @@ static int check_batch(const gpt2 *g, peft_acts *a, const peft_batch *b, peft_er
         return peft_fail(err, PEFT_EINVAL, "a batch of %d x %d tokens in activations for %d x %d", B, T, a->cap_B, a->cap_T);
     if (!b->ids) return peft_fail(err, PEFT_EINVAL, "gpt2 needs token ids");
     if (T > g->P) return peft_fail(err, PEFT_EINVAL, "%d tokens exceed the model's context of %d (n_positions)", T, g->P);
-    if (g->base.virt.prefix_kv) return peft_fail(err, PEFT_EUNSUPPORTED, "gpt2 has no prefix tuning");
     if (g->base.virt.n_virtual >= T)
         return peft_fail(err, PEFT_EINVAL, "rows of %d tokens leave no room after %d virtual tokens", T, g->base.virt.n_virtual);
     for (int i = 0; i < B * T; i++)
@@ -579,6 +591,15 @@ static int layer_backward(gpt2 *g, int l, gpt2_layer_acts *la, peft_acts *a, con
     memset(a->dq, 0, (size_t)3 * N * C * sizeof(float)); /* dq, dk, dv are adjacent */
     rc = attention_backward_opts(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, ao, B, T, g->NH, g->NH, HD);
     if (rc) return rc;
+    const peft_virtual *vt = &g->base.virt;
+    for (int b = 0; b < B && vt->prefix_grad; b++) /* the prefix rows' dk, dv are its gradient; nothing flows on */
+        for (int t = 0; t < vt->n_virtual; t++) {
+            float *dk = a->dk + ((size_t)b * T + t) * C, *dv = a->dv + ((size_t)b * T + t) * C;
+            add_inplace(vt->prefix_grad + prefix_at(g, l, t, 0), dk, (size_t)C);
+            add_inplace(vt->prefix_grad + prefix_at(g, l, t, 1), dv, (size_t)C);
+            memset(dk, 0, (size_t)C * sizeof(float));
+            memset(dv, 0, (size_t)C * sizeof(float));
+        }
     qkv_move(a->dqkv, a->dq, a->dk, a->dv, N, C, 1);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
     if ((rc = site_backward(&Ly->sites[G_ATTN], a->dxn, a->dqkv, la->xn1, N))) return rc;
@@ -687,14 +708,22 @@ static int decode_rows(gpt2 *g, peft_kv *kv, const int32_t *ids, int n, float *l
 static int gpt2_decode(peft_model *m, peft_kv *kv, const int32_t *ids, int n, float *logits, peft_err *err) {
     gpt2 *g = (gpt2 *)m;
     if (n < 1 || n > kv->chunk) return peft_fail(err, PEFT_EINVAL, "decode of %d tokens (chunk is %d)", n, kv->chunk);
-    if (m->virt.prefix_kv) return peft_fail(err, PEFT_EUNSUPPORTED, "gpt2 has no prefix tuning");
     const int virt = kv->len == 0 ? m->virt.n_virtual : 0;
     if (kv->len + virt + n > kv->capacity)
         return peft_fail(err, PEFT_EINVAL, "context full: %d + %d tokens exceed %d", kv->len + virt, n, kv->capacity);
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= g->V) return peft_fail(err, PEFT_EINVAL, "token id %d is outside the vocabulary [0, %d)", ids[i], g->V);
     int rc = PEFT_OK;
-    for (int i = 0; i < virt && rc == PEFT_OK; i += kv->chunk) /* prompt tuning: the virtual rows come first */
+    if (virt && m->virt.prefix_kv) { /* prefix tuning: the prefix is the first cache rows of every layer */
+        for (int l = 0; l < g->L; l++)
+            for (int t = 0; t < virt; t++) {
+                size_t row = ((size_t)l * kv->capacity + t) * g->C;
+                memcpy(kv->k + row, m->virt.prefix_kv + prefix_at(g, l, t, 0), (size_t)g->C * sizeof(float));
+                memcpy(kv->v + row, m->virt.prefix_kv + prefix_at(g, l, t, 1), (size_t)g->C * sizeof(float));
+            }
+        kv->len = virt;
+    }
+    for (int i = 0; i < virt && m->virt.emb && rc == PEFT_OK; i += kv->chunk) /* prompt tuning: the virtual rows come first */
         rc = decode_rows(g, kv, NULL, virt - i < kv->chunk ? virt - i : kv->chunk, logits);
     if (rc == PEFT_OK) rc = decode_rows(g, kv, ids, n, logits);
     return rc ? peft_fail(err, rc, "out of memory for a kernel's scratch (decoding)") : PEFT_OK;

@@ -7,7 +7,7 @@
  * "n_new" [1] (generate). ADAPTER, when given, is a PEFT LoRA adapter_model.safetensors whose
  * lora_A / lora_B tensors are attached at their sites (peft_method_lora with $PEFT_DRIVER_ALPHA,
  * rank from the tensors), "base_model.model.score.weight" replaces the head, and PEFT prompt
- * tuning's "prompt_embeddings" become the model's virtual tokens (m->virt; a batch's first
+ * or prefix tuning's "prompt_embeddings" become the model's virtual tokens (m->virt; a batch's first
  * n_virtual ids of each row are then placeholders). An ADAPTER that is a directory is loaded by
  * peft_adapter_set_load instead (as `peft eval --adapter` does).
  * Modes (OUT is a safetensors file of F32 tensors unless said otherwise):
@@ -77,16 +77,19 @@ static int attach(peft_model *m, const char *path, peft_adapter **ad, float **wo
         size_t wf = peft_method_lora.work_floats(ad[i], s, MAX_ROWS);
         if (wf > wmax) wmax = wf;
     }
-    /* prompt tuning (PEFT's "prompt_embeddings" [n_virtual, C]): hooked as the method would */
+    /* PEFT's "prompt_embeddings": [n_virtual, C] prompt tuning, [n_virtual, L * 2 * C] prefix
+     * tuning; hooked as the methods would */
     const peft_st_tensor *tp = peft_st_find(f, "prompt_embeddings");
     if (rc == PEFT_OK && tp) {
-        float *emb = tp->dtype == PEFT_F32 && tp->ndim == 2 && tp->shape[1] == m->info.hidden_size
+        const int64_t C = m->info.hidden_size, prefix = tp->ndim == 2 && tp->shape[1] == 2 * C * m->info.n_layers;
+        float *emb = tp->dtype == PEFT_F32 && tp->ndim == 2 && (tp->shape[1] == C || prefix)
                          ? malloc(2 * tp->numel * sizeof(float)) : NULL;
-        if (!emb) rc = peft_fail(err, PEFT_ESHAPE, "%s: prompt_embeddings must be F32 [n, %d]", path, m->info.hidden_size);
+        if (!emb) rc = peft_fail(err, PEFT_ESHAPE, "%s: prompt_embeddings must be F32 [n, C] or [n, 2 L C]", path);
         else {
             memcpy(emb, tp->data, tp->numel * sizeof(float));
             memset(emb + tp->numel, 0, tp->numel * sizeof(float));
-            m->virt = (peft_virtual){.n_virtual = (int)tp->shape[0], .emb = emb, .emb_grad = emb + tp->numel};
+            m->virt = prefix ? (peft_virtual){.n_virtual = (int)tp->shape[0], .prefix_kv = emb, .prefix_grad = emb + tp->numel}
+                             : (peft_virtual){.n_virtual = (int)tp->shape[0], .emb = emb, .emb_grad = emb + tp->numel};
         }
     }
     const peft_st_tensor *ts = peft_st_find(f, "base_model.model.score.weight");
@@ -225,9 +228,10 @@ int main(int argc, char **argv) {
                 ne++;
             }
         }
-        if (m->virt.emb_grad)
+        if (m->virt.emb_grad || m->virt.prefix_grad)
             e[ne++] = (peft_st_entry){.name = "prompt_embeddings", .dtype = PEFT_F32, .ndim = 2,
-                                      .shape = {m->virt.n_virtual, m->info.hidden_size}, .data = m->virt.emb_grad};
+                                      .shape = {m->virt.n_virtual, (int64_t)m->info.hidden_size * (m->virt.emb ? 1 : 2 * m->info.n_layers)},
+                                      .data = m->virt.emb ? m->virt.emb_grad : m->virt.prefix_grad};
         if (m->n_head)
             e[ne++] = (peft_st_entry){.name = "score.weight", .dtype = PEFT_F32, .ndim = 2,
                                       .shape = {m->head[0].shape[0], m->head[0].shape[1]}, .data = m->head[0].grad};
@@ -238,7 +242,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < m->n_sites; i++)
         if (ad[i]) peft_method_lora.destroy(ad[i]);
     free(work);
-    free((float *)m->virt.emb);
+    free((float *)(m->virt.emb ? m->virt.emb : m->virt.prefix_kv));
     peft_adapter_set_free(set);
     peft_model_free(m);
     return 0;

@@ -9,7 +9,7 @@ Random models from a small GPT2Config (torch.manual_seed), written with save_pre
     loaded back by transformers, gives PEFT's logits.
   * GPT2ForSequenceClassification (3 labels, pad_token_id set): logits at each row's last
     non-padding token, the loss, the LoRA gradients and score.weight's gradient.
-  * PEFT prompt tuning (3 virtual tokens): logits over the virtual and real rows, the loss, the
+  * PEFT prompt tuning and prefix tuning (3 virtual tokens): logits, the loss, the
     prompt_embeddings gradient, and greedy generation equal to PEFT's generate.
   * Greedy generation of the random LM through decode and decode_batch equal to generate.
 Real files in ../shared/models:
@@ -35,7 +35,7 @@ import tempfile
 
 try:
     import torch
-    from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -182,14 +182,17 @@ def causal_lm(tmp):
     check(err <= TOL, f"save_hf of the LoRA-merged model loaded by transformers: max rel err {err:.2e}")
 
 
-def prompt_tuning(tmp):
-    """PEFT prompt tuning on GPT-2: virtual rows replace the first n_virtual inputs and get wpe[0..n)."""
+def virtual_tokens(tmp, prefix):
+    """PEFT prompt tuning on GPT-2: virtual rows replace the first n_virtual inputs and get wpe[0..n);
+    prefix tuning: trained keys/values of the first n_virtual rows, real tokens at positions n_virtual.."""
+    what = "prefix tuning" if prefix else "prompt tuning"
     torch.manual_seed(3)
     model = GPT2LMHeadModel(small_config()).eval()
     mdir = os.path.join(tmp, "pt")
     model.save_pretrained(mdir)
     NV, B, T = 3, 2, 8
-    pm = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NV))
+    cls = PrefixTuningConfig if prefix else PromptTuningConfig
+    pm = get_peft_model(model, cls(task_type="CAUSAL_LM", num_virtual_tokens=NV))
     adir = os.path.join(tmp, "pt_adapter")
     pm.save_pretrained(adir)
     afile = os.path.join(adir, "adapter_model.safetensors")
@@ -202,17 +205,20 @@ def prompt_tuning(tmp):
     full = torch.cat([torch.full((B, NV), -100), labels], dim=1)  # PEFT's labels over virtual + real rows
     targets = torch.full((B, NV + T), -1)
     targets[:, :-1] = full[:, 1:].masked_fill(full[:, 1:] == -100, -1)
+    if prefix:  # no virtual row exists in HF: nothing predicts the first real token
+        targets[:, NV - 1] = -1
     rows = torch.cat([torch.zeros((B, NV), dtype=ids.dtype), ids], dim=1)
     bf, out = os.path.join(tmp, "pt_batch.safetensors"), os.path.join(tmp, "pt_out.safetensors")
     batch_file(bf, rows, targets=targets)
     driver("grad", mdir, bf, out, afile)
     got = load_file(out)
-    err = rel(got["logits"], res.logits.detach())
-    check(err <= TOL, f"prompt tuning logits over virtual + real rows: max rel err {err:.2e}")
+    logits = got["logits"][:, NV:] if prefix else got["logits"]  # PEFT gives prefix tuning's real rows only
+    err = rel(logits, res.logits.detach())
+    check(err <= TOL, f"{what} logits: max rel err {err:.2e}")
     lerr = abs(float(got["loss"][0]) - float(res.loss.detach())) / float(res.loss.detach())
-    check(lerr <= TOL, f"prompt tuning loss: {float(got['loss'][0]):.6f} vs {float(res.loss.detach()):.6f}")
+    check(lerr <= TOL, f"{what} loss: {float(got['loss'][0]):.6f} vs {float(res.loss.detach()):.6f}")
     gerr = rel(got["prompt_embeddings"], pm.prompt_encoder["default"].embedding.weight.grad)
-    check(gerr <= TOL, f"prompt tuning prompt_embeddings gradient: max rel err {gerr:.2e}")
+    check(gerr <= TOL, f"{what} prompt_embeddings gradient: max rel err {gerr:.2e}")
     NEW = 6
     with torch.no_grad():
         gen = pm.generate(input_ids=ids[:, :5], attention_mask=torch.ones_like(ids[:, :5]), max_new_tokens=NEW,
@@ -222,7 +228,7 @@ def prompt_tuning(tmp):
     driver("generate", mdir, gf, out, afile)
     got = load_file(out)
     check(torch.equal(got["ids"].long(), gen) and torch.equal(got["batch_ids"].long(), gen),
-          f"prompt tuning greedy generation through the KV cache equal to PEFT's generate: {got['ids'][0].tolist()}")
+          f"{what} greedy generation through the KV cache equal to PEFT's generate: {got['ids'][0].tolist()}")
 
 
 def seq_cls(tmp):
@@ -417,7 +423,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         torch.set_num_threads(2)
         causal_lm(tmp)
-        prompt_tuning(tmp)
+        virtual_tokens(tmp, prefix=False)
+        virtual_tokens(tmp, prefix=True)
         seq_cls(tmp)
         tiny_gpt2(tmp)
         real_adapters(tmp)
