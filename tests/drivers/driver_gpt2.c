@@ -147,6 +147,75 @@ static int generate(peft_model *m, const int32_t *ids, int B, int T, int n_new, 
     return rc;
 }
 
+/* The batch modes: logits, grad, generate (ad[]: the attached LoRA adapters, if any). */
+static int run_batch(const char *mode, peft_model *m, peft_adapter **ad, const char *batch, const char *out, peft_err *err) {
+    peft_st_file *bf;
+    int rc = peft_st_open(batch, &bf, err);
+    if (rc) return rc;
+    const peft_st_tensor *tid = peft_st_find(bf, "ids");
+    if (!tid || tid->dtype != PEFT_I32 || tid->ndim != 2 || tid->shape[0] > 256) {
+        peft_st_close(bf);
+        return peft_fail(err, PEFT_EFORMAT, "%s: needs I32 ids [B <= 256, T]", batch);
+    }
+    const int B = (int)tid->shape[0], T = (int)tid->shape[1], NL = m->info.n_labels, training = !strcmp(mode, "grad");
+    int64_t n;
+    peft_batch b = {.B = B, .T = T, .ids = (const int32_t *)tid->data};
+    b.lengths = batch_i32(bf, "lengths", &n);
+    b.targets = training ? batch_i32(bf, "targets", &n) : NULL;
+    static peft_st_entry e[2 * MAX_SITES + 4];
+    static char keys[2 * MAX_SITES + 4][512];
+    int ne = 0;
+    int32_t *gen = NULL;
+    peft_acts *a = NULL;
+    if (!strcmp(mode, "generate")) {
+        const int32_t *nn = batch_i32(bf, "n_new", &n);
+        const int n_new = nn ? nn[0] : 8;
+        gen = malloc(2 * (size_t)B * n_new * sizeof(int32_t));
+        rc = gen ? generate(m, b.ids, B, T, n_new, gen, gen + (size_t)B * n_new, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
+        e[ne++] = (peft_st_entry){.name = "ids", .dtype = PEFT_I32, .ndim = 2, .shape = {B, n_new}, .data = gen};
+        e[ne++] = (peft_st_entry){.name = "batch_ids", .dtype = PEFT_I32, .ndim = 2, .shape = {B, n_new}, .data = gen ? gen + (size_t)B * n_new : NULL};
+    } else {
+        const char *sa = getenv("PEFT_DRIVER_SAVE_ALL");
+        double loss = 0;
+        int counted = 0;
+        rc = peft_model_acts_alloc(m, B, T, sa ? atoi(sa) : 1, training, &a, err);
+        if (rc == PEFT_OK) rc = peft_model_forward(m, a, &b, &loss, &counted, err);
+        if (rc == PEFT_OK && training && (rc = peft_model_backward(m, a, &b, counted))) peft_fail(err, rc, "backward failed");
+        static float lossf;
+        lossf = (float)loss;
+        if (rc == PEFT_OK)
+            e[ne++] = NL ? (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 2, .shape = {B, NL}, .data = peft_model_outputs(m, a)}
+                         : (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 3, .shape = {B, T, m->info.vocab_size},
+                                           .data = peft_model_outputs(m, a)};
+        if (rc == PEFT_OK && training) {
+            e[ne++] = (peft_st_entry){.name = "loss", .dtype = PEFT_F32, .ndim = 1, .shape = {1}, .data = &lossf};
+            for (int i = 0; i < m->n_sites; i++) {
+                if (!ad[i]) continue;
+                peft_param p[2];
+                peft_method_lora.params(ad[i], p, 2);
+                for (int k = 0; k < 2; k++) {
+                    snprintf(keys[ne], sizeof keys[ne], "base_model.model.%s.%s", m->sites[i]->name, p[k].name);
+                    e[ne] = (peft_st_entry){.name = keys[ne], .dtype = PEFT_F32, .ndim = 2,
+                                            .shape = {p[k].shape[0], p[k].shape[1]}, .data = p[k].grad};
+                    ne++;
+                }
+            }
+            if (m->n_head)
+                e[ne++] = (peft_st_entry){.name = "score.weight", .dtype = PEFT_F32, .ndim = 2,
+                                          .shape = {m->head[0].shape[0], m->head[0].shape[1]}, .data = m->head[0].grad};
+            if (m->virt.emb_grad || m->virt.prefix_grad)
+                e[ne++] = (peft_st_entry){.name = "prompt_embeddings", .dtype = PEFT_F32, .ndim = 2,
+                                          .shape = {m->virt.n_virtual, (int64_t)m->info.hidden_size * (m->virt.emb ? 1 : 2 * m->info.n_layers)},
+                                          .data = m->virt.emb ? m->virt.emb_grad : m->virt.prefix_grad};
+        }
+    }
+    if (rc == PEFT_OK) rc = peft_st_write(out, e, ne, NULL, 0, err);
+    peft_model_acts_free(m, a);
+    free(gen);
+    peft_st_close(bf);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: driver_gpt2 MODE MODEL_DIR BATCH OUT [ADAPTER]\n");
@@ -158,92 +227,32 @@ int main(int argc, char **argv) {
                                .shapes_only = !strcmp(mode, "sites")};
     peft_model *m;
     if (peft_model_load(dir, &lo, &m, &err)) return die(&err);
-    if (strcmp(m->info.arch, "gpt2")) return fprintf(stderr, "driver_gpt2: %s is not a gpt2 model\n", dir), 1;
-    if (!strcmp(mode, "sites")) {
-        int rc = write_sites(m, out, &err);
-        peft_model_free(m);
-        return rc ? die(&err) : 0;
-    }
-    peft_adapter *ad[MAX_SITES] = {0};
+    static peft_adapter *ad[MAX_SITES];
     float *work = NULL;
-    if (m->n_sites > MAX_SITES) return fprintf(stderr, "driver_gpt2: too many sites\n"), 1;
     peft_adapter_set *set = NULL;
     char acfg[4200];
     snprintf(acfg, sizeof acfg, "%s/adapter_config.json", argc > 5 ? argv[5] : "");
-    if (argc > 5 && peft_file_exists(acfg)) {
-        if (peft_adapter_set_load(argv[5], m, 0, &set, &err) || peft_adapter_set_reserve(set, MAX_ROWS, &err)) return die(&err);
-    } else if (argc > 5 && attach(m, argv[5], ad, &work, &err)) {
-        return die(&err);
+    int rc = PEFT_OK;
+    if (strcmp(m->info.arch, "gpt2") || m->n_sites > MAX_SITES) rc = peft_fail(&err, PEFT_EINVAL, "%s: not a gpt2 model of at most %d sites", dir, MAX_SITES);
+    else if (!strcmp(mode, "sites")) rc = write_sites(m, out, &err);
+    else if (argc > 5 && peft_file_exists(acfg)) {
+        rc = peft_adapter_set_load(argv[5], m, 0, &set, &err);
+        if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, MAX_ROWS, &err);
+    } else if (argc > 5) {
+        rc = attach(m, argv[5], ad, &work, &err);
     }
-    if (!strcmp(mode, "save")) {
-        for (int i = 0; i < m->n_sites; i++)
-            if (ad[i] && peft_method_lora.merge(ad[i], m->sites[i], +1, &err)) return die(&err);
-        return peft_model_save_hf(m, out, &err) ? die(&err) : 0;
+    if (rc == PEFT_OK && !strcmp(mode, "save")) {
+        for (int i = 0; i < m->n_sites && rc == PEFT_OK; i++)
+            if (ad[i]) rc = peft_method_lora.merge(ad[i], m->sites[i], +1, &err);
+        if (rc == PEFT_OK) rc = peft_model_save_hf(m, out, &err);
+    } else if (rc == PEFT_OK && strcmp(mode, "sites")) {
+        rc = run_batch(mode, m, ad, argv[3], out, &err);
     }
-    peft_st_file *bf;
-    if (peft_st_open(argv[3], &bf, &err)) return die(&err);
-    const peft_st_tensor *tid = peft_st_find(bf, "ids");
-    if (!tid || tid->dtype != PEFT_I32 || tid->ndim != 2) return fprintf(stderr, "driver_gpt2: batch needs I32 ids [B, T]\n"), 1;
-    const int B = (int)tid->shape[0], T = (int)tid->shape[1];
-    int64_t n;
-    peft_batch b = {.B = B, .T = T, .ids = (const int32_t *)tid->data};
-    b.lengths = batch_i32(bf, "lengths", &n);
-    b.targets = batch_i32(bf, "targets", &n);
-    peft_st_entry e[2 * MAX_SITES + 3];
-    int ne = 0;
-    if (!strcmp(mode, "generate")) {
-        const int32_t *nn = batch_i32(bf, "n_new", &n);
-        int n_new = nn ? nn[0] : 8;
-        int32_t *g1 = malloc((size_t)B * n_new * sizeof(int32_t)), *g2 = malloc((size_t)B * n_new * sizeof(int32_t));
-        if (!g1 || !g2 || B > 256 || generate(m, b.ids, B, T, n_new, g1, g2, &err)) return die(&err);
-        e[ne++] = (peft_st_entry){.name = "ids", .dtype = PEFT_I32, .ndim = 2, .shape = {B, n_new}, .data = g1};
-        e[ne++] = (peft_st_entry){.name = "batch_ids", .dtype = PEFT_I32, .ndim = 2, .shape = {B, n_new}, .data = g2};
-        return peft_st_write(out, e, ne, NULL, 0, &err) ? die(&err) : 0;
-    }
-    const char *sa = getenv("PEFT_DRIVER_SAVE_ALL");
-    const int training = !strcmp(mode, "grad");
-    peft_acts *a;
-    if (peft_model_acts_alloc(m, B, T, sa ? atoi(sa) : 1, training, &a, &err)) return die(&err);
-    if (!training) b.targets = NULL;
-    double loss = 0;
-    int counted = 0;
-    if (peft_model_forward(m, a, &b, &loss, &counted, &err)) return die(&err);
-    if (training && peft_model_backward(m, a, &b, counted)) return fprintf(stderr, "driver_gpt2: backward failed\n"), 1;
-    const int NL = m->info.n_labels;
-    e[ne++] = NL ? (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 2, .shape = {B, NL}, .data = peft_model_outputs(m, a)}
-                 : (peft_st_entry){.name = "logits", .dtype = PEFT_F32, .ndim = 3, .shape = {B, T, m->info.vocab_size},
-                                   .data = peft_model_outputs(m, a)};
-    float lossf = (float)loss;
-    static char keys[2 * MAX_SITES + 3][512];
-    if (training) {
-        e[ne++] = (peft_st_entry){.name = "loss", .dtype = PEFT_F32, .ndim = 1, .shape = {1}, .data = &lossf};
-        for (int i = 0; i < m->n_sites; i++) {
-            if (!ad[i]) continue;
-            peft_param p[2];
-            peft_method_lora.params(ad[i], p, 2);
-            for (int k = 0; k < 2; k++) {
-                snprintf(keys[ne], sizeof keys[ne], "base_model.model.%s.%s", m->sites[i]->name, p[k].name);
-                e[ne] = (peft_st_entry){.name = keys[ne], .dtype = PEFT_F32, .ndim = 2, .shape = {p[k].shape[0], p[k].shape[1]},
-                                        .data = p[k].grad};
-                ne++;
-            }
-        }
-        if (m->virt.emb_grad || m->virt.prefix_grad)
-            e[ne++] = (peft_st_entry){.name = "prompt_embeddings", .dtype = PEFT_F32, .ndim = 2,
-                                      .shape = {m->virt.n_virtual, (int64_t)m->info.hidden_size * (m->virt.emb ? 1 : 2 * m->info.n_layers)},
-                                      .data = m->virt.emb ? m->virt.emb_grad : m->virt.prefix_grad};
-        if (m->n_head)
-            e[ne++] = (peft_st_entry){.name = "score.weight", .dtype = PEFT_F32, .ndim = 2,
-                                      .shape = {m->head[0].shape[0], m->head[0].shape[1]}, .data = m->head[0].grad};
-    }
-    if (peft_st_write(out, e, ne, NULL, 0, &err)) return die(&err);
-    peft_model_acts_free(m, a);
-    peft_st_close(bf);
-    for (int i = 0; i < m->n_sites; i++)
-        if (ad[i]) peft_method_lora.destroy(ad[i]);
+    for (int i = 0; i < m->n_sites && i < MAX_SITES; i++)
+        if (ad[i]) m->sites[i]->adapter = NULL, peft_method_lora.destroy(ad[i]);
     free(work);
     free((float *)(m->virt.emb ? m->virt.emb : m->virt.prefix_kv));
     peft_adapter_set_free(set);
     peft_model_free(m);
-    return 0;
+    return rc ? die(&err) : 0;
 }
