@@ -15,6 +15,7 @@ typedef struct peft_site {
     char name[128];        /* HF module name */
     const char *kind;      /* "q_proj", "k_proj", ... (the last name component) */
     int layer;             /* decoder layer index, -1 for sites outside the layers */
+    int fan_in_fan_out;    /* the HF weight is stored [in, out] (GPT-2's Conv1D): PEFT's fan_in_fan_out */
     int in_features;       /* C_in */
     int out_features;      /* C_out */
     float *weight;         /* [out, in], frozen (written only by merge/unmerge, and by LISA, which trains it) */
