@@ -262,18 +262,23 @@ static int resolve_labels(const cls_recs *rs, const char *path, const peft_cls_o
 
 /* ---- tokens ---- */
 
-/* The tokenizers library's truncation of the content to `room` tokens: the single text keeps its
- * first `room`; a pair (longest_first) loses one token at a time from the longer text, from the
- * second on a tie. */
+/* The tokenizers library's truncation of the content to `room` tokens (utils/truncation.rs): a
+ * single text keeps its first `room`. A pair, longest_first: with s the shorter length and l the
+ * longer, the longer is cut to max(s, room - s); if that still does not fit, the shorter gets
+ * room / 2 and the longer room / 2 + room % 2 (A is the shorter when they are equal). */
 static void truncate_lengths(size_t *na, size_t *nb, int pair, size_t room) {
     if (!pair) {
         if (*na > room) *na = room;
         return;
     }
-    while (*na + *nb > room) {
-        if (*na > *nb) (*na)--;
-        else (*nb)--;
-    }
+    if (*na + *nb <= room) return;
+    int swap = *na > *nb;
+    size_t s = swap ? *nb : *na, l;
+    l = s > room ? s : (s > room - s ? s : room - s);
+    if (s + l > room) s = room / 2, l = s + room % 2;
+    size_t ta = swap ? l : s, tb = swap ? s : l;
+    if (*na > ta) *na = ta;
+    if (*nb > tb) *nb = tb;
 }
 
 static int tokenize(const cls_recs *rs, const char *path, const peft_tokenizer *tok, const peft_cls_opts *o,

@@ -18,8 +18,9 @@
  * is Python's sorted() on the strings): "entailment" 0, "not_entailment" 1.
  * Tokens: the tokenizer's encode(text) / encode(a, b) with its post-processor, truncated as the
  * tokenizers library's truncation (max_length = opts->max_len counting the special tokens;
- * the pair's strategy longest_first: tokens are taken from the end of the longer text, of the
- * second text when they are equally long), with the type ids of the template.
+ * pairs longest_first as its truncation.rs computes it: the longer text is cut first, and when
+ * both must be cut each keeps half of the room, the second text the odd token), with the type
+ * ids of the template.
  *
  * Image folders: DIR/<class>/<files>, listed as torchvision's ImageFolder (io/image.h: classes
  * sorted, label = index); images are decoded and preprocessed (io/image_preprocess.h) when a
