@@ -567,10 +567,44 @@ static int split_added(const peft_tokenizer *t, tok_scratch *sc, int pass, const
     return rc;
 }
 
-/* Encodes n_seq (1 or 2) texts and puts them together as the post-processor's template says
- * (its special tokens only with add_special): ids and spans into *out, and the type ids into
- * *types when it is not NULL. A special token gets an empty span at the start of the text, or
- * at its end once the text's own tokens are out. */
+/* Puts n_seq (1 or 2) encoded sequences together as the post-processor's template says (its
+ * special tokens only with add_special): ids and spans into *out, and the type ids into *types
+ * when it is not NULL. A special token gets an empty span at 0, or at end_at once the
+ * sequences are out. A sequence's start/end may be NULL (ids only: spans 0). */
+static int apply_template(const peft_tokenizer *t, const tok_out seq[2], int n_seq, uint32_t end_at, int add_special,
+                          tok_out *out, uint32_t **types, peft_err *err) {
+    const tok_post_piece *tmpl = t->post[n_seq - 1];
+    int n_tmpl = t->n_post[n_seq - 1], done = 0, rc = 0; /* done: the sequences before this piece are out */
+    size_t n_types = 0;
+    for (int i = 0; i < n_tmpl && !rc; i++) {
+        const tok_post_piece *q = &tmpl[i];
+        const tok_out *s = q->seq >= 0 ? &seq[q->seq] : NULL;
+        if (!s && !add_special) continue;
+        for (size_t j = 0; j < (s ? s->n : 1) && !rc; j++) {
+            uint32_t at = done ? end_at : 0;
+            if (s ? tok_out_push(out, s->ids[j], s->start ? s->start[j] : 0, s->end ? s->end[j] : 0)
+                  : tok_out_push(out, q->id, at, at))
+                rc = -1;
+        }
+        done |= q->seq >= 0;
+        if (!rc && types) {
+            uint32_t *g = realloc(*types, (out->n ? out->n : 1) * sizeof *g);
+            if (!g) rc = -1;
+            else for (*types = g; n_types < out->n; n_types++) g[n_types] = q->type_id;
+        }
+        if (rc) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+    }
+    if (!rc && !out->ids && !(out->ids = malloc(sizeof *out->ids))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+    if (!rc && types && !*types && !(*types = malloc(sizeof **types))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
+    if (rc) {
+        free(out->ids), free(out->start), free(out->end);
+        if (types) free(*types), *types = NULL;
+        memset(out, 0, sizeof *out);
+    }
+    return rc;
+}
+
+/* Encodes n_seq (1 or 2) texts, each on its own, then apply_template. */
 static int encode_template(const peft_tokenizer *t, const char *const text[2], const size_t len[2], int n_seq,
                            int add_special, tok_out *out, uint32_t **types, peft_err *err) {
     tok_out seq[2] = {{0}};
@@ -586,34 +620,25 @@ static int encode_template(const peft_tokenizer *t, const char *const text[2], c
         if (!rc) rc = split_added(t, &sc, 0, text[k], 0, len[k], &seq[k], err);
     }
     tok_scratch_free(&sc);
-    const tok_post_piece *tmpl = t->post[n_seq - 1];
-    int n_tmpl = t->n_post[n_seq - 1], done = 0; /* done: the sequences before this piece are out */
-    size_t n_types = 0;
-    for (int i = 0; i < n_tmpl && !rc; i++) {
-        const tok_post_piece *q = &tmpl[i];
-        const tok_out *s = q->seq >= 0 ? &seq[q->seq] : NULL;
-        if (!s && !add_special) continue;
-        for (size_t j = 0; j < (s ? s->n : 1) && !rc; j++) {
-            uint32_t at = done ? (uint32_t)len[n_seq - 1] : 0;
-            if (s ? tok_out_push(out, s->ids[j], s->start[j], s->end[j]) : tok_out_push(out, q->id, at, at)) rc = -1;
-        }
-        done |= q->seq >= 0;
-        if (!rc && types) {
-            uint32_t *g = realloc(*types, (out->n ? out->n : 1) * sizeof *g);
-            if (!g) rc = -1;
-            else for (*types = g; n_types < out->n; n_types++) g[n_types] = q->type_id;
-        }
-        if (rc) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    }
+    if (!rc) rc = apply_template(t, seq, n_seq, (uint32_t)len[n_seq - 1], add_special, out, types, err);
     for (int k = 0; k < 2; k++) free(seq[k].ids), free(seq[k].start), free(seq[k].end);
-    if (!rc && !out->ids && !(out->ids = malloc(sizeof *out->ids))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    if (!rc && types && !*types && !(*types = malloc(sizeof **types))) rc = peft_fail(err, PEFT_ENOMEM, "tokenizer: out of memory");
-    if (rc) {
-        free(out->ids), free(out->start), free(out->end);
-        if (types) free(*types), *types = NULL;
-        memset(out, 0, sizeof *out);
-    }
     return rc;
+}
+
+int peft_tokenizer_post_process(const peft_tokenizer *tok, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                                int32_t **ids, uint32_t **type_ids, size_t *n_ids, peft_err *err) {
+    tok_out seq[2] = {{.ids = (int32_t *)a, .n = na}, {.ids = (int32_t *)b, .n = nb}};
+    tok_out out = {0};
+    *ids = NULL;
+    *type_ids = NULL;
+    *n_ids = 0;
+    int rc = apply_template(tok, seq, b ? 2 : 1, 0, 1, &out, type_ids, err);
+    if (rc) return rc;
+    free(out.start);
+    free(out.end);
+    *ids = out.ids;
+    *n_ids = out.n;
+    return PEFT_OK;
 }
 
 int peft_tokenizer_encode_spans(const peft_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,

@@ -59,6 +59,14 @@ int peft_tokenizer_encode_spans(const peft_tokenizer *tok, const char *text, siz
 int peft_tokenizer_encode_pair(const peft_tokenizer *tok, const char *a, size_t alen, const char *b, size_t blen,
                                int add_special, int32_t **ids, uint32_t **type_ids, size_t *n_ids, peft_err *err);
 
+/* The post-processor's template (with its special tokens) around already encoded content: one
+ * sequence a[na], or the pair a[na], b[nb] when b is not NULL (b with nb = 0 is an empty second
+ * text). As encode / encode_pair with add_special, on the texts' tokens; this is how a caller
+ * truncates the content first, as the library's truncation does. *ids and *type_ids (n_ids each)
+ * are malloc'ed, caller frees both. */
+int peft_tokenizer_post_process(const peft_tokenizer *tok, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                                int32_t **ids, uint32_t **type_ids, size_t *n_ids, peft_err *err);
+
 /* Decodes ids to a malloc'ed NUL-terminated string (skip_special: drop special tokens).
  * Byte sequences that are not valid UTF-8 become U+FFFD, as HF does. */
 int peft_tokenizer_decode(const peft_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,

@@ -323,19 +323,8 @@ print(f"corrupt: {len(bad) + 1} bad files refused with a message naming them")
 
 
 # ------------------------------------------------------------------ 5. ImageFolder
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def torchvision_imagefolder(root):
-    """torchvision.datasets.folder.find_classes + make_dataset, written out."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    items = []
-    for i, c in enumerate(classes):
-        for r, _, fnames in sorted(os.walk(os.path.join(root, c), followlinks=True)):
-            for f in sorted(fnames):
-                if f.lower().endswith(IMG_EXTENSIONS):
-                    items.append((i, os.path.join(r, f)))
-    return classes, items
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from imagefolder import torchvision_imagefolder  # noqa: E402
 
 
 def c_folder(root):
