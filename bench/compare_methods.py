@@ -350,9 +350,10 @@ def main():
                  "` <worked answer>`; %d steps x batch %d x seq %d (examples truncated to the seq-len). Metric: validation loss in "
                  "nats/token on the answer tokens only — a 0.87M-parameter model cannot solve GSM8K, so exact-match accuracy "
                  "would be 0 for every row." % (a.gsm_train, a.gsm_val, a.gsm_steps, a.gsm_batch, a.gsm_seq))
-    L.append("- Val loss: nats/token on the completion tokens (+ EOS), after training (the trainer's summary line). "
+    L.append("- Val loss: %s, after training (the trainer's summary line). "
              "tokens/s: the trainer's summary (SST-2 run / GSM8K run), training tokens incl. the prompt. "
-             "Peak RSS: `/usr/bin/time -v`, max of the two runs.")
+             "Peak RSS: `/usr/bin/time -v`, max of the two runs."
+             % ("cross-entropy of the label per example" if cls else "nats/token on the completion tokens (+ EOS)"))
     L.append("- **tokens/s are indicative only**: 2 shared cores, other jobs running (load average varied), "
              "OMP_WAIT_POLICY=%s. Total time of this run: %.0f s." % (env.get("OMP_WAIT_POLICY"), total))
     L.append("")
