@@ -28,8 +28,14 @@ typedef struct peft_norm_site {
 
 typedef struct peft_llama_layer {
     peft_norm_site attn_norm;  /* input_layernorm */
-    peft_norm_site mlp_norm;   /* post_attention_layernorm */
-    peft_site sites[SITES_PER_LAYER]; /* q [NH*HD,C], k,v [NKV*HD,C], o [C,NH*HD], gate,up [F,C], down [C,F] */
+    peft_norm_site mlp_norm;   /* post_attention_layernorm (Gemma2: pre_feedforward_layernorm) */
+    peft_norm_site post_attn_norm, post_mlp_norm; /* Gemma2 (cfg.post_norms): post_attention_layernorm on
+                                                     o_proj's output, post_feedforward_layernorm on down_proj's */
+    peft_norm_site q_norm, k_norm; /* Qwen3 (cfg.qk_norm): self_attn.q_norm / k_norm, weight [HD] */
+    /* q [NH*HD,C], k,v [NKV*HD,C], o [C,NH*HD], gate,up [F,C], down [C,F]. Phi-3 (cfg.fused): SITE_Q
+     * is qkv_proj [(NH+2*NKV)*HD, C] (rows q, k, v), SITE_GATE gate_up_proj [2F, C] (rows gate, up),
+     * and SITE_K, SITE_V, SITE_UP are unused (not listed by llama_site). */
+    peft_site sites[SITES_PER_LAYER];
 } peft_llama_layer;
 
 typedef struct peft_llama {
@@ -42,6 +48,8 @@ typedef struct peft_llama {
     float *lm_head;          /* [V, C]; == embed when tied */
     peft_norm_site final_norm; /* model.norm */
     peft_llama_layer *layers;/* [L] */
+    int n_layer_sites;       /* sites per layer in use: 7, or 4 when fused */
+    int layer_site_slot[SITES_PER_LAYER]; /* their SITE_* slots, in order */
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
     size_t n_params;
@@ -129,9 +137,15 @@ typedef struct llama_layer_acts {
     float *rstd1;     /* [N] */
     float *q;         /* [N, NH*HD] after RoPE */
     float *k, *v;     /* [N, NKV*HD] (k after RoPE) */
+    float *q_pre, *k_pre; /* qk_norm: q [N, NH*HD], k [N, NKV*HD] before their norms; else NULL */
+    float *rstd_q, *rstd_k; /* qk_norm: [N*NH], [N*NKV] */
     float *att;       /* [N, NH*HD] attention output, before o_proj */
     float *lse;       /* [B, NH, T] */
     float *x_mid;     /* [N, C]    residual after attention */
+    float *o_out, *down_out; /* post_norms: [N, C] o_proj's and down_proj's outputs before their norms; else NULL */
+    float *rstd_po, *rstd_pm; /* post_norms: [N] */
+    float *fused;     /* fused sites: [N, max((NH+2*NKV)*HD, 2F)], one scratch shared by the layers: a fused
+                         site's output before the split, or its gradient after the concatenation; else NULL */
     float *xn2;       /* [N, C] */
     float *rstd2;     /* [N] */
     float *gate, *up; /* [N, F] */
