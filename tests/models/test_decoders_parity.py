@@ -63,8 +63,9 @@ FAMILIES = {
 
 def make_model(model_dir, family, seed):
     """A random transformers model of `family` saved into model_dir; returns its config. Matrices
-    ~ N(0, 1/fan_in), embeddings N(0, 0.25), norm weights 1 + N(0, 0.01) (Gemma's (1 + w) norms:
-    N(0, 0.01))."""
+    ~ N(0, 1/fan_in), embeddings N(0, 0.25) (Gemma: N(0, 1/C), O(1) after its sqrt(C) scaling, so
+    that the tied head does not just repeat the last token), norm weights 1 + N(0, 0.01) (Gemma's
+    (1 + w) norms: N(0, 0.01))."""
     model_cls, config_cls, over, _ = FAMILIES[family]
     torch.manual_seed(seed)
     cfg = config_cls(**dict(_COMMON, **over))
@@ -75,7 +76,7 @@ def make_model(model_dir, family, seed):
             if name.endswith("norm.weight"):
                 p.copy_((0 if gemma else 1) + 0.1 * torch.randn_like(p))
             elif "embed_tokens" in name:
-                p.copy_(0.5 * torch.randn_like(p))
+                p.copy_((cfg.hidden_size ** -0.5 if gemma else 0.5) * torch.randn_like(p))
             else:
                 p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
     model.save_pretrained(model_dir, safe_serialization=True)
