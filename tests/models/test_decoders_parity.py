@@ -9,7 +9,10 @@ redrawn so that activations and logits are O(1)) and save_pretrained()-ed. Compa
     adapter after 3 AdamW steps, against HF PEFT's get_peft_model(LoraConfig(init_lora_weights=
     False)) on q_proj/v_proj (Phi-3: its fused qkv_proj and gate_up_proj), with and without
     peft.c's recomputation, to 1e-4;
-  * greedy generation: `peft generate --prompt-ids` against model.generate(do_sample=False).
+  * greedy generation: `peft generate --prompt-ids` against model.generate(do_sample=False);
+  * the CLI: `peft train` (LoRA on the same targets, a few steps on a tiny text with the demo
+    tokenizer) writes an adapter that HF PEFT's PeftModel.from_pretrained loads and that gives
+    peft.c's logits (1e-4), and that moved them away from the base model's.
 Family specifics exercised: Qwen3's per-head q/k norms and explicit head_dim; Gemma's sqrt(C)
 embeddings, (1 + w) norms, GeGLU and tied head; Gemma2's four norms per layer, attention and final
 logit soft-capping, sliding windows (4) smaller than T on alternate layers and
@@ -43,7 +46,11 @@ TOL = 1e-4
 LR, STEPS = 1e-2, 3
 DRIVER_TRAIN = os.path.join(tp.BUILD, "driver_train")
 
-_COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+DEMO = os.path.join(tp.SRC, "models", "demo")  # its byte-level BPE tokenizer (1024 ids) for `peft train`
+TEXT = ("The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
+        "Peft trains small adapters on frozen decoders; the adapters are saved as PEFT saves them.\n") * 12
+
+_COMMON = dict(vocab_size=1024, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
                pad_token_id=0)
 
@@ -80,6 +87,8 @@ def make_model(model_dir, family, seed):
             else:
                 p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
     model.save_pretrained(model_dir, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(DEMO, f), model_dir)
     return cfg
 
 
@@ -133,6 +142,38 @@ def check_lora(work, family, cfg, g, recompute):
         tp.fail(f"{family} LoRA parity")
 
 
+def check_cli_adapter(work, family, ref_model, cfg, g):
+    """`peft train` on TEXT, then HF PEFT loads the adapter: same logits as peft.c with it."""
+    from peft import PeftModel
+    d, out, data = os.path.join(work, "model"), os.path.join(work, "cli_adapter"), os.path.join(work, "train.txt")
+    with open(data, "w") as f:
+        f.write(TEXT)
+    r = subprocess.run([tp.PEFT_BIN, "train", "--model", d, "--data", data, "--out", out, "--target",
+                        ",".join(FAMILIES[family][3]), "--rank", "4", "--alpha", "8", "--steps", "4", "--batch", "2",
+                        "--seq-len", "24", "--lr", "1e-2", "--seed", "3", "--no-progress", "--val-fraction", "0"],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        tp.fail(f"{family}: peft train exit {r.returncode}: {r.stderr.strip()}")
+        return
+    ids = torch.randint(3, cfg.vocab_size, (2, 10), generator=g)
+    tp.write_rows(os.path.join(work, "ids.txt"), ids.tolist())
+    env = dict(os.environ, PEFT_DRIVER_MODEL=d, PEFT_DRIVER_IDS=os.path.join(work, "ids.txt"),
+               PEFT_DRIVER_OUT=os.path.join(work, "cli.safetensors"), PEFT_DRIVER_MODE="forward", PEFT_DRIVER_ADAPTER=out)
+    r = subprocess.run([tp.DRIVER], env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        tp.fail(f"{family}: driver_logits with the trained adapter: {r.stderr.strip()}")
+        return
+    got = tp.load_file(os.path.join(work, "cli.safetensors"))["logits"]
+    with torch.no_grad():
+        base = ref_model(ids, use_cache=False).logits
+        ref = PeftModel.from_pretrained(ref_model, out).eval()(ids, use_cache=False).logits
+    err = tp.check(f"{family} peft-train adapter in HF PEFT", got, ref, TOL)
+    moved = tp.rel_err(ref, base).max().item()
+    if moved < 1e-3:
+        tp.fail(f"{family}: the trained adapter hardly changes the logits ({moved:.2g})")
+    print(f"{family:7s} peft train -> PeftModel.from_pretrained: logits {err:.1e} (the adapter moved them {moved:.1e})")
+
+
 def check_refusals(d, td):
     """Phi-3 configs peft.c cannot run are refused naming config.json and the field."""
     with open(os.path.join(d, "config.json")) as f:
@@ -171,6 +212,7 @@ def main():
             check_logits(d, family, tp.load_reference(d), cfg, g, work)
             check_lora(work, family, cfg, g, recompute=False)
             check_lora(work, family, cfg, g, recompute=True)
+            check_cli_adapter(work, family, tp.load_reference(d), cfg, g)
             if family == "phi3":
                 check_refusals(d, work)
     print(f"{len(tp.failures)} failures")
