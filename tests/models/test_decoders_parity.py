@@ -105,6 +105,18 @@ def check_logits(d, family, ref_model, cfg, g, td):
             for what, key, r in (("forward", "logits", ref), ("kv-decode", "decode_logits", ref),
                                  ("chunked prefill", "prefill_logits", ref[:, -1]))]
     print(f"{family:7s} logits: forward {errs[0]:.1e}  kv-decode {errs[1]:.1e}  prefill {errs[2]:.1e}")
+    if family == "gemma2":  # control: the windows matter at T = 12 (without them peft.c must disagree)
+        full = os.path.join(td, "no_window")
+        shutil.copytree(d, full)
+        with open(os.path.join(d, "config.json")) as f:
+            c = json.load(f)
+        with open(os.path.join(full, "config.json"), "w") as f:
+            json.dump(dict(c, layer_types=["full_attention"] * cfg.num_hidden_layers), f)
+        rc, err, nw = tp.run_driver(full, ids.tolist(), td, mode="forward")
+        off = tp.rel_err(nw["logits"], ref).max().item() if rc == 0 else 0.0
+        if off < 1e-3:
+            tp.fail(f"gemma2: without the sliding windows peft.c still agrees ({off:.2g}; exit {rc} {err})")
+        print(f"gemma2  control: all layers full attention is off by {off:.2g}")
     prompt = ids[0, :5].tolist()
     want, margin = tp.hf_greedy(ref_model, prompt)
     try:
