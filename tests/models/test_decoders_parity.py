@@ -16,7 +16,8 @@ redrawn so that activations and logits are O(1)) and save_pretrained()-ed. Compa
 Family specifics exercised: Qwen3's per-head q/k norms and explicit head_dim; Gemma's sqrt(C)
 embeddings, (1 + w) norms, GeGLU and tied head; Gemma2's four norms per layer, attention and final
 logit soft-capping, sliding windows (4) smaller than T on alternate layers and
-query_pre_attn_scalar; Phi-3's fused sites. Unsupported configs are refused naming the field.
+query_pre_attn_scalar; Phi-3's fused sites. Unsupported configs (REFUSALS) are refused naming
+config.json and the field.
 Exit 0 = pass, 1 = fail, 77 = skipped (torch / transformers / peft not importable).
 """
 import json
@@ -186,23 +187,30 @@ def check_cli_adapter(work, family, ref_model, cfg, g):
     print(f"{family:7s} peft train -> PeftModel.from_pretrained: logits {err:.1e} (the adapter moved them {moved:.1e})")
 
 
-def check_refusals(d, td):
-    """Phi-3 configs peft.c cannot run are refused naming config.json and the field."""
+REFUSALS = {  # family -> (field, config.json overrides): configs peft.c cannot run faithfully
+    "phi3": [("rope_scaling", {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8,
+                                                 "long_factor": [1.0] * 8}}),
+             ("partial_rotary_factor", {"partial_rotary_factor": 0.5})],
+    "gemma": [("hidden_act", {"hidden_act": "relu"})],
+    "gemma2": [("layer_types", {"layer_types": ["sliding_attention", "chunked_attention", "full_attention"]}),
+               ("use_bidirectional_attention", {"use_bidirectional_attention": True})],
+}
+
+
+def check_refusals(d, family, td):
+    """Each of REFUSALS[family] is refused naming config.json and the field."""
     with open(os.path.join(d, "config.json")) as f:
         base = json.load(f)
-    cases = [("rope_scaling", {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8,
-                                                 "long_factor": [1.0] * 8}}),
-             ("partial_rotary_factor", {"partial_rotary_factor": 0.5})]
-    for field, over in cases:
+    for field, over in REFUSALS.get(family, []):
         bad = os.path.join(td, "bad_" + field)
         shutil.copytree(d, bad)
         with open(os.path.join(bad, "config.json"), "w") as f:
             json.dump(dict(base, **over), f)
         rc, err, _ = tp.run_driver(bad, [[1, 2, 3]], td, mode="forward")
         if rc == 0 or field not in err or "config.json" not in err:
-            tp.fail(f"phi3 with {field}: exit {rc}, message '{err}' (expected a refusal naming config.json and {field})")
+            tp.fail(f"{family} with {field}: exit {rc}, message '{err}' (expected a refusal naming config.json and {field})")
         else:
-            print(f"phi3 {field}: refused: {err}")
+            print(f"{family:7s} {field}: refused: {err.split('config.json: ')[-1]}")
 
 
 def main():
@@ -225,8 +233,7 @@ def main():
             check_lora(work, family, cfg, g, recompute=False)
             check_lora(work, family, cfg, g, recompute=True)
             check_cli_adapter(work, family, tp.load_reference(d), cfg, g)
-            if family == "phi3":
-                check_refusals(d, work)
+            check_refusals(d, family, work)
     print(f"{len(tp.failures)} failures")
     return 1 if tp.failures else 0
 
