@@ -42,6 +42,12 @@ static const struct family {
     {"Phi3ForCausalLM", "phi3", PEFT_ARCH_PHI3, 0, 0, "hidden_act", SW_CONTEXT_ON, BIAS_NONE, 0, 0, 0, 0, 1},
 };
 
+const char *peft_llama_model_type(peft_arch arch) {
+    for (size_t k = 0; k < sizeof families / sizeof families[0]; k++)
+        if (families[k].arch == arch) return families[k].model_type;
+    return "llama";
+}
+
 /* An int field that must lie in [lo, hi]. */
 static int get_int(const cJSON *root, const char *key, int required, int lo, int hi, int *out, const char *what,
                    peft_err *err) {
@@ -241,15 +247,12 @@ static int parse_config(const cJSON *root, const char *what, peft_llama_config *
     const struct family *fam = &families[k];
     cfg->arch = fam->arch;
     snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", fam->name);
-    const char *model_type = fam->model_type;
-    int rc = peft_json_string(root, "model_type", 0, &model_type, what, err);
-    if (rc) return rc;
-    snprintf(cfg->model_type, sizeof cfg->model_type, "%s", model_type);
     cfg->qk_norm = fam->qk_norm;
     cfg->norm_offset = cfg->embed_scale = fam->gemma;
     cfg->post_norms = fam->post_norms;
     cfg->fused = fam->fused;
-    if ((rc = parse_activation(root, fam, cfg, what, err))) return rc;
+    int rc = parse_activation(root, fam, cfg, what, err);
+    if (rc) return rc;
 
     const int big = 1 << 24;
     cfg->max_position_embeddings = 2048;

@@ -51,7 +51,6 @@ typedef struct peft_llama_config {
     int eos_token_ids[PEFT_MAX_EOS];
     peft_dtype torch_dtype;  /* the dtype the checkpoint declares */
     /* Family variants (all 0 for Llama, Mistral, Qwen2; set from the family's row of data): */
-    char model_type[32];     /* config.json's "model_type" or the family's */
     int qk_norm;             /* Qwen3: RMSNorm over each head of q and k (self_attn.q_norm / k_norm [HD]) before RoPE */
     int norm_offset;         /* Gemma: every RMSNorm computes x * (1 + w) (GemmaRMSNorm) */
     int embed_scale;         /* Gemma: token embeddings times sqrt(C) (rounded to f32) */
@@ -65,6 +64,9 @@ typedef struct peft_llama_config {
     unsigned char layer_sliding[PEFT_MAX_LAYERS];
     int fused;               /* Phi-3: one qkv_proj [(NH+2*NKV)*HD, C] and one gate_up_proj [2F, C] site */
 } peft_llama_config;
+
+/* The family's HF model_type ("llama", "qwen3", "gemma2", ...). */
+const char *peft_llama_model_type(peft_arch arch);
 
 /* Parses DIR/config.json (path given in full). */
 int peft_llama_config_load(const char *path, peft_llama_config *cfg, peft_err *err);
