@@ -27,7 +27,7 @@ enum {
 /* The decoder families as data: what each changes in the Llama layer (hf_config.h). */
 static const struct family {
     const char *name, *model_type;
-    peft_arch arch;
+    peft_llama_arch arch;
     int tied;            /* default of tie_word_embeddings */
     int head_dim;        /* default of head_dim (0: hidden_size / num_attention_heads) */
     const char *act_key; /* the activation's field: "hidden_act" or "hidden_activation" */
@@ -42,7 +42,7 @@ static const struct family {
     {"Phi3ForCausalLM", "phi3", PEFT_ARCH_PHI3, 0, 0, "hidden_act", SW_CONTEXT_ON, BIAS_NONE, 0, 0, 0, 0, 1},
 };
 
-const char *peft_llama_model_type(peft_arch arch) {
+const char *peft_llama_model_type(peft_llama_arch arch) {
     for (size_t k = 0; k < sizeof families / sizeof families[0]; k++)
         if (families[k].arch == arch) return families[k].model_type;
     return "llama";

@@ -9,7 +9,7 @@
 #include "dtype.h"
 #include "error.h"
 
-typedef enum peft_arch {
+typedef enum peft_llama_arch {
     PEFT_ARCH_LLAMA = 0,
     PEFT_ARCH_MISTRAL,
     PEFT_ARCH_QWEN2,
@@ -17,7 +17,7 @@ typedef enum peft_arch {
     PEFT_ARCH_GEMMA,
     PEFT_ARCH_GEMMA2,
     PEFT_ARCH_PHI3
-} peft_arch;
+} peft_llama_arch;
 
 /* The MLP's gate activation: SwiGLU (silu) or GeGLU (Gemma: tanh or exact GELU). */
 typedef enum peft_mlp_act { PEFT_MLP_SILU = 0, PEFT_MLP_GELU_TANH, PEFT_MLP_GELU_ERF } peft_mlp_act;
@@ -26,7 +26,7 @@ typedef enum peft_mlp_act { PEFT_MLP_SILU = 0, PEFT_MLP_GELU_TANH, PEFT_MLP_GELU
 #define PEFT_MAX_LAYERS 4096
 
 typedef struct peft_llama_config {
-    peft_arch arch;
+    peft_llama_arch arch;
     char arch_name[64];      /* "LlamaForCausalLM", ... */
     int vocab_size;          /* V */
     int hidden_size;         /* C */
@@ -66,7 +66,7 @@ typedef struct peft_llama_config {
 } peft_llama_config;
 
 /* The family's HF model_type ("llama", "qwen3", "gemma2", ...). */
-const char *peft_llama_model_type(peft_arch arch);
+const char *peft_llama_model_type(peft_llama_arch arch);
 
 /* Parses DIR/config.json (path given in full). */
 int peft_llama_config_load(const char *path, peft_llama_config *cfg, peft_err *err);

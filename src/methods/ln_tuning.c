@@ -1,5 +1,5 @@
 /* ln_tuning.c: LayerNorm tuning as a model-level method on the model's norm sites
- * (models/llama.h): each gets a trained copy of its weight (a shared tensor of the set, so it
+ * (models/model.h, m->norms): each gets a trained copy of its weight (a shared tensor of the set, so it
  * is saved, loaded and optimised like any parameter) and a gradient. */
 #include "ln_tuning.h"
 
@@ -8,29 +8,28 @@
 #include <string.h>
 
 #include "io/json.h"
-#include "models/llama.h"
+#include "models/model.h"
 
-static int ln_attach(const peft_method_opts *o, peft_llama *m, peft_err *err) {
-    int C = m->cfg.hidden_size;
-    int64_t shape[1] = {C};
-    for (int i = 0; i < llama_n_norm_sites(m); i++) {
-        peft_norm_site *ns = llama_norm_site(m, i);
+static int ln_attach(const peft_method_opts *o, peft_model *m, peft_err *err) {
+    for (int i = 0; i < m->n_norms; i++) {
+        peft_norm_site *ns = m->norms[i];
+        int64_t shape[1] = {ns->dim}; /* C, or HD for Qwen3's q_norm / k_norm */
         char key[256];
         snprintf(key, sizeof key, "base_model.model.%s.ln_tuning_layers.weight", ns->name);
         float *grad;
         int created;
         float *w = peft_shared_tensor(o->shared, key, 1, shape, 1, 1, &grad, &created);
         if (!w) return peft_fail(err, PEFT_ENOMEM, "LayerNorm tuning: cannot allocate %s", key);
-        if (ns->base) memcpy(w, ns->base, (size_t)C * sizeof(float)); /* start from the model's norm */
+        if (ns->base) memcpy(w, ns->base, (size_t)ns->dim * sizeof(float)); /* start from the model's norm */
         ns->weight = w;
         ns->grad = grad;
     }
     return PEFT_OK;
 }
 
-static void ln_detach(peft_llama *m) {
-    for (int i = 0; i < llama_n_norm_sites(m); i++) {
-        peft_norm_site *ns = llama_norm_site(m, i);
+static void ln_detach(peft_model *m) {
+    for (int i = 0; i < m->n_norms; i++) {
+        peft_norm_site *ns = m->norms[i];
         ns->weight = ns->base;
         ns->grad = NULL;
     }
