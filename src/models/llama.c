@@ -1,4 +1,5 @@
-/* llama.c: loading, forward, backward and cached decoding of Llama-family models. */
+/* llama.c: loading, forward, backward and cached decoding of Llama-family models (and the
+ * Qwen3, Gemma, Gemma2 and Phi-3 variants, llama.h). */
 #include "llama.h"
 
 #include <math.h>

@@ -3,12 +3,17 @@
  *   for each layer: x += o_proj(attn(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
  *                   x += down_proj(silu(gate_proj(rms(x))) * up_proj(rms(x)))
  *   logits = lm_head(rms(x))
+ * and, with the same loop, its variants (flags of peft_llama_config, one row of data per family
+ * in io/hf_config.c): Qwen3 (rms over each head of q and k before RoPE), Gemma (embed * sqrt(C),
+ * rms * (1 + w), gelu_tanh(gate) * up), Gemma2 (Gemma plus rms on o_proj's and down_proj's
+ * outputs, soft-capped attention scores and logits, sliding windows on alternate layers) and
+ * Phi-3 (q/k/v and gate/up each one fused site, split after its forward).
  * Base weights are frozen: f32 tensors point into the mmapped checkpoint (copy-on-write, so
  * an in-place merge never touches the file); bf16/f16 tensors are widened to f32 once.
  * Every linear layer is an adapter site (models/site.h) named as in HF.
  *
  * Callers use it through models/model.h (peft_model_load picks it for model_type llama,
- * mistral, qwen2 or a .gguf); this header is for llama.c, llama_export.c and llama's own tests. */
+ * mistral, qwen2, qwen3, gemma, gemma2, phi3 or a .gguf); this header is for llama.c, llama_export.c and llama's own tests. */
 #ifndef PEFT_MODELS_LLAMA_H
 #define PEFT_MODELS_LLAMA_H
 
