@@ -9,14 +9,44 @@
 #include "fileio.h"
 #include "json.h"
 
-static const struct {
-    const char *name;
-    peft_llama_arch arch;
-} known_archs[] = {
-    {"LlamaForCausalLM", PEFT_ARCH_LLAMA},
-    {"MistralForCausalLM", PEFT_ARCH_MISTRAL},
-    {"Qwen2ForCausalLM", PEFT_ARCH_QWEN2},
+/* How a family reads "sliding_window". */
+enum {
+    SW_NONE = 0,    /* no sliding window (Llama, Gemma) */
+    SW_CONTEXT_ON,  /* a maximum context, on unless use_sliding_window is false (Mistral, Phi-3) */
+    SW_CONTEXT_OFF, /* a maximum context, off unless use_sliding_window is true (Qwen2, Qwen3) */
+    SW_LAYERS       /* a real window on the "sliding_attention" layers of layer_types (Gemma2) */
 };
+/* Which biases a family has. */
+enum {
+    BIAS_FIELDS = 0, /* attention_bias (q, k, v, o) and mlp_bias (Llama, Mistral) */
+    BIAS_QKV,        /* q, k, v always, o and MLP never (Qwen2) */
+    BIAS_ATTENTION,  /* attention_bias only (Qwen3, Gemma, Gemma2) */
+    BIAS_NONE        /* none (Phi-3) */
+};
+
+/* The decoder families as data: what each changes in the Llama layer (hf_config.h). */
+static const struct family {
+    const char *name, *model_type;
+    peft_llama_arch arch;
+    int tied;            /* default of tie_word_embeddings */
+    int head_dim;        /* default of head_dim (0: hidden_size / num_attention_heads) */
+    const char *act_key; /* the activation's field: "hidden_act" or "hidden_activation" */
+    int window, bias, qk_norm, gemma /* (1 + w) norms, sqrt(C) embeddings */, post_norms, softcaps, fused;
+} families[] = {
+    {"LlamaForCausalLM", "llama", PEFT_ARCH_LLAMA, 0, 0, "hidden_act", SW_NONE, BIAS_FIELDS, 0, 0, 0, 0, 0},
+    {"MistralForCausalLM", "mistral", PEFT_ARCH_MISTRAL, 0, 0, "hidden_act", SW_CONTEXT_ON, BIAS_FIELDS, 0, 0, 0, 0, 0},
+    {"Qwen2ForCausalLM", "qwen2", PEFT_ARCH_QWEN2, 0, 0, "hidden_act", SW_CONTEXT_OFF, BIAS_QKV, 0, 0, 0, 0, 0},
+    {"Qwen3ForCausalLM", "qwen3", PEFT_ARCH_QWEN3, 0, 128, "hidden_act", SW_CONTEXT_OFF, BIAS_ATTENTION, 1, 0, 0, 0, 0},
+    {"GemmaForCausalLM", "gemma", PEFT_ARCH_GEMMA, 1, 256, "hidden_act", SW_NONE, BIAS_ATTENTION, 0, 1, 0, 0, 0},
+    {"Gemma2ForCausalLM", "gemma2", PEFT_ARCH_GEMMA2, 1, 256, "hidden_activation", SW_LAYERS, BIAS_ATTENTION, 0, 1, 1, 1, 0},
+    {"Phi3ForCausalLM", "phi3", PEFT_ARCH_PHI3, 0, 0, "hidden_act", SW_CONTEXT_ON, BIAS_NONE, 0, 0, 0, 0, 1},
+};
+
+const char *peft_llama_model_type(peft_llama_arch arch) {
+    for (size_t k = 0; k < sizeof families / sizeof families[0]; k++)
+        if (families[k].arch == arch) return families[k].model_type;
+    return "llama";
+}
 
 /* An int field that must lie in [lo, hi]. */
 static int get_int(const cJSON *root, const char *key, int required, int lo, int hi, int *out, const char *what,
@@ -104,25 +134,125 @@ static int parse_token_ids(const cJSON *root, peft_llama_config *cfg, const char
     return rc;
 }
 
+/* The MLP's activation from the family's field: silu for the SwiGLU families; for Gemma
+ * "gelu_pytorch_tanh" (and the legacy "gelu", which GemmaConfig turns into it); for Gemma2's
+ * hidden_activation "gelu_pytorch_tanh" or the exact "gelu". */
+static int parse_activation(const cJSON *root, const struct family *fam, peft_llama_config *cfg, const char *what,
+                            peft_err *err) {
+    const char *act = fam->gemma ? "gelu_pytorch_tanh" : "silu";
+    int rc = peft_json_string(root, fam->act_key, 0, &act, what, err);
+    if (rc) return rc;
+    if (!fam->gemma && !strcmp(act, "silu")) cfg->mlp_act = PEFT_MLP_SILU;
+    else if (fam->gemma && !strcmp(act, "gelu_pytorch_tanh")) cfg->mlp_act = PEFT_MLP_GELU_TANH;
+    else if (fam->gemma && !strcmp(act, "gelu")) cfg->mlp_act = fam->post_norms ? PEFT_MLP_GELU_ERF : PEFT_MLP_GELU_TANH;
+    else
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"%s\" = \"%s\" is not supported for %s (supported: %s)", what, fam->act_key,
+                         act, fam->name, fam->gemma ? "gelu_pytorch_tanh, gelu" : "silu");
+    return PEFT_OK;
+}
+
+/* Phi-3: RoPE without scaling and over the whole head only (peft.c has no longrope / su / yarn). */
+static int phi3_rope_check(const cJSON *root, const char *what, peft_err *err) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs))
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"rope_scaling\" must be null for Phi3ForCausalLM (longrope / su / yarn are "
+                                                 "not supported)", what);
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const char *type = "default";
+    int rc = cJSON_IsObject(rp) ? peft_json_string(rp, "rope_type", 0, &type, what, err) : PEFT_OK;
+    if (rc) return rc;
+    if (strcmp(type, "default"))
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"rope_parameters\" rope_type \"%s\" is not supported for Phi3ForCausalLM "
+                                                 "(only default)", what, type);
+    double partial = 1.0;
+    if ((rc = peft_json_double(root, "partial_rotary_factor", 0, &partial, what, err))) return rc;
+    if (partial != 1.0)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"partial_rotary_factor\" %g is not supported (only 1)", what, partial);
+    return PEFT_OK;
+}
+
+/* sliding_window as the family reads it (enum above). Gemma2: the window of the layers that
+ * layer_types marks "sliding_attention" (by default the even layers, as Gemma2Config). */
+static int parse_window(const cJSON *root, const struct family *fam, peft_llama_config *cfg, const char *what,
+                        peft_err *err) {
+    int rc = PEFT_OK;
+    if (fam->window == SW_CONTEXT_ON || fam->window == SW_CONTEXT_OFF) {
+        int use_sw = fam->window == SW_CONTEXT_ON;
+        if ((rc = peft_json_bool(root, "use_sliding_window", 0, &use_sw, what, err))) return rc;
+        if (use_sw && (rc = get_int(root, "sliding_window", 0, 0, 1 << 30, &cfg->sliding_window, what, err))) return rc;
+        if (!use_sw) cfg->sliding_window = 0;
+        return PEFT_OK;
+    }
+    if (fam->window != SW_LAYERS) return PEFT_OK;
+    cfg->layer_window = 4096;
+    if ((rc = get_int(root, "sliding_window", 0, 0, 1 << 30, &cfg->layer_window, what, err))) return rc;
+    if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "sliding_window"))) cfg->layer_window = 0;
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types"), *e;
+    for (int l = 0; l < cfg->n_layers; l++) cfg->layer_sliding[l] = (l + 1) % 2;
+    if (!types || cJSON_IsNull(types)) return PEFT_OK;
+    if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != cfg->n_layers)
+        return peft_fail(err, PEFT_EFORMAT, "%s: \"layer_types\" must be a list of num_hidden_layers (%d) strings", what, cfg->n_layers);
+    int l = 0;
+    cJSON_ArrayForEach(e, types) {
+        const char *t = cJSON_IsString(e) ? e->valuestring : "";
+        if (strcmp(t, "sliding_attention") && strcmp(t, "full_attention"))
+            return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"layer_types\"[%d] = \"%s\" (supported: sliding_attention, full_attention)",
+                             what, l, t);
+        cfg->layer_sliding[l++] = !strcmp(t, "sliding_attention");
+    }
+    return PEFT_OK;
+}
+
+/* A soft-cap of config.json: a positive number, or null / absent = none (0). */
+static int get_softcap(const cJSON *root, const char *key, float dflt, float *out, const char *what, peft_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (v && cJSON_IsNull(v)) {
+        *out = 0.0f;
+        return PEFT_OK;
+    }
+    double d = dflt;
+    int rc = peft_json_double(root, key, 0, &d, what, err);
+    if (rc) return rc;
+    if (!(d > 0 && d < 1e30)) return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" = %g must be a positive number or null", what, key, d);
+    *out = (float)d;
+    return PEFT_OK;
+}
+
+/* Gemma2's soft-caps and attention scale query_pre_attn_scalar^-1/2 (defaults of Gemma2Config). */
+static int parse_softcaps(const cJSON *root, peft_llama_config *cfg, const char *what, peft_err *err) {
+    double qpas = 256;
+    int rc;
+    if ((rc = get_softcap(root, "attn_logit_softcapping", 50.0f, &cfg->attn_softcap, what, err)) ||
+        (rc = get_softcap(root, "final_logit_softcapping", 30.0f, &cfg->final_softcap, what, err)) ||
+        (rc = peft_json_double(root, "query_pre_attn_scalar", 0, &qpas, what, err)))
+        return rc;
+    if (!(qpas > 0 && qpas < 1e30)) return peft_fail(err, PEFT_EFORMAT, "%s: \"query_pre_attn_scalar\" = %g must be > 0", what, qpas);
+    cfg->attn_scale = (float)pow(qpas, -0.5);
+    return PEFT_OK;
+}
+
 static int parse_config(const cJSON *root, const char *what, peft_llama_config *cfg, peft_err *err) {
     memset(cfg, 0, sizeof *cfg);
     if (!cJSON_IsObject(root)) return peft_fail(err, PEFT_EFORMAT, "%s: not a JSON object", what);
     const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *arch0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
     if (!cJSON_IsString(arch0)) return peft_fail(err, PEFT_EFORMAT, "%s: missing \"architectures\" (a list of class names)", what);
-    size_t k = 0, n_known = sizeof known_archs / sizeof known_archs[0];
-    while (k < n_known && strcmp(arch0->valuestring, known_archs[k].name)) k++;
+    size_t k = 0, n_known = sizeof families / sizeof families[0];
+    while (k < n_known && strcmp(arch0->valuestring, families[k].name)) k++;
     if (k == n_known)
         return peft_fail(err, PEFT_EUNSUPPORTED,
-                         "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
+                         "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM, "
+                         "Qwen2ForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, Phi3ForCausalLM)",
                          what, arch0->valuestring);
-    cfg->arch = known_archs[k].arch;
-    snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", known_archs[k].name);
-
-    const char *act = "silu";
-    int rc = peft_json_string(root, "hidden_act", 0, &act, what, err);
+    const struct family *fam = &families[k];
+    cfg->arch = fam->arch;
+    snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", fam->name);
+    cfg->qk_norm = fam->qk_norm;
+    cfg->norm_offset = cfg->embed_scale = fam->gemma;
+    cfg->post_norms = fam->post_norms;
+    cfg->fused = fam->fused;
+    int rc = parse_activation(root, fam, cfg, what, err);
     if (rc) return rc;
-    if (strcmp(act, "silu")) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"hidden_act\" = \"%s\" (only silu is supported)", what, act);
 
     const int big = 1 << 24;
     cfg->max_position_embeddings = 2048;
@@ -138,12 +268,12 @@ static int parse_config(const cJSON *root, const char *what, peft_llama_config *
     if (cfg->n_heads % cfg->n_kv_heads)
         return peft_fail(err, PEFT_EFORMAT, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)", what,
                          cfg->n_heads, cfg->n_kv_heads);
-    cfg->head_dim = cfg->hidden_size / cfg->n_heads;
+    cfg->head_dim = fam->head_dim ? fam->head_dim : cfg->hidden_size / cfg->n_heads;
     if ((rc = get_int(root, "head_dim", 0, 2, 1 << 12, &cfg->head_dim, what, err))) return rc;
     if (cfg->head_dim > 256) /* the attention kernels keep one head's accumulators on the stack */
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: head_dim %d is above the supported 256", what, cfg->head_dim);
     if (cfg->head_dim % 2) return peft_fail(err, PEFT_EFORMAT, "%s: head_dim %d must be even for RoPE", what, cfg->head_dim);
-    if (!cJSON_GetObjectItemCaseSensitive(root, "head_dim") && cfg->hidden_size % cfg->n_heads)
+    if (!cJSON_GetObjectItemCaseSensitive(root, "head_dim") && !fam->head_dim && cfg->hidden_size % cfg->n_heads)
         return peft_fail(err, PEFT_EFORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d and no head_dim is given",
                          what, cfg->hidden_size, cfg->n_heads);
 
@@ -152,29 +282,24 @@ static int parse_config(const cJSON *root, const char *what, peft_llama_config *
     if (!((float)eps > 0)) /* eps is used as a float: 1e-85 would be 0 */
         return peft_fail(err, PEFT_EFORMAT, "%s: rms_norm_eps must be > 0 (as a float)", what);
     cfg->rms_norm_eps = (float)eps;
+    if (fam->fused && (rc = phi3_rope_check(root, what, err))) return rc;
     if ((rc = parse_rope(root, cfg, what, err))) return rc;
 
-    /* HF defaults: Llama and Mistral untied unless stated, Qwen2 tied unless stated (its config
-     * class default is False too, but every Qwen2 config states it explicitly). */
-    cfg->tie_word_embeddings = 0;
+    cfg->tie_word_embeddings = fam->tied;
     int attention_bias = 0;
-    if ((rc = peft_json_bool(root, "tie_word_embeddings", 0, &cfg->tie_word_embeddings, what, err)) ||
-        (rc = peft_json_bool(root, "attention_bias", 0, &attention_bias, what, err)) ||
-        (rc = peft_json_bool(root, "mlp_bias", 0, &cfg->mlp_bias, what, err)))
-        return rc;
-    if (cfg->arch == PEFT_ARCH_QWEN2) {
-        cfg->qkv_bias = 1; /* Qwen2Attention: q/k/v always biased, o_proj never */
-        cfg->o_bias = 0;
-        cfg->mlp_bias = 0;
-    } else {
+    if ((rc = peft_json_bool(root, "tie_word_embeddings", 0, &cfg->tie_word_embeddings, what, err))) return rc;
+    if (fam->bias == BIAS_FIELDS || fam->bias == BIAS_ATTENTION) {
+        if ((rc = peft_json_bool(root, "attention_bias", 0, &attention_bias, what, err))) return rc;
         cfg->qkv_bias = cfg->o_bias = attention_bias;
     }
-    if (cfg->arch != PEFT_ARCH_LLAMA) {
-        int use_sw = cfg->arch == PEFT_ARCH_MISTRAL;
-        if ((rc = peft_json_bool(root, "use_sliding_window", 0, &use_sw, what, err))) return rc;
-        if (use_sw && (rc = get_int(root, "sliding_window", 0, 0, 1 << 30, &cfg->sliding_window, what, err))) return rc;
-        if (!use_sw) cfg->sliding_window = 0;
-    }
+    if (fam->bias == BIAS_FIELDS && (rc = peft_json_bool(root, "mlp_bias", 0, &cfg->mlp_bias, what, err))) return rc;
+    if (fam->bias == BIAS_QKV) cfg->qkv_bias = 1; /* Qwen2Attention: q/k/v always biased, o_proj never */
+    if ((rc = parse_window(root, fam, cfg, what, err))) return rc;
+    if (fam->softcaps && (rc = parse_softcaps(root, cfg, what, err))) return rc;
+    int bidirectional = 0;
+    if ((rc = peft_json_bool(root, "use_bidirectional_attention", 0, &bidirectional, what, err))) return rc;
+    if (bidirectional)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"use_bidirectional_attention\" true is not supported (causal decoders only)", what);
     if ((rc = parse_token_ids(root, cfg, what, err))) return rc;
 
     const char *dt = "float32"; /* transformers 5 writes "dtype", earlier versions "torch_dtype" */

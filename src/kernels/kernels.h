@@ -33,6 +33,12 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, float eps, int N, int C);
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int N, int C);
+/* The same with (weight + offset) in place of weight: offset 1 is Gemma's x * rstd * (1 + w)
+ * (GemmaRMSNorm, in f32); dweight is the gradient with respect to weight. offset 0: exactly the above. */
+void rmsnorm_offset_forward(float *out, float *rstd, const float *inp, const float *weight, float offset, float eps, int N,
+                            int C);
+void rmsnorm_offset_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                             float offset, const float *rstd, int N, int C);
 
 /* ---- layernorm.c ------------------------------------------------------------- */
 /* out[N,C] = (inp - mean) * rstd * weight + bias (nn.LayerNorm, biased variance); weight and/or

@@ -1,5 +1,6 @@
 /* rmsnorm.c: Llama's RMSNorm (HF LlamaRMSNorm, computed in f32) and its backward.
- *   y = weight * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)
+ *   y = (weight + offset) * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)
+ * offset is 0 (Llama) or 1 (GemmaRMSNorm's x * (1 + w)); the weight's gradient is the same.
  * Forward saves rstd per row; backward uses it, so nothing is recomputed but one dot. */
 #include <math.h>
 
@@ -8,6 +9,16 @@
 #define ROW_PAR_MIN 16384 /* elements; smaller problems run on one thread */
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, float eps, int N, int C) {
+    rmsnorm_offset_forward(out, rstd, inp, weight, 0.0f, eps, N, C);
+}
+
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int N, int C) {
+    rmsnorm_offset_backward(dinp, dweight, dout, inp, weight, 0.0f, rstd, N, C);
+}
+
+void rmsnorm_offset_forward(float *out, float *rstd, const float *inp, const float *weight, float offset, float eps, int N,
+                            int C) {
     // out (N, C), rstd (N), inp (N, C), weight (C)
 #pragma omp parallel for schedule(static) if ((size_t)N * C > ROW_PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -17,15 +28,15 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
 #pragma omp simd reduction(+ : ss)
         for (int i = 0; i < C; i++) ss += x[i] * x[i];
         float r = 1.0f / sqrtf(ss / (float)C + eps);
-        for (int i = 0; i < C; i++) y[i] = weight[i] * (x[i] * r);
+        for (int i = 0; i < C; i++) y[i] = (weight[i] + offset) * (x[i] * r);
         if (rstd) rstd[n] = r;
     }
 }
 
-void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
-                      const float *rstd, int N, int C) {
+void rmsnorm_offset_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                             float offset, const float *rstd, int N, int C) {
     // dinp (N, C) +=, dweight (C) +=, dout (N, C), inp (N, C), weight (C), rstd (N)
-    // With g = weight * dout and xhat = x * r:
+    // With g = (weight + offset) * dout and xhat = x * r:
     //   dx = r * g - r^3 / C * x * sum(g * x) = r * (g - xhat * mean(g * xhat))
     //   dweight += dout * xhat
     if (dinp) {
@@ -37,9 +48,9 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
             float r = rstd[n];
             float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int i = 0; i < C; i++) dot += weight[i] * dy[i] * x[i];
+            for (int i = 0; i < C; i++) dot += (weight[i] + offset) * dy[i] * x[i];
             float c = dot * r * r / (float)C;  // mean(g * xhat) / r
-            for (int i = 0; i < C; i++) dx[i] += r * (weight[i] * dy[i] - x[i] * c);
+            for (int i = 0; i < C; i++) dx[i] += r * ((weight[i] + offset) * dy[i] - x[i] * c);
         }
     }
     if (dweight) {

@@ -11,17 +11,16 @@
 #include "models/model.h"
 
 static int ln_attach(const peft_method_opts *o, peft_model *m, peft_err *err) {
-    int C = m->info.hidden_size;
-    int64_t shape[1] = {C};
     for (int i = 0; i < m->n_norms; i++) {
         peft_norm_site *ns = m->norms[i];
+        int64_t shape[1] = {ns->dim}; /* C, or HD for Qwen3's q_norm / k_norm */
         char key[256];
         snprintf(key, sizeof key, "base_model.model.%s.ln_tuning_layers.weight", ns->name);
         float *grad;
         int created;
         float *w = peft_shared_tensor(o->shared, key, 1, shape, 1, 1, &grad, &created);
         if (!w) return peft_fail(err, PEFT_ENOMEM, "LayerNorm tuning: cannot allocate %s", key);
-        if (ns->base) memcpy(w, ns->base, (size_t)C * sizeof(float)); /* start from the model's norm */
+        if (ns->base) memcpy(w, ns->base, (size_t)ns->dim * sizeof(float)); /* start from the model's norm */
         ns->weight = w;
         ns->grad = grad;
     }

@@ -1,4 +1,5 @@
-/* llama.c: loading, forward, backward and cached decoding of Llama-family models. */
+/* llama.c: loading, forward, backward and cached decoding of Llama-family models (and the
+ * Qwen3, Gemma, Gemma2 and Phi-3 variants, llama.h). */
 #include "llama.h"
 
 #include <math.h>
@@ -39,26 +40,47 @@ static wanted *want(wanted *w, int *n, float **dst, int64_t d0, int64_t d1, cons
     return x;
 }
 
+/* A norm site of `layer` (-1: none) named `fmt` (with the layer) whose weight [dim] is "<name>.weight". */
+static void want_norm(wanted *w, int *n, peft_norm_site *ns, int dim, const char *fmt, int layer) {
+    snprintf(ns->name, sizeof ns->name, fmt, layer);
+    ns->layer = layer;
+    ns->dim = dim;
+    char weight[160];
+    snprintf(weight, sizeof weight, "%s.weight", ns->name);
+    want(w, n, &ns->base, dim, 0, weight, 0);
+}
+
 /* Lists every tensor of the checkpoint with its expected shape. Returns the count. */
 static int list_wanted(peft_llama *m, wanted *w) {
     const peft_llama_config *c = &m->cfg;
     int n = 0, C = c->hidden_size, F = c->intermediate_size, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
     want(w, &n, &m->embed, c->vocab_size, C, "model.embed_tokens.weight", 0);
-    want(w, &n, &m->final_norm.base, C, 0, "model.norm.weight", 0);
-    snprintf(m->final_norm.name, sizeof m->final_norm.name, "model.norm");
+    want_norm(w, &n, &m->final_norm, C, "model.norm", -1);
     if (!c->tie_word_embeddings) want(w, &n, &m->lm_head, c->vocab_size, C, "lm_head.weight", 0);
-    const int out_dim[SITES_PER_LAYER] = {QD, KD, KD, C, F, F, C}, in_dim[SITES_PER_LAYER] = {C, C, C, QD, C, C, F};
+    /* fused (Phi-3): qkv_proj in SITE_Q's slot, gate_up_proj in SITE_GATE's; their K, V, UP slots stay unused */
+    const int fq = c->fused ? KD + KD : 0, fg = c->fused ? F : 0;
+    const int out_dim[SITES_PER_LAYER] = {QD + fq, KD, KD, C, F + fg, F, C}, in_dim[SITES_PER_LAYER] = {C, C, C, QD, C, C, F};
     const int has_bias[SITES_PER_LAYER] = {c->qkv_bias, c->qkv_bias, c->qkv_bias, c->o_bias, c->mlp_bias, c->mlp_bias, c->mlp_bias};
+    m->n_layer_sites = 0;
+    for (int s = 0; s < SITES_PER_LAYER; s++)
+        if (!c->fused || (s != SITE_K && s != SITE_V && s != SITE_UP)) m->layer_site_slot[m->n_layer_sites++] = s;
     for (int l = 0; l < c->n_layers; l++) {
         peft_llama_layer *L = &m->layers[l];
-        want(w, &n, &L->attn_norm.base, C, 0, "model.layers.%d.input_layernorm.weight", l);
-        want(w, &n, &L->mlp_norm.base, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-        snprintf(L->attn_norm.name, sizeof L->attn_norm.name, "model.layers.%d.input_layernorm", l);
-        snprintf(L->mlp_norm.name, sizeof L->mlp_norm.name, "model.layers.%d.post_attention_layernorm", l);
-        for (int s = 0; s < SITES_PER_LAYER; s++) {
+        want_norm(w, &n, &L->attn_norm, C, "model.layers.%d.input_layernorm", l);
+        want_norm(w, &n, &L->mlp_norm, C, c->post_norms ? "model.layers.%d.pre_feedforward_layernorm" : "model.layers.%d.post_attention_layernorm", l);
+        if (c->post_norms) {
+            want_norm(w, &n, &L->post_attn_norm, C, "model.layers.%d.post_attention_layernorm", l);
+            want_norm(w, &n, &L->post_mlp_norm, C, "model.layers.%d.post_feedforward_layernorm", l);
+        }
+        if (c->qk_norm) {
+            want_norm(w, &n, &L->q_norm, c->head_dim, "model.layers.%d.self_attn.q_norm", l);
+            want_norm(w, &n, &L->k_norm, c->head_dim, "model.layers.%d.self_attn.k_norm", l);
+        }
+        for (int i = 0; i < m->n_layer_sites; i++) {
+            int s = m->layer_site_slot[i];
             peft_site *site = &L->sites[s];
-            snprintf(site->name, sizeof site->name, "model.layers.%d.%s.%s", l, s < SITE_GATE ? "self_attn" : "mlp", site_kinds[s]);
-            site->kind = site_kinds[s];
+            site->kind = c->fused && s == SITE_Q ? "qkv_proj" : c->fused && s == SITE_GATE ? "gate_up_proj" : site_kinds[s];
+            snprintf(site->name, sizeof site->name, "model.layers.%d.%s.%s", l, s < SITE_GATE ? "self_attn" : "mlp", site->kind);
             site->layer = l;
             site->in_features = in_dim[s];
             site->out_features = out_dim[s];
@@ -186,7 +208,6 @@ static const peft_model_ops llama_ops;
 
 /* The model.h view of a loaded m: info from its config, the site and norm lists, the ops. */
 static int fill_base(peft_llama *m, const char *config_path, peft_err *err) {
-    static const char *const model_types[] = {"llama", "mistral", "qwen2"}; /* by peft_llama_arch */
     const peft_llama_config *c = &m->cfg;
     peft_model *b = &m->base;
     b->ops = &llama_ops;
@@ -199,18 +220,14 @@ static int fill_base(peft_llama *m, const char *config_path, peft_err *err) {
     m->norm_list = malloc((size_t)b->n_norms * sizeof *m->norm_list);
     if (!m->site_list || !m->norm_list) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     for (int i = 0; i < b->n_sites; i++) m->site_list[i] = llama_site(m, i);
-    for (int i = 0; i < b->n_norms; i++) {
-        peft_norm_site *ns = m->norm_list[i] = llama_norm_site(m, i);
-        ns->layer = i < 2 * c->n_layers ? i / 2 : -1;
-        ns->dim = c->hidden_size;
-    }
+    for (int i = 0; i < b->n_norms; i++) m->norm_list[i] = llama_norm_site(m, i); /* .layer, .dim: want_norm */
     b->sites = m->site_list;
     b->norms = m->norm_list;
     snprintf(m->config_path, sizeof m->config_path, "%s", config_path);
     peft_model_info *in = &b->info;
     in->arch = "llama";
     snprintf(in->hf_class, sizeof in->hf_class, "%s", c->arch_name);
-    snprintf(in->model_type, sizeof in->model_type, "%s", model_types[c->arch]);
+    snprintf(in->model_type, sizeof in->model_type, "%s", peft_llama_model_type(c->arch));
     in->task = PEFT_TASK_CAUSAL_LM;
     in->is_decoder = 1;
     in->vocab_size = c->vocab_size;
@@ -250,7 +267,7 @@ int llama_load_ex(const char *dir, int flags, peft_llama **out, peft_err *err) {
     wanted *w = NULL;
     if (rc == PEFT_OK) {
         m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-        w = calloc((size_t)c->n_layers * 2 * (SITES_PER_LAYER + 1) + 3, sizeof *w);
+        w = calloc((size_t)c->n_layers * (2 * SITES_PER_LAYER + 6) + 3, sizeof *w);
         if (!m->layers || !w) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
     if (rc == PEFT_OK) rc = bind_weights(m, w, list_wanted(m, w), err);
@@ -289,7 +306,7 @@ int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err) 
     wanted *w = NULL;
     if (rc == PEFT_OK) {
         m->layers = calloc((size_t)m->cfg.n_layers, sizeof *m->layers);
-        w = calloc((size_t)m->cfg.n_layers * 2 * (SITES_PER_LAYER + 1) + 3, sizeof *w);
+        w = calloc((size_t)m->cfg.n_layers * (2 * SITES_PER_LAYER + 6) + 3, sizeof *w);
         if (!m->layers || !w) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
         else list_wanted(m, w); /* names and shapes of the sites; weights stay NULL */
     }
@@ -453,6 +470,15 @@ static int lm_head_backward_input(const peft_llama *m, float *dx, const float *d
     return PEFT_OK;
 }
 
+/* The model's output logits[N,V]: lm_head_forward, then Gemma2's final soft-capping
+ * cap * tanh(logits / cap) when configured (the loss head caps inside its cross-entropy). */
+static int logits_forward(const peft_llama *m, float *logits, const float *x, int N) {
+    int rc = lm_head_forward(m, logits, x, N);
+    if (rc == PEFT_OK && m->cfg.final_softcap > 0)
+        softcap_forward(logits, logits, m->cfg.final_softcap, (size_t)N * m->cfg.vocab_size);
+    return rc;
+}
+
 void llama_free(peft_llama *m) {
     if (!m) return;
     free(m->half_slab);
@@ -468,15 +494,25 @@ void llama_free(peft_llama *m) {
     free(m);
 }
 
-int llama_n_sites(const peft_llama *m) { return m->cfg.n_layers * SITES_PER_LAYER; }
+int llama_n_sites(const peft_llama *m) { return m->cfg.n_layers * m->n_layer_sites; }
 
-peft_site *llama_site(peft_llama *m, int i) { return &m->layers[i / SITES_PER_LAYER].sites[i % SITES_PER_LAYER]; }
+peft_site *llama_site(peft_llama *m, int i) {
+    return &m->layers[i / m->n_layer_sites].sites[m->layer_site_slot[i % m->n_layer_sites]];
+}
 
-int llama_n_norm_sites(const peft_llama *m) { return 2 * m->cfg.n_layers + 1; }
+/* Norm sites per layer: input + pre-MLP, Gemma2's two post norms, Qwen3's q and k norms ([HD]). */
+static int norms_per_layer(const peft_llama *m) { return 2 + 2 * m->cfg.post_norms + 2 * m->cfg.qk_norm; }
+
+int llama_n_norm_sites(const peft_llama *m) { return norms_per_layer(m) * m->cfg.n_layers + 1; }
 
 peft_norm_site *llama_norm_site(peft_llama *m, int i) {
-    if (i == 2 * m->cfg.n_layers) return &m->final_norm;
-    return i % 2 ? &m->layers[i / 2].mlp_norm : &m->layers[i / 2].attn_norm;
+    const int k = norms_per_layer(m);
+    if (i == k * m->cfg.n_layers) return &m->final_norm;
+    peft_llama_layer *L = &m->layers[i / k];
+    peft_norm_site *in_layer[6] = {&L->attn_norm, &L->mlp_norm}, **p = in_layer + 2;
+    if (m->cfg.post_norms) *p++ = &L->post_attn_norm, *p++ = &L->post_mlp_norm;
+    if (m->cfg.qk_norm) *p++ = &L->q_norm, *p++ = &L->k_norm;
+    return in_layer[i % k];
 }
 
 peft_site *llama_find_site(peft_llama *m, const char *name) {
@@ -491,7 +527,14 @@ peft_site *llama_find_site(peft_llama *m, const char *name) {
 static size_t layer_floats(const peft_llama_config *c) {
     size_t C = c->hidden_size, F = c->intermediate_size, QD = (size_t)c->n_heads * c->head_dim,
            KD = (size_t)c->n_kv_heads * c->head_dim;
-    return C + 2 + 2 * QD + 2 * KD + c->n_heads + 2 * F;
+    return C + 2 + 2 * QD + 2 * KD + c->n_heads + 2 * F + (c->qk_norm ? QD + KD + c->n_heads + c->n_kv_heads : 0) +
+           (c->post_norms ? 2 * C + 2 : 0);
+}
+
+/* Floats per token of the fused sites' split scratch (llama_acts.fused). */
+static size_t fused_floats(const peft_llama_config *c) {
+    size_t qkv = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, gate_up = 2 * (size_t)c->intermediate_size;
+    return c->fused ? (qkv > gate_up ? qkv : gate_up) : 0;
 }
 
 int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int training, llama_acts *a, peft_err *err) {
@@ -502,7 +545,7 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
     size_t n_layer_sets = save_all ? L : 1, R = N < LLAMA_HEAD_CHUNK ? N : LLAMA_HEAD_CHUNK;
     const int half_mlp = m->half && save_all && training; /* gate, up saved as bf16 (llama_layer_acts) */
     size_t total = (L + 1) * N * C + n_layer_sets * N * layer_floats(c) + N * (2 * C + F) + N * C + N + N +
-                   R * (2 * C + V);
+                   R * (2 * C + V) + N * fused_floats(c);
     if (half_mlp) total += 2 * N * F - n_layer_sets * N * F; /* shared f32 gate, up; 2 x N x F halves per layer */
     if (training) total += 3 * N * C + N * (2 * QD + 2 * KD) + 3 * N * F;
     a->B = B;
@@ -523,7 +566,8 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
     TAKE(xn1, N * C);
     TAKE(xn2, N * C);
     TAKE(act, N * F);
-    float *gate = NULL, *up = NULL;
+    float *gate = NULL, *up = NULL, *fused = NULL;
+    if (c->fused) TAKE(fused, N * fused_floats(c));
     if (half_mlp) {
         TAKE(gate, N * F);
         TAKE(up, N * F);
@@ -533,6 +577,7 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
         la->xn1 = xn1;
         la->xn2 = xn2;
         la->act = act;
+        la->fused = fused;
         TAKE(la->rstd1, N);
         TAKE(la->q, N * QD);
         TAKE(la->k, N * KD);
@@ -541,6 +586,18 @@ int llama_acts_alloc(const peft_llama *m, int B, int T, int save_all, int traini
         TAKE(la->lse, N * c->n_heads);
         TAKE(la->x_mid, N * C);
         TAKE(la->rstd2, N);
+        if (c->qk_norm) {
+            TAKE(la->q_pre, N * QD);
+            TAKE(la->k_pre, N * KD);
+            TAKE(la->rstd_q, N * c->n_heads);
+            TAKE(la->rstd_k, N * c->n_kv_heads);
+        }
+        if (c->post_norms) {
+            TAKE(la->o_out, N * C);
+            TAKE(la->down_out, N * C);
+            TAKE(la->rstd_po, N);
+            TAKE(la->rstd_pm, N);
+        }
         if (half_mlp) {
             la->gate = gate, la->up = up;
             la->gate_h = (uint16_t *)p, la->up_h = la->gate_h + N * F;
@@ -594,40 +651,127 @@ static void prefix_rows(const peft_llama *m, int l, float *k, float *v, int B, i
         }
 }
 
+/* The model's RMSNorm over rows[dim] (Gemma: x * (1 + w), GemmaRMSNorm; see hf_config.h). */
+static void norm_forward(const peft_llama *m, float *out, float *rstd, const float *x, const float *w, int rows, int dim) {
+    rmsnorm_offset_forward(out, rstd, x, w, m->cfg.norm_offset ? 1.0f : 0.0f, m->cfg.rms_norm_eps, rows, dim);
+}
+
+static void norm_backward(const peft_llama *m, float *dx, float *dw, const float *dout, const float *x, const float *w,
+                          const float *rstd, int rows, int dim) {
+    rmsnorm_offset_backward(dx, dw, dout, x, w, m->cfg.norm_offset ? 1.0f : 0.0f, rstd, rows, dim);
+}
+
+/* out[n, C] = the embeddings of ids[n]; Gemma scales them by sqrt(C) rounded to f32, as
+ * GemmaTextScaledWordEmbedding (only token ids: prompt tuning's inputs_embeds are not scaled). */
+static void embed_tokens(const peft_llama *m, float *out, const int32_t *ids, int n) {
+    const int C = m->cfg.hidden_size;
+    embedding_forward(out, ids, m->embed, n, C);
+    if (m->cfg.embed_scale) scale_inplace(out, (float)sqrt((double)C), (size_t)n * C);
+}
+
+/* The MLP's gate activation: act[N,F] = silu(gate) * up (SwiGLU) or gelu(gate) * up (GeGLU). */
+static void mlp_act_forward(const peft_llama *m, float *act, const float *gate, const float *up, int N, int F) {
+    if (m->cfg.mlp_act == PEFT_MLP_SILU) swiglu_forward(act, gate, up, N, F);
+    else geglu_forward(act, gate, up, N, F, m->cfg.mlp_act == PEFT_MLP_GELU_TANH ? GELU_TANH : GELU_ERF);
+}
+
+static void mlp_act_backward(const peft_llama *m, float *dgate, float *dup, const float *dact, const float *gate,
+                             const float *up, int N, int F) {
+    if (m->cfg.mlp_act == PEFT_MLP_SILU) swiglu_backward(dgate, dup, dact, gate, up, N, F);
+    else geglu_backward(dgate, dup, dact, gate, up, N, F, m->cfg.mlp_act == PEFT_MLP_GELU_TANH ? GELU_TANH : GELU_ERF);
+}
+
+/* Layer l's attention mask and scores: causal, packed positions pos (or NULL), Gemma2's window
+ * on its sliding layers, soft-capping and scale. */
+static attention_opts layer_attn_opts(const peft_llama *m, int l, const int32_t *pos) {
+    const peft_llama_config *c = &m->cfg;
+    attention_opts o = {.causal = 1, .pos = pos, .window = c->layer_sliding[l] ? c->layer_window : 0,
+                        .softcap = c->attn_softcap, .scale = c->attn_scale};
+    return o;
+}
+
+/* A fused site's output src[N, sum width] split by columns into dst[i][N, width[i]]; and back
+ * (join: a fused site's gradient from its parts). */
+static void split_cols(const float *src, float *const *dst, const int *width, int n, int N) {
+    int total = 0;
+    for (int i = 0; i < n; i++) total += width[i];
+    for (int r = 0; r < N; r++)
+        for (int i = 0, off = 0; i < n; off += width[i++])
+            memcpy(dst[i] + (size_t)r * width[i], src + (size_t)r * total + off, (size_t)width[i] * sizeof(float));
+}
+
+static void join_cols(float *dst, const float *const *src, const int *width, int n, int N) {
+    int total = 0;
+    for (int i = 0; i < n; i++) total += width[i];
+    for (int r = 0; r < N; r++)
+        for (int i = 0, off = 0; i < n; off += width[i++])
+            memcpy(dst + (size_t)r * total + off, src[i] + (size_t)r * width[i], (size_t)width[i] * sizeof(float));
+}
+
+/* Qwen3's per-head norm backward: d[rows, HD] holds the gradient after the norm on entry and
+ * before it on return (tmp: rows * HD floats of scratch). */
+static void head_norm_backward(const peft_llama *m, float *d, peft_norm_site *ns, const float *pre, const float *rstd,
+                               int rows, float *tmp) {
+    const int HD = m->cfg.head_dim;
+    memset(tmp, 0, (size_t)rows * HD * sizeof(float));
+    norm_backward(m, tmp, ns->grad, d, pre, ns->weight, rstd, rows, HD);
+    memcpy(d, tmp, (size_t)rows * HD * sizeof(float));
+}
+
 /* A decoder layer up to attention: xn1 = rms(x_in[N,C]); q, k, v from their sites, q and k
  * rotated at rope_pos[N]. save: a training forward (adapters keep what backward needs). */
 static int layer_qkv(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, const int32_t *rope_pos, int N, int save) {
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
-    rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, c->hidden_size);
-    int rc = site_forward(&L->sites[SITE_Q], la->q, la->xn1, N, save);
-    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_K], la->k, la->xn1, N, save);
-    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
+    const int HD = c->head_dim;
+    norm_forward(m, la->xn1, la->rstd1, x_in, L->attn_norm.weight, N, c->hidden_size);
+    float *q = c->qk_norm ? la->q_pre : la->q, *k = c->qk_norm ? la->k_pre : la->k;
+    int rc;
+    if (c->fused) { /* Phi-3's qkv_proj: rows [q | k | v] */
+        rc = site_forward(&L->sites[SITE_Q], la->fused, la->xn1, N, save);
+        split_cols(la->fused, (float *[]){q, k, la->v}, (int[]){c->n_heads * HD, c->n_kv_heads * HD, c->n_kv_heads * HD}, 3, N);
+    } else {
+        rc = site_forward(&L->sites[SITE_Q], q, la->xn1, N, save);
+        if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_K], k, la->xn1, N, save);
+        if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_V], la->v, la->xn1, N, save);
+    }
     if (rc) return rc;
+    if (c->qk_norm) { /* each head's [HD] row normalized before RoPE */
+        norm_forward(m, la->q, la->rstd_q, q, L->q_norm.weight, N * c->n_heads, HD);
+        norm_forward(m, la->k, la->rstd_k, k, L->k_norm.weight, N * c->n_kv_heads, HD);
+    }
     rope_forward(la->q, rope_pos, m->rope_cos, m->rope_sin, N, c->n_heads, c->head_dim);
     rope_forward(la->k, rope_pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, c->head_dim);
     return PEFT_OK;
 }
 
 /* The rest of a decoder layer after attention (la->att [N, NH*HD]):
- * x_mid = x_in + o_proj(att), x_out = x_mid + down_proj(silu(gate_proj(rms(x_mid))) * up_proj(...)). */
+ * x_mid = x_in + o_proj(att), x_out = x_mid + down_proj(silu(gate_proj(rms(x_mid))) * up_proj(...)).
+ * Gemma2 (post_norms) normalizes o_proj's and down_proj's outputs before adding them. */
 static int layer_out(peft_llama *m, int l, llama_layer_acts *la, const float *x_in, float *x_out, int N, int save) {
     const peft_llama_config *c = &m->cfg;
     peft_llama_layer *L = &m->layers[l];
     int C = c->hidden_size, F = c->intermediate_size;
-    int rc = site_forward(&L->sites[SITE_O], la->x_mid, la->att, N, save);
+    int rc = site_forward(&L->sites[SITE_O], c->post_norms ? la->o_out : la->x_mid, la->att, N, save);
     if (rc) return rc;
+    if (c->post_norms) norm_forward(m, la->x_mid, la->rstd_po, la->o_out, L->post_attn_norm.weight, N, C);
     add_inplace(la->x_mid, x_in, (size_t)N * C);
-    rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, c->rms_norm_eps, N, C);
-    rc = site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, save);
-    if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, save);
+    norm_forward(m, la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, N, C);
+    if (c->fused) { /* Phi-3's gate_up_proj: rows [gate | up] */
+        rc = site_forward(&L->sites[SITE_GATE], la->fused, la->xn2, N, save);
+        split_cols(la->fused, (float *[]){la->gate, la->up}, (int[]){F, F}, 2, N);
+    } else {
+        rc = site_forward(&L->sites[SITE_GATE], la->gate, la->xn2, N, save);
+        if (rc == PEFT_OK) rc = site_forward(&L->sites[SITE_UP], la->up, la->xn2, N, save);
+    }
     if (rc) return rc;
-    swiglu_forward(la->act, la->gate, la->up, N, F);
+    mlp_act_forward(m, la->act, la->gate, la->up, N, F);
     if (la->gate_h) {
         f32_to_bf16_array(la->gate_h, la->gate, (size_t)N * F);
         f32_to_bf16_array(la->up_h, la->up, (size_t)N * F);
     }
-    rc = site_forward(&L->sites[SITE_DOWN], x_out, la->act, N, save);
+    rc = site_forward(&L->sites[SITE_DOWN], c->post_norms ? la->down_out : x_out, la->act, N, save);
+    if (c->post_norms) norm_forward(m, x_out, la->rstd_pm, la->down_out, L->post_mlp_norm.weight, N, C);
     add_inplace(x_out, la->x_mid, (size_t)N * C);
     return rc;
 }
@@ -644,12 +788,13 @@ static int layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float
     int rc = layer_qkv(m, l, la, x_in, rope_pos, N, save);
     if (rc) return rc;
     if (m->base.virt.prefix_kv && !kc) prefix_rows(m, l, la->k, la->v, B, T);
+    const attention_opts o = layer_attn_opts(m, l, kc ? NULL : attn_pos);
     if (kc) {
         memcpy(kc + (size_t)kv_len * KD, la->k, (size_t)N * KD * sizeof(float));
         memcpy(vc + (size_t)kv_len * KD, la->v, (size_t)N * KD * sizeof(float));
-        rc = attention_forward(la->att, NULL, la->q, kc, vc, NULL, 1, T, kv_len + T, c->n_heads, c->n_kv_heads, HD);
+        rc = attention_forward_opts(la->att, NULL, la->q, kc, vc, &o, 1, T, kv_len + T, c->n_heads, c->n_kv_heads, HD);
     } else {
-        rc = attention_forward(la->att, la->lse, la->q, la->k, la->v, attn_pos, B, T, T, c->n_heads, c->n_kv_heads, HD);
+        rc = attention_forward_opts(la->att, la->lse, la->q, la->k, la->v, &o, B, T, T, c->n_heads, c->n_kv_heads, HD);
     }
     return rc ? rc : layer_out(m, l, la, x_in, x_out, N, save);
 }
@@ -692,9 +837,10 @@ static int head_loss(const peft_llama *m, llama_acts *a, const int32_t *targets,
             R++;
         }
         if (!R) continue;
-        if (lm_head_forward(m, a->head_logits, a->head_x, R)) return PEFT_ENOMEM;
+        /* training caps inside the cross-entropy (its gradient is with respect to the raw logits) */
+        if ((dxnf ? lm_head_forward : logits_forward)(m, a->head_logits, a->head_x, R)) return PEFT_ENOMEM;
         if (dxnf) {
-            counted += crossentropy_fused(loss, a->head_logits, tgt, 1.0f / (float)total, R, V);
+            counted += crossentropy_softcap_fused(loss, a->head_logits, tgt, m->cfg.final_softcap, 1.0f / (float)total, R, V);
             memset(a->head_dx, 0, (size_t)R * C * sizeof(float));
             if (lm_head_backward_input(m, a->head_dx, a->head_logits, R)) return PEFT_ENOMEM;
             for (int r = 0; r < R; r++)
@@ -723,19 +869,19 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
             a->pos[b * T + t] = p;
         }
     a->pos_is_packed = pos != NULL;
-    embedding_forward(a->residual, ids, m->embed, N, C);
+    embed_tokens(m, a->residual, ids, N);
     for (int b = 0; b < B && m->base.virt.emb; b++) /* prompt tuning: trained rows replace the placeholders */
         memcpy(a->residual + (size_t)b * T * C, m->base.virt.emb, (size_t)m->base.virt.n_virtual * C * sizeof(float));
     for (int l = 0; l < c->n_layers && rc == PEFT_OK; l++)
         rc = layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C,
                            a->pos, pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
     if (rc) return peft_fail(err, rc, "out of memory for a kernel's scratch (forward pass)");
-    rmsnorm_forward(a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, c->rms_norm_eps, N, C);
+    norm_forward(m, a->xnf, a->rstdf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, N, C);
     a->head_counted = 0;
     if (!targets) {
         if (!a->logits && !(a->logits = malloc((size_t)N * V * sizeof(float))))
             return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB of logits", (size_t)N * V * 4 >> 20);
-        if (lm_head_forward(m, a->logits, a->xnf, N)) return peft_fail(err, PEFT_ENOMEM, "out of memory for a kernel's scratch (lm_head)");
+        if (logits_forward(m, a->logits, a->xnf, N)) return peft_fail(err, PEFT_ENOMEM, "out of memory for a kernel's scratch (lm_head)");
     } else {
         int total = 0;
         for (int i = 0; i < N; i++) {
@@ -767,27 +913,45 @@ static int layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts
         bf16_to_f32_array(la->gate, la->gate_h, (size_t)N * F);
         bf16_to_f32_array(la->up, la->up_h, (size_t)N * F);
     }
-    if (rebuild) swiglu_forward(la->act, la->gate, la->up, N, F);
+    if (rebuild) mlp_act_forward(m, la->act, la->gate, la->up, N, F);
     memset(a->dact, 0, (size_t)N * F * sizeof(float));
-    int rc = site_backward(&L->sites[SITE_DOWN], a->dact, a->dres, la->act, N);
+    const float *dy = a->dres; /* the gradient at down_proj's output (Gemma2: before its post norm) */
+    if (c->post_norms) {
+        memset(a->dxn, 0, (size_t)N * C * sizeof(float));
+        norm_backward(m, a->dxn, L->post_mlp_norm.grad, a->dres, la->down_out, L->post_mlp_norm.weight, la->rstd_pm, N, C);
+        dy = a->dxn;
+    }
+    int rc = site_backward(&L->sites[SITE_DOWN], a->dact, dy, la->act, N);
     if (rc) return rc;
     memset(a->dgate, 0, (size_t)N * F * sizeof(float));
     memset(a->dup, 0, (size_t)N * F * sizeof(float));
-    swiglu_backward(a->dgate, a->dup, a->dact, la->gate, la->up, N, F);
-    if (rebuild) rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, c->rms_norm_eps, N, C);
+    mlp_act_backward(m, a->dgate, a->dup, a->dact, la->gate, la->up, N, F);
+    if (rebuild) norm_forward(m, la->xn2, la->rstd2, la->x_mid, L->mlp_norm.weight, N, C);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    rc = site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N);
-    if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N);
+    if (c->fused) {
+        join_cols(la->fused, (const float *const[]){a->dgate, a->dup}, (int[]){F, F}, 2, N);
+        rc = site_backward(&L->sites[SITE_GATE], a->dxn, la->fused, la->xn2, N);
+    } else {
+        rc = site_backward(&L->sites[SITE_GATE], a->dxn, a->dgate, la->xn2, N);
+        if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_UP], a->dxn, a->dup, la->xn2, N);
+    }
     if (rc) return rc;
-    rmsnorm_backward(a->dres, L->mlp_norm.grad, a->dxn, la->x_mid, L->mlp_norm.weight, la->rstd2, N, C);
+    norm_backward(m, a->dres, L->mlp_norm.grad, a->dxn, la->x_mid, L->mlp_norm.weight, la->rstd2, N, C);
     /* attention: x_mid = x_in + o(attn(q, k, v)) */
+    dy = a->dres;
+    if (c->post_norms) {
+        memset(a->dxn, 0, (size_t)N * C * sizeof(float));
+        norm_backward(m, a->dxn, L->post_attn_norm.grad, a->dres, la->o_out, L->post_attn_norm.weight, la->rstd_po, N, C);
+        dy = a->dxn;
+    }
     memset(a->datt, 0, QD * N * sizeof(float));
-    if ((rc = site_backward(&L->sites[SITE_O], a->datt, a->dres, la->att, N))) return rc;
+    if ((rc = site_backward(&L->sites[SITE_O], a->datt, dy, la->att, N))) return rc;
     memset(a->dq, 0, QD * N * sizeof(float));
     memset(a->dk, 0, KD * N * sizeof(float));
     memset(a->dv, 0, KD * N * sizeof(float));
-    rc = attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse,
-                            a->pos_is_packed ? a->pos : NULL, B, T, c->n_heads, c->n_kv_heads, HD);
+    const attention_opts o = layer_attn_opts(m, l, a->pos_is_packed ? a->pos : NULL);
+    rc = attention_backward_opts(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse, &o, B, T, c->n_heads,
+                                 c->n_kv_heads, HD);
     if (rc) return rc;
     if (m->base.virt.prefix_grad) /* the prefix rows' dk, dv are the prefix's gradient; nothing flows on from them */
         for (int b = 0; b < B; b++)
@@ -801,13 +965,22 @@ static int layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts
             }
     rope_backward(a->dq, a->pos, m->rope_cos, m->rope_sin, N, c->n_heads, HD);
     rope_backward(a->dk, a->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, HD);
-    if (rebuild) rmsnorm_forward(la->xn1, la->rstd1, x_in, L->attn_norm.weight, c->rms_norm_eps, N, C);
+    if (c->qk_norm) { /* datt (N * QD floats, done with) is the scratch */
+        head_norm_backward(m, a->dq, &L->q_norm, la->q_pre, la->rstd_q, N * c->n_heads, a->datt);
+        head_norm_backward(m, a->dk, &L->k_norm, la->k_pre, la->rstd_k, N * c->n_kv_heads, a->datt);
+    }
+    if (rebuild) norm_forward(m, la->xn1, la->rstd1, x_in, L->attn_norm.weight, N, C);
     memset(a->dxn, 0, (size_t)N * C * sizeof(float));
-    rc = site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N);
-    if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N);
-    if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N);
+    if (c->fused) {
+        join_cols(la->fused, (const float *const[]){a->dq, a->dk, a->dv}, (int[]){(int)QD, (int)KD, (int)KD}, 3, N);
+        rc = site_backward(&L->sites[SITE_Q], a->dxn, la->fused, la->xn1, N);
+    } else {
+        rc = site_backward(&L->sites[SITE_Q], a->dxn, a->dq, la->xn1, N);
+        if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_K], a->dxn, a->dk, la->xn1, N);
+        if (rc == PEFT_OK) rc = site_backward(&L->sites[SITE_V], a->dxn, a->dv, la->xn1, N);
+    }
     if (rc) return rc;
-    rmsnorm_backward(a->dres, L->attn_norm.grad, a->dxn, x_in, L->attn_norm.weight, la->rstd1, N, C);
+    norm_backward(m, a->dres, L->attn_norm.grad, a->dxn, x_in, L->attn_norm.weight, la->rstd1, N, C);
     return PEFT_OK;
 }
 
@@ -825,7 +998,7 @@ int llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32
         a->head_counted = n_counted;
     }
     memset(a->dres, 0, (size_t)N * C * sizeof(float));
-    rmsnorm_backward(a->dres, m->final_norm.grad, a->dxnf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, a->rstdf, N, C);
+    norm_backward(m, a->dres, m->final_norm.grad, a->dxnf, a->residual + (size_t)c->n_layers * N * C, m->final_norm.weight, a->rstdf, N, C);
     for (int l = c->n_layers - 1; l >= 0 && rc == PEFT_OK; l--) {
         const float *x_in = a->residual + (size_t)l * N * C;
         if (!a->save_all) /* gradient checkpointing: rebuild this layer's intermediates */
@@ -875,7 +1048,7 @@ static int decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, co
     int C = c->hidden_size, KD = c->n_kv_heads * c->head_dim;
     llama_acts *a = &kv->acts;
     for (int i = 0; i < n; i++) a->pos[i] = kv->len + i;
-    if (ids) embedding_forward(a->residual, ids, m->embed, n, C);
+    if (ids) embed_tokens(m, a->residual, ids, n);
     else memcpy(a->residual, emb, (size_t)n * C * sizeof(float));
     /* Inference reuses two residual rows of the slab: layer l reads slot l%2, writes the other. */
     int rc = PEFT_OK;
@@ -885,8 +1058,8 @@ static int decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, co
                            a->residual + (size_t)((l + 1) % 2) * n * C, a->pos, NULL, 1, n, kv->k + off, kv->v + off, kv->len, 0);
     }
     const float *last = a->residual + (size_t)(c->n_layers % 2) * n * C + (size_t)(n - 1) * C;
-    rmsnorm_forward(a->xnf, a->rstdf, last, m->final_norm.weight, c->rms_norm_eps, 1, C);
-    if (rc == PEFT_OK) rc = lm_head_forward(m, logits, a->xnf, 1);
+    norm_forward(m, a->xnf, a->rstdf, last, m->final_norm.weight, 1, C);
+    if (rc == PEFT_OK) rc = logits_forward(m, logits, a->xnf, 1);
     kv->len += n;
     return rc;
 }
@@ -937,7 +1110,7 @@ int llama_decode_batch(peft_llama *m, llama_kv_cache *const *kv, const int32_t *
     if ((rc = llama_acts_alloc(m, n_seq, 1, 0, 0, &a, err))) return rc;
     llama_layer_acts *la = &a.layer[0];
     for (int i = 0; i < n_seq; i++) a.pos[i] = kv[i]->len;
-    embedding_forward(a.residual, ids, m->embed, n_seq, C);
+    embed_tokens(m, a.residual, ids, n_seq);
     for (int l = 0; l < c->n_layers && rc == PEFT_OK; l++) { /* layer l reads residual slot l%2, writes the other */
         const float *x_in = a.residual + (size_t)(l % 2) * n_seq * C;
         rc = layer_qkv(m, l, la, x_in, a.pos, n_seq, 0);
@@ -946,15 +1119,15 @@ int llama_decode_batch(peft_llama *m, llama_kv_cache *const *kv, const int32_t *
             float *kc = kv[i]->k + off, *vc = kv[i]->v + off;
             memcpy(kc + len * KD, la->k + (size_t)i * KD, (size_t)KD * sizeof(float));
             memcpy(vc + len * KD, la->v + (size_t)i * KD, (size_t)KD * sizeof(float));
-            rc = attention_forward(la->att + (size_t)i * QD, NULL, la->q + (size_t)i * QD, kc, vc, NULL, 1, 1, (int)len + 1,
-                                   c->n_heads, c->n_kv_heads, HD);
+            const attention_opts o = layer_attn_opts(m, l, NULL);
+            rc = attention_forward_opts(la->att + (size_t)i * QD, NULL, la->q + (size_t)i * QD, kc, vc, &o, 1, 1, (int)len + 1,
+                                        c->n_heads, c->n_kv_heads, HD);
         }
         if (rc == PEFT_OK) rc = layer_out(m, l, la, x_in, a.residual + (size_t)((l + 1) % 2) * n_seq * C, n_seq, 0);
     }
     if (rc == PEFT_OK) {
-        rmsnorm_forward(a.xnf, a.rstdf, a.residual + (size_t)(c->n_layers % 2) * n_seq * C, m->final_norm.weight,
-                        c->rms_norm_eps, n_seq, C);
-        rc = lm_head_forward(m, logits, a.xnf, n_seq);
+        norm_forward(m, a.xnf, a.rstdf, a.residual + (size_t)(c->n_layers % 2) * n_seq * C, m->final_norm.weight, n_seq, C);
+        rc = logits_forward(m, logits, a.xnf, n_seq);
     }
     llama_acts_free(&a);
     if (rc) return peft_fail(err, rc, "out of memory for a kernel's scratch (batched decoding)");
@@ -1086,5 +1259,5 @@ static int llama_arch_load(const char *path, const char *config_json, size_t con
     return rc;
 }
 
-static const char *const llama_model_types[] = {"llama", "mistral", "qwen2", NULL};
+static const char *const llama_model_types[] = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", NULL};
 const peft_arch peft_arch_llama = {"llama", llama_model_types, llama_arch_load};

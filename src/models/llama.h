@@ -3,12 +3,17 @@
  *   for each layer: x += o_proj(attn(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
  *                   x += down_proj(silu(gate_proj(rms(x))) * up_proj(rms(x)))
  *   logits = lm_head(rms(x))
+ * and, with the same loop, its variants (flags of peft_llama_config, one row of data per family
+ * in io/hf_config.c): Qwen3 (rms over each head of q and k before RoPE), Gemma (embed * sqrt(C),
+ * rms * (1 + w), gelu_tanh(gate) * up), Gemma2 (Gemma plus rms on o_proj's and down_proj's
+ * outputs, soft-capped attention scores and logits, sliding windows on alternate layers) and
+ * Phi-3 (q/k/v and gate/up each one fused site, split after its forward).
  * Base weights are frozen: f32 tensors point into the mmapped checkpoint (copy-on-write, so
  * an in-place merge never touches the file); bf16/f16 tensors are widened to f32 once.
  * Every linear layer is an adapter site (models/site.h) named as in HF.
  *
  * Callers use it through models/model.h (peft_model_load picks it for model_type llama,
- * mistral, qwen2 or a .gguf); this header is for llama.c, llama_export.c and llama's own tests. */
+ * mistral, qwen2, qwen3, gemma, gemma2, phi3 or a .gguf); this header is for llama.c, llama_export.c and llama's own tests. */
 #ifndef PEFT_MODELS_LLAMA_H
 #define PEFT_MODELS_LLAMA_H
 
@@ -22,8 +27,14 @@ enum { SITE_Q, SITE_K, SITE_V, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, SITES_PER_
 
 typedef struct peft_llama_layer {
     peft_norm_site attn_norm;  /* input_layernorm */
-    peft_norm_site mlp_norm;   /* post_attention_layernorm */
-    peft_site sites[SITES_PER_LAYER]; /* q [NH*HD,C], k,v [NKV*HD,C], o [C,NH*HD], gate,up [F,C], down [C,F] */
+    peft_norm_site mlp_norm;   /* post_attention_layernorm (Gemma2: pre_feedforward_layernorm) */
+    peft_norm_site post_attn_norm, post_mlp_norm; /* Gemma2 (cfg.post_norms): post_attention_layernorm on
+                                                     o_proj's output, post_feedforward_layernorm on down_proj's */
+    peft_norm_site q_norm, k_norm; /* Qwen3 (cfg.qk_norm): self_attn.q_norm / k_norm, weight [HD] */
+    /* q [NH*HD,C], k,v [NKV*HD,C], o [C,NH*HD], gate,up [F,C], down [C,F]. Phi-3 (cfg.fused): SITE_Q
+     * is qkv_proj [(NH+2*NKV)*HD, C] (rows q, k, v), SITE_GATE gate_up_proj [2F, C] (rows gate, up),
+     * and SITE_K, SITE_V, SITE_UP are unused (not listed by llama_site). */
+    peft_site sites[SITES_PER_LAYER];
 } peft_llama_layer;
 
 typedef struct peft_llama {
@@ -36,6 +47,8 @@ typedef struct peft_llama {
     float *lm_head;          /* [V, C]; == embed when tied */
     peft_norm_site final_norm; /* model.norm */
     peft_llama_layer *layers;/* [L] */
+    int n_layer_sites;       /* sites per layer in use: 7, or 4 when fused */
+    int layer_site_slot[SITES_PER_LAYER]; /* their SITE_* slots, in order */
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
     const struct peft_half_matmul *half; /* 16-bit format of the frozen matmuls (llama_use_half), or NULL */
@@ -45,7 +58,7 @@ typedef struct peft_llama {
     void *q_slab;             /* their quantized rows */
     float *kept_f32;          /* f32 copies of such weights for methods that read them (llama_dequantize_sites) */
     peft_site **site_list;    /* [L * SITES_PER_LAYER] base.sites */
-    peft_norm_site **norm_list; /* [2L + 1] base.norms */
+    peft_norm_site **norm_list; /* [llama_n_norm_sites] base.norms */
     char config_path[4200];   /* base.info.file */
 } peft_llama;
 
@@ -97,7 +110,8 @@ void llama_free(peft_llama *m);
 peft_site *llama_find_site(peft_llama *m, const char *name);
 int llama_n_sites(const peft_llama *m);
 peft_site *llama_site(peft_llama *m, int i);
-/* The norm sites: 2 per layer, then the final norm. */
+/* The norm sites: per layer input_layernorm, the pre-MLP norm, Gemma2's two post norms, Qwen3's
+ * q_norm and k_norm (dim HD); then the final norm. */
 int llama_n_norm_sites(const peft_llama *m);
 peft_norm_site *llama_norm_site(peft_llama *m, int i);
 
@@ -114,9 +128,15 @@ typedef struct llama_layer_acts {
     float *rstd1;     /* [N] */
     float *q;         /* [N, NH*HD] after RoPE */
     float *k, *v;     /* [N, NKV*HD] (k after RoPE) */
+    float *q_pre, *k_pre; /* qk_norm: q [N, NH*HD], k [N, NKV*HD] before their norms; else NULL */
+    float *rstd_q, *rstd_k; /* qk_norm: [N*NH], [N*NKV] */
     float *att;       /* [N, NH*HD] attention output, before o_proj */
     float *lse;       /* [B, NH, T] */
     float *x_mid;     /* [N, C]    residual after attention */
+    float *o_out, *down_out; /* post_norms: [N, C] o_proj's and down_proj's outputs before their norms; else NULL */
+    float *rstd_po, *rstd_pm; /* post_norms: [N] */
+    float *fused;     /* fused sites: [N, max((NH+2*NKV)*HD, 2F)], one scratch shared by the layers: a fused
+                         site's output before the split, or its gradient after the concatenation; else NULL */
     float *xn2;       /* [N, C] */
     float *rstd2;     /* [N] */
     float *gate, *up; /* [N, F] */
