@@ -4,7 +4,16 @@
  *     The composed encoder layer (models/encoder.c), post-LN and pre-LN, with key padding and LoRA
  *     at q and v, against central finite differences of its own float forward: loss
  *     L = sum(out * R) in double; gradients of x, both LayerNorms' weight and bias, LoRA A and B.
- *     Prints one line per gradient and "fd: N checks, F failed"; exits 1 on a failure. */
+ *     Prints one line per gradient and "fd: N checks, F failed"; exits 1 on a failure.
+ *
+ *   driver_encoder run DIR [RANK ALPHA]
+ *     Loads DIR/model (bert / roberta, task seq-cls) and DIR/batch.safetensors: I32 "ids" [B, T],
+ *     "lengths" [B], optional "type_ids" [B, T] and "labels" [B]. With RANK: LoRA at every query
+ *     and value site, A and B read from DIR/lora.safetensors under PEFT's keys
+ *     ("base_model.model.<site>.lora_A.weight"). Runs a training forward (and with labels the
+ *     backward) and writes DIR/out.safetensors: "logits" [B, NL], "hidden" [B*T, C], "pooled"
+ *     [B, C], with labels "loss" [1], every LoRA gradient under its PEFT key and every head
+ *     gradient under "grad.<head name>". PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,9 +21,12 @@
 #include <string.h>
 
 #include "check.h"
+#include "io/json.h"
+#include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
 #include "methods/lora.h"
+#include "models/bert.h"
 #include "models/encoder.h"
 
 /* ---- fd ------------------------------------------------------------------------------------ */
@@ -165,12 +177,159 @@ static void fd_run(int pre_ln) {
     free(work), free(aslab), free(gslab), free(c.x), free(c.R), free(c.out), free(c.dx);
 }
 
+/* ---- run ----------------------------------------------------------------------------------- */
+
+/* Until model.c (branch iface) is merged: the task name and a loader by model_type. */
+const char *peft_task_name(peft_task t) { return t == PEFT_TASK_SEQ_CLS ? "seq-cls" : t == PEFT_TASK_IMAGE_CLS ? "image-cls" : "causal-lm"; }
+static int load_model(const char *dir, peft_model **m, peft_err *err) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *text = NULL;
+    size_t len = 0;
+    cJSON *j = NULL;
+    const char *mt = NULL;
+    int rc = peft_read_file(path, &text, &len, err);
+    if (rc == PEFT_OK) rc = peft_json_parse(text, len, path, &j, err);
+    if (rc == PEFT_OK) rc = peft_json_string(j, "model_type", 1, &mt, path, err);
+    const peft_model_load_opts opts = {.task = PEFT_TASK_SEQ_CLS};
+    if (rc == PEFT_OK) rc = (!strcmp(mt, "roberta") ? &peft_arch_roberta : &peft_arch_bert)->load(dir, text, len, &opts, m, err);
+    cJSON_Delete(j);
+    free(text);
+    return rc;
+}
+
+static const int32_t *batch_i32(const peft_st_file *f, const char *name, size_t numel, int required, peft_err *err) {
+    const peft_st_tensor *t = peft_st_find(f, name);
+    if (!t && !required) return NULL;
+    if (!t || t->dtype != PEFT_I32 || t->numel != numel) {
+        peft_fail(err, PEFT_EFORMAT, "%s: needs I32 \"%s\" of %zu values", f->path, name, numel);
+        return NULL;
+    }
+    return (const int32_t *)t->data;
+}
+
+#define MAX_OUT 512
+typedef struct outs {
+    int n;
+    peft_st_entry e[MAX_OUT];
+    char names[MAX_OUT][192];
+} outs;
+static void out_add(outs *o, const char *name, const float *data, int64_t d0, int64_t d1) {
+    if (o->n == MAX_OUT) return;
+    snprintf(o->names[o->n], sizeof o->names[0], "%s", name);
+    o->e[o->n] = (peft_st_entry){.name = o->names[o->n], .dtype = PEFT_F32, .ndim = d1 ? 2 : 1, .data = data};
+    o->e[o->n].shape[0] = d0;
+    o->e[o->n].shape[1] = d1;
+    o->n++;
+}
+
+static int run(const char *dir, int rank, double alpha) {
+    peft_err err = {0};
+    char path[4200];
+    peft_model *m = NULL;
+    peft_st_file *bf = NULL, *lf = NULL;
+    peft_acts *a = NULL;
+    snprintf(path, sizeof path, "%s/model", dir);
+    int rc = load_model(path, &m, &err);
+    snprintf(path, sizeof path, "%s/batch.safetensors", dir);
+    if (rc == PEFT_OK) rc = peft_st_open(path, &bf, &err);
+    const peft_st_tensor *ids_t = rc ? NULL : peft_st_find(bf, "ids");
+    if (rc == PEFT_OK && (!ids_t || ids_t->ndim != 2)) rc = peft_fail(&err, PEFT_EFORMAT, "%s: needs ids [B, T]", path);
+    peft_batch b = {0};
+    if (rc == PEFT_OK) {
+        b.B = (int)ids_t->shape[0], b.T = (int)ids_t->shape[1];
+        const size_t N = (size_t)b.B * b.T;
+        b.ids = batch_i32(bf, "ids", N, 1, &err);
+        b.lengths = batch_i32(bf, "lengths", (size_t)b.B, 1, &err);
+        b.type_ids = batch_i32(bf, "type_ids", N, 0, &err);
+        b.targets = batch_i32(bf, "labels", (size_t)b.B, 0, &err);
+        if (!b.ids || !b.lengths) rc = PEFT_EFORMAT;
+    }
+    /* LoRA at query / value */
+    peft_adapter *ad[256];
+    const peft_site *ad_site[256];
+    int n_ad = 0;
+    float *work = NULL;
+    if (rc == PEFT_OK && rank) {
+        snprintf(path, sizeof path, "%s/lora.safetensors", dir);
+        rc = peft_st_open(path, &lf, &err);
+        peft_method_opts mo = {.rank = rank, .alpha = alpha, .seed = 1};
+        size_t wf = 0;
+        for (int i = 0; rc == PEFT_OK && i < m->n_sites && n_ad < 256; i++) {
+            peft_site *s = m->sites[i];
+            if (strcmp(s->kind, "query") && strcmp(s->kind, "value")) continue;
+            rc = peft_method_lora.create(&mo, s, b.B * b.T, &ad[n_ad], &err);
+            if (rc) break;
+            s->adapter = ad[n_ad];
+            ad_site[n_ad] = s;
+            ad[n_ad]->training = 1;
+            size_t w = peft_method_lora.work_floats(ad[n_ad], s, b.B * b.T);
+            if (w > wf) wf = w;
+            peft_param ps[4];
+            int np = peft_method_lora.params(ad[n_ad], ps, 4);
+            for (int p = 0; rc == PEFT_OK && p < np; p++) {
+                char key[320];
+                snprintf(key, sizeof key, "base_model.model.%.127s.%.63s", s->name, ps[p].name);
+                const peft_st_tensor *t = peft_st_find(lf, key);
+                if (!t || t->dtype != PEFT_F32 || t->numel != ps[p].numel) rc = peft_fail(&err, PEFT_EFORMAT, "%s: needs F32 %s", path, key);
+                else memcpy(ps[p].data, t->data, t->numel * sizeof(float));
+            }
+            n_ad++;
+        }
+        if (rc == PEFT_OK && !(work = malloc((wf ? wf : 1) * sizeof(float)))) rc = PEFT_ENOMEM;
+        for (int i = 0; i < n_ad; i++) ad[i]->work = work;
+    }
+    double loss = 0.0;
+    int n_counted = 0;
+    const char *rec = getenv("PEFT_DRIVER_RECOMPUTE"); /* 1: gradient checkpointing */
+    if (rc == PEFT_OK) rc = m->ops->acts_alloc(m, b.B, b.T, !(rec && !strcmp(rec, "1")), 1, &a, &err);
+    if (rc == PEFT_OK) rc = m->ops->forward(m, a, &b, &loss, &n_counted, &err);
+    if (rc == PEFT_OK && b.targets) rc = m->ops->backward(m, a, &b, n_counted);
+    if (rc == PEFT_OK) {
+        static outs o;
+        const int B = b.B, N = b.B * b.T, C = m->info.hidden_size;
+        float lossf = (float)loss;
+        out_add(&o, "logits", m->ops->outputs(a), B, m->info.n_labels);
+        out_add(&o, "hidden", bert_hidden_states(a), N, C);
+        out_add(&o, "pooled", bert_pooled(a), B, C);
+        static peft_param ps[256][4];
+        if (b.targets) {
+            out_add(&o, "loss", &lossf, 1, 0);
+            for (int i = 0; i < n_ad; i++) {
+                int np = peft_method_lora.params(ad[i], ps[i], 4);
+                for (int p = 0; p < np; p++) {
+                    char key[320];
+                    snprintf(key, sizeof key, "base_model.model.%.127s.%.63s", ad_site[i]->name, ps[i][p].name);
+                    out_add(&o, key, ps[i][p].grad, ps[i][p].shape[0], ps[i][p].shape[1]);
+                }
+            }
+            for (int h = 0; h < m->n_head; h++) {
+                char key[96];
+                snprintf(key, sizeof key, "grad.%s", m->head[h].name);
+                out_add(&o, key, m->head[h].grad, m->head[h].shape[0], m->head[h].ndim > 1 ? m->head[h].shape[1] : 0);
+            }
+        }
+        snprintf(path, sizeof path, "%s/out.safetensors", dir);
+        rc = peft_st_write(path, o.e, o.n, NULL, 0, &err);
+        printf("run: B %d T %d loss %.6f counted %d, %d adapters, %d outputs\n", b.B, b.T, loss, n_counted, n_ad, o.n);
+    }
+    if (rc) fprintf(stderr, "driver_encoder run: %s\n", err.msg[0] ? err.msg : "failed");
+    if (a) m->ops->acts_free(a);
+    for (int i = 0; i < n_ad; i++) peft_method_lora.destroy(ad[i]);
+    free(work);
+    if (m) m->ops->free(m);
+    peft_st_close(bf);
+    peft_st_close(lf);
+    return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "fd")) {
         fd_run(0);
         fd_run(1);
         return check_report("fd");
     }
-    fprintf(stderr, "usage: driver_encoder fd\n");
+    if (argc >= 3 && !strcmp(argv[1], "run")) return run(argv[2], argc >= 5 ? atoi(argv[3]) : 0, argc >= 5 ? atof(argv[4]) : 0);
+    fprintf(stderr, "usage: driver_encoder fd | run DIR [RANK ALPHA]\n");
     return 2;
 }
