@@ -51,7 +51,7 @@ static int write_adapter(peft_llama *m, int i, const char *dir, peft_err *err) {
     cfg.opts.use_rslora = i == 3;
     cfg.opts.seed = 100 + (uint64_t)i;
     peft_adapter_set *set;
-    int rc = peft_adapter_set_create(m, &cfg, 1, &set, err);
+    int rc = peft_adapter_set_create(&m->base, &cfg, 1, &set, err);
     if (rc) return rc;
     peft_rng rng;
     peft_rng_seed(&rng, 7, (uint64_t)i);
@@ -146,7 +146,7 @@ int main(int argc, char **argv) {
                     peft_adapter_set *set;
                     int list[N_SEQ / N_AD], none[N_AD] = {0};
                     for (int i = 0; i < N_SEQ / N_AD; i++) list[i] = a + i * N_AD;
-                    if ((rc = peft_adapter_set_load(dirs[a], b.m, P, &set, &err))) break;
+                    if ((rc = peft_adapter_set_load(dirs[a], &b.m->base, P, &set, &err))) break;
                     t0 = now_s();
                     rc = prefill(&b, NULL, none, list, N_SEQ / N_AD, &err);
                     pre += now_s() - t0, t0 = now_s();
@@ -156,7 +156,7 @@ int main(int argc, char **argv) {
                 }
             } else {
                 peft_adapter_pool *p;
-                rc = peft_adapter_pool_create(b.m, P > N_SEQ ? P : N_SEQ, &p, &err);
+                rc = peft_adapter_pool_create(&b.m->base, P > N_SEQ ? P : N_SEQ, &p, &err);
                 for (int a = 0; a < N_AD && rc == PEFT_OK; a++) {
                     char name[16];
                     snprintf(name, sizeof name, "a%d", a);

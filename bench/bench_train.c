@@ -117,7 +117,7 @@ int main(int argc, char **argv) {
     acfg.opts.alpha = alpha;
     acfg.opts.seed = seed;
     peft_adapter_set *set;
-    if (peft_adapter_set_create(m, &acfg, N, &set, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
+    if (peft_adapter_set_create(&m->base, &acfg, N, &set, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
     if ((bf16 || f16) && llama_use_half(m, f16 ? &peft_half_f16 : &peft_half_bf16, 1, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }
     llama_acts acts;
     if (llama_acts_alloc(m, B, T, !recompute, 1, &acts, &err)) { fprintf(stderr, "bench_train: %s\n", err.msg); return 1; }

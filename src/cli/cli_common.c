@@ -76,7 +76,7 @@ int cli_precision_resolve(cli_precision *p, const char *dir, int needs_f32, peft
     return PEFT_OK;
 }
 
-int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err *err) {
+int cli_precision_apply(peft_model *m, cli_precision *p, int training, peft_err *err) {
     const char *q = p->quantize;
     const peft_qformat *qf = NULL;
     if (q && strcmp(q, "keep") && strcmp(q, "none")) {
@@ -89,6 +89,8 @@ int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err 
         snprintf(p->why, sizeof p->why, "auto: %s", qf ? "--quantize multiplies in f32"
                                                     : m->n_kept_blocks ? "the GGUF's kept blocks multiply in f32"
                                                                        : "this method trains the base weights in f32");
+    else if (p->asked == CLI_PREC_AUTO && !m->ops->use_half)
+        snprintf(p->why, sizeof p->why, "auto: the %s architecture multiplies in f32 only", m->info.arch);
     else if (p->asked == CLI_PREC_AUTO) {
         p->half = cli_precision_auto(peft_half_bf16.native, peft_half_f16.native);
         snprintf(p->why, sizeof p->why, "auto: %s",
@@ -96,13 +98,13 @@ int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err 
                  : p->half == &peft_half_bf16 ? "AVX512-BF16, no AVX512-FP16"
                                               : "no native AVX512-FP16 or AVX512-BF16 kernels");
     }
-    int rc = qf ? llama_quantize(m, qf, err) : p->half ? llama_use_half(m, p->half, training, err) : PEFT_OK;
+    int rc = qf ? peft_model_quantize(m, qf, err) : p->half ? peft_model_use_half(m, p->half, training, err) : PEFT_OK;
     if (rc) return rc;
     int kept = 0;
-    for (int i = 0; qf && i < llama_n_sites(m); i++) kept += !llama_site(m, i)->qfmt;
+    for (int i = 0; qf && i < m->n_sites; i++) kept += !m->sites[i]->qfmt;
     if (kept)
         fprintf(stderr, "peft: note: %d of %d linear layers stay f32 (in_features not a multiple of %s's %d-value block)\n",
-                kept, llama_n_sites(m), qf->name, qf->block);
+                kept, m->n_sites, qf->name, qf->block);
     char on[64] = "";
     if (qf) snprintf(on, sizeof on, " on %s weights", qf->name);
     else if (m->n_kept_blocks) snprintf(on, sizeof on, " on %d GGUF block-form weights", m->n_kept_blocks);
@@ -110,7 +112,7 @@ int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err 
     return PEFT_OK;
 }
 
-int cli_blocks_hint(const peft_llama *m, int rc, peft_err *err) {
+int cli_blocks_hint(const peft_model *m, int rc, peft_err *err) {
     if (rc && m && m->n_kept_blocks)
         peft_err_prefix(err, "%d linear weights are kept in the GGUF's block formats (load them as f32 with --quantize none)",
                         m->n_kept_blocks);
@@ -118,22 +120,23 @@ int cli_blocks_hint(const peft_llama *m, int rc, peft_err *err) {
 }
 
 /* The sites whose adapter reads the base weight get it in f32 (they stop using the blocks). */
-static int dequantize_read_sites(peft_llama *m, peft_err *err) {
-    peft_site **sites = malloc((size_t)llama_n_sites(m) * sizeof *sites);
+static int dequantize_read_sites(peft_model *m, peft_err *err) {
+    peft_site **sites = malloc((size_t)m->n_sites * sizeof *sites);
     if (!sites) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     int n = 0;
-    for (int i = 0; i < llama_n_sites(m); i++) {
-        peft_site *s = llama_site(m, i);
+    for (int i = 0; i < m->n_sites; i++) {
+        peft_site *s = m->sites[i];
         if (s->adapter && s->adapter->method->reads_base) sites[n++] = s;
     }
-    int rc = llama_dequantize_sites(m, sites, n, err);
+    int rc = peft_model_dequantize_sites(m, sites, n, err);
     free(sites);
     return rc;
 }
 
 int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks, cli_model *cm, peft_err *err) {
     memset(cm, 0, sizeof *cm);
-    int rc = llama_load_ex(dir, keep_blocks ? LLAMA_KEEP_BLOCKS : 0, &cm->model, err);
+    peft_model_load_opts lo = {.task = PEFT_TASK_CAUSAL_LM, .keep_blocks = keep_blocks};
+    int rc = peft_model_load(dir, &lo, &cm->model, err);
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (rc == PEFT_OK && (peft_file_exists(path) || peft_gguf_is_file(dir))) rc = peft_tokenizer_load(dir, &cm->tok, err);
@@ -151,7 +154,7 @@ int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft
 void cli_model_free(cli_model *cm) {
     peft_adapter_set_free(cm->adapters);
     peft_tokenizer_free(cm->tok);
-    llama_free(cm->model);
+    peft_model_free(cm->model);
     memset(cm, 0, sizeof *cm);
 }
 

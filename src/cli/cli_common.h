@@ -8,7 +8,7 @@
 
 #include "args.h"
 #include "error.h"
-#include "models/llama.h"
+#include "models/model.h"
 #include "tokenizer/tokenizer.h"
 
 /* Limits of the numeric options several commands share. With both at their maximum,
@@ -17,21 +17,21 @@
 #define CLI_MAX_BATCH 4096 /* rows per forward */
 
 typedef struct cli_model {
-    peft_llama *model;
+    peft_model *model;
     peft_tokenizer *tok;  /* NULL when the model directory has no tokenizer.json */
     struct peft_adapter_set *adapters; /* NULL without --adapter */
 } cli_model;
 
 /* Loads DIR (config, weights, tokenizer if present) and attaches the adapter in adapter_dir
- * (may be NULL). Everything f32 (llama_load). */
+ * (may be NULL). Everything f32 (peft_model_load). */
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err);
 /* The same; keep_blocks (cli_precision_resolve): a GGUF's block-typed linear weights stay in block form
- * as read (LLAMA_KEEP_BLOCKS), except at the sites whose attached adapter reads the base weight
- * (reads_base), which get f32 copies (llama_dequantize_sites). */
+ * as read (peft_model_load_opts.keep_blocks), except at the sites whose attached adapter reads the base weight
+ * (reads_base), which get f32 copies (peft_model_dequantize_sites). */
 int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks, cli_model *cm, peft_err *err);
 /* The hint a failure gets when the model keeps block-form weights (a method that needs the f32
  * base at creation: PiSSA, CorDA, SVFT, SaRA): prefixes err and returns rc. */
-int cli_blocks_hint(const peft_llama *m, int rc, peft_err *err);
+int cli_blocks_hint(const peft_model *m, int rc, peft_err *err);
 void cli_model_free(cli_model *cm);
 
 /* What the frozen matmuls compute in (--precision, --quantize), decided before the model loads. */
@@ -43,7 +43,7 @@ typedef struct cli_precision {
     const char *quantize;  /* --quantize FMT as given, or NULL; the caller sets it */
     /* set by cli_precision_resolve (auto's choice: by cli_precision_apply, which sees the model): */
     const struct peft_half_matmul *half; /* the 16-bit format the frozen matmuls use; NULL: f32 */
-    int keep_blocks;       /* load a GGUF's block-typed linear weights as read (LLAMA_KEEP_BLOCKS) */
+    int keep_blocks;       /* load a GGUF's block-typed linear weights as read (peft_model_load_opts.keep_blocks) */
     int needs_f32;         /* the method trains the base weights */
     char why[160];         /* the reason for the choice, for the "precision: ..." line */
 } cli_precision;
@@ -63,9 +63,9 @@ const struct peft_half_matmul *cli_precision_auto(int bf16_native, int f16_nativ
  * allow_emulated. */
 int cli_precision_resolve(cli_precision *p, const char *dir, int needs_f32, peft_err *err);
 /* After loading: auto's choice (f32 when the model kept GGUF blocks), then quantizes to --quantize
- * (llama_quantize) or packs the frozen matmuls in p->half (llama_use_half), and says on stderr
+ * (peft_model_quantize) or packs the frozen matmuls in p->half (peft_model_use_half), and says on stderr
  * which kernels run ("precision: f32 (auto: ...)"). training: pack the backward layouts too. */
-int cli_precision_apply(peft_llama *m, cli_precision *p, int training, peft_err *err);
+int cli_precision_apply(peft_model *m, cli_precision *p, int training, peft_err *err);
 /* Their help lines: precision (train, eval, generate, serve) and --quantize (train, eval, generate). */
 #define CLI_PRECISION_HELP                                                                                  \
     "  --precision P        auto (default), f32, bf16 or f16: the frozen matmuls' arithmetic. auto: f16\n"   \

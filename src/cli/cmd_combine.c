@@ -128,10 +128,9 @@ int cmd_combine(int argc, char **argv) {
             return 2;
         }
     peft_err err = {0};
-    char config[4200];
-    snprintf(config, sizeof config, "%s/config.json", model);
-    peft_llama *m;
-    if ((rc = llama_load_shapes(config, &m, &err))) return cli_report(err.msg); /* the factors need no base weights */
+    peft_model *m;
+    peft_model_load_opts lo = {.task = PEFT_TASK_CAUSAL_LM, .shapes_only = 1}; /* the factors need no base weights */
+    if ((rc = peft_model_load(model, &lo, &m, &err))) return cli_report(err.msg);
     peft_adapter_set *set;
     rc = peft_combine_adapters(m, dirs, w, n, &o, &set, &err);
     if (rc == PEFT_OK) {
@@ -141,6 +140,6 @@ int cmd_combine(int argc, char **argv) {
                    peft_adapter_set_n_sites(set), peft_adapter_set_config(set)->opts.rank);
         peft_adapter_set_free(set);
     }
-    llama_free(m);
+    peft_model_free(m);
     return rc ? cli_report(err.msg) : 0;
 }

@@ -48,7 +48,7 @@ static int load_tokens(const cli_model *cm, const char *path, int as_ids, int32_
 /* JSON records (.jsonl, .json) are read as `peft train` reads them (train/data.h): the loss is
  * the one training takes (completions, assistant turns, EOS), over every record. */
 static int eval_records(cli_model *cm, const char *path, long T, long B, long max_tokens, peft_err *err) {
-    long nv = cm->model->n_virtual;
+    long nv = cm->model->virt.n_virtual;
     if (max_tokens) return peft_fail(err, PEFT_EINVAL, "%s: --max-tokens is for text and --ids files, not JSON records", path);
     if (T - nv < 2) return peft_fail(err, PEFT_EINVAL, "--seq-len leaves no room after the adapter's virtual tokens");
     if (!cm->tok) return peft_fail(err, PEFT_EINVAL, "%s has no tokenizer.json to read %s", cm->model->dir, path);
@@ -59,14 +59,10 @@ static int eval_records(cli_model *cm, const char *path, long T, long B, long ma
     if (peft_dataset_dropped(ds))
         fprintf(stderr, "warning: %s: %d records dropped: their prompt fills --seq-len %ld\n", path, peft_dataset_dropped(ds), T);
     int rows = peft_dataset_rows(ds, 0);
-    llama_acts acts;
     double loss;
-    rc = llama_acts_alloc(cm->model, (int)(B < rows ? B : rows), (int)T, 0, 0, &acts, err);
-    if (rc == PEFT_OK) {
-        rc = peft_adapter_set_reserve(cm->adapters, acts.B * acts.T, err);
-        if (rc == PEFT_OK) rc = peft_evaluate(cm->model, cm->adapters, ds, &acts, 0, 0, &loss, err);
-        llama_acts_free(&acts);
-    }
+    int Bm = (int)(B < rows ? B : rows);
+    rc = peft_adapter_set_reserve(cm->adapters, Bm * (int)T, err);
+    if (rc == PEFT_OK) rc = peft_evaluate(cm->model, cm->adapters, ds, Bm, (int)T, 0, 0, &loss, err);
     if (rc == PEFT_OK)
         printf("examples    %d\nloss        %.6f nats/token\nperplexity  %.4f\n", peft_dataset_examples(ds, 0), loss, exp(loss));
     peft_dataset_free(ds);
@@ -125,7 +121,7 @@ int cmd_eval(int argc, char **argv) {
      * token, as HF PEFT's loss does (labels = input_ids): window w predicts tokens w*Td ..
      * w*Td+Td-1, each token once. Otherwise (prefix tuning's virtual tokens are a cache, with no
      * prediction) window w predicts tokens w*Td+1 .. w*Td+Td from the tokens before them. */
-    long nv = cm.model->n_virtual, Td = T - nv, first = nv && cm.model->virtual_emb;
+    long nv = cm.model->virt.n_virtual, Td = T - nv, first = nv && cm.model->virt.emb;
     if (Td < 1) {
         free(ids);
         cli_model_free(&cm);
@@ -133,9 +129,9 @@ int cmd_eval(int argc, char **argv) {
     }
     size_t n_windows = (n - 1 + (size_t)first + (size_t)Td - 1) / (size_t)Td;
     if ((size_t)B > n_windows) B = (long)n_windows;
-    llama_acts acts;
+    peft_acts *acts = NULL;
     int32_t *inp = malloc((size_t)B * T * sizeof *inp), *tgt = malloc((size_t)B * T * sizeof *tgt);
-    rc = llama_acts_alloc(cm.model, (int)B, (int)T, 0, 0, &acts, &err);
+    rc = peft_model_acts_alloc(cm.model, (int)B, (int)T, 0, 0, &acts, &err);
     if (rc == PEFT_OK) rc = peft_adapter_set_reserve(cm.adapters, (int)(B * T), &err);
     if (rc == PEFT_OK && (!inp || !tgt)) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
     double total_loss = 0;
@@ -150,7 +146,8 @@ int cmd_eval(int argc, char **argv) {
             }
         double loss;
         int counted;
-        rc = llama_forward(cm.model, &acts, inp, NULL, tgt, &loss, &counted, &err);
+        peft_batch batch = {.B = (int)B, .T = (int)T, .ids = inp, .targets = tgt};
+        rc = peft_model_forward(cm.model, acts, &batch, &loss, &counted, &err);
         total_loss += loss * counted;
         counted_total += counted;
     }
@@ -161,7 +158,7 @@ int cmd_eval(int argc, char **argv) {
     free(inp);
     free(tgt);
     free(ids);
-    llama_acts_free(&acts);
+    peft_model_acts_free(cm.model, acts);
     cli_model_free(&cm);
     return rc ? cli_report(err.msg) : 0;
 }

@@ -13,7 +13,6 @@
 #include "io/gguf_write.h"
 #include "methods/adapter_set.h"
 #include "methods/lora.h"
-#include "models/llama_export.h"
 
 static void usage(void) {
     printf("usage: peft export --model BASE --adapter DIR --gguf OUT.gguf [--type f32|f16|bf16|q8_0]\n"
@@ -87,9 +86,9 @@ static int add_values(peft_gguf_writer *w, owned *o, const char *name, const flo
 
 /* The heads whose rows llama.cpp permutes in an HF tensor (qk as peft_gguf_name_of_hf gives
  * it), or 0 when it keeps them in HF order. */
-static int permuted_heads(const peft_llama *m, const peft_gguf_arch *arch, int qk) {
+static int permuted_heads(const peft_model *m, const peft_gguf_arch *arch, int qk) {
     if (!arch->permuted || !qk) return 0;
-    return qk == 1 ? m->cfg.n_heads : m->cfg.n_kv_heads;
+    return qk == 1 ? m->info.n_heads : m->info.n_kv_heads;
 }
 
 /* rows [rows, cols] of src in llama.cpp's q/k order into dst (a copy when heads is 0). */
@@ -136,8 +135,8 @@ static int export_lora(cli_model *cm, const peft_gguf_arch *arch, const char *ad
     peft_gguf_add_u32(&w, "general.quantization_version", 2);
     owned o = {0};
     int rc = PEFT_OK;
-    for (int i = 0; rc == PEFT_OK && i < llama_n_sites(cm->model); i++) {
-        peft_site *s = llama_site(cm->model, i);
+    for (int i = 0; rc == PEFT_OK && i < cm->model->n_sites; i++) {
+        peft_site *s = cm->model->sites[i];
         if (!s->adapter) continue;
         peft_param p[2];
         method->params(s->adapter, p, 2); /* lora_A [r, in], lora_B [out, r] */
@@ -199,7 +198,7 @@ static int export_merged_gguf(cli_model *cm, const char *base_path, int type, co
         const peft_gguf_tensor *g = &f->tensors[i];
         char hf[160];
         int qk;
-        const float *v = peft_gguf_hf_name(g->name, hf, sizeof hf, &qk) ? llama_tensor_values(cm->model, hf) : NULL;
+        const float *v = peft_gguf_hf_name(g->name, hf, sizeof hf, &qk) ? peft_model_tensor(cm->model, hf, NULL, NULL) : NULL;
         int64_t rows = g->ndim > 1 ? g->ne[1] : 0, cols = g->ne[0];
         if (v) {
             rc = to_gguf_rows(mine, v, rows ? rows : 1, cols, permuted_heads(cm->model, arch, qk), hf, err);
@@ -252,14 +251,14 @@ int cmd_export(int argc, char **argv) {
     }
     peft_err err = {0};
     cli_model cm = {0}; /* no tokenizer: the GGUF base carries its own, a LoRA file needs none */
-    rc = llama_load(model, &cm.model, &err);
+    rc = peft_model_load(model, NULL, &cm.model, &err);
     if (rc == PEFT_OK && adapter) rc = peft_adapter_set_load(adapter, cm.model, 0, &cm.adapters, &err);
     if (rc) {
         cli_model_free(&cm);
         return cli_report(err.msg);
     }
-    const peft_gguf_arch *arch = peft_gguf_arch_of_hf(cm.model->cfg.arch_name);
-    if (!arch) rc = peft_fail(&err, PEFT_EUNSUPPORTED, "%s: %s has no GGUF architecture peft.c writes", model, cm.model->cfg.arch_name);
+    const peft_gguf_arch *arch = peft_gguf_arch_of_hf(cm.model->info.hf_class);
+    if (!arch) rc = peft_fail(&err, PEFT_EUNSUPPORTED, "%s: %s has no GGUF architecture peft.c writes", model, cm.model->info.hf_class);
     else if (merged) rc = export_merged_gguf(&cm, model, type, out, &err);
     else rc = export_lora(&cm, arch, adapter, type, out, &err);
     cli_model_free(&cm);

@@ -4,24 +4,19 @@
 
 #include "args.h"
 #include "commands.h"
-#include "io/gguf.h"
-#include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "models/model.h"
 
-static void print_config(const peft_llama_config *c) {
-    printf("architecture      %s\n", c->arch_name);
+static void print_info(const peft_model_info *c) {
+    printf("architecture      %s\n", c->hf_class);
     printf("layers            %d\n", c->n_layers);
     printf("hidden_size       %d\n", c->hidden_size);
     printf("intermediate_size %d\n", c->intermediate_size);
     printf("heads             %d (kv heads %d, head_dim %d%s)\n", c->n_heads, c->n_kv_heads, c->head_dim,
            c->n_kv_heads < c->n_heads ? ", grouped-query" : "");
     printf("vocab_size        %d\n", c->vocab_size);
-    printf("context           %d\n", c->max_position_embeddings);
-    printf("rope_theta        %g%s\n", c->rope_theta, c->rope_llama3 ? " (llama3 scaling)" : "");
-    printf("rms_norm_eps      %g\n", c->rms_norm_eps);
+    printf("context           %d\n", c->max_positions);
     printf("tied embeddings   %s\n", c->tie_word_embeddings ? "yes" : "no");
-    printf("biases            q/k/v %s, o %s, mlp %s\n", c->qkv_bias ? "yes" : "no", c->o_bias ? "yes" : "no",
-           c->mlp_bias ? "yes" : "no");
 }
 
 int cmd_inspect(int argc, char **argv) {
@@ -42,17 +37,16 @@ int cmd_inspect(int argc, char **argv) {
         return 2;
     }
     peft_err err = {0};
-    char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    peft_llama_config cfg;
-    peft_weights *w;
-    if (peft_gguf_is_file(dir)) { /* a .gguf: its tensors as the model sees them (f32, HF names) */
-        if (peft_gguf_open_llama(dir, &cfg, &w, &err)) return cli_report(err.msg);
-    } else {
-        if (peft_llama_config_load(path, &cfg, &err)) return cli_report(err.msg);
-        if (peft_weights_open(dir, &w, &err)) return cli_report(err.msg);
+    peft_model *m;
+    peft_model_load_opts lo = {.task = PEFT_TASK_CAUSAL_LM, .shapes_only = 1}; /* config.json, no weights bound */
+    if (peft_model_load(dir, &lo, &m, &err)) return cli_report(err.msg);
+    peft_weights *opened = NULL; /* a GGUF's tensors come with the model (as the model sees them: f32, HF names) */
+    if (!m->weights && peft_weights_open(dir, &opened, &err)) {
+        peft_model_free(m);
+        return cli_report(err.msg);
     }
-    print_config(&cfg);
+    const peft_weights *w = m->weights ? m->weights : opened;
+    print_info(&m->info);
     size_t per_dtype[PEFT_DTYPE_COUNT] = {0}, total = 0, bytes = 0;
     int n_tensors = 0;
     for (int f = 0; f < w->n_files; f++)
@@ -77,6 +71,7 @@ int cmd_inspect(int argc, char **argv) {
                 printf("]\n");
             }
     }
-    peft_weights_close(w);
+    peft_weights_close(opened);
+    peft_model_free(m);
     return 0;
 }

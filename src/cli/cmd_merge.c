@@ -9,7 +9,6 @@
 #include "commands.h"
 #include "fileio.h"
 #include "methods/adapter_set.h"
-#include "models/llama_export.h"
 
 int cmd_merge(int argc, char **argv) {
     cli_args a;
@@ -35,7 +34,7 @@ int cmd_merge(int argc, char **argv) {
     cli_model cm;
     if (cli_model_load(dir, adapter, &cm, &err)) return cli_report(err.msg);
     rc = peft_adapter_set_merge(cm.adapters, +1, &err);
-    if (rc == PEFT_OK) rc = llama_save_hf(cm.model, out, &err);
+    if (rc == PEFT_OK) rc = peft_model_save_hf(cm.model, out, &err);
     if (rc == PEFT_OK)
         printf("merged %d adapted layers of %s into %s\n", peft_adapter_set_n_sites(cm.adapters), dir, out);
     cli_model_free(&cm);

@@ -117,12 +117,13 @@ static int prompt_init_rows(const cli_model *cm, const char *text, int n_virtual
     size_t n;
     int rc = peft_tokenizer_encode(cm->tok, text, strlen(text), 1, &ids, &n, err);
     if (rc) return rc;
-    int C = cm->model->cfg.hidden_size;
+    int C = cm->model->info.hidden_size;
     *rows = n ? malloc((size_t)n_virtual * C * sizeof(float)) : NULL;
     if (!n) rc = peft_fail(err, PEFT_EINVAL, "--prompt-init-text encodes to no tokens");
     else if (!*rows) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+    else if (!cm->model->tok_embed) rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: the model has no token embedding", cm->model->dir);
     for (int i = 0; rc == PEFT_OK && i < n_virtual; i++)
-        memcpy(*rows + (size_t)i * C, cm->model->embed + (size_t)ids[i % n] * C, (size_t)C * sizeof(float));
+        memcpy(*rows + (size_t)i * C, cm->model->tok_embed + (size_t)ids[i % n] * C, (size_t)C * sizeof(float));
     free(ids);
     return rc;
 }
@@ -142,11 +143,11 @@ static int corda_calibration(const cli_model *cm, const peft_adapter_config *acf
 }
 
 /* A method that reads the base weight (reads_base) trains on f32 copies of the block-form
- * weights it targets (llama_dequantize_sites), made before it is created. */
-static int dequantize_targets(peft_llama *m, const peft_adapter_config *acfg, peft_err *err) {
-    peft_site **sites = malloc((size_t)llama_n_sites(m) * sizeof *sites);
+ * weights it targets (peft_model_dequantize_sites), made before it is created. */
+static int dequantize_targets(peft_model *m, const peft_adapter_config *acfg, peft_err *err) {
+    peft_site **sites = malloc((size_t)m->n_sites * sizeof *sites);
     int n = 0, rc = sites ? peft_adapter_set_targets(m, acfg, sites, &n, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
-    if (rc == PEFT_OK) rc = llama_dequantize_sites(m, sites, n, err);
+    if (rc == PEFT_OK) rc = peft_model_dequantize_sites(m, sites, n, err);
     free(sites);
     return rc;
 }
@@ -290,9 +291,9 @@ int cmd_train(int argc, char **argv) {
         return cli_report("the model directory has no tokenizer.json; training data must be tokenized");
     }
     for (int i = 0; i < acfg.n_layers_to_transform; i++)
-        if (acfg.layers_to_transform[i] >= cm.model->cfg.n_layers) {
+        if (acfg.layers_to_transform[i] >= cm.model->info.n_layers) {
             rc = peft_fail(&err, PEFT_EINVAL, "--layers: layer %d is out of range: %s has %d layers (0 .. %d)",
-                           acfg.layers_to_transform[i], dir, cm.model->cfg.n_layers, cm.model->cfg.n_layers - 1);
+                           acfg.layers_to_transform[i], dir, cm.model->info.n_layers, cm.model->info.n_layers - 1);
             cli_model_free(&cm);
             return cli_report(err.msg);
         }
@@ -314,7 +315,7 @@ int cmd_train(int argc, char **argv) {
     if (rc == PEFT_OK) rc = cli_blocks_hint(cm.model, peft_adapter_set_create(cm.model, &acfg, o.batch * o.seq_len, &set, &err), &err);
     peft_corda_covs_free(covs);
     if (rc == PEFT_OK) rc = cli_precision_apply(cm.model, &prec, 1, &err);
-    int nv = cm.model->n_virtual;
+    int nv = cm.model->virt.n_virtual;
     if (rc == PEFT_OK && nv) {
         /* Virtual tokens (prompt/prefix tuning) start every row: the data gets the rest, one
          * example per row (a packed second example could not see them). */

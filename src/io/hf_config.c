@@ -11,7 +11,7 @@
 
 static const struct {
     const char *name;
-    peft_arch arch;
+    peft_llama_arch arch;
 } known_archs[] = {
     {"LlamaForCausalLM", PEFT_ARCH_LLAMA},
     {"MistralForCausalLM", PEFT_ARCH_MISTRAL},

@@ -7,12 +7,12 @@
 #include "dtype.h"
 #include "error.h"
 
-typedef enum peft_arch { PEFT_ARCH_LLAMA = 0, PEFT_ARCH_MISTRAL, PEFT_ARCH_QWEN2 } peft_arch;
+typedef enum peft_llama_arch { PEFT_ARCH_LLAMA = 0, PEFT_ARCH_MISTRAL, PEFT_ARCH_QWEN2 } peft_llama_arch;
 
 #define PEFT_MAX_EOS 8
 
 typedef struct peft_llama_config {
-    peft_arch arch;
+    peft_llama_arch arch;
     char arch_name[64];      /* "LlamaForCausalLM", ... */
     int vocab_size;          /* V */
     int hidden_size;         /* C */

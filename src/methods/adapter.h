@@ -49,7 +49,7 @@ typedef struct peft_param {
 typedef struct peft_adapter peft_adapter;
 typedef struct peft_shared peft_shared;
 struct cJSON;
-struct peft_llama;
+struct peft_model;
 struct peft_corda_covs;
 
 /* Options of a set of adapters; each method reads the fields it uses. */
@@ -76,7 +76,7 @@ typedef struct peft_method_opts {
      * set) whose norms it trains with the layers. */
     int lisa_gamma;
     long lisa_interval;
-    struct peft_llama *model;
+    struct peft_model *model;
 } peft_method_opts;
 
 /* The shared tensor `key` of the set ([ndim] shape), zero-filled and *created = 1 on first
@@ -110,21 +110,21 @@ typedef struct peft_method {
     /* Model-level methods (prompt tuning) act on the model instead of on sites: the set calls
      * attach_model (which may create shared tensors) instead of create per site, and
      * detach_model when it is freed. NULL for site methods. */
-    int (*attach_model)(const peft_method_opts *o, struct peft_llama *m, peft_err *err);
-    void (*detach_model)(struct peft_llama *m);
+    int (*attach_model)(const peft_method_opts *o, struct peft_model *m, peft_err *err);
+    void (*detach_model)(struct peft_model *m);
     /* ABI 2: methods that train the base model's own weights, a changing part at a time
      * (LISA). begin_step brings the adapter to update `step` (0-based; the set calls it at
      * creation with 0 and the trainer before every update): returns 1 when params() or state()
      * changed, 0 when not, or a negative error. state() fills the tensors besides params() that
      * a checkpoint must carry to resume exactly (weights trained earlier, frozen now).
-     * trains_base: the output is the trained model itself (models/llama_export.h), not an
+     * trains_base: the output is the trained model itself (peft_model_save_hf), not an
      * adapter file. NULL / 0 for every other method. */
     int (*begin_step)(peft_adapter *a, const peft_site *s, long step, peft_err *err);
     int (*state)(peft_adapter *a, peft_param *out, int max);
     int trains_base;
     /* ABI 3: forward or backward read s->weight (DoRA, HUT, Hydra, IA3, the sequential
      * bottleneck adapter, LISA). 0: after create the adapter touches s->weight only in merge,
-     * so a model computing in 16 bits may drop the f32 copy (llama_use_half). */
+     * so a model computing in 16 bits may drop the f32 copy (peft_model_use_half). */
     int reads_base;
 } peft_method;
 

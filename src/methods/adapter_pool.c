@@ -27,17 +27,17 @@ static const char *const mixable[] = {"lora", "dora", "ia3", "vera"};
 typedef struct pool_slot {
     char *name;            /* NULL: a free slot */
     peft_adapter_set *set; /* owns the adapters below */
-    peft_adapter **at;     /* [n_sites] the adapter at each site (llama_site order), or NULL */
+    peft_adapter **at;     /* [n_sites] the adapter at each site (m->sites order), or NULL */
 } pool_slot;
 
 typedef struct pool_site {
     peft_adapter base;
     peft_adapter_pool *pool;
-    int site; /* llama_site index */
+    int site; /* index into m->sites */
 } pool_site;
 
 struct peft_adapter_pool {
-    peft_llama *m;
+    peft_model *m;
     int max_rows, n_sites;
     pool_site *sites;   /* [n_sites], attached as the sites' adapters */
     int n_slots;
@@ -85,17 +85,17 @@ const peft_method peft_method_pool = {
     .name = "pool",
     .destroy = pool_destroy,
     .forward = pool_forward,
-    /* A DoRA or IA3 adapter loaded later reads the f32 weight: keep it under llama_use_half /
-     * llama_quantize. */
+    /* A DoRA or IA3 adapter loaded later reads the f32 weight: keep it under peft_model_use_half /
+     * peft_model_quantize. */
     .reads_base = 1,
 };
 
-int peft_adapter_pool_create(peft_llama *m, int max_rows, peft_adapter_pool **out, peft_err *err) {
+int peft_adapter_pool_create(peft_model *m, int max_rows, peft_adapter_pool **out, peft_err *err) {
     *out = NULL;
     if (max_rows < 1) return peft_fail(err, PEFT_EINVAL, "adapter pool: max_rows %d must be at least 1", max_rows);
-    int n = llama_n_sites(m), max_in = 0, max_out = 0;
+    int n = m->n_sites, max_in = 0, max_out = 0;
     for (int i = 0; i < n; i++) {
-        const peft_site *s = llama_site(m, i);
+        const peft_site *s = m->sites[i];
         if (s->adapter) return peft_fail(err, PEFT_EINVAL, "adapter pool: %s already carries an adapter", s->name);
         if (s->in_features > max_in) max_in = s->in_features;
         if (s->out_features > max_out) max_out = s->out_features;
@@ -116,7 +116,7 @@ int peft_adapter_pool_create(peft_llama *m, int max_rows, peft_adapter_pool **ou
     p->n_sites = n;
     for (int i = 0; i < n; i++) {
         p->sites[i] = (pool_site){.base = {.method = &peft_method_pool}, .pool = p, .site = i};
-        llama_site(m, i)->adapter = &p->sites[i].base;
+        m->sites[i]->adapter = &p->sites[i].base;
     }
     *out = p;
     return PEFT_OK;
@@ -147,7 +147,7 @@ static int check_mixable(const char *dir, peft_err *err) {
 
 /* Points every site at its own pool adapter again (a set was loaded or freed meanwhile). */
 static void attach_pool(peft_adapter_pool *p) {
-    for (int i = 0; i < p->n_sites; i++) llama_site(p->m, i)->adapter = &p->sites[i].base;
+    for (int i = 0; i < p->n_sites; i++) p->m->sites[i]->adapter = &p->sites[i].base;
 }
 
 int peft_adapter_pool_load(peft_adapter_pool *p, const char *name, const char *dir, peft_err *err) {
@@ -173,9 +173,9 @@ int peft_adapter_pool_load(peft_adapter_pool *p, const char *name, const char *d
     }
     /* The set attaches its adapters to bare sites: take the pool's off for the load, then move
      * the new adapters into the slot. */
-    for (int i = 0; i < p->n_sites; i++) llama_site(p->m, i)->adapter = NULL;
+    for (int i = 0; i < p->n_sites; i++) p->m->sites[i]->adapter = NULL;
     rc = peft_adapter_set_load(dir, p->m, p->max_rows, &sl.set, err);
-    for (int i = 0; i < p->n_sites && rc == PEFT_OK; i++) sl.at[i] = llama_site(p->m, i)->adapter;
+    for (int i = 0; i < p->n_sites && rc == PEFT_OK; i++) sl.at[i] = p->m->sites[i]->adapter;
     attach_pool(p);
     if (rc) {
         free(sl.name), free(sl.at);
@@ -191,7 +191,7 @@ int peft_adapter_pool_unload(peft_adapter_pool *p, const char *name, peft_err *e
     pool_slot *sl = &p->slots[k];
     /* peft_adapter_set_free destroys the adapters it finds on its sites: hand them back first. */
     for (int i = 0; i < p->n_sites; i++)
-        if (sl->at[i]) llama_site(p->m, i)->adapter = sl->at[i];
+        if (sl->at[i]) p->m->sites[i]->adapter = sl->at[i];
     peft_adapter_set_free(sl->set);
     attach_pool(p);
     free(sl->name), free(sl->at);
@@ -242,7 +242,7 @@ void peft_adapter_pool_free(peft_adapter_pool *p) {
     for (int k = 0; k < p->n_slots; k++)
         if (p->slots[k].name) peft_adapter_pool_unload(p, p->slots[k].name, NULL);
     if (p->m)
-        for (int i = 0; i < p->n_sites; i++) llama_site(p->m, i)->adapter = NULL;
+        for (int i = 0; i < p->n_sites; i++) p->m->sites[i]->adapter = NULL;
     free(p->slots);
     free(p->sites);
     free(p->order);

@@ -12,9 +12,9 @@
  * Mixable methods: LoRA (with rsLoRA, rank_pattern / alpha_pattern), DoRA, IA3, VeRA, i.e.
  * methods whose term for a row depends only on that row. Others are refused by load.
  *
- * Rows: llama_forward and llama_decode number a forward's N = B*T rows in order (sequence
- * b's tokens at rows b*T .. b*T+T-1); llama_decode_batch has one row per sequence. A prefill
- * of one sequence with llama_decode uses set_rows with its n rows all set to one index.
+ * Rows: peft_model_forward and peft_model_decode number a forward's N = B*T rows in order (sequence
+ * b's tokens at rows b*T .. b*T+T-1); peft_model_decode_batch has one row per sequence. A prefill
+ * of one sequence with peft_model_decode uses set_rows with its n rows all set to one index.
  *
  * Threads: one forward at a time; load/unload/set_rows between forwards only. The pool
  * keeps its sites' adapter pointers: the model must carry no other adapter set meanwhile. */
@@ -22,13 +22,13 @@
 #define PEFT_METHODS_ADAPTER_POOL_H
 
 #include "error.h"
-#include "models/llama.h"
+#include "models/model.h"
 
 typedef struct peft_adapter_pool peft_adapter_pool;
 
 /* An empty pool on model m for forwards of up to max_rows rows. Free with
  * peft_adapter_pool_free (before m). */
-int peft_adapter_pool_create(peft_llama *m, int max_rows, peft_adapter_pool **out, peft_err *err);
+int peft_adapter_pool_create(peft_model *m, int max_rows, peft_adapter_pool **out, peft_err *err);
 /* Loads the PEFT adapter DIR under `name` (hot: between forwards); refuses a name in use, a
  * method it cannot mix. The adapter takes the lowest free slot. */
 int peft_adapter_pool_load(peft_adapter_pool *p, const char *name, const char *dir, peft_err *err);

@@ -15,7 +15,6 @@
 #include "kernels/quant.h"
 #include "methods/lora.h"
 #include "methods/pissa.h"
-#include "models/llama_export.h"
 
 #define MAX_PARAMS_PER_ADAPTER 8
 
@@ -71,7 +70,7 @@ struct peft_adapter_set {
     peft_adapter_config cfg;
     peft_shared shared;
     const peft_method *method;
-    peft_llama *model;        /* for model-level methods' detach */
+    peft_model *model;        /* for model-level methods' detach */
     int n_sites;
     peft_site **sites;        /* the sites that carry this set's adapters */
     int n_params;
@@ -203,10 +202,10 @@ int peft_adapter_set_begin_step(peft_adapter_set *set, long step, peft_err *err)
     return changed;
 }
 
-int peft_adapter_set_targets(peft_llama *m, const peft_adapter_config *cfg, peft_site **sites, int *n, peft_err *err) {
+int peft_adapter_set_targets(peft_model *m, const peft_adapter_config *cfg, peft_site **sites, int *n, peft_err *err) {
     *n = 0;
-    for (int i = 0; i < llama_n_sites(m); i++) {
-        peft_site *s = llama_site(m, i);
+    for (int i = 0; i < m->n_sites; i++) {
+        peft_site *s = m->sites[i];
         int hit = site_is_target(cfg, s, err);
         if (hit < 0) return hit;
         if (hit) sites[(*n)++] = s;
@@ -246,7 +245,18 @@ int peft_adapter_set_reserve(peft_adapter_set *set, int N, peft_err *err) {
     return PEFT_OK;
 }
 
-int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int max_rows, peft_adapter_set **out,
+/* The distinct kinds of m's sites in model order ("q_proj, k_proj, ..."), for messages. */
+static void site_kinds(const peft_model *m, char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = 0;
+    for (int i = 0; i < m->n_sites && n < cap; i++) {
+        int seen = 0;
+        for (int j = 0; j < i && !seen; j++) seen = !strcmp(m->sites[j]->kind, m->sites[i]->kind);
+        if (!seen) n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", m->sites[i]->kind);
+    }
+}
+
+int peft_adapter_set_create(peft_model *m, const peft_adapter_config *cfg, int max_rows, peft_adapter_set **out,
                             peft_err *err) {
     *out = NULL;
     const peft_method *method = peft_method_find(cfg->method);
@@ -257,7 +267,7 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
         return peft_fail(err, PEFT_EUNSUPPORTED, "unknown PEFT method \"%s\" (available: %s)", cfg->method, names);
     }
     peft_adapter_set *set = calloc(1, sizeof *set);
-    int n_all = llama_n_sites(m);
+    int n_all = m->n_sites;
     if (!set || !(set->sites = calloc((size_t)n_all, sizeof *set->sites)) ||
         !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER + 16, sizeof *set->params)) ||
         (method->state && !(set->state = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER, sizeof *set->state)))) {
@@ -269,10 +279,10 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
     set->model = m;
     int rc = PEFT_OK, max_in = 0, max_out = 0;
     if (method->attach_model) { /* a model-level method: no sites */
-        set->cfg.opts.model_hidden = m->cfg.hidden_size;
-        set->cfg.opts.model_layers = m->cfg.n_layers;
-        set->cfg.opts.model_kv_heads = m->cfg.n_kv_heads;
-        set->cfg.opts.model_head_dim = m->cfg.head_dim;
+        set->cfg.opts.model_hidden = m->info.hidden_size;
+        set->cfg.opts.model_layers = m->info.n_layers;
+        set->cfg.opts.model_kv_heads = m->info.n_kv_heads;
+        set->cfg.opts.model_head_dim = m->info.head_dim;
         peft_method_opts o = set->cfg.opts;
         o.shared = &set->shared;
         if ((rc = method->attach_model(&o, m, err))) {
@@ -320,11 +330,13 @@ int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int m
     if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model && cfg->target_regex)
         rc = peft_fail(err, PEFT_EINVAL, "the target regex \"%s\" matches no module of %s: it must match the FULL module name, "
                                          "such as \"%s\" (e.g. \".*\\.q_proj\")",
-                       cfg->target_modules, m->cfg.arch_name, m->layers[0].sites[0].name);
-    else if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model)
-        rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have q_proj, k_proj, "
-                                         "v_proj, o_proj, gate_proj, up_proj, down_proj)",
-                       cfg->target_modules, m->cfg.arch_name);
+                       cfg->target_modules, m->info.hf_class, m->n_sites ? m->sites[0]->name : "");
+    else if (rc == PEFT_OK && set->n_sites == 0 && !method->attach_model) {
+        char kinds[512];
+        site_kinds(m, kinds, sizeof kinds);
+        rc = peft_fail(err, PEFT_EINVAL, "target modules \"%s\" match no linear layer of %s (its layers have %s)",
+                       cfg->target_modules, m->info.hf_class, kinds);
+    }
     if (rc == PEFT_OK && cfg->n_layers_to_transform > 0 && !layers_in_config(method))
         rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s adapters cannot be restricted to layers: PEFT's %s config has no layers_to_transform",
                        method->name, method->peft_type);
@@ -497,7 +509,7 @@ static int lora_equivalent(const peft_adapter_set *set, peft_st_entry *e, char (
 }
 
 int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err *err) {
-    if (set->method->trains_base) return llama_save_hf(set->model, dir, err); /* LISA: the model is the output */
+    if (set->method->trains_base) return peft_model_save_hf(set->model, dir, err); /* LISA: the model is the output */
     /* Both files are written into a staged copy of dir that then replaces dir in one rename:
      * a reader (or a kill) never sees a config of one save with the tensors of another. */
     peft_dir_stage st;
@@ -711,11 +723,11 @@ int peft_adapter_config_read(const char *dir, peft_adapter_config *cfg, peft_err
     return rc;
 }
 
-int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_adapter_set **out, peft_err *err) {
+int peft_adapter_set_load(const char *dir, peft_model *m, int max_rows, peft_adapter_set **out, peft_err *err) {
     return peft_adapter_set_load_covs(dir, m, max_rows, NULL, out, err);
 }
 
-int peft_adapter_set_load_covs(const char *dir, peft_llama *m, int max_rows, const struct peft_corda_covs *covs,
+int peft_adapter_set_load_covs(const char *dir, peft_model *m, int max_rows, const struct peft_corda_covs *covs,
                                peft_adapter_set **out, peft_err *err) {
     *out = NULL;
     peft_adapter_config cfg;

@@ -6,7 +6,7 @@
 
 #include "error.h"
 #include "methods/adapter.h"
-#include "models/llama.h"
+#include "models/model.h"
 
 #define PEFT_MAX_PATTERNS 32
 
@@ -49,7 +49,7 @@ typedef struct peft_adapter_set peft_adapter_set;
 
 /* Attaches a fresh adapter to every site of m matching cfg. max_rows: the most token rows a
  * training forward will run (0 for inference only). Fails if no site matches. */
-int peft_adapter_set_create(peft_llama *m, const peft_adapter_config *cfg, int max_rows, peft_adapter_set **out,
+int peft_adapter_set_create(peft_model *m, const peft_adapter_config *cfg, int max_rows, peft_adapter_set **out,
                             peft_err *err);
 /* Parses the text of an adapter_config.json (`what` names it in messages). */
 int peft_adapter_config_parse(const char *text, size_t len, const char *what, peft_adapter_config *cfg, peft_err *err);
@@ -58,17 +58,17 @@ int peft_adapter_config_read(const char *dir, peft_adapter_config *cfg, peft_err
 /* Loads DIR/adapter_config.json + DIR/adapter_model.safetensors and attaches the adapters.
  * Every tensor in the file must belong to a site of m with the right shape, and every
  * adapter parameter must be in the file. */
-int peft_adapter_set_load(const char *dir, peft_llama *m, int max_rows, peft_adapter_set **out, peft_err *err);
+int peft_adapter_set_load(const char *dir, peft_model *m, int max_rows, peft_adapter_set **out, peft_err *err);
 /* The same, with CorDA's calibration covariances (methods/pissa.h) for creating the adapters
  * (NULL: none; a CorDA adapter is then refused). covs is not kept. */
-int peft_adapter_set_load_covs(const char *dir, peft_llama *m, int max_rows, const struct peft_corda_covs *covs,
+int peft_adapter_set_load_covs(const char *dir, peft_model *m, int max_rows, const struct peft_corda_covs *covs,
                                peft_adapter_set **out, peft_err *err);
 /* The sites of m that cfg targets (PEFT's matching of target_modules / target_regex and
- * layers_to_transform), in model order, into sites[llama_n_sites(m)]; their number in *n. */
-int peft_adapter_set_targets(peft_llama *m, const peft_adapter_config *cfg, peft_site **sites, int *n, peft_err *err);
+ * layers_to_transform), in model order, into sites[m->n_sites]; their number in *n. */
+int peft_adapter_set_targets(peft_model *m, const peft_adapter_config *cfg, peft_site **sites, int *n, peft_err *err);
 /* Writes DIR/adapter_config.json and DIR/adapter_model.safetensors (each atomically); with
  * cfg.save_as_lora, the LoRA of the original weights (see peft_adapter_config). A method that
- * trains the base itself (LISA, trains_base) writes the model instead (llama_save_hf). */
+ * trains the base itself (LISA, trains_base) writes the model instead (peft_model_save_hf). */
 int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err *err);
 /* Detaches the adapters from their sites and frees them. NULL is a no-op. */
 void peft_adapter_set_free(peft_adapter_set *set);

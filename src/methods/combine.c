@@ -271,9 +271,9 @@ static int read_lora_config(const char *dir, peft_adapter_config *cfg, peft_err 
 
 /* Copies the LoRA factors of every site of the just-loaded set into t[k * n + i] (k the
  * model's site index), each A then B in one allocation; has[k] = 1 for the adapted sites. */
-static int take_terms(peft_llama *m, double weight, int i, int n, peft_combine_term *t, unsigned char *has, peft_err *err) {
-    for (int k = 0; k < llama_n_sites(m); k++) {
-        peft_site *s = llama_site(m, k);
+static int take_terms(peft_model *m, double weight, int i, int n, peft_combine_term *t, unsigned char *has, peft_err *err) {
+    for (int k = 0; k < m->n_sites; k++) {
+        peft_site *s = m->sites[k];
         if (!(has[k] = s->adapter != NULL)) continue;
         peft_param p[2];
         s->adapter->method->params(s->adapter, p, 2);
@@ -288,7 +288,7 @@ static int take_terms(peft_llama *m, double weight, int i, int n, peft_combine_t
 }
 
 /* Loads adapter i (config cfg) and checks it against the first one (cfg0, has0). */
-static int load_terms(peft_llama *m, const char *const *dirs, const double *weights, int i, int n, const peft_adapter_config *cfg,
+static int load_terms(peft_model *m, const char *const *dirs, const double *weights, int i, int n, const peft_adapter_config *cfg,
                       const peft_adapter_config *cfg0, const unsigned char *has0, peft_combine_term *t, unsigned char *has,
                       peft_err *err) {
     if (i > 0 && strcmp(cfg->base_model, cfg0->base_model))
@@ -299,10 +299,10 @@ static int load_terms(peft_llama *m, const char *const *dirs, const double *weig
     if (rc) return rc;
     rc = take_terms(m, weights[i], i, n, t, has, err);
     peft_adapter_set_free(set);
-    for (int k = 0; k < llama_n_sites(m) && rc == PEFT_OK && i > 0; k++)
+    for (int k = 0; k < m->n_sites && rc == PEFT_OK && i > 0; k++)
         if (has[k] != has0[k])
             rc = peft_fail(err, PEFT_EINVAL, "%s: %s %s, which %s %s: combined adapters must adapt the same modules", dirs[i],
-                           has[k] ? "adapts" : "does not adapt", llama_site(m, k)->name, dirs[0], has[k] ? "does not" : "adapts");
+                           has[k] ? "adapts" : "does not adapt", m->sites[k]->name, dirs[0], has[k] ? "does not" : "adapts");
     return rc;
 }
 
@@ -321,12 +321,12 @@ static int result_rank(const peft_combine_opts *o, const int *ranks, const char 
     return PEFT_OK;
 }
 
-int peft_combine_adapters(peft_llama *m, const char *const *dirs, const double *weights, int n, const peft_combine_opts *opts,
+int peft_combine_adapters(peft_model *m, const char *const *dirs, const double *weights, int n, const peft_combine_opts *opts,
                           peft_adapter_set **out, peft_err *err) {
     *out = NULL;
     peft_combine_opts o = *opts;
     if (n == 1) o.merge = PEFT_MERGE_LINEAR, o.svd = 0; /* PEFT: one adapter is always a linear combination */
-    int n_all = llama_n_sites(m), R = 0;
+    int n_all = m->n_sites, R = 0;
     peft_combine_term *t = calloc((size_t)n_all * n, sizeof *t);
     unsigned char *has0 = calloc((size_t)n_all, 1), *has = calloc((size_t)n_all, 1);
     int *ranks = calloc((size_t)n, sizeof *ranks);
@@ -349,7 +349,7 @@ int peft_combine_adapters(peft_llama *m, const char *const *dirs, const double *
         rc = peft_adapter_set_create(m, &cfg, 0, &set, err);
     }
     for (int k = 0; k < n_all && rc == PEFT_OK; k++) {
-        peft_site *s = llama_site(m, k);
+        peft_site *s = m->sites[k];
         if (!s->adapter) continue;
         peft_param p[2];
         s->adapter->method->params(s->adapter, p, 2);

@@ -34,7 +34,7 @@
 
 #include "error.h"
 #include "methods/adapter_set.h"
-#include "models/llama.h"
+#include "models/model.h"
 
 /* How the tensors are merged (PEFT's merge_utils function). */
 typedef enum peft_merge_kind {
@@ -83,13 +83,13 @@ typedef struct peft_combine_term {
 int peft_combine_site(const peft_combine_opts *o, const peft_combine_term *t, int n, int in, int out, int R, uint64_t stream,
                       const char *site, float *A, float *B, peft_err *err);
 
-/* Loads the LoRA adapters in dirs[n] onto m (a shapes-only model is enough: llama_load_shapes),
+/* Loads the LoRA adapters in dirs[n] onto m (a shapes-only model is enough: peft_model_load_opts.shapes_only),
  * combines them with weights[n] and returns the result as a new adapter set on m (save it
  * with peft_adapter_set_save). With one adapter the type is linear, as in PEFT. Refused, with
  * the adapter directory named: another method than plain LoRA (DoRA included: PEFT keeps no
  * combined magnitude vector), another base_model_name_or_path or set of adapted modules than
  * the first adapter, unequal ranks for the merges of A and B. */
-int peft_combine_adapters(peft_llama *m, const char *const *dirs, const double *weights, int n, const peft_combine_opts *o,
+int peft_combine_adapters(peft_model *m, const char *const *dirs, const double *weights, int n, const peft_combine_opts *o,
                           peft_adapter_set **out, peft_err *err);
 
 #endif

@@ -15,7 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "kernels/kernels.h"
-#include "models/llama.h"
+#include "models/model.h"
 #include "rng.h"
 
 typedef struct lisa_adapter {
@@ -59,12 +59,26 @@ static void lisa_destroy(peft_adapter *base) {
     free(a);
 }
 
+/* The norm trained with site s: the one feeding it when s is the first reader of its layer's
+ * j-th norm (j = 0: the attention's input, q_proj / qkv_proj / c_attn; j = 1: the MLP's input,
+ * gate_proj / gate_up_proj / c_fc), found among m->norms by layer; NULL for the other sites. */
+static peft_norm_site *layer_norm_of(peft_model *m, const peft_site *s) {
+    static const char *const first_reader[][3] = {{"q_proj", "qkv_proj", "c_attn"}, {"gate_proj", "gate_up_proj", "c_fc"}};
+    int j = -1;
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < 3; r++)
+            if (!strcmp(s->kind, first_reader[k][r])) j = k;
+    for (int i = 0; j >= 0 && i < m->n_norms; i++)
+        if (m->norms[i]->layer == s->layer && j-- == 0) return m->norms[i];
+    return NULL;
+}
+
 static int lisa_create(const peft_method_opts *o, const peft_site *s, int max_rows, peft_adapter **out, peft_err *err) {
     (void)max_rows;
-    peft_llama *m = o->model;
+    peft_model *m = o->model;
     if (!m || !s->weight || s->layer < 0)
         return peft_fail(err, PEFT_EINVAL, "%s: LISA trains the model's own weights (the model was loaded without them)", s->name);
-    int L = m->cfg.n_layers;
+    int L = m->info.n_layers;
     if (o->lisa_gamma < 1 || o->lisa_gamma > L)
         return peft_fail(err, PEFT_EINVAL, "LISA: %d activated layers, the model has %d (1 .. %d)", o->lisa_gamma, L, L);
     if (o->lisa_interval < 1) return peft_fail(err, PEFT_EINVAL, "LISA: the interval is %ld updates, must be >= 1", o->lisa_interval);
@@ -72,11 +86,10 @@ static int lisa_create(const peft_method_opts *o, const peft_site *s, int max_ro
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     a->base.method = &peft_method_lisa;
     a->layer = s->layer, a->n_layers = L, a->gamma = o->lisa_gamma, a->interval = o->lisa_interval, a->seed = o->seed;
-    a->in = s->in_features, a->out = s->out_features, a->C = m->cfg.hidden_size;
+    a->in = s->in_features, a->out = s->out_features, a->C = m->info.hidden_size;
     a->w = s->weight, a->b = s->bias;
     a->period = -1, a->slot = -1;
-    peft_llama_layer *ly = &m->layers[s->layer];
-    a->norm = !strcmp(s->kind, "q_proj") ? &ly->attn_norm : !strcmp(s->kind, "gate_proj") ? &ly->mlp_norm : NULL;
+    a->norm = layer_norm_of(m, s);
     if (a->norm) a->norm_kind = strrchr(a->norm->name, '.') + 1;
     const int64_t shw[3] = {a->gamma, a->out, a->in}, shb[2] = {a->gamma, a->out}, shn[2] = {a->gamma, a->C};
     a->gw = grad_slots(o, s->kind, "", 3, shw);

@@ -1,5 +1,5 @@
 /* ln_tuning.c: LayerNorm tuning as a model-level method on the model's norm sites
- * (models/llama.h): each gets a trained copy of its weight (a shared tensor of the set, so it
+ * (models/model.h, m->norms): each gets a trained copy of its weight (a shared tensor of the set, so it
  * is saved, loaded and optimised like any parameter) and a gradient. */
 #include "ln_tuning.h"
 
@@ -8,13 +8,13 @@
 #include <string.h>
 
 #include "io/json.h"
-#include "models/llama.h"
+#include "models/model.h"
 
-static int ln_attach(const peft_method_opts *o, peft_llama *m, peft_err *err) {
-    int C = m->cfg.hidden_size;
+static int ln_attach(const peft_method_opts *o, peft_model *m, peft_err *err) {
+    int C = m->info.hidden_size;
     int64_t shape[1] = {C};
-    for (int i = 0; i < llama_n_norm_sites(m); i++) {
-        peft_norm_site *ns = llama_norm_site(m, i);
+    for (int i = 0; i < m->n_norms; i++) {
+        peft_norm_site *ns = m->norms[i];
         char key[256];
         snprintf(key, sizeof key, "base_model.model.%s.ln_tuning_layers.weight", ns->name);
         float *grad;
@@ -28,9 +28,9 @@ static int ln_attach(const peft_method_opts *o, peft_llama *m, peft_err *err) {
     return PEFT_OK;
 }
 
-static void ln_detach(peft_llama *m) {
-    for (int i = 0; i < llama_n_norm_sites(m); i++) {
-        peft_norm_site *ns = llama_norm_site(m, i);
+static void ln_detach(peft_model *m) {
+    for (int i = 0; i < m->n_norms; i++) {
+        peft_norm_site *ns = m->norms[i];
         ns->weight = ns->base;
         ns->grad = NULL;
     }

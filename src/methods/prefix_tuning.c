@@ -1,6 +1,6 @@
 /* prefix_tuning.c: prefix tuning as a model-level method. The prefix lives in the set's
- * shared tensor "prompt_embeddings" (PEFT's key and layout); llama.c writes it into the
- * first n_virtual rows of k and v in every layer (peft_llama.prefix_kv) and accumulates its
+ * shared tensor "prompt_embeddings" (PEFT's key and layout); the model writes it into the
+ * first n_virtual rows of k and v in every layer (peft_model.virt.prefix_kv) and accumulates its
  * gradient (prefix_grad). Positions of the real tokens start at n_virtual, as HF's do after a
  * prefix cache. */
 #include "prefix_tuning.h"
@@ -9,15 +9,15 @@
 #include <string.h>
 
 #include "io/json.h"
-#include "models/llama.h"
+#include "models/model.h"
 #include "rng.h"
 
-static int prefix_attach(const peft_method_opts *o, peft_llama *m, peft_err *err) {
-    int KD = m->cfg.n_kv_heads * m->cfg.head_dim;
+static int prefix_attach(const peft_method_opts *o, peft_model *m, peft_err *err) {
+    int KD = m->info.n_kv_heads * m->info.head_dim;
     if (o->n_virtual < 1 || o->n_virtual > 4096)
         return peft_fail(err, PEFT_EINVAL, "prefix tuning: num_virtual_tokens %d must be in [1, 4096]", o->n_virtual);
-    if (m->n_virtual) return peft_fail(err, PEFT_EINVAL, "the model already has virtual tokens attached");
-    int64_t shape[2] = {o->n_virtual, (int64_t)m->cfg.n_layers * 2 * KD};
+    if (m->virt.n_virtual) return peft_fail(err, PEFT_EINVAL, "the model already has virtual tokens attached");
+    int64_t shape[2] = {o->n_virtual, (int64_t)m->info.n_layers * 2 * KD};
     float *grad;
     int created;
     float *kv = peft_shared_tensor(o->shared, "prompt_embeddings", 2, shape, 1, 1, &grad, &created);
@@ -25,16 +25,16 @@ static int prefix_attach(const peft_method_opts *o, peft_llama *m, peft_err *err
     peft_rng rng; /* PEFT's PrefixEncoder without projection: torch.nn.Embedding's N(0, 1) */
     peft_rng_seed(&rng, o->seed, 0x707265666978ull);
     for (size_t i = 0; i < (size_t)shape[0] * shape[1]; i++) kv[i] = peft_rng_normal(&rng);
-    m->n_virtual = o->n_virtual;
-    m->prefix_kv = kv;
-    m->prefix_grad = grad;
+    m->virt.n_virtual = o->n_virtual;
+    m->virt.prefix_kv = kv;
+    m->virt.prefix_grad = grad;
     return PEFT_OK;
 }
 
-static void prefix_detach(peft_llama *m) {
-    m->n_virtual = 0;
-    m->prefix_kv = NULL;
-    m->prefix_grad = NULL;
+static void prefix_detach(peft_model *m) {
+    m->virt.n_virtual = 0;
+    m->virt.prefix_kv = NULL;
+    m->virt.prefix_grad = NULL;
 }
 
 static void prefix_config_write(const peft_method_opts *o, cJSON *obj) {

@@ -1,22 +1,23 @@
 /* prompt_tuning.c: prompt tuning as a model-level method. The embeddings live in the set's
  * shared tensor "prompt_embeddings" (PEFT's key); the model reads them through
- * peft_llama.virtual_emb and accumulates their gradient into virtual_grad (llama.c). */
+ * peft_model.virt.emb and the model accumulates their gradient into virt.emb_grad. */
 #include "prompt_tuning.h"
 
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "io/json.h"
-#include "models/llama.h"
+#include "models/model.h"
 #include "rng.h"
 
 #define PROMPT_KEY "prompt_embeddings"
 
-static int prompt_attach(const peft_method_opts *o, peft_llama *m, peft_err *err) {
-    int C = m->cfg.hidden_size;
+static int prompt_attach(const peft_method_opts *o, peft_model *m, peft_err *err) {
+    int C = m->info.hidden_size;
     if (o->n_virtual < 1 || o->n_virtual > 4096)
         return peft_fail(err, PEFT_EINVAL, "prompt tuning: num_virtual_tokens %d must be in [1, 4096]", o->n_virtual);
-    if (m->n_virtual) return peft_fail(err, PEFT_EINVAL, "the model already has virtual tokens attached");
+    if (m->virt.n_virtual) return peft_fail(err, PEFT_EINVAL, "the model already has virtual tokens attached");
     int64_t shape[2] = {o->n_virtual, C};
     float *grad;
     int created;
@@ -29,16 +30,16 @@ static int prompt_attach(const peft_method_opts *o, peft_llama *m, peft_err *err
         peft_rng_seed(&rng, o->seed, 0x70726f6d7074ull);
         for (size_t i = 0; i < (size_t)o->n_virtual * C; i++) emb[i] = peft_rng_normal(&rng);
     }
-    m->n_virtual = o->n_virtual;
-    m->virtual_emb = emb;
-    m->virtual_grad = grad;
+    m->virt.n_virtual = o->n_virtual;
+    m->virt.emb = emb;
+    m->virt.emb_grad = grad;
     return PEFT_OK;
 }
 
-static void prompt_detach(peft_llama *m) {
-    m->n_virtual = 0;
-    m->virtual_emb = NULL;
-    m->virtual_grad = NULL;
+static void prompt_detach(peft_model *m) {
+    m->virt.n_virtual = 0;
+    m->virt.emb = NULL;
+    m->virt.emb_grad = NULL;
 }
 
 static void prompt_config_write(const peft_method_opts *o, cJSON *obj) {

@@ -6,16 +6,17 @@
 
 #include "error.h"
 
-int peft_gen_init(peft_gen *g, const peft_llama *m, const int32_t *ids, size_t n, size_t max_new, float temperature,
+int peft_gen_init(peft_gen *g, peft_model *m, const int32_t *ids, size_t n, size_t max_new, float temperature,
                   float top_p, uint64_t seed, peft_err *err) {
     memset(g, 0, sizeof *g);
     if (n == 0) return peft_fail(err, PEFT_EINVAL, "the prompt is empty");
     size_t total;
     if (!peft_add_ok(n, max_new, &total) || total > INT32_MAX)
         return peft_fail(err, PEFT_EINVAL, "prompt (%zu tokens) + new tokens (%zu) is too long", n, max_new);
-    int V = m->cfg.vocab_size;
+    int V = m->info.vocab_size;
     g->chunk = n > PEFT_GEN_CHUNK ? PEFT_GEN_CHUNK : (int)n;
-    int rc = llama_kv_alloc(m, (int)total, g->chunk, &g->kv, err);
+    g->model = m;
+    int rc = peft_model_kv_alloc(m, (int)total, g->chunk, &g->kv, err);
     if (rc) return rc;
     g->logits = malloc((size_t)V * sizeof *g->logits);
     g->scratch = malloc((size_t)V * sizeof *g->scratch);
@@ -34,33 +35,33 @@ int peft_gen_init(peft_gen *g, const peft_llama *m, const int32_t *ids, size_t n
 }
 
 void peft_gen_free(peft_gen *g) {
-    llama_kv_free(&g->kv);
+    if (g->model) peft_model_kv_free(g->model, g->kv);
     free(g->logits);
     free(g->scratch);
     free(g->seq);
     memset(g, 0, sizeof *g);
 }
 
-int peft_gen_prefill(peft_gen *g, peft_llama *m, peft_err *err) {
+int peft_gen_prefill(peft_gen *g, peft_model *m, peft_err *err) {
     int rc = PEFT_OK;
     for (size_t i = 0; rc == PEFT_OK && i < g->n_prompt; i += (size_t)g->chunk) {
         size_t left = g->n_prompt - i;
         int len = left < (size_t)g->chunk ? (int)left : g->chunk;
-        rc = llama_decode(m, &g->kv, g->seq + i, len, g->logits, err);
+        rc = peft_model_decode(m, g->kv, g->seq + i, len, g->logits, err);
     }
     return rc;
 }
 
-static int is_eos(const peft_llama *m, const peft_tokenizer *tok, int id) {
-    for (int i = 0; i < m->cfg.n_eos; i++)
-        if (m->cfg.eos_token_ids[i] == id) return 1;
+static int is_eos(const peft_model *m, const peft_tokenizer *tok, int id) {
+    for (int i = 0; i < m->info.n_eos; i++)
+        if (m->info.eos_token_ids[i] == id) return 1;
     return tok && peft_tokenizer_eos_id(tok) == id;
 }
 
-int peft_gen_sample(peft_gen *g, const peft_llama *m, const peft_tokenizer *tok, int ignore_eos, int32_t *id, int *done,
+int peft_gen_sample(peft_gen *g, const peft_model *m, const peft_tokenizer *tok, int ignore_eos, int32_t *id, int *done,
                     peft_err *err) {
     if (g->n_out >= g->max_new) return peft_fail(err, PEFT_EINVAL, "generation already ended (%zu tokens)", g->n_out);
-    int next = sample_next(g->logits, m->cfg.vocab_size, g->temperature, g->top_p, &g->rng, g->scratch);
+    int next = sample_next(g->logits, m->info.vocab_size, g->temperature, g->top_p, &g->rng, g->scratch);
     if (next < 0)
         return peft_fail(err, PEFT_ENUMERIC, "the model's logits at new token %zu are not finite: nothing to sample",
                          g->n_out + 1);
@@ -70,8 +71,8 @@ int peft_gen_sample(peft_gen *g, const peft_llama *m, const peft_tokenizer *tok,
     return PEFT_OK;
 }
 
-int peft_gen_decode(peft_gen *g, peft_llama *m, peft_err *err) {
-    return llama_decode(m, &g->kv, &g->seq[g->n_prompt + g->n_out - 1], 1, g->logits, err);
+int peft_gen_decode(peft_gen *g, peft_model *m, peft_err *err) {
+    return peft_model_decode(m, g->kv, &g->seq[g->n_prompt + g->n_out - 1], 1, g->logits, err);
 }
 
 int peft_gen_new_text(const peft_gen *g, const peft_tokenizer *tok, int last, size_t *shown, char **text, peft_err *err) {

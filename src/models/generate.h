@@ -8,14 +8,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "models/llama.h"
+#include "models/model.h"
 #include "models/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 #define PEFT_GEN_CHUNK 64 /* prompt tokens per prefill forward */
 
 typedef struct peft_gen {
-    llama_kv_cache kv;
+    peft_model *model;          /* the model g->kv belongs to */
+    peft_kv *kv;
     float *logits;              /* [V] logits after the last decoded token */
     sample_candidate *scratch;  /* [V] */
     int32_t *seq;               /* [n_prompt + max_new] the prompt, then the new ids */
@@ -27,18 +28,18 @@ typedef struct peft_gen {
 
 /* Allocates g for ids[n] (n >= 1) and up to max_new new tokens; copies the prompt. The seed
  * picks the sampling stream as `peft generate --seed` does. */
-int peft_gen_init(peft_gen *g, const peft_llama *m, const int32_t *ids, size_t n, size_t max_new, float temperature,
+int peft_gen_init(peft_gen *g, peft_model *m, const int32_t *ids, size_t n, size_t max_new, float temperature,
                   float top_p, uint64_t seed, peft_err *err);
 void peft_gen_free(peft_gen *g);
 /* Runs the prompt through m (chunks of g->chunk tokens), leaving the last token's logits. */
-int peft_gen_prefill(peft_gen *g, peft_llama *m, peft_err *err);
+int peft_gen_prefill(peft_gen *g, peft_model *m, peft_err *err);
 /* Samples the next id from g->logits (overwritten) and appends it: *id, and *done = 1 when it
  * ends the sequence (an end-of-sequence id of the config or tokenizer unless ignore_eos, or the
  * max_new-th token). tok may be NULL. */
-int peft_gen_sample(peft_gen *g, const peft_llama *m, const peft_tokenizer *tok, int ignore_eos, int32_t *id, int *done,
+int peft_gen_sample(peft_gen *g, const peft_model *m, const peft_tokenizer *tok, int ignore_eos, int32_t *id, int *done,
                     peft_err *err);
 /* Feeds the last sampled id to m: g->logits become the next token's. */
-int peft_gen_decode(peft_gen *g, peft_llama *m, peft_err *err);
+int peft_gen_decode(peft_gen *g, peft_model *m, peft_err *err);
 /* The text the new ids add, as HF's TextStreamer shows it: the whole sequence is decoded and
  * what lies past *shown bytes (initially 0: the decoded prompt's length is measured on the
  * first call) is returned in *text (malloc'ed, possibly empty). A tail ending in U+FFFD (a

@@ -10,6 +10,7 @@
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
 #include "methods/adapter.h"
+#include "models/llama_export.h"
 
 #define ROPE_TABLE_CAP 32768 /* positions precomputed; longer contexts are refused */
 
@@ -118,7 +119,7 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
         const char *file = NULL;
         const peft_st_tensor *t = peft_weights_find(m->weights, w[i].name, &file);
         if (!t) {
-            rc = peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\" for %s", m->dir, w[i].name, m->cfg.arch_name);
+            rc = peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\" for %s", m->base.dir, w[i].name, m->cfg.arch_name);
             break;
         }
         int same = t->ndim == w[i].ndim;
@@ -144,11 +145,11 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
         found[i] = t;
         files[i] = file;
         if (!t->ggml_type && (t->dtype != PEFT_F32 || ((uintptr_t)t->data & 3))) slab += t->numel;
-        m->n_params += t->numel;
+        m->base.n_params += t->numel;
     }
     m->converted_floats = slab;
     if (rc == PEFT_OK && slab && !(m->converted = malloc(slab * sizeof(float))))
-        rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB to widen weights to f32", m->dir, slab * 4 >> 20);
+        rc = peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB to widen weights to f32", m->base.dir, slab * 4 >> 20);
     size_t off = 0;
     for (int i = 0; i < n && rc == PEFT_OK; i++) {
         const peft_st_tensor *t = found[i];
@@ -157,7 +158,7 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
             site->qfmt = peft_qformat_of_ggml(t->ggml_type);
             site->w_q = t->data;
             *w[i].dst = NULL; /* no f32 copy: the matmuls read the blocks */
-            m->n_kept_blocks++;
+            m->base.n_kept_blocks++;
             rc = check_finite_blocks(site->qfmt, t->data, (size_t)t->shape[0], (int)t->shape[1], w[i].name, files[i], err);
             continue;
         }
@@ -181,13 +182,61 @@ static int bind_weights(peft_llama *m, wanted *w, int n, peft_err *err) {
     return rc;
 }
 
+static const peft_model_ops llama_ops;
+
+/* The model.h view of a loaded m: info from its config, the site and norm lists, the ops. */
+static int fill_base(peft_llama *m, const char *config_path, peft_err *err) {
+    static const char *const model_types[] = {"llama", "mistral", "qwen2"}; /* by peft_llama_arch */
+    const peft_llama_config *c = &m->cfg;
+    peft_model *b = &m->base;
+    b->ops = &llama_ops;
+    b->compute = "f32";
+    b->tok_embed = m->embed;
+    b->weights = m->weights;
+    b->n_sites = llama_n_sites(m);
+    b->n_norms = llama_n_norm_sites(m);
+    m->site_list = malloc((size_t)b->n_sites * sizeof *m->site_list);
+    m->norm_list = malloc((size_t)b->n_norms * sizeof *m->norm_list);
+    if (!m->site_list || !m->norm_list) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    for (int i = 0; i < b->n_sites; i++) m->site_list[i] = llama_site(m, i);
+    for (int i = 0; i < b->n_norms; i++) {
+        peft_norm_site *ns = m->norm_list[i] = llama_norm_site(m, i);
+        ns->layer = i < 2 * c->n_layers ? i / 2 : -1;
+        ns->dim = c->hidden_size;
+    }
+    b->sites = m->site_list;
+    b->norms = m->norm_list;
+    snprintf(m->config_path, sizeof m->config_path, "%s", config_path);
+    peft_model_info *in = &b->info;
+    in->arch = "llama";
+    snprintf(in->hf_class, sizeof in->hf_class, "%s", c->arch_name);
+    snprintf(in->model_type, sizeof in->model_type, "%s", model_types[c->arch]);
+    in->task = PEFT_TASK_CAUSAL_LM;
+    in->is_decoder = 1;
+    in->vocab_size = c->vocab_size;
+    in->hidden_size = c->hidden_size;
+    in->intermediate_size = c->intermediate_size;
+    in->n_layers = c->n_layers;
+    in->n_heads = c->n_heads;
+    in->n_kv_heads = c->n_kv_heads;
+    in->head_dim = c->head_dim;
+    in->max_positions = c->max_position_embeddings;
+    in->bos_token_id = c->bos_token_id;
+    in->pad_token_id = -1;
+    in->n_eos = c->n_eos < PEFT_MODEL_MAX_EOS ? c->n_eos : PEFT_MODEL_MAX_EOS;
+    memcpy(in->eos_token_ids, c->eos_token_ids, (size_t)in->n_eos * sizeof(int));
+    in->tie_word_embeddings = c->tie_word_embeddings;
+    in->file = m->config_path;
+    return PEFT_OK;
+}
+
 int llama_load(const char *dir, peft_llama **out, peft_err *err) { return llama_load_ex(dir, 0, out, err); }
 
 int llama_load_ex(const char *dir, int flags, peft_llama **out, peft_err *err) {
     *out = NULL;
     peft_llama *m = calloc(1, sizeof *m);
     if (!m) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    snprintf(m->base.dir, sizeof m->base.dir, "%s", dir);
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     int rc;
@@ -207,6 +256,7 @@ int llama_load_ex(const char *dir, int flags, peft_llama **out, peft_err *err) {
     if (rc == PEFT_OK) rc = bind_weights(m, w, list_wanted(m, w), err);
     free(w);
     for (int i = 0; rc == PEFT_OK && i < llama_n_norm_sites(m); i++) llama_norm_site(m, i)->weight = llama_norm_site(m, i)->base;
+    if (rc == PEFT_OK) rc = fill_base(m, peft_gguf_is_file(dir) ? dir : path, err);
     if (rc == PEFT_OK) {
         if (c->tie_word_embeddings) m->lm_head = m->embed;
         int half = c->head_dim / 2;
@@ -233,8 +283,9 @@ int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err) 
     *out = NULL;
     peft_llama *m = calloc(1, sizeof *m);
     if (!m) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    snprintf(m->dir, sizeof m->dir, "%s", config_path);
-    int rc = peft_llama_config_load(config_path, &m->cfg, err);
+    snprintf(m->base.dir, sizeof m->base.dir, "%s", config_path);
+    int rc = peft_gguf_is_file(config_path) ? peft_gguf_open_llama(config_path, &m->cfg, &m->weights, err)
+                                            : peft_llama_config_load(config_path, &m->cfg, err);
     wanted *w = NULL;
     if (rc == PEFT_OK) {
         m->layers = calloc((size_t)m->cfg.n_layers, sizeof *m->layers);
@@ -243,6 +294,7 @@ int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err) 
         else list_wanted(m, w); /* names and shapes of the sites; weights stay NULL */
     }
     free(w);
+    if (rc == PEFT_OK) rc = fill_base(m, config_path, err);
     if (rc) {
         llama_free(m);
         return rc;
@@ -267,14 +319,14 @@ static int release_weight(const peft_llama *m, float *p, size_t numel, int may_d
 int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, peft_err *err) {
     if (m->half) {
         if (m->half == fmt) return PEFT_OK;
-        return peft_fail(err, PEFT_EINVAL, "%s: the model already computes in %s", m->dir, m->half->name);
+        return peft_fail(err, PEFT_EINVAL, "%s: the model already computes in %s", m->base.dir, m->half->name);
     }
     if (m->qfmt)
-        return peft_fail(err, PEFT_EINVAL, "%s: the weights are quantized to %s, which is multiplied in f32", m->dir,
+        return peft_fail(err, PEFT_EINVAL, "%s: the weights are quantized to %s, which is multiplied in f32", m->base.dir,
                          m->qfmt->name);
-    if (m->n_kept_blocks)
+    if (m->base.n_kept_blocks)
         return peft_fail(err, PEFT_EINVAL, "%s: %d linear weights are kept in their GGUF block formats, which are multiplied in f32",
-                         m->dir, m->n_kept_blocks);
+                         m->base.dir, m->base.n_kept_blocks);
     const peft_llama_config *c = &m->cfg;
     const int C = c->hidden_size, V = c->vocab_size;
     size_t total = fmt->packed_size(V, C) + (training ? fmt->packed_t_size(V, C) : 0);
@@ -317,20 +369,21 @@ int llama_use_half(peft_llama *m, const peft_half_matmul *fmt, int training, pef
      * ones must stay */
     if (release_weight(m, m->lm_head, (size_t)V * C, training && m->lm_head != m->embed)) m->lm_head = NULL;
     m->half = fmt;
+    m->base.compute = fmt->name;
     return PEFT_OK;
 }
 
 int llama_quantize(peft_llama *m, const peft_qformat *fmt, peft_err *err) {
     if (m->qfmt) {
         if (m->qfmt == fmt) return PEFT_OK;
-        return peft_fail(err, PEFT_EINVAL, "%s: the model is already quantized to %s", m->dir, m->qfmt->name);
+        return peft_fail(err, PEFT_EINVAL, "%s: the model is already quantized to %s", m->base.dir, m->qfmt->name);
     }
     if (m->half)
-        return peft_fail(err, PEFT_EINVAL, "%s: the model computes in %s; quantized weights are multiplied in f32", m->dir,
+        return peft_fail(err, PEFT_EINVAL, "%s: the model computes in %s; quantized weights are multiplied in f32", m->base.dir,
                          m->half->name);
-    if (m->n_kept_blocks)
-        return peft_fail(err, PEFT_EINVAL, "%s: %d linear weights are already in block form as the GGUF stores them", m->dir,
-                         m->n_kept_blocks);
+    if (m->base.n_kept_blocks)
+        return peft_fail(err, PEFT_EINVAL, "%s: %d linear weights are already in block form as the GGUF stores them", m->base.dir,
+                         m->base.n_kept_blocks);
     if (!fmt->quantize_rows) return peft_fail(err, PEFT_EUNSUPPORTED, "peft.c reads %s but does not write it", fmt->name);
     size_t total = 0;
     for (int i = 0; i < llama_n_sites(m); i++) {
@@ -362,7 +415,7 @@ int llama_dequantize_sites(peft_llama *m, peft_site *const *sites, int n, peft_e
     for (int i = 0; i < n; i++)
         if (sites[i]->w_q && !sites[i]->weight) total += (size_t)sites[i]->out_features * sites[i]->in_features;
     if (!total) return PEFT_OK;
-    if (m->kept_f32) return peft_fail(err, PEFT_EINVAL, "%s: block-form weights were already dequantized once", m->dir);
+    if (m->kept_f32) return peft_fail(err, PEFT_EINVAL, "%s: block-form weights were already dequantized once", m->base.dir);
     if (!(m->kept_f32 = malloc(total * sizeof(float))))
         return peft_fail(err, PEFT_ENOMEM, "cannot allocate %zu MB to dequantize block-form weights", total * 4 >> 20);
     float *p = m->kept_f32;
@@ -378,7 +431,7 @@ int llama_dequantize_sites(peft_llama *m, peft_site *const *sites, int n, peft_e
         s->weight = p;
         s->w_q = NULL;
         s->qfmt = NULL;
-        m->n_kept_blocks--;
+        m->base.n_kept_blocks--;
         p += (size_t)s->out_features * s->in_features;
     }
     return PEFT_OK;
@@ -410,6 +463,8 @@ void llama_free(peft_llama *m) {
     free(m->layers);
     free(m->rope_cos);
     free(m->rope_sin);
+    free(m->site_list);
+    free(m->norm_list);
     free(m);
 }
 
@@ -532,8 +587,8 @@ void llama_acts_free(llama_acts *a) {
 static void prefix_rows(const peft_llama *m, int l, float *k, float *v, int B, int T) {
     size_t KD = (size_t)m->cfg.n_kv_heads * m->cfg.head_dim, stride = (size_t)m->cfg.n_layers * 2 * KD;
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < m->n_virtual; t++) {
-            const float *row = m->prefix_kv + (size_t)t * stride + (size_t)2 * l * KD;
+        for (int t = 0; t < m->base.virt.n_virtual; t++) {
+            const float *row = m->base.virt.prefix_kv + (size_t)t * stride + (size_t)2 * l * KD;
             memcpy(k + ((size_t)b * T + t) * KD, row, KD * sizeof(float));
             memcpy(v + ((size_t)b * T + t) * KD, row + KD, KD * sizeof(float));
         }
@@ -588,7 +643,7 @@ static int layer_forward(peft_llama *m, int l, llama_layer_acts *la, const float
     int N = B * T, HD = c->head_dim, KD = c->n_kv_heads * HD;
     int rc = layer_qkv(m, l, la, x_in, rope_pos, N, save);
     if (rc) return rc;
-    if (m->prefix_kv && !kc) prefix_rows(m, l, la->k, la->v, B, T);
+    if (m->base.virt.prefix_kv && !kc) prefix_rows(m, l, la->k, la->v, B, T);
     if (kc) {
         memcpy(kc + (size_t)kv_len * KD, la->k, (size_t)N * KD * sizeof(float));
         memcpy(vc + (size_t)kv_len * KD, la->v, (size_t)N * KD * sizeof(float));
@@ -658,8 +713,8 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
     int B = a->B, T = a->T, N = B * T, C = c->hidden_size, V = c->vocab_size;
     int rc = check_ids(m, ids, (size_t)N, err);
     if (rc == PEFT_OK) rc = check_context(m, T, err);
-    if (rc == PEFT_OK && m->n_virtual >= T)
-        rc = peft_fail(err, PEFT_EINVAL, "rows of %d tokens leave no room after %d virtual tokens", T, m->n_virtual);
+    if (rc == PEFT_OK && m->base.virt.n_virtual >= T)
+        rc = peft_fail(err, PEFT_EINVAL, "rows of %d tokens leave no room after %d virtual tokens", T, m->base.virt.n_virtual);
     if (rc) return rc;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -669,8 +724,8 @@ int llama_forward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32_
         }
     a->pos_is_packed = pos != NULL;
     embedding_forward(a->residual, ids, m->embed, N, C);
-    for (int b = 0; b < B && m->virtual_emb; b++) /* prompt tuning: trained rows replace the placeholders */
-        memcpy(a->residual + (size_t)b * T * C, m->virtual_emb, (size_t)m->n_virtual * C * sizeof(float));
+    for (int b = 0; b < B && m->base.virt.emb; b++) /* prompt tuning: trained rows replace the placeholders */
+        memcpy(a->residual + (size_t)b * T * C, m->base.virt.emb, (size_t)m->base.virt.n_virtual * C * sizeof(float));
     for (int l = 0; l < c->n_layers && rc == PEFT_OK; l++)
         rc = layer_forward(m, l, &a->layer[l], a->residual + (size_t)l * N * C, a->residual + (size_t)(l + 1) * N * C,
                            a->pos, pos ? a->pos : NULL, B, T, NULL, NULL, 0, a->training);
@@ -734,10 +789,10 @@ static int layer_backward(peft_llama *m, int l, llama_layer_acts *la, llama_acts
     rc = attention_backward(a->dq, a->dk, a->dv, a->datt, la->q, la->k, la->v, la->att, la->lse,
                             a->pos_is_packed ? a->pos : NULL, B, T, c->n_heads, c->n_kv_heads, HD);
     if (rc) return rc;
-    if (m->prefix_grad) /* the prefix rows' dk, dv are the prefix's gradient; nothing flows on from them */
+    if (m->base.virt.prefix_grad) /* the prefix rows' dk, dv are the prefix's gradient; nothing flows on from them */
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < m->n_virtual; t++) {
-                float *g = m->prefix_grad + (size_t)t * c->n_layers * 2 * KD + (size_t)2 * l * KD;
+            for (int t = 0; t < m->base.virt.n_virtual; t++) {
+                float *g = m->base.virt.prefix_grad + (size_t)t * c->n_layers * 2 * KD + (size_t)2 * l * KD;
                 float *dk = a->dk + ((size_t)b * T + t) * KD, *dv = a->dv + ((size_t)b * T + t) * KD;
                 add_inplace(g, dk, KD);
                 add_inplace(g + KD, dv, KD);
@@ -780,8 +835,8 @@ int llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32
     }
     if (rc) return rc;
     /* dres is now dL/d(embeddings): the virtual tokens' rows are prompt tuning's gradient. */
-    for (int b = 0; b < B && m->virtual_grad; b++)
-        add_inplace(m->virtual_grad, a->dres + (size_t)b * T * C, (size_t)m->n_virtual * C);
+    for (int b = 0; b < B && m->base.virt.emb_grad; b++)
+        add_inplace(m->base.virt.emb_grad, a->dres + (size_t)b * T * C, (size_t)m->base.virt.n_virtual * C);
     return PEFT_OK;
 }
 
@@ -790,7 +845,7 @@ int llama_backward(peft_llama *m, llama_acts *a, const int32_t *ids, const int32
 int llama_kv_alloc(const peft_llama *m, int capacity, int chunk, llama_kv_cache *kv, peft_err *err) {
     memset(kv, 0, sizeof *kv);
     const peft_llama_config *c = &m->cfg;
-    capacity += m->n_virtual; /* virtual tokens take cache rows too */
+    capacity += m->base.virt.n_virtual; /* virtual tokens take cache rows too */
     int rc = check_context(m, capacity, err);
     if (rc) return rc;
     size_t n = (size_t)c->n_layers * capacity * c->n_kv_heads * c->head_dim;
@@ -838,23 +893,23 @@ static int decode_rows(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, co
 
 int llama_decode(peft_llama *m, llama_kv_cache *kv, const int32_t *ids, int n, float *logits, peft_err *err) {
     if (n < 1 || n > kv->chunk) return peft_fail(err, PEFT_EINVAL, "decode of %d tokens (chunk is %d)", n, kv->chunk);
-    int virt = kv->len == 0 ? m->n_virtual : 0;
+    int virt = kv->len == 0 ? m->base.virt.n_virtual : 0;
     if (kv->len + virt + n > kv->capacity)
         return peft_fail(err, PEFT_EINVAL, "context full: %d + %d tokens exceed %d", kv->len + virt, n, kv->capacity);
     int rc = check_ids(m, ids, (size_t)n, err);
     if (rc) return rc;
-    if (virt && m->prefix_kv) { /* prefix tuning: the prefix is the first cache rows of every layer */
+    if (virt && m->base.virt.prefix_kv) { /* prefix tuning: the prefix is the first cache rows of every layer */
         size_t KD = (size_t)m->cfg.n_kv_heads * m->cfg.head_dim;
         for (int l = 0; l < m->cfg.n_layers; l++)
             for (int t = 0; t < virt; t++) {
-                const float *row = m->prefix_kv + (size_t)t * m->cfg.n_layers * 2 * KD + (size_t)2 * l * KD;
+                const float *row = m->base.virt.prefix_kv + (size_t)t * m->cfg.n_layers * 2 * KD + (size_t)2 * l * KD;
                 memcpy(kv->k + ((size_t)l * kv->capacity + t) * KD, row, KD * sizeof(float));
                 memcpy(kv->v + ((size_t)l * kv->capacity + t) * KD, row + KD, KD * sizeof(float));
             }
         kv->len = virt;
     }
-    for (int i = 0; i < virt && m->virtual_emb && rc == PEFT_OK; i += kv->chunk) /* prompt tuning: the virtual tokens come first */
-        rc = decode_rows(m, kv, NULL, m->virtual_emb + (size_t)i * m->cfg.hidden_size,
+    for (int i = 0; i < virt && m->base.virt.emb && rc == PEFT_OK; i += kv->chunk) /* prompt tuning: the virtual tokens come first */
+        rc = decode_rows(m, kv, NULL, m->base.virt.emb + (size_t)i * m->cfg.hidden_size,
                          virt - i < kv->chunk ? virt - i : kv->chunk, logits);
     if (rc == PEFT_OK) rc = decode_rows(m, kv, ids, NULL, n, logits);
     return rc ? peft_fail(err, rc, "out of memory for a kernel's scratch (decoding)") : PEFT_OK;
@@ -869,7 +924,7 @@ int llama_decode_batch(peft_llama *m, llama_kv_cache *const *kv, const int32_t *
     for (int i = 0; i < n_seq; i++) {
         if (kv[i]->len + 1 > kv[i]->capacity)
             return peft_fail(err, PEFT_EINVAL, "sequence %d: context full (%d tokens)", i, kv[i]->capacity);
-        if (m->n_virtual && kv[i]->len == 0)
+        if (m->base.virt.n_virtual && kv[i]->len == 0)
             return peft_fail(err, PEFT_EINVAL, "sequence %d: prefill it with llama_decode first (virtual tokens)", i);
         for (int j = 0; j < i; j++)
             if (kv[j] == kv[i]) return peft_fail(err, PEFT_EINVAL, "sequences %d and %d share a KV cache", j, i);
@@ -906,3 +961,130 @@ int llama_decode_batch(peft_llama *m, llama_kv_cache *const *kv, const int32_t *
     for (int i = 0; i < n_seq; i++) kv[i]->len++;
     return PEFT_OK;
 }
+
+/* ---- the model interface (models/model.h) ---------------------------------------- */
+
+/* peft_acts and peft_kv are llama_acts and llama_kv_cache on the heap. */
+static void op_free(peft_model *m) { llama_free((peft_llama *)m); }
+
+static int op_acts_alloc(peft_model *m, int B, int T, int save_all, int training, peft_acts **out, peft_err *err) {
+    llama_acts *a = malloc(sizeof *a);
+    int rc = a ? llama_acts_alloc((peft_llama *)m, B, T, save_all, training, a, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
+    if (rc) free(a), a = NULL;
+    *out = (peft_acts *)a;
+    return rc;
+}
+
+static void op_acts_free(peft_acts *pa) {
+    if (!pa) return;
+    llama_acts_free((llama_acts *)pa);
+    free(pa);
+}
+
+static int op_forward(peft_model *m, peft_acts *pa, const peft_batch *b, double *loss, int *n_counted, peft_err *err) {
+    const llama_acts *a = (const llama_acts *)pa;
+    if (b->B != a->B || b->T != a->T)
+        return peft_fail(err, PEFT_EINVAL, "a batch of %d x %d tokens for activations of %d x %d", b->B, b->T, a->B, a->T);
+    if (!b->ids || b->type_ids || b->lengths || b->pixels)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: a llama batch is token ids (with positions), without type ids, lengths or pixels",
+                         m->info.file);
+    return llama_forward((peft_llama *)m, (llama_acts *)pa, b->ids, b->pos, b->targets, loss, n_counted, err);
+}
+
+static const float *op_outputs(const peft_acts *a) { return ((const llama_acts *)a)->logits; }
+
+static int op_backward(peft_model *m, peft_acts *a, const peft_batch *b, int n_counted) {
+    return llama_backward((peft_llama *)m, (llama_acts *)a, b->ids, b->targets, n_counted);
+}
+
+static int op_kv_alloc(peft_model *m, int capacity, int chunk, peft_kv **out, peft_err *err) {
+    llama_kv_cache *kv = malloc(sizeof *kv);
+    int rc = kv ? llama_kv_alloc((peft_llama *)m, capacity, chunk, kv, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
+    if (rc) free(kv), kv = NULL;
+    *out = (peft_kv *)kv;
+    return rc;
+}
+
+static void op_kv_free(peft_kv *kv) {
+    if (!kv) return;
+    llama_kv_free((llama_kv_cache *)kv);
+    free(kv);
+}
+
+static int op_kv_len(const peft_kv *kv) { return ((const llama_kv_cache *)kv)->len; }
+
+static int op_decode(peft_model *m, peft_kv *kv, const int32_t *ids, int n, float *logits, peft_err *err) {
+    return llama_decode((peft_llama *)m, (llama_kv_cache *)kv, ids, n, logits, err);
+}
+
+static int op_decode_batch(peft_model *m, peft_kv *const *kv, const int32_t *ids, int n_seq, float *logits, peft_err *err) {
+    return llama_decode_batch((peft_llama *)m, (llama_kv_cache *const *)kv, ids, n_seq, logits, err);
+}
+
+static int op_save_hf(peft_model *m, const char *dir, peft_err *err) { return llama_save_hf((peft_llama *)m, dir, err); }
+
+static int op_use_half(peft_model *m, const peft_half_matmul *fmt, int training, peft_err *err) {
+    return llama_use_half((peft_llama *)m, fmt, training, err);
+}
+
+static int op_quantize(peft_model *m, const peft_qformat *fmt, peft_err *err) { return llama_quantize((peft_llama *)m, fmt, err); }
+
+static int op_dequantize_sites(peft_model *m, peft_site *const *sites, int n, peft_err *err) {
+    return llama_dequantize_sites((peft_llama *)m, sites, n, err);
+}
+
+static const float *op_tensor(peft_model *pm, const char *name, int64_t *shape, int *ndim) {
+    peft_llama *m = (peft_llama *)pm;
+    const float *v = llama_tensor_values(m, name);
+    const peft_st_tensor *t = v && m->weights ? peft_weights_find(m->weights, name, NULL) : NULL;
+    if (ndim) *ndim = t ? t->ndim : 0;
+    for (int d = 0; shape && t && d < t->ndim && d < PEFT_MODEL_MAX_DIMS; d++) shape[d] = t->shape[d];
+    return v;
+}
+
+static const peft_model_ops llama_ops = {
+    .abi_version = PEFT_MODEL_ABI,
+    .arch = "llama",
+    .free = op_free,
+    .acts_alloc = op_acts_alloc,
+    .acts_free = op_acts_free,
+    .forward = op_forward,
+    .outputs = op_outputs,
+    .backward = op_backward,
+    .kv_alloc = op_kv_alloc,
+    .kv_free = op_kv_free,
+    .kv_len = op_kv_len,
+    .decode = op_decode,
+    .decode_batch = op_decode_batch,
+    .save_hf = op_save_hf,
+    .use_half = op_use_half,
+    .quantize = op_quantize,
+    .dequantize_sites = op_dequantize_sites,
+    .tensor = op_tensor,
+};
+
+/* The registry's loader (models/registry.c): causal-lm only (LlamaForSequenceClassification
+ * is not implemented). config.json is parsed again by llama_load_ex, which also reads GGUFs. */
+static int llama_arch_load(const char *path, const char *config_json, size_t config_len, const peft_model_load_opts *o,
+                           peft_model **out, peft_err *err) {
+    (void)config_json, (void)config_len;
+    *out = NULL;
+    if (o->task != PEFT_TASK_CAUSAL_LM)
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: the llama architecture runs the causal-lm task only, not %s", path,
+                         peft_task_name(o->task));
+    peft_llama *m = NULL;
+    int rc;
+    if (o->shapes_only) { /* a GGUF's config is its metadata */
+        char config[4200];
+        if (peft_gguf_is_file(path)) snprintf(config, sizeof config, "%s", path);
+        else snprintf(config, sizeof config, "%s/config.json", path);
+        rc = llama_load_shapes(config, &m, err);
+    } else {
+        rc = llama_load_ex(path, o->keep_blocks ? LLAMA_KEEP_BLOCKS : 0, &m, err);
+    }
+    if (rc == PEFT_OK) *out = &m->base;
+    return rc;
+}
+
+static const char *const llama_model_types[] = {"llama", "mistral", "qwen2", NULL};
+const peft_arch peft_arch_llama = {"llama", llama_model_types, llama_arch_load};

@@ -5,7 +5,10 @@
  *   logits = lm_head(rms(x))
  * Base weights are frozen: f32 tensors point into the mmapped checkpoint (copy-on-write, so
  * an in-place merge never touches the file); bf16/f16 tensors are widened to f32 once.
- * Every linear layer is an adapter site (models/site.h) named as in HF. */
+ * Every linear layer is an adapter site (models/site.h) named as in HF.
+ *
+ * Callers use it through models/model.h (peft_model_load picks it for model_type llama,
+ * mistral, qwen2 or a .gguf); this header is for llama.c, llama_export.c and llama's own tests. */
 #ifndef PEFT_MODELS_LLAMA_H
 #define PEFT_MODELS_LLAMA_H
 
@@ -13,18 +16,9 @@
 
 #include "io/hf_config.h"
 #include "io/safetensors.h"
-#include "models/site.h"
+#include "models/model.h"
 
 enum { SITE_Q, SITE_K, SITE_V, SITE_O, SITE_GATE, SITE_UP, SITE_DOWN, SITES_PER_LAYER };
-
-/* A norm site: an RMSNorm weight [C] named by its HF module name. A model-level method
- * (LayerNorm tuning) may point `weight` at a trained copy and give it a gradient. */
-typedef struct peft_norm_site {
-    char name[128];    /* "model.layers.0.input_layernorm", "model.norm" */
-    float *weight;     /* [C] the weight in use */
-    float *base;       /* [C] the checkpoint's */
-    float *grad;       /* [C] accumulated by backward, or NULL (frozen) */
-} peft_norm_site;
 
 typedef struct peft_llama_layer {
     peft_norm_site attn_norm;  /* input_layernorm */
@@ -33,8 +27,8 @@ typedef struct peft_llama_layer {
 } peft_llama_layer;
 
 typedef struct peft_llama {
+    peft_model base;         /* first: a peft_llama is a peft_model (dir, sites, norms, virt, n_params) */
     peft_llama_config cfg;
-    char dir[4096];
     peft_weights *weights;   /* the mapped checkpoint */
     float *converted;        /* slab of widened bf16/f16 tensors (NULL if all f32) */
     size_t converted_floats; /* its length */
@@ -44,25 +38,15 @@ typedef struct peft_llama {
     peft_llama_layer *layers;/* [L] */
     int rope_max_pos;
     float *rope_cos, *rope_sin; /* [rope_max_pos, HD/2] */
-    size_t n_params;
     const struct peft_half_matmul *half; /* 16-bit format of the frozen matmuls (llama_use_half), or NULL */
     uint16_t *half_slab;      /* their packed copies */
     const uint16_t *lm_head_half, *lm_head_t_half;
     const struct peft_qformat *qfmt; /* block format of the sites' frozen weights (llama_quantize), or NULL */
     void *q_slab;             /* their quantized rows */
-    int n_kept_blocks;        /* sites whose frozen weight is a GGUF block tensor as read (LLAMA_KEEP_BLOCKS) */
     float *kept_f32;          /* f32 copies of such weights for methods that read them (llama_dequantize_sites) */
-    /* Virtual tokens (prompt and prefix tuning): the first n_virtual rows of every sequence
-     * are the method's (callers put placeholder ids there, with no loss on them).
-     * Prompt tuning: trained embeddings take the place of those rows' input.
-     * Prefix tuning: trained keys/values take the place of those rows' k and v in every
-     * layer (not rotated, as HF uses a prefix cache); their queries are never read. */
-    int n_virtual;
-    const float *virtual_emb; /* [n_virtual, C] or NULL */
-    float *virtual_grad;      /* [n_virtual, C], accumulated by llama_backward */
-    const float *prefix_kv;   /* [n_virtual, L * 2 * NKV * HD] (PEFT's layout: layer l's key at
-                                 column block 2l, value at 2l+1) or NULL */
-    float *prefix_grad;       /* same shape, accumulated by llama_backward */
+    peft_site **site_list;    /* [L * SITES_PER_LAYER] base.sites */
+    peft_norm_site **norm_list; /* [2L + 1] base.norms */
+    char config_path[4200];   /* base.info.file */
 } peft_llama;
 
 /* Loads DIR/config.json and the weights. Errors name the file and the problem. */
@@ -104,7 +88,8 @@ int llama_use_half(peft_llama *m, const struct peft_half_matmul *fmt, int traini
 struct peft_qformat;
 int llama_quantize(peft_llama *m, const struct peft_qformat *fmt, peft_err *err);
 /* Only config.json: the sites with their names and shapes but no weights (to validate an
- * adapter against a model that is not at hand). Forward and merge are not possible. */
+ * adapter against a model that is not at hand). Forward and merge are not possible. A .gguf
+ * path gives its metadata's config, and its tensors in m->weights (unbound). */
 int llama_load_shapes(const char *config_path, peft_llama **out, peft_err *err);
 void llama_free(peft_llama *m);
 

@@ -35,8 +35,8 @@ const float *llama_tensor_values(peft_llama *m, const char *name) {
 
 int llama_save_hf(peft_llama *m, const char *dir, peft_err *err) {
     const peft_weights *w = m->weights;
-    if (!w) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", m->dir);
-    if (peft_same_path(dir, m->dir))
+    if (!w) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded without weights", m->base.dir);
+    if (peft_same_path(dir, m->base.dir))
         return peft_fail(err, PEFT_EINVAL, "%s: is the base model's directory; write the fine-tuned model elsewhere", dir);
     int rc = peft_mkdir(dir, err), total = 0, n = 0;
     for (int f = 0; f < w->n_files; f++) total += w->files[f]->n_tensors;
@@ -66,7 +66,7 @@ int llama_save_hf(peft_llama *m, const char *dir, peft_err *err) {
     free(owned);
     free(e);
     for (size_t i = 0; rc == PEFT_OK && i < sizeof side_files / sizeof side_files[0]; i++) {
-        snprintf(src, sizeof src, "%s/%s", m->dir, side_files[i]);
+        snprintf(src, sizeof src, "%s/%s", m->base.dir, side_files[i]);
         snprintf(dst, sizeof dst, "%s/%s", dir, side_files[i]);
         if (peft_file_exists(src)) rc = peft_copy_file(src, dst, err);
     }

@@ -28,6 +28,7 @@
 
 #define PEFT_MODEL_ABI 1
 #define PEFT_MODEL_MAX_EOS 8
+#define PEFT_MODEL_MAX_DIMS 4 /* tensor(): room in its shape argument */
 
 typedef enum peft_task { PEFT_TASK_CAUSAL_LM = 0, PEFT_TASK_SEQ_CLS, PEFT_TASK_IMAGE_CLS } peft_task;
 
@@ -59,6 +60,7 @@ typedef struct peft_model_info {
     int is_decoder;          /* causal attention; decode/KV cache available */
     int vocab_size;          /* V (0 for image models) */
     int hidden_size;         /* C */
+    int intermediate_size;   /* F: the MLP's width */
     int n_layers;            /* L */
     int n_heads;             /* NH */
     int n_kv_heads;          /* NKV (== NH without grouped-query attention) */
@@ -95,6 +97,7 @@ typedef struct peft_kv peft_kv;     /* an architecture's KV cache of one sequenc
 struct peft_param;                  /* methods/adapter.h */
 struct peft_half_matmul;            /* kernels/kernels.h */
 struct peft_qformat;                /* kernels/quant.h */
+struct peft_weights;                /* io/safetensors.h */
 
 typedef struct peft_model_ops {
     int abi_version;         /* PEFT_MODEL_ABI when the table was written */
@@ -131,7 +134,8 @@ typedef struct peft_model_ops {
     int (*use_half)(peft_model *m, const struct peft_half_matmul *fmt, int training, peft_err *err);
     int (*quantize)(peft_model *m, const struct peft_qformat *fmt, peft_err *err);
     int (*dequantize_sites)(peft_model *m, peft_site *const *sites, int n, peft_err *err);
-    /* The checkpoint's tensor `name` (HF key) as f32 values, or NULL (merge/export read it). */
+    /* The checkpoint's tensor `name` (HF key) as the model's current f32 values, or NULL (merge
+     * and export read it); its shape into shape[PEFT_MODEL_MAX_DIMS] and *ndim when non-NULL. */
     const float *(*tensor)(peft_model *m, const char *name, int64_t *shape, int *ndim);
 } peft_model_ops;
 
@@ -159,7 +163,12 @@ struct peft_model {
     int n_head;
     struct peft_param *head; /* [n_head] the task head's tensors (trained in full), or NULL */
     peft_virtual virt;
+    const float *tok_embed;  /* [V, C] the token embedding (prompt tuning's text init), NULL if none */
+    /* The checkpoint's tensors under their HF names as stored (`peft inspect`), or NULL: a
+     * shapes-only load of a directory opens none (a GGUF's are its tensors as HF ones). */
+    const struct peft_weights *weights;
     int n_kept_blocks;       /* sites whose frozen weight stays in a GGUF block format as read */
+    const char *compute;     /* the frozen matmuls' format: "f32", or use_half's ("bf16", "f16") */
     size_t n_params;         /* parameters of the base model */
 };
 

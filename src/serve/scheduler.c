@@ -53,7 +53,7 @@ struct serve_job {
 };
 
 struct serve_sched {
-    peft_llama *m;
+    peft_model *m;
     const peft_tokenizer *tok;
     char base_name[SERVE_NAME_MAX];
     serve_sched_opts o;
@@ -70,7 +70,7 @@ struct serve_sched {
     peft_adapter_pool *pool;   /* every loaded adapter, chosen per row */
     serve_job *active;         /* running sequences */
     int n_active;
-    llama_kv_cache **step_kv;  /* [max_active] one batched step: the caches, */
+    peft_kv **step_kv;     /* [max_active] one batched step: the caches, */
     int32_t *step_ids;         /* [max_active] the last ids, */
     int *step_rows;            /* [max(max_active, PEFT_GEN_CHUNK)] the pool index of each row, */
     serve_job **step_jobs;     /* [max_active] whose they are, */
@@ -256,7 +256,7 @@ static void job_leave(serve_sched *s, serve_job *j) {
  * abandoned leave, the others are decoded together in one batched forward (row i: the i-th
  * sequence, with its own adapter and KV cache). */
 static void step_all(serve_sched *s) {
-    int n = 0, V = s->m->cfg.vocab_size;
+    int n = 0, V = s->m->info.vocab_size;
     for (serve_job **pj = &s->active; *pj;) {
         serve_job *j = *pj;
         pthread_mutex_lock(&s->mu);
@@ -269,7 +269,7 @@ static void step_all(serve_sched *s) {
             continue;
         }
         s->step_jobs[n] = j;
-        s->step_kv[n] = &j->g.kv;
+        s->step_kv[n] = j->g.kv;
         s->step_ids[n] = j->g.seq[j->g.n_prompt + j->g.n_out - 1];
         s->step_rows[n] = j->adapter ? peft_adapter_pool_find(s->pool, j->adapter->key) : -1;
         n++;
@@ -278,7 +278,7 @@ static void step_all(serve_sched *s) {
     if (n == 0) return;
     peft_err err = {0};
     int rc = peft_adapter_pool_set_rows(s->pool, s->step_rows, n, &err);
-    if (rc == PEFT_OK) rc = llama_decode_batch(s->m, s->step_kv, s->step_ids, n, s->step_logits, &err);
+    if (rc == PEFT_OK) rc = peft_model_decode_batch(s->m, s->step_kv, s->step_ids, n, s->step_logits, &err);
     for (int i = 0; i < n; i++) {
         serve_job *j = s->step_jobs[i];
         if (rc == PEFT_OK) {
@@ -360,7 +360,7 @@ static void sched_release(serve_sched *s) {
     free(s);
 }
 
-int serve_sched_create(peft_llama *m, const peft_tokenizer *tok, const char *base_name, const serve_sched_opts *o,
+int serve_sched_create(peft_model *m, const peft_tokenizer *tok, const char *base_name, const serve_sched_opts *o,
                        serve_sched **out, peft_err *err) {
     serve_sched *s = calloc(1, sizeof *s);
     if (!s) return peft_fail(err, PEFT_ENOMEM, "out of memory");
@@ -373,7 +373,7 @@ int serve_sched_create(peft_llama *m, const peft_tokenizer *tok, const char *bas
     s->step_ids = malloc(B * sizeof *s->step_ids);
     s->step_rows = malloc(R * sizeof *s->step_rows);
     s->step_jobs = malloc(B * sizeof *s->step_jobs);
-    s->step_logits = malloc(B * (size_t)m->cfg.vocab_size * sizeof *s->step_logits);
+    s->step_logits = malloc(B * (size_t)m->info.vocab_size * sizeof *s->step_logits);
     if (rc == PEFT_OK && (!s->step_kv || !s->step_ids || !s->step_rows || !s->step_jobs || !s->step_logits))
         rc = peft_fail(err, PEFT_ENOMEM, "out of memory for batches of %zu sequences", B);
     pthread_mutex_init(&s->mu, NULL);

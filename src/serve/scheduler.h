@@ -12,8 +12,8 @@
  * Continuous batching: every loaded adapter sits in one adapter pool (methods/adapter_pool.h),
  * so sequences of different adapters and of the base model are stepped together. Each
  * iteration the scheduler admits queued jobs in arrival order up to max_active running
- * sequences (each prefilled alone with llama_decode, its rows set to its adapter), then gives
- * every running sequence one token in one llama_decode_batch (row i: sequence i, its adapter,
+ * sequences (each prefilled alone with peft_model_decode, its rows set to its adapter), then gives
+ * every running sequence one token in one peft_model_decode_batch (row i: sequence i, its adapter,
  * its KV cache). A job's tokens are the ones `peft generate` gives for its adapter, prompt and
  * seed (models/generate.h: the same prefill chunks, sampler and rng stream).
  * Only adapters the pool can mix (LoRA, DoRA, IA3, VeRA) can be loaded. */
@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #include "error.h"
-#include "models/llama.h"
+#include "models/model.h"
 #include "tokenizer/tokenizer.h"
 
 #define SERVE_MAX_STOP 4
@@ -54,7 +54,7 @@ enum { SERVE_OK = 0, SERVE_BAD = 400, SERVE_UNKNOWN = 404, SERVE_CONFLICT = 409,
 
 /* Starts the scheduler thread over m and tok (both stay owned by the caller and must outlive
  * the scheduler). base_name: the `model` that selects no adapter. */
-int serve_sched_create(peft_llama *m, const peft_tokenizer *tok, const char *base_name, const serve_sched_opts *o,
+int serve_sched_create(peft_model *m, const peft_tokenizer *tok, const char *base_name, const serve_sched_opts *o,
                        serve_sched **out, peft_err *err);
 /* Stops accepting jobs, cancels the queued ones (they end with 503), lets the running ones
  * finish, and joins the thread. Then frees everything; NULL is a no-op. */

@@ -59,7 +59,7 @@ static void add_patterns(sbuf *b, const char *name, const peft_pattern *p, int n
     add(b, "\n");
 }
 
-char *peft_run_signature(const peft_train_opts *o, const peft_llama *m, const peft_adapter_set *set, const peft_dataset *ds,
+char *peft_run_signature(const peft_train_opts *o, const peft_model *m, const peft_adapter_set *set, const peft_dataset *ds,
                          const peft_dataset *val) {
     sbuf b = {0};
     /* training: everything an update depends on (not eval_every, save_every, progress) */
@@ -69,9 +69,9 @@ char *peft_run_signature(const peft_train_opts *o, const peft_llama *m, const pe
         o->beta1, o->beta2, o->eps, o->weight_decay, o->lr_ratio_b, o->allora_eta, o->max_grad_norm);
     add(&b, "skip_nonfinite=%d\n", o->skip_nonfinite);
     /* the model: its shape and the precision of its frozen matmuls */
-    const peft_llama_config *mc = &m->cfg;
-    add(&b, "model=%s layers %d hidden %d intermediate %d heads %d/%d vocab %d\ncompute=%s\n", mc->arch_name, mc->n_layers,
-        mc->hidden_size, mc->intermediate_size, mc->n_heads, mc->n_kv_heads, mc->vocab_size, m->half ? m->half->name : "f32");
+    const peft_model_info *mc = &m->info;
+    add(&b, "model=%s layers %d hidden %d intermediate %d heads %d/%d vocab %d\ncompute=%s\n", mc->hf_class, mc->n_layers,
+        mc->hidden_size, mc->intermediate_size, mc->n_heads, mc->n_kv_heads, mc->vocab_size, m->compute);
     /* the adapter: every field of its configuration */
     const peft_adapter_config *c = peft_adapter_set_config(set);
     const peft_method_opts *mo = &c->opts;

@@ -18,7 +18,7 @@
  * the adapter configuration (method, targets, patterns, method options), the number of
  * trainable numbers and a hash of the tokenized training and validation rows. A resume must
  * match it exactly. Returns a heap string (caller frees) or NULL when out of memory. */
-char *peft_run_signature(const peft_train_opts *o, const peft_llama *m, const peft_adapter_set *set, const peft_dataset *ds,
+char *peft_run_signature(const peft_train_opts *o, const peft_model *m, const peft_adapter_set *set, const peft_dataset *ds,
                          const peft_dataset *val);
 
 /* Writes the checkpoint of update `step` to path atomically. */

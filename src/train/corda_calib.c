@@ -1,5 +1,5 @@
 /* corda_calib.c: CorDA's calibration pass (corda_calib.h). The recorder is an internal
- * peft_method with a forward only: it sees each target site's input during llama_forward,
+ * peft_method with a forward only: it sees each target site's input during peft_model_forward,
  * adds nothing to y, and sums the per-sample covariances into its site's f64 accumulator. */
 #include "corda_calib.h"
 
@@ -18,7 +18,7 @@ typedef struct recorder {
 } recorder;
 
 struct peft_corda_collector {
-    peft_llama *m;
+    peft_model *m;
     int n_sites;
     peft_site **sites;   /* [n_sites] the target sites, each carrying a recorder */
     recorder *rec;       /* [n_sites] */
@@ -82,11 +82,11 @@ static void collector_free(peft_corda_collector *c) {
     free(c);
 }
 
-int peft_corda_collect_begin(peft_llama *m, const peft_adapter_config *cfg, int B, int T, peft_corda_collector **out,
+int peft_corda_collect_begin(peft_model *m, const peft_adapter_config *cfg, int B, int T, peft_corda_collector **out,
                              peft_err *err) {
     *out = NULL;
     peft_corda_collector *c = calloc(1, sizeof *c);
-    int ns = llama_n_sites(m), rc = PEFT_OK, max_in = 0;
+    int ns = m->n_sites, rc = PEFT_OK, max_in = 0;
     if (!c || !(c->sites = calloc((size_t)ns, sizeof *c->sites)) || !(c->rec = calloc((size_t)ns, sizeof *c->rec)) ||
         !(c->len = calloc((size_t)B, sizeof *c->len))) {
         collector_free(c);
@@ -120,9 +120,8 @@ int peft_corda_collect_begin(peft_llama *m, const peft_adapter_config *cfg, int 
     return PEFT_OK;
 }
 
-int peft_corda_collect_batch(peft_corda_collector *c, llama_acts *a, const int32_t *ids, const int32_t *pos, int rows,
+int peft_corda_collect_batch(peft_corda_collector *c, peft_acts *a, const int32_t *ids, const int32_t *pos, int rows,
                              peft_err *err) {
-    if (a->B != c->B || a->T != c->T) return peft_fail(err, PEFT_EINVAL, "CorDA calibration: activations are not [%d, %d]", c->B, c->T);
     for (int b = 0; b < c->B; b++) {
         /* a row's content ends after the last token with pos != 0 (every example has >= 2 tokens);
          * what follows is padding */
@@ -131,7 +130,8 @@ int peft_corda_collect_batch(peft_corda_collector *c, llama_acts *a, const int32
             if (pos[(size_t)b * c->T + t] != 0) len = t + 1;
         c->len[b] = b < rows ? len : 0;
     }
-    int rc = llama_forward(c->m, a, ids, pos, NULL, NULL, NULL, err);
+    peft_batch batch = {.B = c->B, .T = c->T, .ids = ids, .pos = pos}; /* the model refuses acts of another size */
+    int rc = peft_model_forward(c->m, a, &batch, NULL, NULL, err);
     if (rc == PEFT_OK && c->rc) {
         *err = c->err;
         rc = c->rc;
@@ -168,7 +168,7 @@ int peft_corda_collect_end(peft_corda_collector *c, int rc, peft_corda_covs **ou
     return PEFT_OK;
 }
 
-int peft_corda_calibrate(peft_llama *m, const peft_adapter_config *cfg, const peft_dataset *ds, int B, int T, int n_batches,
+int peft_corda_calibrate(peft_model *m, const peft_adapter_config *cfg, const peft_dataset *ds, int B, int T, int n_batches,
                          peft_corda_covs **out, peft_err *err) {
     *out = NULL;
     int n_rows = peft_dataset_rows(ds, 0);
@@ -177,11 +177,10 @@ int peft_corda_calibrate(peft_llama *m, const peft_adapter_config *cfg, const pe
     peft_corda_collector *c;
     int rc = peft_corda_collect_begin(m, cfg, B, T, &c, err);
     if (rc) return rc;
-    llama_acts a;
-    memset(&a, 0, sizeof a);
+    peft_acts *a = NULL;
     size_t n = (size_t)B * T;
     int32_t *ids = malloc(n * sizeof *ids), *tgt = malloc(n * sizeof *tgt), *pos = malloc(n * sizeof *pos);
-    rc = ids && tgt && pos ? llama_acts_alloc(m, B, T, 0, 0, &a, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
+    rc = ids && tgt && pos ? peft_model_acts_alloc(m, B, T, 0, 0, &a, err) : peft_fail(err, PEFT_ENOMEM, "out of memory");
     for (int k = 0; k < n_batches && k * B < n_rows && rc == PEFT_OK; k++) {
         int rows = n_rows - k * B < B ? n_rows - k * B : B;
         for (int b = 0; b < B && rc == PEFT_OK; b++) {
@@ -191,9 +190,9 @@ int peft_corda_calibrate(peft_llama *m, const peft_adapter_config *cfg, const pe
                 for (int t = 0; t < T; t++) bi[t] = 0, bp[t] = t; /* filler, not a sample */
             if (rc) rc = peft_fail(err, rc, "calibration row %d could not be read", k * B + b);
         }
-        if (rc == PEFT_OK) rc = peft_corda_collect_batch(c, &a, ids, pos, rows, err);
+        if (rc == PEFT_OK) rc = peft_corda_collect_batch(c, a, ids, pos, rows, err);
     }
-    llama_acts_free(&a);
+    peft_model_acts_free(m, a);
     free(ids), free(tgt), free(pos);
     return peft_corda_collect_end(c, rc, out, err);
 }

@@ -72,14 +72,14 @@ static int row_at(row_order *o, long k) {
 }
 
 /* The given dataset rows (-1: padding, no loss) as model input rows of T tokens. With nv =
- * m->n_virtual virtual tokens (prompt / prefix tuning) each row starts with nv placeholders, the
+ * m->virt.n_virtual virtual tokens (prompt / prefix tuning) each row starts with nv placeholders, the
  * data (T - nv tokens) follows and its positions count on from nv. The placeholders carry no
  * loss, except that with prompt tuning the last one predicts the first data token (when it is
  * learnt): HF PEFT's loss does so, its virtual tokens being positions of the sequence. Prefix
  * tuning's are a cache, with no prediction of their own. */
-static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, int T, const peft_llama *m, int32_t *in,
+static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, int T, const peft_model *m, int32_t *in,
                      int32_t *tgt, int32_t *pos, peft_err *err) {
-    int nv = m->n_virtual;
+    int nv = m->virt.n_virtual;
     for (int b = 0; b < B; b++) {
         int32_t *bi = in + (size_t)b * T, *bt = tgt + (size_t)b * T, *bp = pos + (size_t)b * T;
         if (rows[b] < 0) {
@@ -90,7 +90,7 @@ static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, 
         if (rc) return peft_fail(err, rc, "dataset row %d of split %d could not be read", rows[b], split);
         for (int t = 0; t < nv; t++) bi[t] = 0, bt[t] = -1, bp[t] = t;
         for (int t = nv; t < T && nv; t++) bp[t] += nv;
-        if (nv && m->virtual_emb) bt[nv - 1] = peft_dataset_row_first_target(ds, split, rows[b]);
+        if (nv && m->virt.emb) bt[nv - 1] = peft_dataset_row_first_target(ds, split, rows[b]);
     }
     return PEFT_OK;
 }
@@ -98,13 +98,19 @@ static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, 
 /* ---- evaluation ------------------------------------------------------------------- */
 
 typedef struct batch_bufs {
+    int B, T;
     int32_t *in, *tgt, *pos;
     int *rows;
 } batch_bufs;
 
-static int eval_split(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, llama_acts *acts, batch_bufs *bb,
+/* The model's batch over bb's rows (positions inside packed examples, next-token targets). */
+static peft_batch bufs_batch(const batch_bufs *bb) {
+    return (peft_batch){.B = bb->B, .T = bb->T, .ids = bb->in, .pos = bb->pos, .targets = bb->tgt};
+}
+
+static int eval_split(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, peft_acts *acts, batch_bufs *bb,
                       int split, int max_batches, double *loss, peft_err *err) {
-    int B = acts->B, T = acts->T, n_rows = peft_dataset_rows(ds, split);
+    int B = bb->B, T = bb->T, n_rows = peft_dataset_rows(ds, split);
     if (set) peft_adapter_set_mode(set, 0, 0); /* `peft eval` of a base model has no adapters */
     double sum = 0;
     long count = 0;
@@ -113,7 +119,8 @@ static int eval_split(peft_llama *m, peft_adapter_set *set, const peft_dataset *
         int rc = fill_rows(ds, split, bb->rows, B, T, m, bb->in, bb->tgt, bb->pos, err);
         double l;
         int counted;
-        if (rc == PEFT_OK) rc = llama_forward(m, acts, bb->in, bb->pos, bb->tgt, &l, &counted, err);
+        peft_batch batch = bufs_batch(bb);
+        if (rc == PEFT_OK) rc = peft_model_forward(m, acts, &batch, &l, &counted, err);
         if (rc) return rc;
         sum += l * counted;
         count += counted;
@@ -126,6 +133,8 @@ static int eval_split(peft_llama *m, peft_adapter_set *set, const peft_dataset *
 
 static int bufs_alloc(batch_bufs *bb, int B, int T, peft_err *err) {
     size_t n = (size_t)B * T;
+    bb->B = B;
+    bb->T = T;
     bb->in = malloc(n * sizeof(int32_t));
     bb->tgt = malloc(n * sizeof(int32_t));
     bb->pos = malloc(n * sizeof(int32_t));
@@ -140,12 +149,15 @@ static void bufs_free(batch_bufs *bb) {
     free(bb->rows);
 }
 
-int peft_evaluate(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, llama_acts *acts, int split,
-                  int max_batches, double *loss, peft_err *err) {
-    batch_bufs bb;
-    int rc = bufs_alloc(&bb, acts->B, acts->T, err);
+int peft_evaluate(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, int B, int T, int split, int max_batches,
+                  double *loss, peft_err *err) {
+    batch_bufs bb = {0};
+    peft_acts *acts = NULL;
+    int rc = peft_model_acts_alloc(m, B, T, 0, 0, &acts, err);
+    if (rc == PEFT_OK) rc = bufs_alloc(&bb, B, T, err);
     if (rc == PEFT_OK) rc = eval_split(m, set, ds, acts, &bb, split, max_batches, loss, err);
     bufs_free(&bb);
+    peft_model_acts_free(m, acts);
     return rc;
 }
 
@@ -270,7 +282,7 @@ static void progress_bar(long step, long total, double loss, double tps, double 
 /* Forward and backward of micro-batch `micro` (0 .. grad_accum - 1) of update `step` into the
  * zeroed gradients; its mean loss (over its counted tokens) into *loss. Its rows and dropout
  * seed are functions of (seed, step, micro) only, never of the rank that runs it. */
-static int micro_batch(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o, llama_acts *acts,
+static int micro_batch(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o, peft_acts *acts,
                        batch_bufs *bb, row_order *order, long step, int micro, double *loss, peft_err *err) {
     int B = o->batch, T = o->seq_len, counted;
     long k0 = (step * o->grad_accum + micro) * (long)B;
@@ -278,8 +290,9 @@ static int micro_batch(peft_llama *m, peft_adapter_set *set, const peft_dataset 
     int rc = fill_rows(ds, 0, bb->rows, B, T, m, bb->in, bb->tgt, bb->pos, err);
     peft_adapter_set_mode(set, 1, peft_mix64(o->seed ^ ((uint64_t)step << 20) ^ (uint64_t)micro));
     peft_adapter_set_zero_grad(set);
-    if (rc == PEFT_OK) rc = llama_forward(m, acts, bb->in, bb->pos, bb->tgt, loss, &counted, err);
-    if (rc == PEFT_OK && (rc = llama_backward(m, acts, bb->in, bb->tgt, counted)))
+    peft_batch batch = bufs_batch(bb);
+    if (rc == PEFT_OK) rc = peft_model_forward(m, acts, &batch, loss, &counted, err);
+    if (rc == PEFT_OK && (rc = peft_model_backward(m, acts, &batch, counted)))
         rc = peft_fail(err, rc, "out of memory for a kernel's scratch (backward pass)");
     return rc;
 }
@@ -324,8 +337,8 @@ static void add_into(float *acc, const float *g, size_t n) {
  * redundantly, keep the parameters equal without sending them). One micro-batch on one
  * process needs no sum. Leaves the mean gradient (sum / G) in the parameters' grad and the
  * mean of the micro-batches' losses in *loss. */
-static int step_gradient(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
-                         const peft_dist *D, llama_acts *acts, batch_bufs *bb, row_order *order, grad_sum *gs, long step,
+static int step_gradient(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
+                         const peft_dist *D, peft_acts *acts, batch_bufs *bb, row_order *order, grad_sum *gs, long step,
                          double *loss, peft_err *err) {
     int n = peft_adapter_set_n_params(set), G = o->grad_accum;
     peft_named_param *p = peft_adapter_set_params(set);
@@ -392,7 +405,7 @@ static int resume_state(const peft_dist *D, const char *ckpt, peft_adapter_set *
 
 /* ---- the loop ----------------------------------------------------------------------- */
 
-int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
+int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
                peft_train_result *res, peft_err *err) {
     static const peft_dist solo = {.rank = 0, .size = 1};
     const peft_dist *D = o->dist ? o->dist : &solo;
@@ -420,7 +433,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
                     "to learn\n", k ? "validation" : "training", peft_dataset_dropped(d), T);
     }
 
-    llama_acts acts = {0};
+    peft_acts *acts = NULL;
     peft_adamw opt = {0};
     batch_bufs bb = {0};
     grad_sum gs = {0};
@@ -430,7 +443,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     peft_named_param *params = peft_adapter_set_params(set);
     for (int i = 0; i < n_params; i++)
         if (strstr(params[i].key, "lora_B")) params[i].p.lr_scale = (float)o->lr_ratio_b;
-    if (rc == PEFT_OK) rc = llama_acts_alloc(m, B, T, !o->recompute, 1, &acts, err);
+    if (rc == PEFT_OK) rc = peft_model_acts_alloc(m, B, T, !o->recompute, 1, &acts, err);
     if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, B * T, err);
     if (rc == PEFT_OK) rc = bufs_alloc(&bb, B, T, err);
     if (rc == PEFT_OK) rc = peft_adamw_init(&opt, params, n_params, o->beta1, o->beta2, o->eps, o->weight_decay, err);
@@ -460,7 +473,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     if (rc == PEFT_OK && root && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing: %s", log_open, strerror(errno));
 
     if (rc == PEFT_OK && root && n_val > 0 && step == 0) {
-        rc = eval_split(m, set, val_ds, &acts, &bb, val_split, o->eval_batches, &res->first_val_loss, err);
+        rc = eval_split(m, set, val_ds, acts, &bb, val_split, o->eval_batches, &res->first_val_loss, err);
         if (rc == PEFT_OK) {
             fprintf(log, "{\"step\":0,\"val_loss\":%.6f}\n", res->first_val_loss);
             curve_add(&val_curve, 0, res->first_val_loss);
@@ -474,7 +487,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
         /* every rank brings LISA to the same layers: they are a function of (seed, step) */
         if ((rc = peft_dist_agree(D, set_begin_step(set, &opt, step, log, err), err))) break;
         n_params = peft_adapter_set_n_params(set);
-        rc = step_gradient(m, set, ds, o, D, &acts, &bb, &order, &gs, step, &loss, err);
+        rc = step_gradient(m, set, ds, o, D, acts, &bb, &order, &gs, step, &loss, err);
         if (rc) break;
         /* clipping and the update see the summed gradient, equal on every rank */
         double gnorm = peft_grad_norm(params, n_params);
@@ -518,7 +531,7 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
         if (o->progress) progress_bar(step, o->steps, loss, tps, eta);
         if (n_val > 0 && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)) {
             double vl;
-            rc = eval_split(m, set, val_ds, &acts, &bb, val_split, o->eval_batches, &vl, err);
+            rc = eval_split(m, set, val_ds, acts, &bb, val_split, o->eval_batches, &vl, err);
             if (rc == PEFT_OK) {
                 res->final_val_loss = vl;
                 fprintf(log, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, vl);
@@ -554,6 +567,6 @@ int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, con
     grad_sum_free(&gs);
     bufs_free(&bb);
     peft_adamw_free(&opt);
-    llama_acts_free(&acts);
+    peft_model_acts_free(m, acts);
     return rc;
 }

@@ -9,7 +9,7 @@
 
 #include "error.h"
 #include "methods/adapter_set.h"
-#include "models/llama.h"
+#include "models/model.h"
 #include "train/data.h"
 #include "train/dist.h"
 #include "train/optim.h"
@@ -54,11 +54,11 @@ typedef struct peft_train_result {
  * micro-batches (a multiple of N) are shared among them and the adapter equals a single
  * process's bit for bit; rank 0 alone validates and writes the files (its res has the
  * validation losses). */
-int peft_train(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *opts,
+int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *opts,
                peft_train_result *res, peft_err *err);
 
 /* Mean validation loss over up to max_batches micro-batches (0: all). */
-int peft_evaluate(peft_llama *m, peft_adapter_set *set, const peft_dataset *ds, llama_acts *acts, int split,
+int peft_evaluate(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, int B, int T, int split,
                   int max_batches, double *loss, peft_err *err);
 
 #endif

@@ -149,8 +149,8 @@ static int run_driver(const char *model_dir, const char *ids_path, const char *o
             rc = peft_fail(&err, PEFT_EINVAL, "%s is [%d, %d] but the ids are [%d, %d]", pos_path, pB, pT, B, T);
     }
     if (rc == PEFT_OK) rc = llama_load(model_dir, &m, &err);
-    if (rc == PEFT_OK && adapter_dir && *adapter_dir) rc = peft_adapter_set_load(adapter_dir, m, 0, &set, &err);
-    int V = m ? m->cfg.vocab_size : 0, nv = m ? m->n_virtual : 0, Tv = T + nv;
+    if (rc == PEFT_OK && adapter_dir && *adapter_dir) rc = peft_adapter_set_load(adapter_dir, &m->base, 0, &set, &err);
+    int V = m ? m->cfg.vocab_size : 0, nv = m ? m->base.virt.n_virtual : 0, Tv = T + nv;
     if (chunk < 1) chunk = 1;
     if (chunk > T) chunk = T;
     if (rc == PEFT_OK && nv && pos)

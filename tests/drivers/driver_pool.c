@@ -93,7 +93,7 @@ static int run_pool(peft_llama *m, const spec *sp, float *fwd, float *steps, pef
     int S = sp->n_seq, T = sp->T, K = sp->K, V = m->cfg.vocab_size;
     size_t SV = (size_t)V;
     peft_adapter_pool *p;
-    int rc = peft_adapter_pool_create(m, S * T, &p, err);
+    int rc = peft_adapter_pool_create(&m->base, S * T, &p, err);
     for (int a = 0; a < sp->n_ad && rc == PEFT_OK; a++) rc = peft_adapter_pool_load(p, sp->ad_name[a], sp->ad_dir[a], err);
     int rows[MAX_SEQ * MAX_IDS], seq_idx[MAX_SEQ];
     for (int s = 0; s < S && rc == PEFT_OK; s++) seq_idx[s] = strcmp(sp->seq_ad[s], "__base__") ? peft_adapter_pool_find(p, sp->seq_ad[s]) : -1;
@@ -150,7 +150,7 @@ static int run_alone(peft_llama *m, const spec *sp, float *fwd, float *steps, pe
         llama_acts acts = {0};
         llama_kv_cache kv = {0};
         int n = sp->n_prompt[s];
-        if (seq_dir(sp, s)) rc = peft_adapter_set_load(seq_dir(sp, s), m, n, &set, err); /* scratch for n rows */
+        if (seq_dir(sp, s)) rc = peft_adapter_set_load(seq_dir(sp, s), &m->base, n, &set, err); /* scratch for n rows */
         if (rc == PEFT_OK) rc = llama_acts_alloc(m, 1, n, 0, 0, &acts, err);
         if (rc == PEFT_OK) rc = llama_forward(m, &acts, sp->prompt[s], NULL, NULL, NULL, NULL, err);
         if (rc == PEFT_OK) memcpy(fwd + (size_t)s * T * SV, acts.logits, (size_t)n * SV * sizeof(float));

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "driver.h"
 #include "fileio.h"
 #include "io/safetensors.h"
@@ -71,7 +72,7 @@ static int run(const char *dir, peft_err *err) {
     snprintf(path, sizeof path, "%s/adapter", dir);
     peft_corda_covs *covs;
     if ((rc = read_covs(dir, &covs, err))) return rc;
-    rc = peft_adapter_set_load_covs(path, m, B * T, covs, &set, err);
+    rc = peft_adapter_set_load_covs(path, &m->base, B * T, covs, &set, err);
     peft_corda_covs_free(covs);
     const char *quantize = getenv("PEFT_DRIVER_QUANTIZE");
     if (rc == PEFT_OK && quantize && *quantize) {

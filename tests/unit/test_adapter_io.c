@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "fileio.h"
 #include "io/json.h"
@@ -31,7 +32,7 @@ static void real_peft_adapter(const char *shared, const char *src) {
     peft_llama *m;
     CHECK_MSG(llama_load_shapes(cfg, &m, &err) == 0, "%s", err.msg);
     peft_adapter_set *set;
-    int rc = peft_adapter_set_load(adapter, m, 0, &set, &err);
+    int rc = peft_adapter_set_load(adapter, &m->base, 0, &set, &err);
     CHECK_MSG(rc == 0, "%s", err.msg);
     if (rc) return;
     CHECK(peft_adapter_set_n_sites(set) == 32);
@@ -67,7 +68,7 @@ static void real_peft_adapter(const char *shared, const char *src) {
     close(fd);
     free(text);
     CHECK_MSG(llama_load_shapes(tmp, &m, &err) == 0, "%s", err.msg);
-    rc = peft_adapter_set_load(adapter, m, 0, &set, &err);
+    rc = peft_adapter_set_load(adapter, &m->base, 0, &set, &err);
     CHECK(rc == PEFT_ESHAPE);
     CHECK_MSG(strstr(err.msg, "v_proj.lora_B.weight") && strstr(err.msg, "adapter_model.safetensors"), "%s", err.msg);
     llama_free(m);
@@ -94,7 +95,7 @@ static void round_trip(const char *src) {
     ac.n_rank_pattern = 1;
     strcpy(ac.base_model, "meta-llama/Llama-3.2-1B");
     peft_adapter_set *set;
-    CHECK_MSG(peft_adapter_set_create(m, &ac, 0, &set, &err) == 0, "%s", err.msg);
+    CHECK_MSG(peft_adapter_set_create(&m->base, &ac, 0, &set, &err) == 0, "%s", err.msg);
     CHECK(peft_adapter_set_n_sites(set) == 4);
     peft_named_param *p = peft_adapter_set_params(set);
     for (int i = 0; i < peft_adapter_set_n_params(set); i++) {
@@ -106,7 +107,7 @@ static void round_trip(const char *src) {
     CHECK_MSG(peft_adapter_set_save(set, dir, &err) == 0, "%s", err.msg);
     peft_adapter_set_free(set);
     peft_adapter_set *back;
-    CHECK_MSG(peft_adapter_set_load(dir, m, 0, &back, &err) == 0, "%s", err.msg);
+    CHECK_MSG(peft_adapter_set_load(dir, &m->base, 0, &back, &err) == 0, "%s", err.msg);
     p = peft_adapter_set_params(back);
     int same = peft_adapter_set_n_params(back) == 8;
     for (int i = 0; same && i < 8; i++)
@@ -149,7 +150,7 @@ static int load_with_field(const char *dir, peft_llama *m, const char *key, cons
     char *changed = cJSON_Print(root);
     CHECK(peft_write_file_atomic(path, changed, strlen(changed), err) == 0);
     peft_adapter_set *set = NULL;
-    int rc = peft_adapter_set_load(dir, m, 0, &set, err);
+    int rc = peft_adapter_set_load(dir, &m->base, 0, &set, err);
     peft_adapter_set_free(set);
     peft_err ignored;
     CHECK(peft_write_file_atomic(path, text, len, &ignored) == 0);
@@ -174,7 +175,7 @@ static void hostile_adapters(const char *src) {
     static const float bad[2] = {NAN, INFINITY};
     for (int k = 0; k < 3; k++) { /* NaN, Inf, then a clean adapter for the config cases */
         peft_adapter_set *set, *back = NULL;
-        CHECK_MSG(peft_adapter_set_create(m, &ac, 0, &set, &err) == 0, "%s", err.msg);
+        CHECK_MSG(peft_adapter_set_create(&m->base, &ac, 0, &set, &err) == 0, "%s", err.msg);
         peft_named_param *p = peft_adapter_set_params(set);
         char key[256];
         snprintf(key, sizeof key, "%s", p[1].p.numel ? p[1].key : "");
@@ -182,13 +183,13 @@ static void hostile_adapters(const char *src) {
         CHECK_MSG(peft_adapter_set_save(set, dir, &err) == 0, "%s", err.msg);
         peft_adapter_set_free(set);
         if (k == 2) break;
-        int rc = peft_adapter_set_load(dir, m, 0, &back, &err);
+        int rc = peft_adapter_set_load(dir, &m->base, 0, &back, &err);
         CHECK_MSG(rc == PEFT_ENUMERIC && back == NULL && strstr(err.msg, key) && strstr(err.msg, "non-finite") &&
                       strstr(err.msg, "adapter_model.safetensors"), "rc %d: %s", rc, err.msg);
         peft_adapter_set_free(back);
     }
     peft_adapter_set *ok = NULL;
-    CHECK_MSG(peft_adapter_set_load(dir, m, 0, &ok, &err) == 0, "the clean adapter must load: %s", err.msg);
+    CHECK_MSG(peft_adapter_set_load(dir, &m->base, 0, &ok, &err) == 0, "the clean adapter must load: %s", err.msg);
     peft_adapter_set_free(ok);
     static const struct { const char *key, *raw, *want; } cases[] = {
         {"lora_alpha", "1e999", "alpha"},

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "io/hf_config.h"
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "driver.h"
 #include "io/safetensors.h"
@@ -48,9 +49,9 @@ static int calibrate(peft_llama *m, const int32_t *ids, const int32_t *pos, int 
     rc = llama_forward(m, &a, ids, pos, NULL, NULL, NULL, err);
     if (rc == PEFT_OK && logits_base) memcpy(logits_base, a.logits, nl * sizeof(float));
     peft_corda_collector *c;
-    if (rc == PEFT_OK) rc = peft_corda_collect_begin(m, &cfg, B, T, &c, err);
+    if (rc == PEFT_OK) rc = peft_corda_collect_begin(&m->base, &cfg, B, T, &c, err);
     if (rc == PEFT_OK) {
-        rc = peft_corda_collect_batch(c, &a, ids, pos, B, err);
+        rc = peft_corda_collect_batch(c, (peft_acts *)&a, /* llama.c: peft_acts is llama_acts */ ids, pos, B, err);
         if (rc == PEFT_OK && logits_calib) memcpy(logits_calib, a.logits, nl * sizeof(float));
         rc = peft_corda_collect_end(c, rc, covs, err);
     }
@@ -65,7 +66,7 @@ static int init_logits(peft_llama *m, const char *method, const peft_corda_covs 
     config_for(&cfg, method);
     cfg.opts.corda_covs = covs;
     peft_adapter_set *set;
-    int rc = peft_adapter_set_create(m, &cfg, B * T, &set, err);
+    int rc = peft_adapter_set_create(&m->base, &cfg, B * T, &set, err);
     if (rc) return rc;
     llama_acts a;
     rc = llama_acts_alloc(m, B, T, 0, 0, &a, err);
@@ -152,13 +153,13 @@ static void plain_checks(void) {
     peft_adapter_config cfg;
     config_for(&cfg, "corda_kpm");
     peft_adapter_set *set = NULL;
-    CHECK(peft_adapter_set_create(m, &cfg, B * T, &set, &err) == PEFT_EINVAL);
+    CHECK(peft_adapter_set_create(&m->base, &cfg, B * T, &set, &err) == PEFT_EINVAL);
     CHECK(strstr(err.msg, "calibration") != NULL);
     config_for(&cfg, "lora");
-    CHECK(peft_adapter_set_create(m, &cfg, B * T, &set, &err) == 0);
+    CHECK(peft_adapter_set_create(&m->base, &cfg, B * T, &set, &err) == 0);
     peft_corda_collector *c = NULL;
     config_for(&cfg, "corda_ipm");
-    CHECK(peft_corda_collect_begin(m, &cfg, B, T, &c, &err) == PEFT_EINVAL && c == NULL);
+    CHECK(peft_corda_collect_begin(&m->base, &cfg, B, T, &c, &err) == PEFT_EINVAL && c == NULL);
     CHECK(strstr(err.msg, "already carries an adapter") != NULL);
     peft_adapter_set_free(set);
     peft_corda_covs_free(covs);

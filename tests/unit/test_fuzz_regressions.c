@@ -115,13 +115,13 @@ static void test_adapter_rank_pattern_range(void) {
     unlink(path);
     if (!m) return;
     peft_adapter_set *set = NULL;
-    CHECK_MSG(peft_adapter_set_create(m, &cfg, 0, &set, &err) == PEFT_OK, "%s", err.msg);
+    CHECK_MSG(peft_adapter_set_create(&m->base, &cfg, 0, &set, &err) == PEFT_OK, "%s", err.msg);
     peft_adapter_set_free(set);
     const double huge[] = {21e300, -1, 0, 1e10};
     for (int i = 0; i < 4; i++) {
         cfg.rank_pattern[0].value = huge[i];
         set = NULL;
-        CHECK(peft_adapter_set_create(m, &cfg, 0, &set, &err) == PEFT_EINVAL && set == NULL);
+        CHECK(peft_adapter_set_create(&m->base, &cfg, 0, &set, &err) == PEFT_EINVAL && set == NULL);
     }
     llama_free(m);
 }

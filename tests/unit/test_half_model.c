@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "kernels/kernels.h"
 #include "methods/adapter_set.h"
@@ -45,7 +46,7 @@ static void check_format(const char *dir, const char *method, int mapped, const 
     strcpy(cfg.method, method);
     cfg.opts.rank = 4;
     peft_adapter_set *set;
-    CHECK(peft_adapter_set_create(m, &cfg, 16, &set, &err) == 0);
+    CHECK(peft_adapter_set_create(&m->base, &cfg, 16, &set, &err) == 0);
     peft_rng r;
     peft_rng_seed(&r, 5, 5);
     peft_named_param *p = peft_adapter_set_params(set);

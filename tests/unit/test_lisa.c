@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "driver.h"
 #include "methods/adapter_set.h"
@@ -88,7 +89,7 @@ static peft_adapter_set *lisa_set(peft_llama *m, int gamma, long interval, uint6
     cfg.opts.seed = seed;
     peft_adapter_set *set = NULL;
     peft_err err = {0};
-    int rc = peft_adapter_set_create(m, &cfg, max_rows, &set, &err);
+    int rc = peft_adapter_set_create(&m->base, &cfg, max_rows, &set, &err);
     CHECK_MSG(rc == 0, "%s", err.msg);
     return set;
 }
@@ -228,7 +229,7 @@ static void check_periods(const char *model_dir) {
     CHECK_MSG(cap0 == per_layer && opt.capacity == per_layer, "AdamW holds %zu then %zu values per moment, one layer is %zu", cap0,
               opt.capacity, per_layer);
     printf("periods: K %ld over 20 periods; parameters and AdamW moments %zu values each (1 of %d layers, %.1f%% of the model)\n", K,
-           per_layer, L, 100.0 * per_layer / m->n_params);
+           per_layer, L, 100.0 * per_layer / m->base.n_params);
     peft_adamw_free(&opt);
     peft_adapter_set_free(set);
     llama_free(m);

@@ -35,7 +35,7 @@ int main(void) {
     int rc = llama_load(dir, &m, &err);
     CHECK_MSG(rc == 0, "%s", err.msg);
     if (rc) return check_report("test_llama_tiny");
-    CHECK(m->n_params == 1032272);
+    CHECK(m->base.n_params == 1032272);
     int V = m->cfg.vocab_size;
 
     /* KV-cache decoding */

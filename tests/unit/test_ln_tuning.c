@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "methods/adapter_set.h"
 #include "tiny_model.h"
@@ -30,7 +31,7 @@ int main(void) {
     peft_adapter_config_default(&cfg);
     strcpy(cfg.method, "ln_tuning");
     peft_adapter_set *set;
-    CHECK_MSG(peft_adapter_set_create(m, &cfg, 12, &set, &err) == 0, "%s", err.msg);
+    CHECK_MSG(peft_adapter_set_create(&m->base, &cfg, 12, &set, &err) == 0, "%s", err.msg);
     CHECK(peft_adapter_set_n_params(set) == 5); /* 2 layers x 2 norms + the final norm */
     CHECK(m->layers[1].mlp_norm.weight != base0 && m->layers[1].mlp_norm.weight[3] == base0[3]);
     peft_named_param *p = peft_adapter_set_params(set);
@@ -73,7 +74,7 @@ int main(void) {
     float keep = p[2].p.data[7];
     peft_adapter_set_free(set);
     CHECK(m->layers[1].mlp_norm.weight == base0 && m->layers[1].mlp_norm.grad == NULL); /* restored */
-    CHECK_MSG(peft_adapter_set_load(adir, m, 0, &set, &err) == 0, "%s", err.msg);
+    CHECK_MSG(peft_adapter_set_load(adir, &m->base, 0, &set, &err) == 0, "%s", err.msg);
     CHECK(peft_adapter_set_params(set)[2].p.data[7] == keep);
     peft_adapter_set_free(set);
     llama_acts_free(&a);

@@ -121,7 +121,7 @@ static void model_level(int recompute) {
     cfg.opts.alpha = 4;
     int B = 2, T = 6;
     peft_adapter_set *set;
-    CHECK_MSG(peft_adapter_set_create(m, &cfg, B * T, &set, &err) == 0, "%s", err.msg);
+    CHECK_MSG(peft_adapter_set_create(&m->base, &cfg, B * T, &set, &err) == 0, "%s", err.msg);
     peft_named_param *p = peft_adapter_set_params(set);
     int np = peft_adapter_set_n_params(set);
     for (int i = 0; i < np; i++) tiny_fill(p[i].p.data, p[i].p.numel, 0.3f, &r);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "methods/adapter_set.h"
 #include "tiny_model.h"
@@ -41,7 +42,7 @@ static void run(const char *bin, peft_dtype dtype) {
     cfg.opts.rank = 4;
     cfg.opts.alpha = 8;
     peft_adapter_set *set;
-    CHECK(peft_adapter_set_create(m, &cfg, 0, &set, &err) == 0);
+    CHECK(peft_adapter_set_create(&m->base, &cfg, 0, &set, &err) == 0);
     peft_rng r;
     peft_rng_seed(&r, 3, 3);
     peft_named_param *p = peft_adapter_set_params(set);

@@ -258,7 +258,7 @@ static void check_method(const peft_method *meth, peft_llama *m, const char *dir
         cfg.opts.corda_covs = covs;
         peft_err err = {0};
         peft_adapter_set *set;
-        int rc = peft_adapter_set_create(m, &cfg, N_ROWS, &set, &err);
+        int rc = peft_adapter_set_create(&m->base, &cfg, N_ROWS, &set, &err);
         CHECK_MSG(rc == 0, "%s: %s", meth->name, err.msg);
         if (rc) return;
         peft_rng r;
@@ -289,7 +289,7 @@ static void check_method(const peft_method *meth, peft_llama *m, const char *dir
             CHECK_MSG(peft_adapter_set_save(set, dir, &err) == 0, "%s", err.msg);
             peft_adapter_set_free(set);
             set = NULL;
-            rc = peft_adapter_set_load_covs(dir, m, N_ROWS, covs, &set, &err);
+            rc = peft_adapter_set_load_covs(dir, &m->base, N_ROWS, covs, &set, &err);
             CHECK_MSG(rc == 0, "%s: load: %s", meth->name, err.msg);
             if (rc == 0) {
                 CHECK(peft_adapter_set_n_params(set) == np && peft_adapter_set_numel(set) == numel);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "io/safetensors.h"
 #include "methods/adapter_set.h"
@@ -155,7 +156,7 @@ static int drive(const char *dir, peft_err *err) {
         rc = peft_fail(err, PEFT_EFORMAT, "%s: needs I32 ids and targets [B, T]", path);
     int B = ids ? (int)ids->shape[0] : 0, T = ids ? (int)ids->shape[1] : 0;
     snprintf(path, sizeof path, "%s/adapter", dir);
-    if (rc == PEFT_OK) rc = peft_adapter_set_load(path, m, B * T, &set, err);
+    if (rc == PEFT_OK) rc = peft_adapter_set_load(path, &m->base, B * T, &set, err);
     if (rc == PEFT_OK && (rc = llama_acts_alloc(m, B, T, 1, 1, &a, err)) == PEFT_OK) acts = 1;
     int np = set ? peft_adapter_set_n_params(set) : 0;
     peft_named_param *p = set ? peft_adapter_set_params(set) : NULL;

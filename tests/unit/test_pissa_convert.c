@@ -17,6 +17,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "fileio.h"
 #include "io/safetensors.h"
@@ -49,8 +50,8 @@ static peft_corda_covs *calibration(peft_llama *m, const peft_adapter_config *cf
     peft_corda_collector *c;
     peft_corda_covs *covs = NULL;
     CHECK(llama_acts_alloc(m, B, T, 0, 0, &a, &err) == 0);
-    CHECK_MSG(peft_corda_collect_begin(m, cfg, B, T, &c, &err) == 0, "%s", err.msg);
-    int rc = peft_corda_collect_batch(c, &a, ids, NULL, B, &err);
+    CHECK_MSG(peft_corda_collect_begin(&m->base, cfg, B, T, &c, &err) == 0, "%s", err.msg);
+    int rc = peft_corda_collect_batch(c, (peft_acts *)&a, /* llama.c: peft_acts is llama_acts */ ids, NULL, B, &err);
     CHECK_MSG(peft_corda_collect_end(c, rc, &covs, &err) == 0, "%s", err.msg);
     llama_acts_free(&a);
     return covs;
@@ -112,7 +113,7 @@ static void check_conversion(peft_llama *m, const char *method, int rslora, int 
     cfg.opts.corda_covs = covs;
     peft_err err = {0};
     peft_adapter_set *set;
-    int rc = peft_adapter_set_create(m, &cfg, 16, &set, &err);
+    int rc = peft_adapter_set_create(&m->base, &cfg, 16, &set, &err);
     CHECK_MSG(rc == 0, "%s: %s", method, err.msg);
     peft_corda_covs_free(covs);
     if (rc) return;
@@ -135,7 +136,7 @@ static void check_conversion(peft_llama *m, const char *method, int rslora, int 
     }
     CHECK(peft_adapter_set_merge(set, -1, &err) == 0);
     peft_adapter_set_free(set); /* the original W again */
-    rc = peft_adapter_set_load(dir, m, 16, &set, &err);
+    rc = peft_adapter_set_load(dir, &m->base, 16, &set, &err);
     CHECK_MSG(rc == 0, "%s: loading the converted adapter: %s", method, err.msg);
     double worst = 0;
     if (rc == 0) {
@@ -176,9 +177,9 @@ int main(void) {
     peft_adapter_config cfg;
     peft_adapter_set *set = NULL;
     config_for(&cfg, "lora", 0, 0);
-    CHECK(peft_adapter_set_create(m, &cfg, 16, &set, &err) == PEFT_EINVAL && strstr(err.msg, "PiSSA and CorDA"));
+    CHECK(peft_adapter_set_create(&m->base, &cfg, 16, &set, &err) == PEFT_EINVAL && strstr(err.msg, "PiSSA and CorDA"));
     config_for(&cfg, "pissa", 1, 1);
-    CHECK(peft_adapter_set_create(m, &cfg, 16, &set, &err) == PEFT_EINVAL && strstr(err.msg, "rsLoRA"));
+    CHECK(peft_adapter_set_create(&m->base, &cfg, 16, &set, &err) == PEFT_EINVAL && strstr(err.msg, "rsLoRA"));
     char cmd[100];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/llama.h"
 #include "check.h"
 #include "methods/adapter_set.h"
 #include "tiny_model.h"
@@ -33,8 +34,8 @@ static void gradient_and_decode(const char *method) {
     cfg.opts.n_virtual = 3;
     cfg.opts.seed = 4;
     peft_adapter_set *set;
-    CHECK_MSG(peft_adapter_set_create(m, &cfg, 16, &set, &err) == 0, "%s", err.msg);
-    CHECK(m->n_virtual == 3 && peft_adapter_set_n_params(set) == 1);
+    CHECK_MSG(peft_adapter_set_create(&m->base, &cfg, 16, &set, &err) == 0, "%s", err.msg);
+    CHECK(m->base.virt.n_virtual == 3 && peft_adapter_set_n_params(set) == 1);
     peft_named_param *p = peft_adapter_set_params(set);
     int prefix = !strcmp(method, "prefix_tuning");
     /* prefix: [3, layers * 2 * kv heads * head_dim] = [3, 2 * 2 * 2 * 4] */
@@ -89,10 +90,10 @@ static void gradient_and_decode(const char *method) {
     float *saved = malloc(p[0].p.numel * sizeof(float));
     memcpy(saved, p[0].p.data, p[0].p.numel * sizeof(float));
     peft_adapter_set_free(set);
-    CHECK(m->n_virtual == 0 && m->virtual_emb == NULL && m->prefix_kv == NULL);
-    CHECK_MSG(peft_adapter_set_load(adir, m, 0, &set, &err) == 0, "%s", err.msg);
+    CHECK(m->base.virt.n_virtual == 0 && m->base.virt.emb == NULL && m->base.virt.prefix_kv == NULL);
+    CHECK_MSG(peft_adapter_set_load(adir, &m->base, 0, &set, &err) == 0, "%s", err.msg);
     p = peft_adapter_set_params(set);
-    CHECK(m->n_virtual == 3 && !memcmp(saved, p[0].p.data, p[0].p.numel * sizeof(float)));
+    CHECK(m->base.virt.n_virtual == 3 && !memcmp(saved, p[0].p.data, p[0].p.numel * sizeof(float)));
     char cfgpath[800];
     snprintf(cfgpath, sizeof cfgpath, "%s/adapter_config.json", adir);
     char *text;
@@ -120,10 +121,10 @@ static void real_peft_file(const char *shared, const char *src) {
     peft_llama *m;
     CHECK(llama_load_shapes(cfg, &m, &err) == 0);
     peft_adapter_set *set;
-    int rc = peft_adapter_set_load(adapter, m, 0, &set, &err);
+    int rc = peft_adapter_set_load(adapter, &m->base, 0, &set, &err);
     CHECK_MSG(rc == 0, "%s", err.msg);
     if (rc == 0) {
-        CHECK(m->n_virtual == 16);
+        CHECK(m->base.virt.n_virtual == 16);
         const peft_adapter_config *c = peft_adapter_set_config(set);
         CHECK(!strcmp(c->method, "prompt_tuning") && !strcmp(c->base_model, "HuggingFaceTB/SmolLM2-135M"));
         CHECK(!strcmp(c->opts.init_text, "Classify the sentiment as positive, negative, or neutral:"));
@@ -140,9 +141,9 @@ static void real_peft_file(const char *shared, const char *src) {
     CHECK(mkdtemp(dir) != NULL);
     CHECK(tiny_model_write(dir, PEFT_F32, 1) == 0);
     CHECK(llama_load(dir, &m, &err) == 0);
-    CHECK(peft_adapter_set_load(adapter, m, 0, &set, &err) == PEFT_ESHAPE);
+    CHECK(peft_adapter_set_load(adapter, &m->base, 0, &set, &err) == PEFT_ESHAPE);
     CHECK_MSG(strstr(err.msg, "prompt_embeddings") != NULL, "%s", err.msg);
-    CHECK(m->n_virtual == 0); /* a failed load leaves the model as it was */
+    CHECK(m->base.virt.n_virtual == 0); /* a failed load leaves the model as it was */
     llama_free(m);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
