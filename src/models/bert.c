@@ -300,25 +300,35 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
 
 static const peft_model_ops bert_ops;
 
+/* Loads model_type "bert" or "roberta" (registered as one architecture). */
 static int bert_load(const char *path, const char *config_json, size_t config_len, const peft_model_load_opts *opts,
-                     peft_model **out, peft_err *err, int roberta) {
+                     peft_model **out, peft_err *err) {
     *out = NULL;
-    peft_task task = opts ? opts->task : PEFT_TASK_CAUSAL_LM;
-    const char *arch = roberta ? "roberta" : "bert";
     char file[4200];
     snprintf(file, sizeof file, "%s/config.json", path);
-    if (task != PEFT_TASK_SEQ_CLS)
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: %s is an encoder: task %s is not available (use seq-cls)", file, arch,
-                         peft_task_name(task));
-    bert_model *m = calloc(1, sizeof *m);
-    if (!m) return peft_fail(err, PEFT_ENOMEM, "out of memory");
+    cJSON *j = NULL;
+    const char *model_type = NULL;
+    int rc = peft_json_parse(config_json, config_len, file, &j, err);
+    if (rc == PEFT_OK) rc = peft_json_string(j, "model_type", 1, &model_type, file, err);
+    if (rc == PEFT_OK && strcmp(model_type, "bert") && strcmp(model_type, "roberta"))
+        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: model_type \"%s\" is neither bert nor roberta", file, model_type);
+    const int roberta = rc == PEFT_OK && !strcmp(model_type, "roberta");
+    const char *arch = roberta ? "roberta" : "bert";
+    const peft_task task = opts ? opts->task : PEFT_TASK_CAUSAL_LM;
+    if (rc == PEFT_OK && task != PEFT_TASK_SEQ_CLS)
+        rc = peft_fail(err, PEFT_EUNSUPPORTED, "%s: %s is an encoder: task %s is not available (use seq-cls)", file, arch,
+                       peft_task_name(task));
+    bert_model *m = rc == PEFT_OK ? calloc(1, sizeof *m) : NULL;
+    if (rc == PEFT_OK && !m) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
+    if (rc) {
+        cJSON_Delete(j);
+        return rc;
+    }
     m->base.ops = &bert_ops;
     m->roberta = roberta;
     m->prefix = roberta ? "roberta." : "bert.";
     snprintf(m->base.dir, sizeof m->base.dir, "%s", path);
-    cJSON *j = NULL;
-    int rc = peft_json_parse(config_json, config_len, file, &j, err);
-    if (rc == PEFT_OK) rc = parse_config(m, j, opts, file, err);
+    rc = parse_config(m, j, opts, file, err);
     cJSON_Delete(j);
     if (rc == PEFT_OK && !(m->config_text = malloc(config_len + 1))) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     if (rc == PEFT_OK) {
@@ -371,15 +381,6 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
     }
     *out = &m->base;
     return PEFT_OK;
-}
-
-static int bert_load_bert(const char *path, const char *cj, size_t len, const peft_model_load_opts *o, peft_model **out,
-                          peft_err *err) {
-    return bert_load(path, cj, len, o, out, err, 0);
-}
-static int bert_load_roberta(const char *path, const char *cj, size_t len, const peft_model_load_opts *o, peft_model **out,
-                             peft_err *err) {
-    return bert_load(path, cj, len, o, out, err, 1);
 }
 
 static void bert_free(peft_model *pm) {
@@ -644,7 +645,5 @@ static const peft_model_ops bert_ops = {
     .tensor = bert_tensor_values,
 };
 
-static const char *const bert_types[] = {"bert", NULL};
-static const char *const roberta_types[] = {"roberta", NULL};
-const peft_arch peft_arch_bert = {.name = "bert", .model_types = bert_types, .load = bert_load_bert};
-const peft_arch peft_arch_roberta = {.name = "roberta", .model_types = roberta_types, .load = bert_load_roberta};
+static const char *const bert_types[] = {"bert", "roberta", NULL};
+const peft_arch peft_arch_bert = {.name = "bert", .model_types = bert_types, .load = bert_load};

@@ -6,8 +6,7 @@
 
 #include "models/model.h"
 
-extern const peft_arch peft_arch_bert;    /* model_type "bert" */
-extern const peft_arch peft_arch_roberta; /* model_type "roberta" */
+extern const peft_arch peft_arch_bert; /* model_type "bert" and "roberta" */
 
 /* After a forward with acts a: the last layer's hidden states [B*T, C] (BertModel's
  * last_hidden_state) and the pooled output [B, C] (BERT: the pooler's tanh(dense([CLS]));

@@ -11,9 +11,11 @@
 #include "io/json.h"
 
 extern const peft_arch peft_arch_llama;
+extern const peft_arch peft_arch_bert; /* bert, roberta */
 
 static const peft_arch *const archs[] = {
     &peft_arch_llama,
+    &peft_arch_bert,
 };
 
 int peft_n_archs(void) { return (int)(sizeof archs / sizeof archs[0]); }

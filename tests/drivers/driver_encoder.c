@@ -21,7 +21,6 @@
 #include <string.h>
 
 #include "check.h"
-#include "io/json.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
@@ -179,25 +178,6 @@ static void fd_run(int pre_ln) {
 
 /* ---- run ----------------------------------------------------------------------------------- */
 
-/* Until model.c (branch iface) is merged: the task name and a loader by model_type. */
-const char *peft_task_name(peft_task t) { return t == PEFT_TASK_SEQ_CLS ? "seq-cls" : t == PEFT_TASK_IMAGE_CLS ? "image-cls" : "causal-lm"; }
-static int load_model(const char *dir, peft_model **m, peft_err *err) {
-    char path[4300];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    char *text = NULL;
-    size_t len = 0;
-    cJSON *j = NULL;
-    const char *mt = NULL;
-    int rc = peft_read_file(path, &text, &len, err);
-    if (rc == PEFT_OK) rc = peft_json_parse(text, len, path, &j, err);
-    if (rc == PEFT_OK) rc = peft_json_string(j, "model_type", 1, &mt, path, err);
-    const peft_model_load_opts opts = {.task = PEFT_TASK_SEQ_CLS};
-    if (rc == PEFT_OK) rc = (!strcmp(mt, "roberta") ? &peft_arch_roberta : &peft_arch_bert)->load(dir, text, len, &opts, m, err);
-    cJSON_Delete(j);
-    free(text);
-    return rc;
-}
-
 static const int32_t *batch_i32(const peft_st_file *f, const char *name, size_t numel, int required, peft_err *err) {
     const peft_st_tensor *t = peft_st_find(f, name);
     if (!t && !required) return NULL;
@@ -230,7 +210,8 @@ static int run(const char *dir, int rank, double alpha) {
     peft_st_file *bf = NULL, *lf = NULL;
     peft_acts *a = NULL;
     snprintf(path, sizeof path, "%s/model", dir);
-    int rc = load_model(path, &m, &err);
+    const peft_model_load_opts lo = {.task = PEFT_TASK_SEQ_CLS};
+    int rc = peft_model_load(path, &lo, &m, &err);
     snprintf(path, sizeof path, "%s/batch.safetensors", dir);
     if (rc == PEFT_OK) rc = peft_st_open(path, &bf, &err);
     const peft_st_tensor *ids_t = rc ? NULL : peft_st_find(bf, "ids");
@@ -282,14 +263,14 @@ static int run(const char *dir, int rank, double alpha) {
     double loss = 0.0;
     int n_counted = 0;
     const char *rec = getenv("PEFT_DRIVER_RECOMPUTE"); /* 1: gradient checkpointing */
-    if (rc == PEFT_OK) rc = m->ops->acts_alloc(m, b.B, b.T, !(rec && !strcmp(rec, "1")), 1, &a, &err);
-    if (rc == PEFT_OK) rc = m->ops->forward(m, a, &b, &loss, &n_counted, &err);
-    if (rc == PEFT_OK && b.targets) rc = m->ops->backward(m, a, &b, n_counted);
+    if (rc == PEFT_OK) rc = peft_model_acts_alloc(m, b.B, b.T, !(rec && !strcmp(rec, "1")), 1, &a, &err);
+    if (rc == PEFT_OK) rc = peft_model_forward(m, a, &b, &loss, &n_counted, &err);
+    if (rc == PEFT_OK && b.targets) rc = peft_model_backward(m, a, &b, n_counted);
     if (rc == PEFT_OK) {
         static outs o;
         const int B = b.B, N = b.B * b.T, C = m->info.hidden_size;
         float lossf = (float)loss;
-        out_add(&o, "logits", m->ops->outputs(a), B, m->info.n_labels);
+        out_add(&o, "logits", peft_model_outputs(m, a), B, m->info.n_labels);
         out_add(&o, "hidden", bert_hidden_states(a), N, C);
         out_add(&o, "pooled", bert_pooled(a), B, C);
         static peft_param ps[256][4];
@@ -314,10 +295,10 @@ static int run(const char *dir, int rank, double alpha) {
         printf("run: B %d T %d loss %.6f counted %d, %d adapters, %d outputs\n", b.B, b.T, loss, n_counted, n_ad, o.n);
     }
     if (rc) fprintf(stderr, "driver_encoder run: %s\n", err.msg[0] ? err.msg : "failed");
-    if (a) m->ops->acts_free(a);
+    if (a) peft_model_acts_free(m, a);
     for (int i = 0; i < n_ad; i++) peft_method_lora.destroy(ad[i]);
     free(work);
-    if (m) m->ops->free(m);
+    if (m) peft_model_free(m);
     peft_st_close(bf);
     peft_st_close(lf);
     return rc ? 1 : 0;
