@@ -13,7 +13,15 @@
  *     ("base_model.model.<site>.lora_A.weight"). Runs a training forward (and with labels the
  *     backward) and writes DIR/out.safetensors: "logits" [B, NL], "hidden" [B*T, C], "pooled"
  *     [B, C], with labels "loss" [1], every LoRA gradient under its PEFT key and every head
- *     gradient under "grad.<head name>". PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward. */
+ *     gradient under "grad.<head name>". PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward.
+ *
+ *   driver_encoder train DIR OUT STEPS LR
+ *     A fresh LoRA adapter set (query,value, r 4, alpha 8) on DIR/model trained STEPS AdamW
+ *     steps on the batch's labels through the peft_model interface, saved to OUT in PEFT's
+ *     format; DIR/out.safetensors gets the trained model's "logits" [B, NL].
+ *
+ *   driver_encoder save DIR OUT
+ *     DIR/model loaded (seq-cls) and written back with peft_model_save_hf into OUT. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,9 +32,11 @@
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
+#include "methods/adapter_set.h"
 #include "methods/lora.h"
 #include "models/bert.h"
 #include "models/encoder.h"
+#include "train/optim.h"
 
 /* ---- fd ------------------------------------------------------------------------------------ */
 
@@ -203,29 +213,37 @@ static void out_add(outs *o, const char *name, const float *data, int64_t d0, in
     o->n++;
 }
 
+/* Loads DIR/model (seq-cls) and DIR/batch.safetensors into b (pointing into *bf). */
+static int open_model_batch(const char *dir, peft_model **m, peft_st_file **bf, peft_batch *b, peft_err *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model", dir);
+    const peft_model_load_opts lo = {.task = PEFT_TASK_SEQ_CLS};
+    int rc = peft_model_load(path, &lo, m, err);
+    snprintf(path, sizeof path, "%s/batch.safetensors", dir);
+    if (rc == PEFT_OK) rc = peft_st_open(path, bf, err);
+    const peft_st_tensor *ids_t = rc ? NULL : peft_st_find(*bf, "ids");
+    if (rc == PEFT_OK && (!ids_t || ids_t->ndim != 2)) rc = peft_fail(err, PEFT_EFORMAT, "%s: needs ids [B, T]", path);
+    *b = (peft_batch){0};
+    if (rc == PEFT_OK) {
+        b->B = (int)ids_t->shape[0], b->T = (int)ids_t->shape[1];
+        const size_t N = (size_t)b->B * b->T;
+        b->ids = batch_i32(*bf, "ids", N, 1, err);
+        b->lengths = batch_i32(*bf, "lengths", (size_t)b->B, 1, err);
+        b->type_ids = batch_i32(*bf, "type_ids", N, 0, err);
+        b->targets = batch_i32(*bf, "labels", (size_t)b->B, 0, err);
+        if (!b->ids || !b->lengths) rc = PEFT_EFORMAT;
+    }
+    return rc;
+}
+
 static int run(const char *dir, int rank, double alpha) {
     peft_err err = {0};
     char path[4200];
     peft_model *m = NULL;
     peft_st_file *bf = NULL, *lf = NULL;
     peft_acts *a = NULL;
-    snprintf(path, sizeof path, "%s/model", dir);
-    const peft_model_load_opts lo = {.task = PEFT_TASK_SEQ_CLS};
-    int rc = peft_model_load(path, &lo, &m, &err);
-    snprintf(path, sizeof path, "%s/batch.safetensors", dir);
-    if (rc == PEFT_OK) rc = peft_st_open(path, &bf, &err);
-    const peft_st_tensor *ids_t = rc ? NULL : peft_st_find(bf, "ids");
-    if (rc == PEFT_OK && (!ids_t || ids_t->ndim != 2)) rc = peft_fail(&err, PEFT_EFORMAT, "%s: needs ids [B, T]", path);
-    peft_batch b = {0};
-    if (rc == PEFT_OK) {
-        b.B = (int)ids_t->shape[0], b.T = (int)ids_t->shape[1];
-        const size_t N = (size_t)b.B * b.T;
-        b.ids = batch_i32(bf, "ids", N, 1, &err);
-        b.lengths = batch_i32(bf, "lengths", (size_t)b.B, 1, &err);
-        b.type_ids = batch_i32(bf, "type_ids", N, 0, &err);
-        b.targets = batch_i32(bf, "labels", (size_t)b.B, 0, &err);
-        if (!b.ids || !b.lengths) rc = PEFT_EFORMAT;
-    }
+    peft_batch b;
+    int rc = open_model_batch(dir, &m, &bf, &b, &err);
     /* LoRA at query / value */
     peft_adapter *ad[256];
     const peft_site *ad_site[256];
@@ -304,13 +322,88 @@ static int run(const char *dir, int rank, double alpha) {
     return rc ? 1 : 0;
 }
 
+/* ---- train ------------------------------------------------------------------------------- */
+
+/* A fresh LoRA set (query,value, r 4, alpha 8) trained STEPS AdamW steps on the batch's labels
+ * (the head stays as loaded), saved to OUT; then the logits of the trained model. */
+static int train(const char *dir, const char *out_dir, int steps, double lr) {
+    peft_err err = {0};
+    peft_model *m = NULL;
+    peft_st_file *bf = NULL;
+    peft_acts *a = NULL;
+    peft_adapter_set *set = NULL;
+    peft_adamw opt = {0};
+    peft_batch b;
+    int rc = open_model_batch(dir, &m, &bf, &b, &err);
+    if (rc == PEFT_OK && !b.targets) rc = peft_fail(&err, PEFT_EFORMAT, "%s: train needs labels", dir);
+    peft_adapter_config cfg;
+    peft_adapter_config_default(&cfg);
+    snprintf(cfg.target_modules, sizeof cfg.target_modules, "query,value");
+    cfg.opts.rank = 4;
+    cfg.opts.alpha = 8;
+    cfg.opts.seed = 3;
+    const int N = b.B * b.T;
+    if (rc == PEFT_OK) rc = peft_adapter_set_create(m, &cfg, N, &set, &err);
+    if (rc == PEFT_OK) rc = peft_adapter_set_reserve(set, N, &err);
+    if (rc == PEFT_OK) rc = peft_model_acts_alloc(m, b.B, b.T, 1, 1, &a, &err);
+    if (rc == PEFT_OK)
+        rc = peft_adamw_init(&opt, peft_adapter_set_params(set), peft_adapter_set_n_params(set), 0.9, 0.999, 1e-8, 0.0, &err);
+    double loss = 0.0;
+    int n_counted = 0;
+    for (int s = 0; rc == PEFT_OK && s < steps; s++) {
+        peft_adapter_set_mode(set, 1, (uint64_t)s);
+        peft_adapter_set_zero_grad(set);
+        rc = peft_model_forward(m, a, &b, &loss, &n_counted, &err);
+        if (rc == PEFT_OK) rc = peft_model_backward(m, a, &b, n_counted);
+        if (rc == PEFT_OK) peft_adamw_step(&opt, lr);
+        printf("train: step %d loss %.6f\n", s, loss);
+    }
+    if (rc == PEFT_OK) rc = peft_adapter_set_save(set, out_dir, &err);
+    peft_batch eval = b;
+    eval.targets = NULL;
+    if (rc == PEFT_OK) {
+        peft_adapter_set_mode(set, 0, 0);
+        rc = peft_model_forward(m, a, &eval, NULL, NULL, &err);
+    }
+    if (rc == PEFT_OK) {
+        peft_st_entry e = {.name = "logits", .dtype = PEFT_F32, .ndim = 2, .shape = {b.B, m->info.n_labels},
+                           .data = peft_model_outputs(m, a)};
+        char path[4200];
+        snprintf(path, sizeof path, "%s/out.safetensors", dir);
+        rc = peft_st_write(path, &e, 1, NULL, 0, &err);
+    }
+    if (rc) fprintf(stderr, "driver_encoder train: %s\n", err.msg[0] ? err.msg : "failed");
+    peft_adamw_free(&opt);
+    if (a) peft_model_acts_free(m, a);
+    peft_adapter_set_free(set);
+    if (m) peft_model_free(m);
+    peft_st_close(bf);
+    return rc ? 1 : 0;
+}
+
+/* DIR/model written back by peft_model_save_hf into OUT. */
+static int save(const char *dir, const char *out_dir) {
+    peft_err err = {0};
+    peft_model *m = NULL;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model", dir);
+    const peft_model_load_opts lo = {.task = PEFT_TASK_SEQ_CLS};
+    int rc = peft_model_load(path, &lo, &m, &err);
+    if (rc == PEFT_OK) rc = peft_model_save_hf(m, out_dir, &err);
+    if (rc) fprintf(stderr, "driver_encoder save: %s\n", err.msg);
+    peft_model_free(m);
+    return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "fd")) {
         fd_run(0);
         fd_run(1);
         return check_report("fd");
     }
+    if (argc >= 6 && !strcmp(argv[1], "train")) return train(argv[2], argv[3], atoi(argv[4]), atof(argv[5]));
+    if (argc >= 4 && !strcmp(argv[1], "save")) return save(argv[2], argv[3]);
     if (argc >= 3 && !strcmp(argv[1], "run")) return run(argv[2], argc >= 5 ? atoi(argv[3]) : 0, argc >= 5 ? atof(argv[4]) : 0);
-    fprintf(stderr, "usage: driver_encoder fd | run DIR [RANK ALPHA]\n");
+    fprintf(stderr, "usage: driver_encoder fd | run DIR [RANK ALPHA] | train DIR OUT STEPS LR | save DIR OUT\n");
     return 2;
 }

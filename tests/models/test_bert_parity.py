@@ -28,7 +28,7 @@ import zipfile
 try:
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
 except ImportError as e:  # the oracle itself is missing
@@ -160,6 +160,61 @@ def case_random(name, arch, recompute):
     check(hw <= TOL, f"{name}: head gradients worst rel {hw:.2e}")
 
 
+def write_batch(work, arch, model, lengths, T, labels):
+    g = torch.Generator().manual_seed(2)
+    ids, types, mask = make_batch(arch, model.config.vocab_size, model.config.pad_token_id, len(lengths), T, lengths, g)
+    batch = {"ids": ids, "lengths": torch.tensor(lengths, dtype=torch.int32), "labels": torch.tensor(labels, dtype=torch.int32)}
+    if arch == "bert":
+        batch["type_ids"] = types
+    save_file(batch, os.path.join(work, "batch.safetensors"))
+    kw = dict(input_ids=ids.long(), attention_mask=mask)
+    if arch == "bert":
+        kw["token_type_ids"] = types.long()
+    return kw
+
+
+def case_train_load(arch):
+    """peft.c trains LoRA through the adapter set on the peft_model interface; HF PEFT's
+    PeftModel.from_pretrained of what it saved gives peft.c's logits after training."""
+    model = make_model(arch)
+    with tempfile.TemporaryDirectory(dir=BUILD) as work:
+        model.save_pretrained(os.path.join(work, "model"), safe_serialization=True)
+        kw = write_batch(work, arch, model, [8, 5, 7, 3], 8, [1, 0, 2, 1])
+        adir = os.path.join(work, "adapter")
+        r = subprocess.run([DRIVER, "train", work, adir, "5", "0.05"], capture_output=True, text=True)
+        check(r.returncode == 0, f"{arch} train: driver_encoder train {r.stderr.strip()}")
+        if r.returncode:
+            return
+        losses = [float(x.split()[-1]) for x in r.stdout.split("\n") if x.startswith("train:")]
+        check(losses[-1] < losses[0], f"{arch} train: loss {losses[0]:.4f} -> {losses[-1]:.4f} decreases")
+        got = load_file(os.path.join(work, "out.safetensors"))["logits"]
+        pcfg = PeftConfig.from_pretrained(adir)
+        if pcfg.task_type != "SEQ_CLS":  # the adapter set writes CAUSAL_LM until it saves heads (branch iface, phase 2)
+            print(f"note: {arch} train: adapter_config.json has task_type {pcfg.task_type!r}, loaded as a plain PeftModel")
+            pcfg.task_type = None
+        with torch.no_grad():
+            base = model.eval()(**kw).logits
+            pm = PeftModel.from_pretrained(type(model).from_pretrained(os.path.join(work, "model")), adir, config=pcfg).eval()
+            ref = pm(**kw).logits
+    check(rel(got, ref) <= TOL, f"{arch} train: HF PEFT on peft.c's trained LoRA: logits rel {rel(got, ref):.2e}")
+    check(rel(base, ref) > 100 * TOL, f"{arch} train: the trained LoRA moved the logits (rel {rel(base, ref):.2e} from the base)")
+
+
+def case_save_hf(arch):
+    """peft_model_save_hf writes a checkpoint transformers loads with the same logits."""
+    model = make_model(arch)
+    with tempfile.TemporaryDirectory(dir=BUILD) as work:
+        model.save_pretrained(os.path.join(work, "model"), safe_serialization=True)
+        kw = write_batch(work, arch, model, [6, 4], 6, [0, 1])
+        out = os.path.join(work, "saved")
+        r = subprocess.run([DRIVER, "save", work, out], capture_output=True, text=True)
+        check(r.returncode == 0, f"{arch} save_hf: {r.stderr.strip()}")
+        with torch.no_grad():
+            ref = model.eval()(**kw).logits
+            got = type(model).from_pretrained(out).eval()(**kw).logits
+    check(rel(got, ref) <= TOL, f"{arch} save_hf: reloaded by transformers, logits rel {rel(got, ref):.2e}")
+
+
 def case_minilm():
     import all_minilm_l6_v2
 
@@ -204,8 +259,18 @@ def case_minilm():
         got = run_driver(work)
         ref_model = transformers.BertModel.from_pretrained(mdir).float().eval()
         mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+        saved = os.path.join(work, "saved")
+        r = subprocess.run([DRIVER, "save", work, saved], capture_output=True, text=True)
+        check(r.returncode == 0, f"minilm: save_hf with the fresh head {r.stderr.strip()}")
         with torch.no_grad():
             ref = ref_model(input_ids=ids.long(), attention_mask=mask, token_type_ids=types.long())
+            cls = transformers.BertForSequenceClassification.from_pretrained(saved).eval()
+            cls_logits = cls(input_ids=ids.long(), attention_mask=mask, token_type_ids=types.long()).logits
+        check(rel(got["logits"], cls_logits) <= TOL,
+              f"minilm: BertForSequenceClassification of the saved model (fresh head) logits rel {rel(got['logits'], cls_logits):.2e}")
+        w = cls.classifier.weight
+        check(abs(w.std().item() - 0.02) < 0.005 and cls.classifier.bias.abs().max().item() == 0,
+              f"minilm: the fresh head is N(0, initializer_range) (std {w.std().item():.4f}), bias 0")
     C = ref_model.config.hidden_size
     h = valid_rows(got["hidden"].reshape(B, T, C), lengths)
     ref_h = valid_rows(ref.last_hidden_state, lengths)
@@ -221,6 +286,9 @@ def main():
     check(r.returncode == 0, f"fd: encoder layer gradients by central differences {r.stderr.strip()}")
     for c in CASES:
         case_random(*c)
+    for arch in ("bert", "roberta"):
+        case_train_load(arch)
+        case_save_hf(arch)
     case_minilm()
     print(f"test_bert_parity: {'FAIL' if failures else 'PASS'} ({failures} failures)")
     return 1 if failures else 0
