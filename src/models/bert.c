@@ -239,7 +239,8 @@ static const peft_st_tensor *find_tensor(const bert_model *m, const peft_weights
     return t;
 }
 
-/* Allocates the slab, points every destination into it, reads or initialises the values. */
+/* Allocates the slab, points every destination into it, reads or initialises the values; w NULL
+ * (shapes_only): names, shapes and the head's parameter list only, no memory. */
 static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
     size_t total = 0, head = 0;
     for (int i = 0; i < m->n_tensors; i++) {
@@ -249,9 +250,9 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
         if (t->optional) head += n;
     }
     size_t all;
-    if (!peft_add_ok(total, head, &all) || !(m->slab = calloc(all ? all : 1, sizeof(float))))
+    if (!peft_add_ok(total, head, &all) || (w && !(m->slab = calloc(all ? all : 1, sizeof(float)))))
         return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the weights", m->base.dir, all * 4 >> 20);
-    float *p = m->slab, *g = m->slab + total;
+    float *p = m->slab, *g = m->slab ? m->slab + total : NULL;
     peft_rng rng;
     peft_rng_seed(&rng, BERT_HEAD_SEED, 0);
     int nh = 0, rc = PEFT_OK;
@@ -263,9 +264,9 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
         const peft_st_tensor *st = w ? find_tensor(m, w, t->name, &file) : NULL;
         if (st) rc = peft_weights_read_f32(w, st->name, t->ndim, t->shape, p, err);
         else if (!t->optional && w) rc = peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\" for %s", m->base.dir, t->name, m->base.info.arch);
-        else if (t->ndim == 2) /* HF's _init_weights: Linear weights normal(0, initializer_range), biases 0 */
+        else if (t->ndim == 2 && p) /* HF's _init_weights: Linear weights normal(0, initializer_range), biases 0 */
             for (size_t k = 0; k < n; k++) p[k] = m->init_range * peft_rng_normal(&rng);
-        for (size_t k = 0; rc == PEFT_OK && k < n; k++)
+        for (size_t k = 0; rc == PEFT_OK && p && k < n; k++)
             if (!isfinite(p[k]))
                 rc = peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value at index %zu", m->base.dir, t->name, k);
         if (t->optional) {
@@ -278,11 +279,11 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
             hp->shape[0] = t->shape[0];
             hp->shape[1] = t->shape[1];
             hp->lr_scale = 1.0f;
-            g += n;
+            if (g) g += n;
         } else {
             m->base.n_params += n;
         }
-        p += n;
+        if (p) p += n;
     }
     m->base.n_head = nh;
     m->base.head = m->head;
@@ -413,6 +414,7 @@ static int acts_alloc(peft_model *pm, int B, int T, int save_all, int training, 
     *out = NULL;
     if (B < 1 || T < 1 || T > m->base.info.max_positions)
         return peft_fail(err, PEFT_EINVAL, "%s: batch %d x %d: T must be in [1, %d]", m->base.dir, B, T, m->base.info.max_positions);
+    if (!m->slab) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded for its shapes only (no weights)", m->base.dir);
     peft_acts *a = calloc(1, sizeof *a);
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     *a = (peft_acts){.m = m, .B = B, .T = T, .save_all = save_all, .training = training};
@@ -604,6 +606,7 @@ static int write_config(const bert_model *m, const char *path, peft_err *err) {
 
 static int bert_save_hf(peft_model *pm, const char *dir, peft_err *err) {
     bert_model *m = (bert_model *)pm;
+    if (!m->slab) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded for its shapes only (no weights)", m->base.dir);
     if (peft_same_path(dir, m->base.dir))
         return peft_fail(err, PEFT_EINVAL, "%s: is the base model's directory; write the model elsewhere", dir);
     peft_st_entry *e = calloc((size_t)m->n_tensors, sizeof *e);

@@ -21,7 +21,11 @@
  *     format; DIR/out.safetensors gets the trained model's "logits" [B, NL].
  *
  *   driver_encoder save DIR OUT
- *     DIR/model loaded (seq-cls) and written back with peft_model_save_hf into OUT. */
+ *     DIR/model loaded (seq-cls) and written back with peft_model_save_hf into OUT.
+ *
+ *   driver_encoder load DIR TASK [N_LABELS [shapes]]
+ *     DIR loaded for TASK (n_labels N_LABELS, 0: config.json's; "shapes": shapes_only): one
+ *     line of what was loaded, or the error on stderr and exit 1. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -395,6 +399,20 @@ static int save(const char *dir, const char *out_dir) {
     return rc ? 1 : 0;
 }
 
+/* DIR loaded for TASK with N_LABELS (0: config.json's); prints its info, or the error (exit 1). */
+static int load(const char *dir, const char *task, int n_labels, int shapes_only) {
+    peft_err err = {0};
+    peft_model *m = NULL;
+    const peft_model_load_opts lo = {.task = (peft_task)peft_task_parse(task), .n_labels = n_labels, .shapes_only = shapes_only};
+    int rc = peft_model_load(dir, &lo, &m, &err);
+    if (rc == PEFT_OK)
+        printf("load: %s %s %s labels %d sites %d norms %d head %d params %zu\n", m->info.arch, m->info.hf_class,
+               peft_task_name(m->info.task), m->info.n_labels, m->n_sites, m->n_norms, m->n_head, m->n_params);
+    else fprintf(stderr, "%s\n", err.msg);
+    peft_model_free(m);
+    return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "fd")) {
         fd_run(0);
@@ -403,7 +421,9 @@ int main(int argc, char **argv) {
     }
     if (argc >= 6 && !strcmp(argv[1], "train")) return train(argv[2], argv[3], atoi(argv[4]), atof(argv[5]));
     if (argc >= 4 && !strcmp(argv[1], "save")) return save(argv[2], argv[3]);
+    if (argc >= 4 && !strcmp(argv[1], "load"))
+        return load(argv[2], argv[3], argc >= 5 ? atoi(argv[4]) : 0, argc >= 6 && !strcmp(argv[5], "shapes"));
     if (argc >= 3 && !strcmp(argv[1], "run")) return run(argv[2], argc >= 5 ? atoi(argv[3]) : 0, argc >= 5 ? atof(argv[4]) : 0);
-    fprintf(stderr, "usage: driver_encoder fd | run DIR [RANK ALPHA] | train DIR OUT STEPS LR | save DIR OUT\n");
+    fprintf(stderr, "usage: driver_encoder fd | run DIR [RANK ALPHA] | train DIR OUT STEPS LR | save DIR OUT | load DIR TASK [N_LABELS [shapes]]\n");
     return 2;
 }

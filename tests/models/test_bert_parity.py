@@ -215,6 +215,36 @@ def case_save_hf(arch):
     check(rel(got, ref) <= TOL, f"{arch} save_hf: reloaded by transformers, logits rel {rel(got, ref):.2e}")
 
 
+def case_refusals():
+    """What bert.c refuses, each with a message naming the file / field / architecture."""
+    import json
+
+    model = make_model("bert")
+    with tempfile.TemporaryDirectory(dir=BUILD) as work:
+        d = os.path.join(work, "model")
+        model.save_pretrained(d, safe_serialization=True)
+
+        def load(task, n_labels=0, shapes=False, expect_ok=False, needles=()):
+            r = subprocess.run([DRIVER, "load", d, task, str(n_labels)] + (["shapes"] if shapes else []),
+                               capture_output=True, text=True)
+            msg = (r.stdout + r.stderr).strip()
+            ok = (r.returncode == 0) == expect_ok and all(n in msg for n in needles)
+            check(ok, f"load {task} n_labels={n_labels}{' shapes' if shapes else ''}: {msg}")
+            return msg
+
+        msg = load("seq-cls", expect_ok=True, needles=("bert BertForSequenceClassification seq-cls labels 3", "sites 13", "norms 5", "head 2"))
+        n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("classifier"))
+        check(f"params {n_params}" in msg, f"load: {n_params} base parameters (transformers' count without the head)")
+        load("seq-cls", shapes=True, expect_ok=True, needles=("labels 3",))
+        load("causal-lm", needles=("config.json", "bert is an encoder", "causal-lm"))
+        load("seq-cls", n_labels=1, needles=("regression",))
+        load("seq-cls", n_labels=5, needles=("classifier.weight", "shape"))  # the checkpoint's head has 3 rows
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        cfg["hidden_act"] = "relu"
+        json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+        load("seq-cls", needles=("hidden_act", "relu"))
+
+
 def case_minilm():
     import all_minilm_l6_v2
 
@@ -286,6 +316,7 @@ def main():
     check(r.returncode == 0, f"fd: encoder layer gradients by central differences {r.stderr.strip()}")
     for c in CASES:
         case_random(*c)
+    case_refusals()
     for arch in ("bert", "roberta"):
         case_train_load(arch)
         case_save_hf(arch)
