@@ -348,6 +348,7 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
     }
     in->vocab_size = m->V;
     in->hidden_size = m->C;
+    in->intermediate_size = m->F;
     in->n_layers = m->L;
     in->n_heads = in->n_kv_heads = m->NH;
     in->head_dim = m->C / m->NH;
@@ -380,6 +381,8 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
         m->base.ops->free(&m->base);
         return rc;
     }
+    m->base.tok_embed = m->word;
+    m->base.compute = "f32";
     *out = &m->base;
     return PEFT_OK;
 }
@@ -568,7 +571,7 @@ static const bert_tensor *find_own(const bert_model *m, const char *name) {
 static const float *bert_tensor_values(peft_model *pm, const char *name, int64_t *shape, int *ndim) {
     const bert_tensor *t = find_own((bert_model *)pm, name);
     if (!t) return NULL;
-    if (shape) shape[0] = t->shape[0], shape[1] = t->shape[1];
+    for (int d = 0; shape && d < t->ndim; d++) shape[d] = t->shape[d];
     if (ndim) *ndim = t->ndim;
     return t->data;
 }
