@@ -12,10 +12,12 @@
 
 extern const peft_arch peft_arch_llama;
 extern const peft_arch peft_arch_bert; /* bert, roberta */
+extern const peft_arch peft_arch_vit;
 
 static const peft_arch *const archs[] = {
     &peft_arch_llama,
     &peft_arch_bert,
+    &peft_arch_vit,
 };
 
 int peft_n_archs(void) { return (int)(sizeof archs / sizeof archs[0]); }
