@@ -13,7 +13,14 @@
  * Batches carry pixels [B, Cin, S, S] already preprocessed (io/image_preprocess.h); every image
  * is T = NP + 1 tokens, so acts_alloc's T is not used. Position interpolation is not done: the
  * images must be image_size square. Weights are copied to f32 at load; tensor names are HF's with
- * or without the "vit." prefix (a ViTModel save has none) and always carry it in the model. */
+ * or without the "vit." prefix (a ViTModel save has none) and always carry it in the model.
+ *
+ * Names: transformers 5 renamed ViT's modules (vit.layers.{i}.attention.q_proj/k_proj/v_proj/
+ * o_proj, mlp.fc1/fc2) but save_pretrained still writes the original tensor names
+ * (vit.encoder.layer.{i}.attention.attention.query, ...output.dense, intermediate.dense,
+ * output.dense). Sites and norms carry the module names, since HF PEFT keys adapters by them
+ * ("base_model.model.vit.layers.0.attention.q_proj.lora_A.weight"); tensors (load, save_hf,
+ * tensor()) carry the stored names. */
 #include "vit.h"
 
 #include <math.h>
@@ -171,53 +178,58 @@ static void add_vec(vit_model *m, float **dst, int64_t n, const char *name, cons
     add_tensor(m, dst, 1, (int64_t[]){n}, "%s%s", name, suffix);
 }
 
-/* A site and its weight [out, in] / bias [out] tensors. */
-static void add_site(vit_model *m, peft_site *s, int layer, int in, int out, const char *name) {
-    snprintf(s->name, sizeof s->name, "%s", name);
+/* A site named by its module (`module`) and its weight [out, in] / bias [out] tensors, named as
+ * the checkpoint stores them (`tensor`). */
+static void add_site(vit_model *m, peft_site *s, int layer, int in, int out, const char *module, const char *tensor) {
+    snprintf(s->name, sizeof s->name, "%s", module);
     const char *dot = strrchr(s->name, '.');
     s->kind = dot ? dot + 1 : s->name;
     s->layer = layer;
     s->in_features = in;
     s->out_features = out;
-    add_tensor(m, &s->weight, 2, (int64_t[]){out, in}, "%s.weight", name);
-    add_vec(m, &s->bias, out, name, ".bias");
+    add_tensor(m, &s->weight, 2, (int64_t[]){out, in}, "%s.weight", tensor);
+    add_vec(m, &s->bias, out, tensor, ".bias");
 }
 
-static void add_norm(vit_model *m, peft_norm_site *n, int layer, const char *name) {
-    snprintf(n->name, sizeof n->name, "%s", name);
+static void add_norm(vit_model *m, peft_norm_site *n, int layer, const char *module, const char *tensor) {
+    snprintf(n->name, sizeof n->name, "%s", module);
     n->layer = layer;
     n->dim = m->C;
-    add_vec(m, &n->base, m->C, name, ".weight");
-    add_vec(m, &n->bias_base, m->C, name, ".bias");
+    add_vec(m, &n->base, m->C, tensor, ".weight");
+    add_vec(m, &n->bias_base, m->C, tensor, ".bias");
 }
 
 /* Lists every tensor with its HF shape (destinations recorded, bound by bind_tensors). */
 static void list_tensors(vit_model *m) {
     const int C = m->C, F = m->F;
-    char name[128]; /* a site's name (peft_site.name) */
+    char module[128], tensor[128]; /* peft_site.name is 128 */
     add_tensor(m, &m->cls, 3, (int64_t[]){1, 1, C}, "vit.embeddings.cls_token");
     add_tensor(m, &m->pos, 3, (int64_t[]){1, m->NP + 1, C}, "vit.embeddings.position_embeddings");
     add_tensor(m, &m->patch_w, 4, (int64_t[]){C, m->CIN, m->P, m->P}, "vit.embeddings.patch_embeddings.projection.weight");
     add_vec(m, &m->patch_b, C, "vit.embeddings.patch_embeddings.projection", ".bias");
-    static const char *const site_names[VIT_SITES_PER_LAYER] = {"attention.attention.query", "attention.attention.key",
+    /* transformers 5's module names (what PEFT targets and keys adapters by), then the names the
+     * checkpoint stores (save_pretrained still writes HF's original ViT names) */
+    static const char *const modules[VIT_SITES_PER_LAYER + 2] = {"attention.q_proj", "attention.k_proj", "attention.v_proj",
+                                                                 "attention.o_proj", "mlp.fc1", "mlp.fc2",
+                                                                 "layernorm_before", "layernorm_after"};
+    static const char *const stored[VIT_SITES_PER_LAYER + 2] = {"attention.attention.query", "attention.attention.key",
                                                                 "attention.attention.value", "attention.output.dense",
-                                                                "intermediate.dense", "output.dense"};
+                                                                "intermediate.dense", "output.dense",
+                                                                "layernorm_before", "layernorm_after"};
     const int in[VIT_SITES_PER_LAYER] = {C, C, C, C, C, F}, out[VIT_SITES_PER_LAYER] = {C, C, C, C, F, C};
     for (int l = 0; l < m->L; l++) {
         peft_site *s = &m->site_arr[l * VIT_SITES_PER_LAYER];
         peft_norm_site *n = &m->norm_arr[2 * l];
-        for (int k = 0; k < VIT_SITES_PER_LAYER; k++) {
-            snprintf(name, sizeof name, "vit.encoder.layer.%d.%s", l, site_names[k]);
-            add_site(m, &s[k], l, in[k], out[k], name);
+        for (int k = 0; k < VIT_SITES_PER_LAYER + 2; k++) {
+            snprintf(module, sizeof module, "vit.layers.%d.%s", l, modules[k]);
+            snprintf(tensor, sizeof tensor, "vit.encoder.layer.%d.%s", l, stored[k]);
+            if (k < VIT_SITES_PER_LAYER) add_site(m, &s[k], l, in[k], out[k], module, tensor);
+            else add_norm(m, &n[k - VIT_SITES_PER_LAYER], l, module, tensor);
         }
-        snprintf(name, sizeof name, "vit.encoder.layer.%d.layernorm_before", l);
-        add_norm(m, &n[0], l, name);
-        snprintf(name, sizeof name, "vit.encoder.layer.%d.layernorm_after", l);
-        add_norm(m, &n[1], l, name);
         m->layers[l] = (peft_encoder_layer){.q = &s[0], .k = &s[1], .v = &s[2], .o = &s[3], .up = &s[4], .down = &s[5],
                                             .ln1 = &n[0], .ln2 = &n[1]};
     }
-    add_norm(m, &m->norm_arr[2 * m->L], -1, "vit.layernorm");
+    add_norm(m, &m->norm_arr[2 * m->L], -1, "vit.layernorm", "vit.layernorm");
     add_tensor(m, &m->head_w, 2, (int64_t[]){m->NL, C}, "classifier.weight");
     add_vec(m, &m->head_b, m->NL, "classifier", ".bias");
     m->tensors[m->n_tensors - 2].head = m->tensors[m->n_tensors - 1].head = 1;
