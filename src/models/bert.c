@@ -348,6 +348,7 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
     }
     in->vocab_size = m->V;
     in->hidden_size = m->C;
+    in->intermediate_size = m->F;
     in->n_layers = m->L;
     in->n_heads = in->n_kv_heads = m->NH;
     in->head_dim = m->C / m->NH;
@@ -380,6 +381,8 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
         m->base.ops->free(&m->base);
         return rc;
     }
+    m->base.tok_embed = m->word;
+    m->base.compute = "f32";
     *out = &m->base;
     return PEFT_OK;
 }
@@ -421,13 +424,17 @@ static int acts_alloc(peft_model *pm, int B, int T, int save_all, int training, 
     const size_t N = (size_t)B * T, C = (size_t)m->C, NL = (size_t)m->NL;
     const int n_la = save_all ? m->L : 1;
     const size_t per_la = encoder_acts_floats(&m->enc, B, T), grads = training ? encoder_grads_floats(&m->enc, B, T) : 0;
-    /* x, emb, mean, rstd, la, h0, z, logits, losses; training: grads, d0, d1, dz, dh0, dlogits */
-    size_t sz[] = {(size_t)(m->L + 1) * N * C, N * C, N, N, (size_t)n_la * per_la, B * C, B * C, B * NL, (size_t)B,
-                   grads, training ? N * C : 0, training ? N * C : 0, training ? B * C : 0, training ? B * C : 0,
-                   training ? B * NL : 0};
-    size_t total = 0;
-    int ok = per_la && (!training || grads);
-    for (size_t i = 0; ok && i < sizeof sz / sizeof sz[0]; i++) ok = peft_add_ok(total, sz[i], &total);
+    /* the plain buffers (sizes[i] floats for *bufs[i]), then the layers' acts, then the encoder's
+     * backward scratch; training buffers are 0 without training */
+    const size_t tr = training ? 1 : 0;
+    float **bufs[] = {&a->x, &a->emb, &a->emb_mean, &a->emb_rstd, &a->h0, &a->z, &a->logits, &a->losses,
+                      &a->d0, &a->d1, &a->dz, &a->dh0, &a->dlogits};
+    const size_t sizes[] = {(size_t)(m->L + 1) * N * C, N * C, N, N, B * C, B * C, B * NL, (size_t)B,
+                            tr * N * C, tr * N * C, tr * B * C, tr * B * C, tr * B * NL};
+    size_t total = 0, la_floats = 0;
+    int ok = per_la && (!training || grads) && peft_mul_ok((size_t)n_la, per_la, &la_floats) &&
+             peft_add_ok(la_floats, grads, &total);
+    for (size_t i = 0; ok && i < sizeof sizes / sizeof sizes[0]; i++) ok = peft_add_ok(total, sizes[i], &total);
     a->la = calloc((size_t)n_la, sizeof *a->la);
     a->pos_ids = malloc(N * sizeof(int32_t));
     a->type_ids = malloc(N * sizeof(int32_t));
@@ -436,15 +443,9 @@ static int acts_alloc(peft_model *pm, int B, int T, int save_all, int training, 
         return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate activations for a %d x %d batch", m->base.dir, B, T);
     }
     float *p = a->slab;
-    float **dst[] = {&a->x, &a->emb, &a->emb_mean, &a->emb_rstd, NULL, &a->h0, &a->z, &a->logits, &a->losses,
-                     NULL, &a->d0, &a->d1, &a->dz, &a->dh0, &a->dlogits};
-    for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) {
-        if (dst[i]) *dst[i] = sz[i] ? p : NULL;
-        else if (i == 4)
-            for (int l = 0; l < n_la; l++) encoder_acts_point(&a->la[l], p + (size_t)l * per_la, &m->enc, B, T);
-        else if (training) encoder_grads_point(&a->g, p, &m->enc, B, T);
-        p += sz[i];
-    }
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; p += sizes[i], i++) *bufs[i] = sizes[i] ? p : NULL;
+    for (int l = 0; l < n_la; l++, p += per_la) encoder_acts_point(&a->la[l], p, &m->enc, B, T);
+    if (training) encoder_grads_point(&a->g, p, &m->enc, B, T);
     *out = a;
     return PEFT_OK;
 }
@@ -568,7 +569,7 @@ static const bert_tensor *find_own(const bert_model *m, const char *name) {
 static const float *bert_tensor_values(peft_model *pm, const char *name, int64_t *shape, int *ndim) {
     const bert_tensor *t = find_own((bert_model *)pm, name);
     if (!t) return NULL;
-    if (shape) shape[0] = t->shape[0], shape[1] = t->shape[1];
+    for (int d = 0; shape && d < t->ndim; d++) shape[d] = t->shape[d];
     if (ndim) *ndim = t->ndim;
     return t->data;
 }

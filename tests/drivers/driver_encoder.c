@@ -13,7 +13,8 @@
  *     ("base_model.model.<site>.lora_A.weight"). Runs a training forward (and with labels the
  *     backward) and writes DIR/out.safetensors: "logits" [B, NL], "hidden" [B*T, C], "pooled"
  *     [B, C], with labels "loss" [1], every LoRA gradient under its PEFT key and every head
- *     gradient under "grad.<head name>". PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward.
+ *     gradient under "grad.<head name>", every LayerNorm's weight and bias gradient under
+ *     "grad.<norm>.weight" / ".bias" (hooked as LayerNorm tuning does). PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward.
  *
  *   driver_encoder train DIR OUT STEPS LR
  *     A fresh LoRA adapter set (query,value, r 4, alpha 8) on DIR/model trained STEPS AdamW
@@ -282,6 +283,12 @@ static int run(const char *dir, int rank, double alpha) {
         if (rc == PEFT_OK && !(work = malloc((wf ? wf : 1) * sizeof(float)))) rc = PEFT_ENOMEM;
         for (int i = 0; i < n_ad; i++) ad[i]->work = work;
     }
+    /* every LayerNorm gets weight and bias gradients (LayerNorm tuning's hook) */
+    float *ln_grads = rc ? NULL : calloc((size_t)m->n_norms * 2 * m->info.hidden_size, sizeof(float));
+    for (int i = 0; ln_grads && i < m->n_norms; i++) {
+        m->norms[i]->grad = ln_grads + (size_t)(2 * i) * m->info.hidden_size;
+        m->norms[i]->bias_grad = ln_grads + (size_t)(2 * i + 1) * m->info.hidden_size;
+    }
     double loss = 0.0;
     int n_counted = 0;
     const char *rec = getenv("PEFT_DRIVER_RECOMPUTE"); /* 1: gradient checkpointing */
@@ -311,6 +318,13 @@ static int run(const char *dir, int rank, double alpha) {
                 snprintf(key, sizeof key, "grad.%s", m->head[h].name);
                 out_add(&o, key, m->head[h].grad, m->head[h].shape[0], m->head[h].ndim > 1 ? m->head[h].shape[1] : 0);
             }
+            for (int i = 0; ln_grads && i < m->n_norms; i++) {
+                char key[160];
+                snprintf(key, sizeof key, "grad.%.127s.weight", m->norms[i]->name);
+                out_add(&o, key, m->norms[i]->grad, m->norms[i]->dim, 0);
+                snprintf(key, sizeof key, "grad.%.127s.bias", m->norms[i]->name);
+                out_add(&o, key, m->norms[i]->bias_grad, m->norms[i]->dim, 0);
+            }
         }
         snprintf(path, sizeof path, "%s/out.safetensors", dir);
         rc = peft_st_write(path, o.e, o.n, NULL, 0, &err);
@@ -320,6 +334,7 @@ static int run(const char *dir, int rank, double alpha) {
     if (a) peft_model_acts_free(m, a);
     for (int i = 0; i < n_ad; i++) peft_method_lora.destroy(ad[i]);
     free(work);
+    free(ln_grads);
     if (m) peft_model_free(m);
     peft_st_close(bf);
     peft_st_close(lf);

@@ -9,13 +9,20 @@ transformers + HF PEFT, and the encoder layer's backward against finite differen
     (torch.manual_seed), a padded batch of pair inputs (token_type_ids for BERT; RoBERTa's
     position ids counting non-pad tokens from padding_idx + 1), HF PEFT LoRA at query/value
     (init_lora_weights=False, so A and B are random) with the classifier as modules_to_save:
-    logits, loss, the last hidden states of valid tokens, every lora_A / lora_B gradient and
-    every head gradient equal to transformers + PEFT; once with peft.c recomputing layers.
+    logits, loss, the last hidden states of valid tokens, every lora_A / lora_B gradient, every
+    head gradient and every LayerNorm weight/bias gradient (hooked as LayerNorm tuning does)
+    equal to transformers + PEFT; once with peft.c recomputing layers.
+  * refusals: causal-lm on an encoder, 1 label (HF's regression), a head whose shape is not
+    n_labels, an unsupported hidden_act; the base parameter count against transformers'.
+  * LoRA trained by peft.c (5 AdamW steps through the adapter set on the peft_model interface)
+    loads in HF PEFT (PeftModel.from_pretrained) with peft.c's logits after training.
+  * save_hf: transformers reloads the written checkpoint with the same logits.
   * the real pretrained all-MiniLM-L6-v2 (a BertModel checkpoint without the "bert." prefix),
     extracted from the all_minilm_l6_v2 package into the build dir: peft.c's WordPiece
     tokenizer (peft tokenize, single texts and pairs) equals the tokenizers library, and on
     those ids the last hidden states of valid tokens and the pooler output equal
-    transformers' BertModel.
+    transformers' BertModel; saved by peft.c with its fresh head (N(0, initializer_range),
+    bias 0), BertForSequenceClassification gives peft.c's logits.
 Relative error = max |peft.c - reference| / max |reference|: <= 1e-4.
 Exit 0 = pass, 1 = fail, 77 = skipped (torch / transformers / peft / tokenizers missing).
 """
@@ -129,18 +136,23 @@ def case_random(name, arch, recompute):
         lcfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["query", "value"], lora_dropout=0.0,
                           init_lora_weights=False, modules_to_save=["classifier"])
         pm = get_peft_model(model, lcfg)
+        for n, p in pm.named_parameters():  # the LayerNorms' gradients too (LayerNorm tuning's)
+            if "LayerNorm" in n:
+                p.requires_grad_(True)
         pm.train()
         kw = dict(input_ids=ids.long(), attention_mask=mask, labels=labels.long(), output_hidden_states=True)
         if arch == "bert":
             kw["token_type_ids"] = types.long()
         out = pm(**kw)
         out.loss.backward()
-        lora, grads, head = {}, {}, {}
+        lora, grads, head, ln = {}, {}, {}, {}
         for n, p in pm.named_parameters():
             if "lora_" in n:
                 key = n.replace(".default", "")
                 lora[key] = p.detach().contiguous()
                 grads[key] = p.grad
+            elif "LayerNorm" in n:
+                ln["grad." + n.split("base_model.model.")[1]] = p.grad
             elif "modules_to_save.default" in n:
                 head["grad." + n.split("base_model.model.")[1].replace(".modules_to_save.default", "")] = p.grad
         save_file(lora, os.path.join(work, "lora.safetensors"))
@@ -158,6 +170,10 @@ def case_random(name, arch, recompute):
     check(len(head) == (4 if arch == "roberta" else 2) and all(k in got for k in head), f"{name}: head gradients {sorted(head)}")
     hw = max(rel(got[k], v) for k, v in head.items())
     check(hw <= TOL, f"{name}: head gradients worst rel {hw:.2e}")
+    n_ln = 2 * (1 + 2 * model.config.num_hidden_layers)
+    check(len(ln) == n_ln and all(k in got for k in ln), f"{name}: {len(ln)} LayerNorm gradients (of {n_ln})")
+    lw = max((rel(got[k], v), k) for k, v in ln.items() if k in got)
+    check(lw[0] <= TOL, f"{name}: LayerNorm weight/bias gradients worst rel {lw[0]:.2e} ({lw[1]})")
 
 
 def write_batch(work, arch, model, lengths, T, labels):
