@@ -29,13 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/fileio.h"
 #include "core/rng.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
 #include "models/encoder.h"
+#include "models/hf_checkpoint.h"
 
 #define VIT_SITES_PER_LAYER 6
 #define VIT_MAX_DIM (1 << 20)
@@ -97,25 +97,15 @@ struct peft_acts {
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
-static int cfg_int(const cJSON *j, const char *key, int required, int dflt, int lo, int hi, int *out, const char *file,
-                   peft_err *err) {
-    long long v = dflt;
-    int rc = peft_json_int(j, key, required, &v, file, err);
-    if (rc) return rc;
-    if (v < lo || v > hi) return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" = %lld is outside [%d, %d]", file, key, v, lo, hi);
-    *out = (int)v;
-    return PEFT_OK;
-}
-
 static int parse_config(vit_model *m, const cJSON *j, const peft_model_load_opts *opts, const char *file, peft_err *err) {
     int rc = PEFT_OK;
-    if (!rc) rc = cfg_int(j, "hidden_size", 1, 0, 1, VIT_MAX_DIM, &m->C, file, err);
-    if (!rc) rc = cfg_int(j, "num_hidden_layers", 1, 0, 1, VIT_MAX_LAYERS, &m->L, file, err);
-    if (!rc) rc = cfg_int(j, "num_attention_heads", 1, 0, 1, VIT_MAX_DIM, &m->NH, file, err);
-    if (!rc) rc = cfg_int(j, "intermediate_size", 1, 0, 1, VIT_MAX_DIM, &m->F, file, err);
-    if (!rc) rc = cfg_int(j, "image_size", 0, 224, 1, VIT_MAX_IMAGE, &m->S, file, err);
-    if (!rc) rc = cfg_int(j, "patch_size", 0, 16, 1, VIT_MAX_IMAGE, &m->P, file, err);
-    if (!rc) rc = cfg_int(j, "num_channels", 0, 3, 1, 64, &m->CIN, file, err);
+    if (!rc) rc = peft_cfg_int(j, "hidden_size", 1, 0, 1, VIT_MAX_DIM, &m->C, file, err);
+    if (!rc) rc = peft_cfg_int(j, "num_hidden_layers", 1, 0, 1, VIT_MAX_LAYERS, &m->L, file, err);
+    if (!rc) rc = peft_cfg_int(j, "num_attention_heads", 1, 0, 1, VIT_MAX_DIM, &m->NH, file, err);
+    if (!rc) rc = peft_cfg_int(j, "intermediate_size", 1, 0, 1, VIT_MAX_DIM, &m->F, file, err);
+    if (!rc) rc = peft_cfg_int(j, "image_size", 0, 224, 1, VIT_MAX_IMAGE, &m->S, file, err);
+    if (!rc) rc = peft_cfg_int(j, "patch_size", 0, 16, 1, VIT_MAX_IMAGE, &m->P, file, err);
+    if (!rc) rc = peft_cfg_int(j, "num_channels", 0, 3, 1, 64, &m->CIN, file, err);
     if (rc) return rc;
     if (m->C % m->NH)
         return peft_fail(err, PEFT_EFORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", file, m->C, m->NH);
@@ -141,15 +131,8 @@ static int parse_config(vit_model *m, const cJSON *j, const peft_model_load_opts
     else return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"hidden_act\" = \"%s\" (supported: gelu, gelu_new, gelu_pytorch_tanh)", file, act);
     if (problem && strcmp(problem, "single_label_classification"))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"problem_type\" = \"%s\" (supported: single_label_classification)", file, problem);
-    /* labels: the load options, else id2label's size, else num_labels, else HF's default 2 */
-    int NL = 2;
-    const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(j, "id2label");
-    if (cJSON_IsObject(id2label)) NL = cJSON_GetArraySize(id2label);
-    else if ((rc = cfg_int(j, "num_labels", 0, 2, 1, VIT_MAX_LABELS, &NL, file, err))) return rc;
-    if (opts && opts->n_labels) NL = opts->n_labels;
-    if (NL == 1)
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: 1 label means regression (MSE) in HF, which vit does not do; use >= 2 labels", file);
-    if (NL < 2 || NL > VIT_MAX_LABELS) return peft_fail(err, PEFT_EFORMAT, "%s: %d labels is outside [2, %d]", file, NL, VIT_MAX_LABELS);
+    int NL;
+    if ((rc = peft_cfg_n_labels(j, opts, VIT_MAX_LABELS, "vit", file, &NL, err))) return rc;
     m->NL = NL;
     m->enc = (peft_encoder_cfg){.C = m->C, .NH = m->NH, .HD = m->C / m->NH, .F = m->F, .eps = (float)eps,
                                 .pre_ln = 1, .gelu_kind = gelu};
@@ -546,41 +529,9 @@ static const float *vit_tensor_values(peft_model *pm, const char *name, int64_t 
     return NULL;
 }
 
-/* config.json for the saved model: the loaded one with the class and the labels it now has. */
-static int write_config(const vit_model *m, const char *path, peft_err *err) {
-    cJSON *j = cJSON_Parse(m->config_text);
-    if (!j) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    cJSON_DeleteItemFromObjectCaseSensitive(j, "architectures");
-    cJSON_AddItemToObject(j, "architectures", cJSON_CreateStringArray((const char *const[]){m->base.info.hf_class}, 1));
-    const cJSON *old = cJSON_GetObjectItemCaseSensitive(j, "id2label");
-    if (!cJSON_IsObject(old) || cJSON_GetArraySize(old) != m->NL) {
-        cJSON *id2label = cJSON_CreateObject(), *label2id = cJSON_CreateObject();
-        for (int i = 0; i < m->NL; i++) {
-            char k[32], v[40];
-            snprintf(k, sizeof k, "%d", i);
-            snprintf(v, sizeof v, "LABEL_%d", i);
-            cJSON_AddItemToObject(id2label, k, cJSON_CreateString(v));
-            cJSON_AddItemToObject(label2id, v, cJSON_CreateNumber(i));
-        }
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "id2label");
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "label2id");
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "num_labels");
-        cJSON_AddItemToObject(j, "id2label", id2label);
-        cJSON_AddItemToObject(j, "label2id", label2id);
-    }
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!text) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    int rc = peft_write_file_atomic(path, text, strlen(text), err);
-    free(text);
-    return rc;
-}
-
 static int vit_save_hf(peft_model *pm, const char *dir, peft_err *err) {
     vit_model *m = (vit_model *)pm;
     if (!m->slab) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded for its shapes only (no weights)", m->base.dir);
-    if (peft_same_path(dir, m->base.dir))
-        return peft_fail(err, PEFT_EINVAL, "%s: is the base model's directory; write the model elsewhere", dir);
     peft_st_entry *e = calloc((size_t)m->n_tensors, sizeof *e);
     if (!e) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     for (int i = 0; i < m->n_tensors; i++) {
@@ -588,17 +539,9 @@ static int vit_save_hf(peft_model *pm, const char *dir, peft_err *err) {
         e[i] = (peft_st_entry){.name = t->name, .dtype = PEFT_F32, .ndim = t->ndim, .data = t->data};
         for (int d = 0; d < t->ndim; d++) e[i].shape[d] = t->shape[d];
     }
-    static const char *const meta[] = {"format", "pt"};
-    char src[4200], dst[4200];
-    int rc = peft_mkdir(dir, err);
-    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
-    if (rc == PEFT_OK) rc = peft_st_write(dst, e, m->n_tensors, meta, 1, err);
+    static const char *const side_files[] = {"preprocessor_config.json"};
+    int rc = peft_hf_checkpoint_write(&m->base, dir, m->config_text, m->NL, e, m->n_tensors, side_files, 1, err);
     free(e);
-    snprintf(dst, sizeof dst, "%s/config.json", dir);
-    if (rc == PEFT_OK) rc = write_config(m, dst, err);
-    snprintf(src, sizeof src, "%s/preprocessor_config.json", m->base.dir);
-    snprintf(dst, sizeof dst, "%s/preprocessor_config.json", dir);
-    if (rc == PEFT_OK && peft_file_exists(src)) rc = peft_copy_file(src, dst, err);
     return rc;
 }
 
