@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/fileio.h"
+#include "kernels/kernels.h"
 
 int peft_cfg_int(const cJSON *j, const char *key, int required, int dflt, int lo, int hi, int *out, const char *file,
                  peft_err *err) {
@@ -29,6 +30,25 @@ int peft_cfg_n_labels(const cJSON *j, const peft_model_load_opts *opts, int max,
                          file, arch);
     if (NL < 2 || NL > max) return peft_fail(err, PEFT_EFORMAT, "%s: %d labels is outside [2, %d]", file, NL, max);
     *out = NL;
+    return PEFT_OK;
+}
+
+int peft_cfg_encoder(const cJSON *j, const char *file, double *eps, double *init_range, int *gelu_kind, peft_err *err) {
+    int rc;
+    *init_range = 0.02;
+    if ((rc = peft_json_double(j, "layer_norm_eps", 0, eps, file, err))) return rc;
+    if ((rc = peft_json_double(j, "initializer_range", 0, init_range, file, err))) return rc;
+    if (!(*eps > 0 && *eps < 1)) return peft_fail(err, PEFT_EFORMAT, "%s: \"layer_norm_eps\" = %g is outside (0, 1)", file, *eps);
+    if (!(*init_range >= 0 && *init_range < 10))
+        return peft_fail(err, PEFT_EFORMAT, "%s: \"initializer_range\" = %g is outside [0, 10)", file, *init_range);
+    const char *act = "gelu", *problem = NULL;
+    if ((rc = peft_json_string(j, "hidden_act", 0, &act, file, err))) return rc;
+    if ((rc = peft_json_string(j, "problem_type", 0, &problem, file, err))) return rc;
+    if (!strcmp(act, "gelu")) *gelu_kind = GELU_ERF;
+    else if (!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh")) *gelu_kind = GELU_TANH;
+    else return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"hidden_act\" = \"%s\" (supported: gelu, gelu_new, gelu_pytorch_tanh)", file, act);
+    if (problem && strcmp(problem, "single_label_classification"))
+        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"problem_type\" = \"%s\" (supported: single_label_classification)", file, problem);
     return PEFT_OK;
 }
 

@@ -19,6 +19,11 @@ int peft_cfg_int(const cJSON *j, const char *key, int required, int dflt, int lo
 int peft_cfg_n_labels(const cJSON *j, const peft_model_load_opts *opts, int max, const char *arch, const char *file,
                       int *out, peft_err *err);
 
+/* The fields HF's encoder configs share: layer_norm_eps in (0, 1) (default *eps),
+ * initializer_range in [0, 10) (default 0.02), hidden_act as a GELU_* kind (gelu, gelu_new,
+ * gelu_pytorch_tanh) and problem_type, which must be single-label classification when present. */
+int peft_cfg_encoder(const cJSON *j, const char *file, double *eps, double *init_range, int *gelu_kind, peft_err *err);
+
 /* Writes m as an HF checkpoint into dir (not the base model's own): model.safetensors holding
  * tensors[n] (f32), config.json = config_text (the loaded config) with architectures =
  * [m->info.hf_class] and id2label / label2id rewritten when they do not hold n_labels entries

@@ -112,25 +112,13 @@ static int parse_config(vit_model *m, const cJSON *j, const peft_model_load_opts
     if (m->S % m->P)
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"image_size\" %d is not a multiple of \"patch_size\" %d", file, m->S, m->P);
     m->NP = (m->S / m->P) * (m->S / m->P);
-    double eps = 1e-12, range = 0.02;
-    if ((rc = peft_json_double(j, "layer_norm_eps", 0, &eps, file, err))) return rc;
-    if ((rc = peft_json_double(j, "initializer_range", 0, &range, file, err))) return rc;
-    if (!(eps > 0 && eps < 1)) return peft_fail(err, PEFT_EFORMAT, "%s: \"layer_norm_eps\" = %g is outside (0, 1)", file, eps);
-    if (!(range >= 0 && range < 10))
-        return peft_fail(err, PEFT_EFORMAT, "%s: \"initializer_range\" = %g is outside [0, 10)", file, range);
+    double eps = 1e-12, range;
+    int gelu;
+    if ((rc = peft_cfg_encoder(j, file, &eps, &range, &gelu, err))) return rc;
     m->init_range = (float)range;
     const cJSON *qkv_bias = cJSON_GetObjectItemCaseSensitive(j, "qkv_bias");
     if (qkv_bias && !cJSON_IsTrue(qkv_bias))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"qkv_bias\" must be true (query/key/value without bias are not implemented)", file);
-    const char *act = "gelu", *problem = NULL;
-    if ((rc = peft_json_string(j, "hidden_act", 0, &act, file, err))) return rc;
-    if ((rc = peft_json_string(j, "problem_type", 0, &problem, file, err))) return rc;
-    int gelu;
-    if (!strcmp(act, "gelu")) gelu = GELU_ERF;
-    else if (!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh")) gelu = GELU_TANH;
-    else return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"hidden_act\" = \"%s\" (supported: gelu, gelu_new, gelu_pytorch_tanh)", file, act);
-    if (problem && strcmp(problem, "single_label_classification"))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"problem_type\" = \"%s\" (supported: single_label_classification)", file, problem);
     int NL;
     if ((rc = peft_cfg_n_labels(j, opts, VIT_MAX_LABELS, "vit", file, &NL, err))) return rc;
     m->NL = NL;

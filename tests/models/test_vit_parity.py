@@ -15,7 +15,7 @@ transformers + HF PEFT, on real images.
   * save_hf reloads in transformers with the same logits; a ViTModel checkpoint (no "vit."
     prefix, no classifier) loads with a fresh classifier whose std is initializer_range.
   * refusals by field: task seq-cls, qkv_bias false, hidden_act relu, 1 label, image_size not a
-    multiple of patch_size.
+    multiple of patch_size, multi-label problem_type.
 Relative error = max |peft.c - reference| / max |reference|: <= 1e-4.
 Exit 0 = pass, 1 = fail, 77 = skipped (torch / transformers / peft / ../shared digits missing).
 """
@@ -215,7 +215,8 @@ def case_refusals():
         check(r.returncode == 1 and "image-cls" in r.stderr, f"task seq-cls refused: {r.stderr.strip()}")
         cfg = json.load(open(os.path.join(mdir, "config.json")))
         for field, value, want in [("qkv_bias", False, "qkv_bias"), ("hidden_act", "relu", "hidden_act"),
-                                   ("patch_size", 7, "patch_size"), ("num_labels", 1, "regression")]:
+                                   ("patch_size", 7, "patch_size"), ("num_labels", 1, "regression"),
+                                   ("problem_type", "multi_label_classification", "problem_type")]:
             c = dict(cfg)
             c[field] = value
             if field == "num_labels":
