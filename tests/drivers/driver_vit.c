@@ -9,7 +9,8 @@
  *     A and B read from DIR/lora.safetensors under PEFT's keys. A training forward and backward
  *     through the peft_model interface; DIR/out.safetensors gets "pixels" [B, 3, S, S],
  *     "logits" [B, NL], "features" [B, C] (CLS after vit.layernorm), "loss" [1], every LoRA
- *     gradient under its PEFT key and every head gradient under "grad.<head name>".
+ *     gradient under its PEFT key, every head gradient under "grad.<head name>" and, every norm
+ *     being hooked for gradients (LayerNorm tuning), "grad.<norm name>.weight" / ".bias".
  *     PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward.
  *
  *   driver_vit train DIR OUT STEPS LR
@@ -126,6 +127,14 @@ static int run(const char *dir, int rank, double alpha) {
         else memcpy(ps[i].p.data, t->data, t->numel * sizeof(float));
     }
     if (j.set) peft_adapter_set_mode(j.set, 1, 0);
+    const int nn = j.m ? j.m->n_norms : 0;
+    float *ngrads = rc == PEFT_OK ? calloc((size_t)nn * 2 * j.m->info.hidden_size, sizeof(float)) : NULL;
+    if (rc == PEFT_OK && !ngrads) rc = peft_fail(&err, PEFT_ENOMEM, "out of memory");
+    for (int i = 0; rc == PEFT_OK && i < nn; i++) {
+        peft_norm_site *ns = j.m->norms[i];
+        ns->grad = ngrads + (size_t)2 * i * ns->dim;
+        ns->bias_grad = ns->grad + ns->dim;
+    }
     double loss = 0.0;
     int n_counted = 0;
     const char *rec = getenv("PEFT_DRIVER_RECOMPUTE");
@@ -134,7 +143,7 @@ static int run(const char *dir, int rank, double alpha) {
     if (rc == PEFT_OK) rc = peft_model_backward(j.m, j.a, &j.b, n_counted);
     if (rc == PEFT_OK) {
         static peft_st_entry e[MAX_OUT];
-        static char names[MAX_OUT][96];
+        static char names[MAX_OUT][160];
         const int B = j.b.B, S = j.m->info.image_size, NL = j.m->info.n_labels;
         float lossf = (float)loss;
         int n = 0;
@@ -152,12 +161,20 @@ static int run(const char *dir, int rank, double alpha) {
             e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = hp->ndim, .shape = {hp->shape[0], hp->shape[1]},
                                    .data = hp->grad};
         }
+        for (int i = 0; i < nn && n + 1 < MAX_OUT; i++) {
+            const peft_norm_site *ns = j.m->norms[i];
+            for (int w = 0; w < 2; w++, n++) {
+                snprintf(names[n], sizeof names[n], "grad.%s.%s", ns->name, w ? "bias" : "weight");
+                e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = 1, .shape = {ns->dim}, .data = w ? ns->bias_grad : ns->grad};
+            }
+        }
         rc = write_outs(dir, e, n, &err);
         printf("run: B %d loss %.6f counted %d, %d adapter tensors, %d outputs\n", B, loss, n_counted, np, n);
     }
     if (rc) fprintf(stderr, "driver_vit run: %s\n", err.msg[0] ? err.msg : "failed");
     peft_st_close(lf);
     job_free(&j);
+    free(ngrads);
     return rc ? 1 : 0;
 }
 

@@ -8,8 +8,9 @@ transformers + HF PEFT, on real images.
     (io/image_preprocess.c, with do_convert_rgb and a bilinear resize to 32x32) and by
     transformers' ViTImageProcessorPil: pixel values to 1e-3; HF PEFT LoRA at query/value
     (init_lora_weights=False: A and B random) with the classifier as modules_to_save, one
-    image's label ignored: logits, loss, CLS features, every lora_A / lora_B gradient and the
-    classifier's gradients equal to transformers + PEFT; once with peft.c recomputing layers.
+    image's label ignored: logits, loss, CLS features, every lora_A / lora_B gradient, the
+    classifier's gradients and every LayerNorm's weight/bias gradient (all norms hooked, as
+    LayerNorm tuning does) equal to transformers + PEFT; once with peft.c recomputing layers.
   * LoRA trained by peft.c (driver_vit train, through the adapter set) loads in HF PEFT
     (PeftModel.from_pretrained) and gives the same logits.
   * save_hf reloads in transformers with the same logits; a ViTModel checkpoint (no "vit."
@@ -124,12 +125,15 @@ def case_parity(name, recompute):
                           init_lora_weights=False, modules_to_save=["classifier"])
         pm = get_peft_model(model, lcfg)
         pm.train()
+        for n, p in pm.named_parameters():  # LayerNorm tuning: peft.c's driver hooks every norm for gradients
+            if "layernorm" in n:
+                p.requires_grad_(True)
         feats = {}
         hook = pm.base_model.model.vit.layernorm.register_forward_hook(lambda mod, i, o: feats.update(z=o[:, 0]))
         out = pm(pixel_values=pixels, labels=labels)
         hook.remove()
         out.loss.backward()
-        lora, grads, head = {}, {}, {}
+        lora, grads, head, norms = {}, {}, {}, {}
         for n, p in pm.named_parameters():
             if "lora_" in n:
                 key = n.replace(".default", "")
@@ -137,6 +141,8 @@ def case_parity(name, recompute):
                 grads[key] = p.grad
             elif "modules_to_save.default" in n:
                 head["grad." + n.split("base_model.model.")[1].replace(".modules_to_save.default", "")] = p.grad
+            elif "layernorm" in n:
+                norms["grad." + n.split("base_model.model.")[1]] = p.grad
         save_file(lora, os.path.join(work, "lora.safetensors"))
         driver_ok("run", work, rank, alpha, recompute=recompute)
         got = load_file(os.path.join(work, "out.safetensors"))
@@ -155,6 +161,9 @@ def case_parity(name, recompute):
         n += 1
     check(n == len(grads) + len(head) == 2 * 2 * 2 + 2 and worst <= TOL,
           f"{name}: {n} gradients (LoRA A/B at 2 layers x query/value, classifier W/b) worst rel {worst:.2e}")
+    worst = max(rel(got[k], g) if k in got else float("inf") for k, g in norms.items())
+    check(len(norms) == 2 * (2 * 2 + 1) and worst <= TOL,
+          f"{name}: {len(norms)} LayerNorm weight/bias gradients (layernorm_before/after x 2 layers, vit.layernorm) worst rel {worst:.2e}")
 
 
 def case_train():
