@@ -78,6 +78,9 @@ struct peft_adapter_set {
     int n_state;
     peft_named_param *state;  /* methods with state() (LISA): what checkpoints carry besides params */
     int lists_new;            /* begin_step methods: the lists are new to the caller (until its first begin_step) */
+    int n_head;               /* the model's task head tensors, the last n_head params (PEFT's modules_to_save) */
+    peft_param *head;         /* [n_head] the model's (m->head) */
+    float *head_grad;         /* their gradients, owned by the set while it lives */
     float *work;
     size_t work_floats;
     int work_rows;
@@ -186,7 +189,30 @@ static void collect_tensors(peft_adapter_set *set) {
         memcpy(np_->p.shape, t->shape, sizeof t->shape);
         snprintf(np_->p.name, sizeof np_->p.name, "%.63s", strrchr(t->key, '.') ? strrchr(t->key, '.') + 1 : t->key);
     }
+    for (int i = 0; i < set->n_head; i++) { /* the task head, trained in full, saved under PEFT's key */
+        const peft_param *h = &set->head[i];
+        peft_named_param *np_ = &set->params[set->n_params++];
+        snprintf(np_->key, sizeof np_->key, "base_model.model.%.63s", h->name);
+        np_->p = *h;
+    }
     if (set->state) set->n_state = site_tensors(set, set->method->state, set->state);
+}
+
+/* Gives the model's task head gradients (the model's backward accumulates into them). */
+static int attach_head(peft_adapter_set *set, peft_model *m, peft_err *err) {
+    if (!m->n_head) return PEFT_OK;
+    size_t total = 0;
+    for (int i = 0; i < m->n_head; i++) total += m->head[i].numel;
+    if (!(set->head_grad = calloc(total ? total : 1, sizeof(float))))
+        return peft_fail(err, PEFT_ENOMEM, "out of memory for the task head's gradients");
+    float *g = set->head_grad;
+    for (int i = 0; i < m->n_head; i++) {
+        m->head[i].grad = g;
+        g += m->head[i].numel;
+    }
+    set->n_head = m->n_head;
+    set->head = m->head;
+    return PEFT_OK;
 }
 
 int peft_adapter_set_begin_step(peft_adapter_set *set, long step, peft_err *err) {
@@ -221,6 +247,8 @@ void peft_adapter_set_free(peft_adapter_set *set) {
         if (s->adapter) s->adapter->method->destroy(s->adapter);
         s->adapter = NULL;
     }
+    for (int i = 0; i < set->n_head; i++) set->head[i].grad = NULL;
+    free(set->head_grad);
     free(set->sites);
     free(set->params);
     free(set->state);
@@ -269,7 +297,7 @@ int peft_adapter_set_create(peft_model *m, const peft_adapter_config *cfg, int m
     peft_adapter_set *set = calloc(1, sizeof *set);
     int n_all = m->n_sites;
     if (!set || !(set->sites = calloc((size_t)n_all, sizeof *set->sites)) ||
-        !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER + 16, sizeof *set->params)) ||
+        !(set->params = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER + 16 + (size_t)m->n_head, sizeof *set->params)) ||
         (method->state && !(set->state = calloc((size_t)n_all * MAX_PARAMS_PER_ADAPTER, sizeof *set->state)))) {
         peft_adapter_set_free(set);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
@@ -277,7 +305,11 @@ int peft_adapter_set_create(peft_model *m, const peft_adapter_config *cfg, int m
     set->cfg = *cfg;
     set->method = method;
     set->model = m;
-    int rc = PEFT_OK, max_in = 0, max_out = 0;
+    int rc = attach_head(set, m, err), max_in = 0, max_out = 0;
+    if (rc) {
+        peft_adapter_set_free(set);
+        return rc;
+    }
     if (method->attach_model) { /* a model-level method: no sites */
         set->cfg.opts.model_hidden = m->info.hidden_size;
         set->cfg.opts.model_layers = m->info.n_layers;
@@ -431,6 +463,41 @@ static cJSON *targets_json(const peft_adapter_set *set) {
     return arr;
 }
 
+/* PEFT's task_type of the model's task; image classification has none in PEFT (null). */
+static cJSON *task_type_json(const peft_adapter_set *set) {
+    switch (set->model->info.task) {
+    case PEFT_TASK_CAUSAL_LM: return cJSON_CreateString("CAUSAL_LM");
+    case PEFT_TASK_SEQ_CLS: return cJSON_CreateString("SEQ_CLS");
+    default: return cJSON_CreateNull();
+    }
+}
+
+/* modules_to_save as peft 0.21 writes it: null without a task head; for SEQ_CLS the
+ * ["classifier", "score"] PeftModelForSequenceClassification adds; then each head module not
+ * covered yet (an entry covers itself and its submodules), e.g. ["classifier"] for a ViT. */
+static cJSON *modules_to_save_json(const peft_adapter_set *set) {
+    if (!set->n_head) return cJSON_CreateNull();
+    cJSON *arr = cJSON_CreateArray();
+    if (set->model->info.task == PEFT_TASK_SEQ_CLS) {
+        cJSON_AddItemToArray(arr, cJSON_CreateString("classifier"));
+        cJSON_AddItemToArray(arr, cJSON_CreateString("score"));
+    }
+    for (int i = 0; i < set->n_head; i++) {
+        char module[64];
+        snprintf(module, sizeof module, "%s", set->head[i].name);
+        char *dot = strrchr(module, '.'); /* "classifier.weight" -> "classifier" */
+        if (dot) *dot = '\0';
+        int covered = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr) {
+            size_t len = strlen(e->valuestring);
+            covered |= !strncmp(module, e->valuestring, len) && (module[len] == '\0' || module[len] == '.');
+        }
+        if (!covered) cJSON_AddItemToArray(arr, cJSON_CreateString(module));
+    }
+    return arr;
+}
+
 /* adapter_config.json: the fields every PEFT config has, then the method's own (the set's
  * method and config, or those it is saved as). */
 static char *config_json(const peft_adapter_set *set, const peft_method *method, const peft_adapter_config *c) {
@@ -439,10 +506,10 @@ static char *config_json(const peft_adapter_set *set, const peft_method *method,
         cJSON_AddNullToObject(o, "auto_mapping");
         cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
         cJSON_AddBoolToObject(o, "inference_mode", 1);
-        cJSON_AddNullToObject(o, "modules_to_save");
+        cJSON_AddItemToObject(o, "modules_to_save", modules_to_save_json(set));
         cJSON_AddStringToObject(o, "peft_type", method->peft_type);
         cJSON_AddNullToObject(o, "revision");
-        cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
+        cJSON_AddItemToObject(o, "task_type", task_type_json(set));
         method->config_write(&c->opts, o);
         char *text = cJSON_Print(o);
         cJSON_Delete(o);
@@ -460,12 +527,12 @@ static char *config_json(const peft_adapter_set *set, const peft_method *method,
     if (has_layers && c->n_layers_to_transform > 0)
         cJSON_AddItemToObject(o, "layers_to_transform", cJSON_CreateIntArray(c->layers_to_transform, c->n_layers_to_transform));
     else if (has_layers) cJSON_AddNullToObject(o, "layers_to_transform");
-    cJSON_AddNullToObject(o, "modules_to_save");
+    cJSON_AddItemToObject(o, "modules_to_save", modules_to_save_json(set));
     cJSON_AddStringToObject(o, "peft_type", method->peft_type);
     if (lora_family) cJSON_AddItemToObject(o, "rank_pattern", patterns_json(c->rank_pattern, c->n_rank_pattern));
     cJSON_AddNullToObject(o, "revision");
     cJSON_AddItemToObject(o, "target_modules", targets_json(set));
-    cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
+    cJSON_AddItemToObject(o, "task_type", task_type_json(set));
     method->config_write(&c->opts, o);
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
@@ -532,7 +599,7 @@ int peft_adapter_set_save(const peft_adapter_set *set, const char *dir, peft_err
         method = &peft_method_lora;
         n = 2 * set->n_sites;
     }
-    for (int i = 0; i < set->n_params && !as_lora; i++, n++) {
+    for (int i = as_lora ? set->n_params - set->n_head : 0; i < set->n_params; i++, n++) { /* as LoRA: the head only */
         const peft_param *p = &set->params[i].p;
         e[n] = (peft_st_entry){.name = set->params[i].key, .dtype = PEFT_F32, .ndim = p->ndim, .data = p->data};
         for (int d = 0; d < p->ndim; d++) e[n].shape[d] = p->shape[d];
@@ -606,9 +673,16 @@ static int parse_adapter_config(const cJSON *root, const char *what, peft_adapte
         return rc;
     snprintf(cfg->base_model, sizeof cfg->base_model, "%s", base);
     if (strcmp(bias, "none")) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", what, bias);
+    /* modules_to_save: the model's task head, whose tensors the file must then hold (read_params) */
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
-    if (mts && !cJSON_IsNull(mts) && !(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 0))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: modules_to_save is not supported", what);
+    if (mts && !cJSON_IsNull(mts) && !cJSON_IsArray(mts))
+        return peft_fail(err, PEFT_EFORMAT, "%s: modules_to_save must be null or a list of module names", what);
+    if (cJSON_IsArray(mts)) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, mts) {
+            if (!cJSON_IsString(e)) return peft_fail(err, PEFT_EFORMAT, "%s: modules_to_save must hold strings", what);
+        }
+    }
     const peft_method *method = NULL;
     for (int i = 0; peft_methods[i] && !method; i++) {
         if (strcmp(peft_methods[i]->peft_type, type)) continue;

@@ -161,7 +161,11 @@ struct peft_model {
     int n_norms;
     peft_norm_site **norms;  /* [n_norms] every norm, in model order */
     int n_head;
-    struct peft_param *head; /* [n_head] the task head's tensors (trained in full), or NULL */
+    /* [n_head] the task head's tensors (trained in full), or NULL: name = the HF tensor name
+     * ("score.weight"; saved as "base_model.model.score.weight"), data = the weights in use.
+     * grad is NULL until an adapter set trains the head (it owns the gradients while it lives);
+     * backward accumulates into a non-NULL grad. The head is never a site. */
+    struct peft_param *head;
     peft_virtual virt;
     const float *tok_embed;  /* [V, C] the token embedding (prompt tuning's text init), NULL if none */
     /* The checkpoint's tensors under their HF names as stored (`peft inspect`), or NULL: a

@@ -70,7 +70,7 @@ struct serve_sched {
     peft_adapter_pool *pool;   /* every loaded adapter, chosen per row */
     serve_job *active;         /* running sequences */
     int n_active;
-    peft_kv **step_kv;     /* [max_active] one batched step: the caches, */
+    peft_kv **step_kv;         /* [max_active] one batched step: the caches, */
     int32_t *step_ids;         /* [max_active] the last ids, */
     int *step_rows;            /* [max(max_active, PEFT_GEN_CHUNK)] the pool index of each row, */
     serve_job **step_jobs;     /* [max_active] whose they are, */
