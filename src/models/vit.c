@@ -62,14 +62,13 @@ typedef struct vit_model {
     float *patch_w, *patch_b;   /* [C, Cin, P, P], [C] */
     float *cls, *pos;           /* [C], [NP + 1, C] */
     float *head_w, *head_b;     /* classifier [NL, C], [NL] */
-    float *dhead_w, *dhead_b;
     peft_norm_site *norm_arr;   /* [2L + 1]: per layer layernorm_before, layernorm_after; then vit.layernorm */
     peft_site *site_arr;        /* [6L] */
     peft_encoder_layer *layers; /* [L] */
     peft_param head[2];
     int n_tensors;
     vit_tensor *tensors;
-    float *slab;                /* every tensor's f32 values, then the classifier's gradients */
+    float *slab;                /* every tensor's f32 values */
     char *config_text;          /* config.json as read (save_hf rewrites it) */
 } vit_model;
 
@@ -227,16 +226,13 @@ static void init_head(float *p, size_t n, int ndim, float range, peft_rng *rng) 
 /* Allocates the slab, points every destination into it, reads or initialises the values; w NULL
  * (shapes_only): names, shapes and the head's parameter list only, no memory. */
 static int bind_tensors(vit_model *m, const peft_weights *w, peft_err *err) {
-    size_t total = 0, head = 0;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const size_t n = tensor_numel(&m->tensors[i]);
-        if (!peft_add_ok(total, n, &total)) return peft_fail(err, PEFT_EFORMAT, "%s: config.json's sizes overflow", m->base.dir);
-        if (m->tensors[i].head) head += n;
-    }
-    size_t all;
-    if (!peft_add_ok(total, head, &all) || (w && !(m->slab = calloc(all ? all : 1, sizeof(float)))))
-        return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the weights", m->base.dir, all * 4 >> 20);
-    float *p = m->slab, *g = m->slab ? m->slab + total : NULL;
+    size_t total = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!peft_add_ok(total, tensor_numel(&m->tensors[i]), &total))
+            return peft_fail(err, PEFT_EFORMAT, "%s: config.json's sizes overflow", m->base.dir);
+    if (w && !(m->slab = calloc(total ? total : 1, sizeof(float))))
+        return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate %zu MB for the weights", m->base.dir, total * 4 >> 20);
+    float *p = m->slab;
     peft_rng rng;
     peft_rng_seed(&rng, VIT_HEAD_SEED, 0);
     int nh = 0, rc = PEFT_OK;
@@ -257,13 +253,12 @@ static int bind_tensors(vit_model *m, const peft_weights *w, peft_err *err) {
             peft_param *hp = &m->head[nh++];
             snprintf(hp->name, sizeof hp->name, "%.63s", t->name);
             hp->data = p;
-            hp->grad = g;
+            hp->grad = NULL; /* until an adapter set trains the head (model.h) */
             hp->numel = n;
             hp->ndim = t->ndim;
             hp->shape[0] = t->shape[0];
             hp->shape[1] = t->shape[1];
             hp->lr_scale = 1.0f;
-            if (g) g += n;
         } else {
             m->base.n_params += n;
         }
@@ -271,8 +266,6 @@ static int bind_tensors(vit_model *m, const peft_weights *w, peft_err *err) {
     }
     m->base.n_head = nh;
     m->base.head = m->head;
-    m->dhead_w = m->head[0].grad;
-    m->dhead_b = m->head[1].grad;
     for (int i = 0; i < m->base.n_norms; i++) {
         m->norm_arr[i].weight = m->norm_arr[i].base;
         m->norm_arr[i].bias = m->norm_arr[i].bias_base;
@@ -328,6 +321,7 @@ static int vit_load(const char *path, const char *config_json, size_t config_len
     in->image_size = m->S;
     in->n_channels = m->CIN;
     in->patch_size = m->P;
+    m->base.compute = "f32";
     const int n_sites = m->L * VIT_SITES_PER_LAYER, n_norms = 2 * m->L + 1;
     m->site_arr = calloc((size_t)n_sites, sizeof *m->site_arr);
     m->norm_arr = calloc((size_t)n_norms, sizeof *m->norm_arr);
@@ -481,7 +475,7 @@ static int vit_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int n
     memset(a->dlogits, 0, (size_t)B * NL * sizeof(float));
     crossentropy_backward(a->dlogits, a->logits, a->targets, 1.0f / (float)n_counted, B, NL);
     memset(a->dz, 0, (size_t)B * C * sizeof(float));
-    matmul_backward(a->dz, m->dhead_w, m->dhead_b, a->dlogits, a->z, m->head_w, B, C, NL);
+    matmul_backward(a->dz, m->head[0].grad, m->head[1].grad, a->dlogits, a->z, m->head_w, B, C, NL); /* NULL: frozen */
     memset(a->dh0, 0, (size_t)B * C * sizeof(float));
     const peft_norm_site *fln = &m->norm_arr[2 * m->L];
     layernorm_backward(a->dh0, fln->grad, fln->bias_grad, a->dz, a->h0, fln->weight, a->fmean, a->frstd, B, C);

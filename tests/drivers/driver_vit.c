@@ -14,8 +14,9 @@
  *     PEFT_DRIVER_RECOMPUTE=1: recompute each layer in backward.
  *
  *   driver_vit train DIR OUT STEPS LR
- *     A fresh LoRA set (q_proj,v_proj, r 4, alpha 8) trained STEPS AdamW steps on the labels,
- *     saved to OUT in PEFT's format; DIR/out.safetensors gets the trained model's "logits".
+ *     A fresh LoRA set (q_proj,v_proj, r 4, alpha 8) and the classifier (the set trains the
+ *     model's head) trained STEPS AdamW steps on the labels, saved to OUT in PEFT's format;
+ *     DIR/out.safetensors gets the trained model's "logits".
  *
  *   driver_vit load MODEL TASK [N_LABELS [OUT]]
  *     MODEL loaded for TASK (N_LABELS 0: config.json's): one line of what was loaded, or the
@@ -117,7 +118,8 @@ static int run(const char *dir, int rank, double alpha) {
     peft_st_file *lf = NULL;
     char path[4200];
     if (rc == PEFT_OK && rank) rc = job_lora(&j, rank, alpha, &err);
-    const int np = j.set ? peft_adapter_set_n_params(j.set) : 0;
+    /* the set's params: the LoRA tensors, then the model's head (m->head, whose gradients it owns) */
+    const int np = j.set ? peft_adapter_set_n_params(j.set) - j.m->n_head : 0;
     peft_named_param *ps = j.set ? peft_adapter_set_params(j.set) : NULL;
     snprintf(path, sizeof path, "%s/lora.safetensors", dir);
     if (rc == PEFT_OK && rank) rc = peft_st_open(path, &lf, &err);
@@ -155,7 +157,7 @@ static int run(const char *dir, int rank, double alpha) {
         for (int i = 0; i < np && n < MAX_OUT; i++)
             e[n++] = (peft_st_entry){.name = ps[i].key, .dtype = PEFT_F32, .ndim = ps[i].p.ndim,
                                      .shape = {ps[i].p.shape[0], ps[i].p.shape[1]}, .data = ps[i].p.grad};
-        for (int h = 0; h < j.m->n_head && n < MAX_OUT; h++, n++) {
+        for (int h = 0; h < j.m->n_head && j.m->head[h].grad && n < MAX_OUT; h++, n++) {
             const peft_param *hp = &j.m->head[h];
             snprintf(names[n], sizeof names[n], "grad.%s", hp->name);
             e[n] = (peft_st_entry){.name = names[n], .dtype = PEFT_F32, .ndim = hp->ndim, .shape = {hp->shape[0], hp->shape[1]},
@@ -178,7 +180,7 @@ static int run(const char *dir, int rank, double alpha) {
     return rc ? 1 : 0;
 }
 
-/* A fresh LoRA set trained STEPS AdamW steps (the head stays as loaded), saved to OUT; then the logits. */
+/* A fresh LoRA set and the classifier trained STEPS AdamW steps, saved to OUT; then the logits. */
 static int train(const char *dir, const char *out_dir, int steps, double lr) {
     peft_err err = {0};
     job j;

@@ -11,8 +11,8 @@ transformers + HF PEFT, on real images.
     image's label ignored: logits, loss, CLS features, every lora_A / lora_B gradient, the
     classifier's gradients and every LayerNorm's weight/bias gradient (all norms hooked, as
     LayerNorm tuning does) equal to transformers + PEFT; once with peft.c recomputing layers.
-  * LoRA trained by peft.c (driver_vit train, through the adapter set) loads in HF PEFT
-    (PeftModel.from_pretrained) and gives the same logits.
+  * LoRA + classifier trained by peft.c (driver_vit train, through the adapter set, the head as
+    modules_to_save) load in HF PEFT (PeftModel.from_pretrained) and give the same logits.
   * save_hf reloads in transformers with the same logits; a ViTModel checkpoint (no "vit."
     prefix, no classifier) loads with a fresh classifier whose std is initializer_range.
   * refusals by field: task seq-cls, qkv_bias false, hidden_act relu, 1 label, image_size not a
@@ -29,7 +29,7 @@ import tempfile
 try:
     import torch
     import transformers
-    from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from PIL import Image
     from safetensors.torch import load_file, save_file
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
@@ -174,15 +174,19 @@ def case_train():
         driver_ok("train", work, out_dir, 5, 0.05)
         got = load_file(os.path.join(work, "out.safetensors"))["logits"]
         base_logits = model(pixel_values=pixels).logits.detach()
-        cfg = PeftConfig.from_pretrained(out_dir)
-        if cfg.task_type == "CAUSAL_LM":  # the adapter set does not write image-cls's task type (none) yet
-            print("  note: adapter_config.json says task_type CAUSAL_LM; loaded with task_type None")
-            cfg.task_type = None
-        pm = PeftModel.from_pretrained(model, out_dir, config=cfg).eval()
+        acfg = json.load(open(os.path.join(out_dir, "adapter_config.json")))
+        saved = load_file(os.path.join(out_dir, "adapter_model.safetensors"))
+        base_w = model.classifier.weight.detach().clone()
+        pm = PeftModel.from_pretrained(model, out_dir).eval()
         want = pm(pixel_values=pixels).logits.detach()
+    check(acfg.get("task_type") is None and "classifier" in (acfg.get("modules_to_save") or []),
+          f"train: adapter_config task_type {acfg.get('task_type')}, modules_to_save {acfg.get('modules_to_save')}")
+    key = "base_model.model.classifier.weight"
+    cmoved = rel(saved[key], base_w) if key in saved else 0.0
+    check(cmoved > 1e-3, f"train: the classifier was trained and saved as {key} (moved rel {cmoved:.2e})")
     moved = rel(want, base_logits)
     check(moved > 1e-3, f"train: the trained LoRA moves HF's logits (rel {moved:.2e})")
-    check(rel(got, want) <= TOL, f"train: HF PEFT loads peft.c's LoRA, logits rel {rel(got, want):.2e}")
+    check(rel(got, want) <= TOL, f"train: HF PEFT loads peft.c's LoRA + classifier, logits rel {rel(got, want):.2e}")
 
 
 def case_save_and_fresh_head():
