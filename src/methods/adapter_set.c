@@ -475,6 +475,13 @@ static cJSON *task_type_json(const peft_adapter_set *set) {
 /* modules_to_save as peft 0.21 writes it: null without a task head; for SEQ_CLS the
  * ["classifier", "score"] PeftModelForSequenceClassification adds; then each head module not
  * covered yet (an entry covers itself and its submodules), e.g. ["classifier"] for a ViT. */
+/* PEFT's fan_in_fan_out: the targeted HF modules store [in, out] (GPT-2's Conv1D). */
+static int targets_conv1d(const peft_adapter_set *set) {
+    for (int i = 0; i < set->n_sites; i++)
+        if (set->sites[i]->fan_in_fan_out) return 1;
+    return 0;
+}
+
 static cJSON *modules_to_save_json(const peft_adapter_set *set) {
     if (!set->n_head) return cJSON_CreateNull();
     cJSON *arr = cJSON_CreateArray();
@@ -521,7 +528,7 @@ static char *config_json(const peft_adapter_set *set, const peft_method *method,
     cJSON_AddNullToObject(o, "auto_mapping");
     cJSON_AddStringToObject(o, "base_model_name_or_path", c->base_model);
     if (has_layers) cJSON_AddStringToObject(o, "bias", "none");
-    cJSON_AddBoolToObject(o, "fan_in_fan_out", 0);
+    cJSON_AddBoolToObject(o, "fan_in_fan_out", targets_conv1d(set));
     cJSON_AddBoolToObject(o, "inference_mode", 1);
     if (has_layers) cJSON_AddNullToObject(o, "layers_pattern");
     if (has_layers && c->n_layers_to_transform > 0)
@@ -666,9 +673,13 @@ static int check_opts(const peft_method_opts *o, const char *what, peft_err *err
 static int parse_adapter_config(const cJSON *root, const char *what, peft_adapter_config *cfg, peft_err *err) {
     peft_adapter_config_default(cfg);
     const char *type = NULL, *bias = "none", *base = "";
-    int rc;
+    int rc, fan_in_fan_out = 0;
+    /* fan_in_fan_out only says how the HF module stores its weight (GPT-2's Conv1D [in, out]);
+     * peft.c's sites know their own layout (peft_site.fan_in_fan_out) and PEFT itself corrects
+     * a wrong value per module, so it is type-checked and not otherwise used. */
     if ((rc = peft_json_string(root, "peft_type", 1, &type, what, err)) ||
         (rc = peft_json_string(root, "bias", 0, &bias, what, err)) ||
+        (rc = peft_json_bool(root, "fan_in_fan_out", 0, &fan_in_fan_out, what, err)) ||
         (rc = peft_json_string(root, "base_model_name_or_path", 0, &base, what, err)))
         return rc;
     snprintf(cfg->base_model, sizeof cfg->base_model, "%s", base);

@@ -85,10 +85,7 @@ static int bitfit_params(peft_adapter *base, peft_param *out, int max) {
 static void bitfit_config_write(const peft_method_opts *o, cJSON *obj) { (void)o, (void)obj; }
 
 static int bitfit_config_read(const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
-    (void)o;
-    int fifo = 0, rc;
-    if ((rc = peft_json_bool(obj, "fan_in_fan_out", 0, &fifo, what, err))) return rc;
-    if (fifo) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
+    (void)obj, (void)o, (void)what, (void)err;
     return PEFT_OK;
 }
 

@@ -220,16 +220,14 @@ static void config_write_(int seq, const peft_method_opts *o, cJSON *obj) {
 
 static int config_read_(int seq, const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
     long long r = 8;
-    int fifo = 0, rc;
+    int rc;
     const char *act = act_name(seq);
     if ((rc = peft_json_int(obj, "r", 0, &r, what, err)) || (rc = peft_json_double(obj, "adapter_alpha", 0, &o->alpha, what, err)) ||
         (rc = peft_json_double(obj, "adapter_dropout", 0, &o->dropout, what, err)) ||
         (rc = peft_json_bool(obj, "use_rslora", 0, &o->use_rslora, what, err)) ||
-        (rc = peft_json_string(obj, "non_linearity", 0, &act, what, err)) ||
-        (rc = peft_json_bool(obj, "fan_in_fan_out", 0, &fifo, what, err)))
+        (rc = peft_json_string(obj, "non_linearity", 0, &act, what, err)))
         return rc;
     if (r < 1 || r > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: r = %lld is out of range", what, r);
-    if (fifo) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
     if (strcmp(act, act_name(seq)))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: non_linearity \"%s\" is not supported (peft.c's %s adapter uses %s)", what,
                          act, seq ? "sequential" : "parallel", act_name(seq));

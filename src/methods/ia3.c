@@ -181,9 +181,6 @@ static void ia3_config_write(const peft_method_opts *o, cJSON *obj) {
 }
 
 static int ia3_config_read(const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
-    int fifo = 0, rc;
-    if ((rc = peft_json_bool(obj, "fan_in_fan_out", 0, &fifo, what, err))) return rc;
-    if (fifo) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
     const cJSON *ff = cJSON_GetObjectItemCaseSensitive(obj, "feedforward_modules");
     o->feedforward_modules[0] = '\0';
     if (!ff || cJSON_IsNull(ff)) { /* PEFT fills in its model mapping: down_proj for Llama, Mistral, Qwen2 */

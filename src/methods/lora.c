@@ -177,17 +177,15 @@ static void lora_config_write(const peft_method_opts *o, cJSON *obj) {
 /* Reads PEFT's LoraConfig fields shared by LoRA and DoRA; use_dora picks between them. */
 int lora_config_read_common(const cJSON *obj, peft_method_opts *o, int want_dora, const char *what, peft_err *err) {
     long long r = 8;
-    int dora = 0, fifo = 0;
+    int dora = 0;
     int rc;
     if ((rc = peft_json_int(obj, "r", 1, &r, what, err)) || (rc = peft_json_double(obj, "lora_alpha", 0, &o->alpha, what, err)) ||
         (rc = peft_json_double(obj, "lora_dropout", 0, &o->dropout, what, err)) ||
         (rc = peft_json_bool(obj, "use_rslora", 0, &o->use_rslora, what, err)) ||
-        (rc = peft_json_bool(obj, "use_dora", 0, &dora, what, err)) ||
-        (rc = peft_json_bool(obj, "fan_in_fan_out", 0, &fifo, what, err)))
+        (rc = peft_json_bool(obj, "use_dora", 0, &dora, what, err)))
         return rc;
     if (dora != want_dora) return 1; /* the other method of the pair reads it */
     if (r < 1 || r > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: r = %lld is out of range", what, r);
-    if (fifo) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
     o->rank = (int)r;
     const cJSON *init = cJSON_GetObjectItemCaseSensitive(obj, "init_lora_weights");
     o->init_gaussian = cJSON_IsString(init) && !strcmp(init->valuestring, "gaussian");

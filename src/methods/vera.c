@@ -223,17 +223,15 @@ static void vera_config_write(const peft_method_opts *o, cJSON *obj) {
 
 static int vera_config_read(const cJSON *obj, peft_method_opts *o, const char *what, peft_err *err) {
     long long r = 256, key = 0;
-    int save = 1, fifo = 0, rc;
+    int save = 1, rc;
     o->init_scale = 0.1;
     o->dropout = 0.0;
     if ((rc = peft_json_int(obj, "r", 0, &r, what, err)) || (rc = peft_json_double(obj, "d_initial", 0, &o->init_scale, what, err)) ||
         (rc = peft_json_double(obj, "vera_dropout", 0, &o->dropout, what, err)) ||
         (rc = peft_json_int(obj, "projection_prng_key", 0, &key, what, err)) ||
-        (rc = peft_json_bool(obj, "save_projection", 0, &save, what, err)) ||
-        (rc = peft_json_bool(obj, "fan_in_fan_out", 0, &fifo, what, err)))
+        (rc = peft_json_bool(obj, "save_projection", 0, &save, what, err)))
         return rc;
     if (r < 1 || r > 65536) return peft_fail(err, PEFT_EFORMAT, "%s: r = %lld is out of range", what, r);
-    if (fifo) return peft_fail(err, PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is for GPT-2 Conv1D layers, not Llama-family models", what);
     if (!save)
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: save_projection = false: vera_A/vera_B would have to be regenerated with "
                                                  "torch's generator from projection_prng_key, which peft.c cannot do", what);

@@ -362,6 +362,8 @@ def cli_train(tmp):
     if r.returncode:
         check(False, f"peft train on GPT-2: {r.stderr.strip()}")
         return
+    fifo = json.load(open(os.path.join(adir, "adapter_config.json"))).get("fan_in_fan_out")
+    check(fifo is True, f"peft train on GPT-2's Conv1D c_attn writes fan_in_fan_out true, as PEFT does (got {fifo!r})")
     pm = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(mdir), adir).eval()
     moved = max(float(p.abs().max()) for n, p in pm.named_parameters() if "lora_B" in n)
     ids = torch.randint(0, 50257, (2, 10))
