@@ -133,10 +133,10 @@ static int dequantize_read_sites(peft_model *m, peft_err *err) {
     return rc;
 }
 
-int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks, cli_model *cm, peft_err *err) {
+int cli_model_load_ex(const char *dir, const char *adapter_dir, const peft_model_load_opts *opts, cli_model *cm,
+                      peft_err *err) {
     memset(cm, 0, sizeof *cm);
-    peft_model_load_opts lo = {.task = PEFT_TASK_CAUSAL_LM, .keep_blocks = keep_blocks};
-    int rc = peft_model_load(dir, &lo, &cm->model, err);
+    int rc = peft_model_load(dir, opts, &cm->model, err);
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (rc == PEFT_OK && (peft_file_exists(path) || peft_gguf_is_file(dir))) rc = peft_tokenizer_load(dir, &cm->tok, err);
@@ -148,7 +148,15 @@ int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks,
 }
 
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err) {
-    return cli_model_load_ex(dir, adapter_dir, 0, cm, err);
+    return cli_model_load_ex(dir, adapter_dir, NULL, cm, err);
+}
+
+void cli_task_args(cli_args *a, peft_model_load_opts *lo) {
+    static const char *const tasks[] = {"causal-lm", "seq-cls", "image-cls", NULL}; /* peft_task order */
+    lo->task = (peft_task)args_choice(a, "--task", tasks, PEFT_TASK_CAUSAL_LM);
+    lo->n_labels = (int)args_int(a, "--num-labels", 0, 2, CLI_MAX_LABELS);
+    if (lo->n_labels && lo->task == PEFT_TASK_CAUSAL_LM)
+        args_complain(a, "--num-labels is for --task seq-cls or image-cls (causal-lm predicts the vocabulary)");
 }
 
 void cli_model_free(cli_model *cm) {

@@ -20,6 +20,7 @@ static void usage(void) {
            "                    where training takes it: completions, assistant turns)\n"
            "  --ids             FILE holds token ids (comma/whitespace separated), not text\n"
            CLI_HALF_HELP
+           CLI_TASK_HELP
            "  --adapter DIR     evaluate with a PEFT adapter attached\n"
            "  --seq-len T       window length (default 256)\n"
            "  --batch B         windows per forward pass (default 4)\n"
@@ -85,6 +86,8 @@ int cmd_eval(int argc, char **argv) {
     cli_precision prec;
     cli_precision_args(&a, &prec);
     prec.quantize = args_str(&a, "--quantize", NULL);
+    peft_model_load_opts lo = {0};
+    cli_task_args(&a, &lo);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -98,8 +101,9 @@ int cmd_eval(int argc, char **argv) {
     }
     peft_err err = {0};
     cli_model cm;
-    if (cli_precision_resolve(&prec, dir, 0, &err) || cli_model_load_ex(dir, adapter, prec.keep_blocks, &cm, &err))
-        return cli_report(err.msg);
+    if (cli_precision_resolve(&prec, dir, 0, &err)) return cli_report(err.msg);
+    lo.keep_blocks = prec.keep_blocks;
+    if (cli_model_load_ex(dir, adapter, &lo, &cm, &err)) return cli_report(err.msg);
     if (cli_precision_apply(cm.model, &prec, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);

@@ -29,6 +29,7 @@ static void usage(void) {
         "  --val-fraction F     share of examples held out for validation (default 0.1)\n"
         "  --no-pack            one example per row instead of packing several\n"
         "  --chat-template NAME chatml | llama3 | llama2 (default: from tokenizer_config.json)\n"
+        CLI_TASK_HELP
         "Method:\n"
         "  --method NAME        lora (default); `peft train --methods` lists all\n"
         "  --target LIST        module names, e.g. q_proj,v_proj (default) or all-linear\n"
@@ -221,6 +222,8 @@ int cmd_train(int argc, char **argv) {
     o.skip_nonfinite = args_has(&a, "--skip-nonfinite");
     o.progress = !args_has(&a, "--no-progress") && isatty(2);
     o.out_dir = out;
+    peft_model_load_opts lo = {0};
+    cli_task_args(&a, &lo);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -283,9 +286,9 @@ int cmd_train(int argc, char **argv) {
     }
     cli_model cm;
     const peft_method *method = peft_method_find(acfg.method);
-    if (cli_precision_resolve(&prec, dir, lisa || (method && method->trains_base), &err) ||
-        cli_model_load_ex(dir, NULL, prec.keep_blocks, &cm, &err))
-        return cli_report(err.msg);
+    if (cli_precision_resolve(&prec, dir, lisa || (method && method->trains_base), &err)) return cli_report(err.msg);
+    lo.keep_blocks = prec.keep_blocks;
+    if (cli_model_load_ex(dir, NULL, &lo, &cm, &err)) return cli_report(err.msg);
     if (!cm.tok) {
         cli_model_free(&cm);
         return cli_report("the model directory has no tokenizer.json; training data must be tokenized");
