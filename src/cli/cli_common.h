@@ -37,6 +37,17 @@ int cli_model_load_ex(const char *dir, const char *adapter_dir, const peft_model
  * classification task is refused (args_complain). Their help lines: CLI_TASK_HELP. */
 #define CLI_MAX_LABELS 65536 /* as the classification heads' loaders accept */
 void cli_task_args(cli_args *a, peft_model_load_opts *lo);
+struct peft_cls_dataset;
+/* The classification data at path for cm's task: seq-cls a TSV / JSONL file tokenized with cm's
+ * tokenizer (at most max_len tokens an example), image-cls an ImageFolder directory
+ * preprocessed as DIR/preprocessor_config.json says (ViTImageProcessor's defaults without it);
+ * labels checked against the model's n_labels (train/cls_data.h). */
+int cli_cls_load(const cli_model *cm, const char *path, int max_len, struct peft_cls_dataset **out, peft_err *err);
+/* `peft eval` and `peft predict` of a classification model: loads path (cli_cls_load) and runs
+ * cm's model with its adapters over it in batches of B (peft_cls_predict): *probs [n, n_labels]
+ * and *pred [n] (malloc'ed), with the dataset in *out. */
+int cli_cls_run(const cli_model *cm, const char *path, int max_len, int B, struct peft_cls_dataset **out, double **probs,
+                int32_t **pred, peft_err *err);
 #define CLI_TASK_HELP                                                                                        \
     "  --task T             causal-lm (default), seq-cls (TSV/JSONL sentences and labels) or image-cls\n"   \
     "                       (an ImageFolder directory): docs/classification.md\n"                         \
