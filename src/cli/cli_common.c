@@ -157,8 +157,6 @@ void cli_task_args(cli_args *a, peft_model_load_opts *lo) {
     static const char *const tasks[] = {"causal-lm", "seq-cls", "image-cls", NULL}; /* peft_task order */
     lo->task = (peft_task)args_choice(a, "--task", tasks, PEFT_TASK_CAUSAL_LM);
     lo->n_labels = (int)args_int(a, "--num-labels", 0, 2, CLI_MAX_LABELS);
-    if (lo->n_labels && lo->task == PEFT_TASK_CAUSAL_LM)
-        args_complain(a, "--num-labels is for --task seq-cls or image-cls (causal-lm predicts the vocabulary)");
 }
 
 void cli_model_free(cli_model *cm) {

@@ -33,8 +33,8 @@ int cli_model_load_ex(const char *dir, const char *adapter_dir, const peft_model
                       peft_err *err);
 
 /* --task causal-lm|seq-cls|image-cls (default causal-lm) and --num-labels N (default 0: the
- * config's id2label / num_labels) into lo->task / lo->n_labels; --num-labels without a
- * classification task is refused (args_complain). Their help lines: CLI_TASK_HELP. */
+ * config's id2label / num_labels) into lo->task / lo->n_labels (causal-lm's loaders ignore
+ * n_labels). Their help lines: CLI_TASK_HELP. */
 #define CLI_MAX_LABELS 65536 /* as the classification heads' loaders accept */
 void cli_task_args(cli_args *a, peft_model_load_opts *lo);
 struct peft_cls_dataset;
