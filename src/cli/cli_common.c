@@ -13,6 +13,8 @@
 #include "kernels/quant.h"
 #include "methods/adapter.h"
 #include "methods/adapter_set.h"
+#include "train/cls_data.h"
+#include "train/cls_eval.h"
 
 void cli_precision_args(cli_args *a, cli_precision *p) {
     static const char *const names[] = {"auto", "f32", "bf16", "f16", NULL};
@@ -133,10 +135,10 @@ static int dequantize_read_sites(peft_model *m, peft_err *err) {
     return rc;
 }
 
-int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks, cli_model *cm, peft_err *err) {
+int cli_model_load_ex(const char *dir, const char *adapter_dir, const peft_model_load_opts *opts, cli_model *cm,
+                      peft_err *err) {
     memset(cm, 0, sizeof *cm);
-    peft_model_load_opts lo = {.task = PEFT_TASK_CAUSAL_LM, .keep_blocks = keep_blocks};
-    int rc = peft_model_load(dir, &lo, &cm->model, err);
+    int rc = peft_model_load(dir, opts, &cm->model, err);
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (rc == PEFT_OK && (peft_file_exists(path) || peft_gguf_is_file(dir))) rc = peft_tokenizer_load(dir, &cm->tok, err);
@@ -148,7 +150,13 @@ int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks,
 }
 
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err) {
-    return cli_model_load_ex(dir, adapter_dir, 0, cm, err);
+    return cli_model_load_ex(dir, adapter_dir, NULL, cm, err);
+}
+
+void cli_task_args(cli_args *a, peft_model_load_opts *lo) {
+    static const char *const tasks[] = {"causal-lm", "seq-cls", "image-cls", NULL}; /* peft_task order */
+    lo->task = (peft_task)args_choice(a, "--task", tasks, PEFT_TASK_CAUSAL_LM);
+    lo->n_labels = (int)args_int(a, "--num-labels", 0, 2, CLI_MAX_LABELS);
 }
 
 void cli_model_free(cli_model *cm) {
@@ -187,4 +195,29 @@ int cli_parse_ids(const char *s, const char *what, int32_t **ids, size_t *n, pef
     *ids = out;
     *n = count;
     return PEFT_OK;
+}
+
+int cli_cls_load(const cli_model *cm, const char *path, int max_len, peft_cls_dataset **out, peft_err *err) {
+    const peft_model *m = cm->model;
+    peft_cls_opts co = {.max_len = max_len, .n_labels = m->info.n_labels};
+    if (m->info.task == PEFT_TASK_IMAGE_CLS) {
+        char pp[4200];
+        snprintf(pp, sizeof pp, "%s/preprocessor_config.json", m->dir);
+        return peft_cls_load_images(path, peft_file_exists(pp) ? pp : NULL, &co, out, err);
+    }
+    if (!cm->tok) return peft_fail(err, PEFT_EINVAL, "%s has no tokenizer.json: seq-cls data must be tokenized", m->dir);
+    return peft_cls_load_text(path, cm->tok, &co, out, err);
+}
+
+int cli_cls_run(const cli_model *cm, const char *path, int max_len, int B, peft_cls_dataset **out, double **probs,
+                int32_t **pred, peft_err *err) {
+    *probs = NULL;
+    *pred = NULL;
+    int rc = cli_cls_load(cm, path, max_len, out, err);
+    if (rc) return rc;
+    size_t n = (size_t)(*out)->n, NL = (size_t)cm->model->info.n_labels;
+    *probs = malloc(n * NL * sizeof **probs);
+    *pred = malloc(n * sizeof **pred);
+    if (!*probs || !*pred) return peft_fail(err, PEFT_ENOMEM, "out of memory for %zu x %zu probabilities", n, NL);
+    return peft_cls_predict(cm->model, cm->adapters, *out, B, *probs, *pred, err);
 }

@@ -22,13 +22,36 @@ typedef struct cli_model {
     struct peft_adapter_set *adapters; /* NULL without --adapter */
 } cli_model;
 
-/* Loads DIR (config, weights, tokenizer if present) and attaches the adapter in adapter_dir
- * (may be NULL). Everything f32 (peft_model_load). */
+/* Loads DIR (config, weights, tokenizer if present) for causal-lm and attaches the adapter in
+ * adapter_dir (may be NULL). Everything f32 (peft_model_load). */
 int cli_model_load(const char *dir, const char *adapter_dir, cli_model *cm, peft_err *err);
-/* The same; keep_blocks (cli_precision_resolve): a GGUF's block-typed linear weights stay in block form
- * as read (peft_model_load_opts.keep_blocks), except at the sites whose attached adapter reads the base weight
- * (reads_base), which get f32 copies (peft_model_dequantize_sites). */
-int cli_model_load_ex(const char *dir, const char *adapter_dir, int keep_blocks, cli_model *cm, peft_err *err);
+/* The same with load options (NULL: causal-lm): the task and its labels (cli_task_args), and
+ * keep_blocks (cli_precision_resolve): a GGUF's block-typed linear weights stay in block form as
+ * read, except at the sites whose attached adapter reads the base weight (reads_base), which get
+ * f32 copies (peft_model_dequantize_sites). */
+int cli_model_load_ex(const char *dir, const char *adapter_dir, const peft_model_load_opts *opts, cli_model *cm,
+                      peft_err *err);
+
+/* --task causal-lm|seq-cls|image-cls (default causal-lm) and --num-labels N (default 0: the
+ * config's id2label / num_labels) into lo->task / lo->n_labels (causal-lm's loaders ignore
+ * n_labels). Their help lines: CLI_TASK_HELP. */
+#define CLI_MAX_LABELS 65536 /* as the classification heads' loaders accept */
+void cli_task_args(cli_args *a, peft_model_load_opts *lo);
+struct peft_cls_dataset;
+/* The classification data at path for cm's task: seq-cls a TSV / JSONL file tokenized with cm's
+ * tokenizer (at most max_len tokens an example), image-cls an ImageFolder directory
+ * preprocessed as DIR/preprocessor_config.json says (ViTImageProcessor's defaults without it);
+ * labels checked against the model's n_labels (train/cls_data.h). */
+int cli_cls_load(const cli_model *cm, const char *path, int max_len, struct peft_cls_dataset **out, peft_err *err);
+/* `peft eval` and `peft predict` of a classification model: loads path (cli_cls_load) and runs
+ * cm's model with its adapters over it in batches of B (peft_cls_predict): *probs [n, n_labels]
+ * and *pred [n] (malloc'ed), with the dataset in *out. */
+int cli_cls_run(const cli_model *cm, const char *path, int max_len, int B, struct peft_cls_dataset **out, double **probs,
+                int32_t **pred, peft_err *err);
+#define CLI_TASK_HELP                                                                                        \
+    "  --task T             causal-lm (default), seq-cls (TSV/JSONL sentences and labels) or image-cls\n"   \
+    "                       (an ImageFolder directory): docs/classification.md\n"                         \
+    "  --num-labels N       classification: labels of the head (default: config.json's id2label)\n"
 /* The hint a failure gets when the model keeps block-form weights (a method that needs the f32
  * base at creation: PiSSA, CorDA, SVFT, SaRA): prefixes err and returns rc. */
 int cli_blocks_hint(const peft_model *m, int rc, peft_err *err);

@@ -10,18 +10,23 @@
 #include "commands.h"
 #include "fileio.h"
 #include "methods/adapter_set.h"
+#include "train/cls_data.h"
+#include "train/metrics.h"
 #include "train/trainer.h"
 
 static void usage(void) {
     printf("usage: peft eval --model DIR --data FILE [options]\n"
            "  Mean next-token cross-entropy (nats/token) and perplexity over FILE, read in\n"
            "  non-overlapping windows of --seq-len tokens (no context carried across windows).\n"
+           "  --task seq-cls|image-cls: `accuracy` and, with two labels, `f1` (of label 1) over the\n"
+           "  labelled examples of FILE (TSV/JSONL, or an ImageFolder directory).\n"
            "  --data FILE       text (tokenized with DIR/tokenizer.json, BOS added) or token ids\n"           "                    (.jsonl/.json: records read as `peft train` reads them, the loss taken\n"
            "                    where training takes it: completions, assistant turns)\n"
            "  --ids             FILE holds token ids (comma/whitespace separated), not text\n"
            CLI_HALF_HELP
+           CLI_TASK_HELP
            "  --adapter DIR     evaluate with a PEFT adapter attached\n"
-           "  --seq-len T       window length (default 256)\n"
+           "  --seq-len T       window length (default 256); seq-cls: tokens an example (truncated)\n"
            "  --batch B         windows per forward pass (default 4)\n"
            "  --max-tokens N    evaluate at most N tokens (default all)\n");
 }
@@ -74,6 +79,23 @@ static int is_records(const char *path) {
     return (n > 6 && !strcmp(path + n - 6, ".jsonl")) || (n > 5 && !strcmp(path + n - 5, ".json"));
 }
 
+/* seq-cls / image-cls: accuracy over the labelled examples and, with two classes, the F1 of
+ * class 1 (train/metrics.h), each on its own line. */
+static int eval_cls(const cli_model *cm, const char *data, int T, int B, peft_err *err) {
+    peft_cls_dataset *ds = NULL;
+    double *probs;
+    int32_t *pred;
+    int rc = cli_cls_run(cm, data, T, B, &ds, &probs, &pred, err);
+    if (rc == PEFT_OK) {
+        printf("examples %d\naccuracy %.6f\n", ds->n, peft_accuracy(pred, ds->labels, ds->n));
+        if (cm->model->info.n_labels == 2) printf("f1 %.6f\n", peft_f1_class(pred, ds->labels, ds->n, 1));
+    }
+    free(probs);
+    free(pred);
+    peft_cls_free(ds);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv) {
     cli_args a;
     args_init(&a, "eval", argc, argv);
@@ -85,6 +107,8 @@ int cmd_eval(int argc, char **argv) {
     cli_precision prec;
     cli_precision_args(&a, &prec);
     prec.quantize = args_str(&a, "--quantize", NULL);
+    peft_model_load_opts lo = {0};
+    cli_task_args(&a, &lo);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -98,11 +122,17 @@ int cmd_eval(int argc, char **argv) {
     }
     peft_err err = {0};
     cli_model cm;
-    if (cli_precision_resolve(&prec, dir, 0, &err) || cli_model_load_ex(dir, adapter, prec.keep_blocks, &cm, &err))
-        return cli_report(err.msg);
+    if (cli_precision_resolve(&prec, dir, 0, &err)) return cli_report(err.msg);
+    lo.keep_blocks = prec.keep_blocks;
+    if (cli_model_load_ex(dir, adapter, &lo, &cm, &err)) return cli_report(err.msg);
     if (cli_precision_apply(cm.model, &prec, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);
+    }
+    if (lo.task != PEFT_TASK_CAUSAL_LM) {
+        rc = eval_cls(&cm, data, (int)T, (int)B, &err);
+        cli_model_free(&cm);
+        return rc ? cli_report(err.msg) : 0;
     }
     if (!as_ids && is_records(data)) {
         rc = eval_records(&cm, data, T, B, max_tokens, &err);

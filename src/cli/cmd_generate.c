@@ -48,8 +48,9 @@ int cmd_generate(int argc, char **argv) {
     }
     peft_err err = {0};
     cli_model cm;
-    if (cli_precision_resolve(&prec, dir, 0, &err) || cli_model_load_ex(dir, adapter, prec.keep_blocks, &cm, &err))
-        return cli_report(err.msg);
+    if (cli_precision_resolve(&prec, dir, 0, &err)) return cli_report(err.msg);
+    peft_model_load_opts lo = {.task = PEFT_TASK_CAUSAL_LM, .keep_blocks = prec.keep_blocks};
+    if (cli_model_load_ex(dir, adapter, &lo, &cm, &err)) return cli_report(err.msg);
     if (cli_precision_apply(cm.model, &prec, 0, &err)) {
         cli_model_free(&cm);
         return cli_report(err.msg);

@@ -29,6 +29,7 @@ static void usage(void) {
         "  --val-fraction F     share of examples held out for validation (default 0.1)\n"
         "  --no-pack            one example per row instead of packing several\n"
         "  --chat-template NAME chatml | llama3 | llama2 (default: from tokenizer_config.json)\n"
+        CLI_TASK_HELP
         "Method:\n"
         "  --method NAME        lora (default); `peft train --methods` lists all\n"
         "  --target LIST        module names, e.g. q_proj,v_proj (default) or all-linear\n"
@@ -221,6 +222,8 @@ int cmd_train(int argc, char **argv) {
     o.skip_nonfinite = args_has(&a, "--skip-nonfinite");
     o.progress = !args_has(&a, "--no-progress") && isatty(2);
     o.out_dir = out;
+    peft_model_load_opts lo = {0};
+    cli_task_args(&a, &lo);
     if (a.help) {
         usage();
         args_print_numbers(&a, stdout);
@@ -283,10 +286,11 @@ int cmd_train(int argc, char **argv) {
     }
     cli_model cm;
     const peft_method *method = peft_method_find(acfg.method);
-    if (cli_precision_resolve(&prec, dir, lisa || (method && method->trains_base), &err) ||
-        cli_model_load_ex(dir, NULL, prec.keep_blocks, &cm, &err))
-        return cli_report(err.msg);
-    if (!cm.tok) {
+    if (cli_precision_resolve(&prec, dir, lisa || (method && method->trains_base), &err)) return cli_report(err.msg);
+    lo.keep_blocks = prec.keep_blocks;
+    if (cli_model_load_ex(dir, NULL, &lo, &cm, &err)) return cli_report(err.msg);
+    int cls = lo.task != PEFT_TASK_CAUSAL_LM;
+    if (!cm.tok && lo.task != PEFT_TASK_IMAGE_CLS) {
         cli_model_free(&cm);
         return cli_report("the model directory has no tokenizer.json; training data must be tokenized");
     }
@@ -298,6 +302,7 @@ int cmd_train(int argc, char **argv) {
             return cli_report(err.msg);
         }
     peft_dataset *ds = NULL, *val = NULL;
+    peft_cls_dataset *cds = NULL, *cval = NULL;
     peft_adapter_set *set = NULL;
     float *init_rows = NULL;
     if (val_data) dopts.val_fraction = 0;
@@ -307,6 +312,9 @@ int cmd_train(int argc, char **argv) {
         snprintf(acfg.opts.init_text, sizeof acfg.opts.init_text, "%s", init_text);
     }
     peft_corda_covs *covs = NULL;
+    if (rc == PEFT_OK && cls && (corda || init_text))
+        rc = peft_fail(&err, PEFT_EUNSUPPORTED, "--task %s: CorDA's calibration and --prompt-init-text read causal-LM data",
+                       peft_task_name(lo.task));
     if (rc == PEFT_OK && corda) {
         rc = corda_calibration(&cm, &acfg, calib_data ? calib_data : data, dopts, calib_data != NULL, o.batch, calib_batches, &covs, &err);
         acfg.opts.corda_covs = covs;
@@ -316,20 +324,28 @@ int cmd_train(int argc, char **argv) {
     peft_corda_covs_free(covs);
     if (rc == PEFT_OK) rc = cli_precision_apply(cm.model, &prec, 1, &err);
     int nv = cm.model->virt.n_virtual;
-    if (rc == PEFT_OK && nv) {
+    if (rc == PEFT_OK && nv && cls)
+        rc = peft_fail(&err, PEFT_EUNSUPPORTED, "--task %s: virtual tokens (prompt / prefix tuning) are for causal-lm",
+                       peft_task_name(lo.task));
+    if (rc == PEFT_OK && cls) {
+        rc = cli_cls_load(&cm, data, o.seq_len, &cds, &err);
+        if (rc == PEFT_OK && val_data) rc = cli_cls_load(&cm, val_data, o.seq_len, &cval, &err);
+    } else if (rc == PEFT_OK && nv) {
         /* Virtual tokens (prompt/prefix tuning) start every row: the data gets the rest, one
          * example per row (a packed second example could not see them). */
         dopts.seq_len = o.seq_len - nv;
         dopts.pack = 0;
         if (dopts.seq_len < 2) rc = peft_fail(&err, PEFT_EINVAL, "--seq-len %d leaves no room after %d virtual tokens", o.seq_len, nv);
     }
-    if (rc == PEFT_OK) rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
-    if (rc == PEFT_OK && val_data) {
+    if (rc == PEFT_OK && !cls) rc = peft_dataset_load(data, cm.tok, &dopts, &ds, &err);
+    if (rc == PEFT_OK && !cls && val_data) {
         rc = peft_dataset_load(val_data, cm.tok, &dopts, &val, &err);
         o.val_data = val;
     }
+    int n_train = rc != PEFT_OK ? 0 : cls ? cds->n : peft_dataset_rows(ds, 0);
+    int n_val = rc != PEFT_OK ? 0 : cls ? (cval ? cval->n : 0) : val ? peft_dataset_rows(val, 0) : peft_dataset_rows(ds, 1);
     if (rc == PEFT_OK && epochs > 0) {
-        double steps = ceil(epochs * peft_dataset_rows(ds, 0) / ((double)o.batch * o.grad_accum));
+        double steps = ceil(epochs * n_train / ((double)o.batch * o.grad_accum));
         if (steps > (double)CLI_MAX_STEPS)
             rc = peft_fail(&err, PEFT_EINVAL, "--epochs %g makes %.0f updates, more than %ld", epochs, steps, CLI_MAX_STEPS);
         o.steps = steps < 1 ? 1 : (long)fmin(steps, (double)CLI_MAX_STEPS);
@@ -342,9 +358,9 @@ int cmd_train(int argc, char **argv) {
         if (dist.rank == 0)
             fprintf(stderr, "%s: %s on %d modules, %zu trainable parameters (%.3f%% of %zu); %d train / %d validation rows of %d tokens\n",
                     dir, acfg.method, peft_adapter_set_n_sites(set), trainable, 100.0 * trainable / cm.model->n_params,
-                    cm.model->n_params, peft_dataset_rows(ds, 0), val ? peft_dataset_rows(val, 0) : peft_dataset_rows(ds, 1), o.seq_len);
+                    cm.model->n_params, n_train, n_val, o.seq_len);
         peft_train_result res;
-        rc = peft_train(cm.model, set, ds, &o, &res, &err);
+        rc = cls ? peft_train_cls(cm.model, set, cds, cval, &o, &res, &err) : peft_train(cm.model, set, ds, &o, &res, &err);
         if (rc == PEFT_OK && dist.rank == 0) {
             /* without validation rows the losses are NaN: say nothing about validation */
             printf("steps %ld  train loss %.4f", res.steps_done, res.final_train_loss);
@@ -358,6 +374,8 @@ int cmd_train(int argc, char **argv) {
     peft_adapter_set_free(set);
     peft_dataset_free(ds);
     peft_dataset_free(val);
+    peft_cls_free(cds);
+    peft_cls_free(cval);
     free(init_rows);
     cli_model_free(&cm);
     return rc ? cli_report(err.msg) : 0;

@@ -13,6 +13,7 @@ int cmd_merge(int argc, char **argv);
 int cmd_combine(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
 
 /* Prints "peft: <msg>" to stderr and returns 1: the CLI's way of reporting a library error. */
 int cli_report(const char *msg);

@@ -16,6 +16,7 @@ static const struct {
     {"eval", cmd_eval, "mean loss (nats/token) and perplexity of a model on a text file"},
     {"generate", cmd_generate, "sample or greedy-decode a continuation of a prompt"},
     {"tokenize", cmd_tokenize, "encode text to token ids (or decode ids) with a model's tokenizer"},
+    {"predict", cmd_predict, "a classification model's label and probabilities for each example (JSONL)"},
     {"train", cmd_train, "fine-tune a model with a PEFT method and save the adapter"},
     {"merge", cmd_merge, "merge an adapter into its base model and write an HF checkpoint"},
     {"combine", cmd_combine, "combine LoRA adapters into one, as PEFT's add_weighted_adapter (svd, cat, ties, dare, ...)"},

@@ -59,8 +59,8 @@ static void add_patterns(sbuf *b, const char *name, const peft_pattern *p, int n
     add(b, "\n");
 }
 
-char *peft_run_signature(const peft_train_opts *o, const peft_model *m, const peft_adapter_set *set, const peft_dataset *ds,
-                         const peft_dataset *val) {
+char *peft_run_signature(const peft_train_opts *o, const peft_model *m, const peft_adapter_set *set, uint64_t data_hash,
+                         uint64_t val_hash) {
     sbuf b = {0};
     /* training: everything an update depends on (not eval_every, save_every, progress) */
     add(&b, "seed=%llu\nbatch=%d\nseq_len=%d\ngrad_accum=%d\nsteps=%ld\nlr=%.17g\nschedule=%d\nwarmup=%ld\n",
@@ -90,8 +90,7 @@ char *peft_run_signature(const peft_train_opts *o, const peft_model *m, const pe
     add_str(&b, "init_text", mo->init_text);
     add(&b, "trainable=%zu\n", peft_adapter_set_numel(set));
     /* the data as the model sees it: file, tokenizer, template, seq-len, packing and split */
-    add(&b, "data=%016llx\nval_data=%016llx\n", (unsigned long long)peft_dataset_hash(ds),
-        val ? (unsigned long long)peft_dataset_hash(val) : 0ull);
+    add(&b, "data=%016llx\nval_data=%016llx\n", (unsigned long long)data_hash, (unsigned long long)val_hash);
     if (b.oom) {
         free(b.s);
         return NULL;

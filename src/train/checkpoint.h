@@ -16,10 +16,10 @@
 /* Everything that changes what a run computes, one "name=value" line per setting: every
  * training option that enters an update, the model's shape and compute mode, every field of
  * the adapter configuration (method, targets, patterns, method options), the number of
- * trainable numbers and a hash of the tokenized training and validation rows. A resume must
- * match it exactly. Returns a heap string (caller frees) or NULL when out of memory. */
-char *peft_run_signature(const peft_train_opts *o, const peft_model *m, const peft_adapter_set *set, const peft_dataset *ds,
-                         const peft_dataset *val);
+ * trainable numbers and the hashes of the training and validation data (peft_dataset_hash or
+ * peft_cls_hash; 0: no validation file). A resume must match it exactly. Returns a heap string (caller frees) or NULL when out of memory. */
+char *peft_run_signature(const peft_train_opts *o, const peft_model *m, const peft_adapter_set *set, uint64_t data_hash,
+                         uint64_t val_hash);
 
 /* Writes the checkpoint of update `step` to path atomically. */
 int peft_checkpoint_save(const char *path, peft_adapter_set *set, peft_adamw *opt, long step, const char *signature,

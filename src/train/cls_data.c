@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "fileio.h"
+#include "train/data.h"
 #include "io/json.h"
 #include "train/cls_data.h"
 
@@ -403,6 +404,18 @@ int peft_cls_load_images(const char *dir, const char *preprocessor_config, const
     if (rc) peft_cls_free(ds);
     else *out = ds;
     return rc;
+}
+
+uint64_t peft_cls_hash(const peft_cls_dataset *ds) {
+    uint64_t h = peft_fnv1a(0xcbf29ce484222325ull, &ds->n, sizeof ds->n);
+    h = peft_fnv1a(h, ds->labels, (size_t)ds->n * sizeof *ds->labels);
+    if (ds->offset) {
+        h = peft_fnv1a(h, ds->offset, ((size_t)ds->n + 1) * sizeof *ds->offset);
+        h = peft_fnv1a(h, ds->tokens, (size_t)ds->offset[ds->n] * sizeof *ds->tokens);
+        h = peft_fnv1a(h, ds->type_ids, (size_t)ds->offset[ds->n] * sizeof *ds->type_ids);
+    }
+    for (int i = 0; ds->image_paths && i < ds->n; i++) h = peft_fnv1a(h, ds->image_paths[i], strlen(ds->image_paths[i]) + 1);
+    return h;
 }
 
 void peft_cls_free(peft_cls_dataset *ds) {

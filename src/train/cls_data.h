@@ -76,6 +76,9 @@ int peft_cls_load_text_memory(const char *text, size_t len, const char *name, co
 int peft_cls_load_images(const char *dir, const char *preprocessor_config, const peft_cls_opts *opts,
                          peft_cls_dataset **out, peft_err *err);
 void peft_cls_free(peft_cls_dataset *ds);
+/* A 64-bit hash of the examples (labels, tokens and type ids, or the image paths and the
+ * preprocessing size), for a training run's signature (train/checkpoint.h). */
+uint64_t peft_cls_hash(const peft_cls_dataset *ds);
 
 /* A batch's storage; `b` points into it after peft_cls_batch_fill. */
 typedef struct peft_cls_batch {

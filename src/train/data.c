@@ -379,8 +379,7 @@ int peft_dataset_rows(const peft_dataset *ds, int split) { return split == 0 || 
 int peft_dataset_examples(const peft_dataset *ds, int split) { return split == 0 || split == 1 ? ds->n_order[split] : 0; }
 int peft_dataset_dropped(const peft_dataset *ds) { return ds->n_dropped; }
 
-/* FNV-1a over n bytes, continuing from h */
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+uint64_t peft_fnv1a(uint64_t h, const void *p, size_t n) {
     for (const unsigned char *b = p; n--; b++) h = (h ^ *b) * 0x100000001b3ull;
     return h;
 }
@@ -388,17 +387,17 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 uint64_t peft_dataset_hash(const peft_dataset *ds) {
     uint64_t h = 0xcbf29ce484222325ull;
     int head[3] = {ds->seq_len, ds->pack, ds->pad_id};
-    h = fnv(h, head, sizeof head);
-    h = fnv(h, ds->ids, ds->n_tok * sizeof *ds->ids);
-    h = fnv(h, ds->loss, ds->n_tok);
+    h = peft_fnv1a(h, head, sizeof head);
+    h = peft_fnv1a(h, ds->ids, ds->n_tok * sizeof *ds->ids);
+    h = peft_fnv1a(h, ds->loss, ds->n_tok);
     for (size_t i = 0; i < ds->n_ex; i++) { /* field by field: the struct has padding */
         uint64_t e[3] = {ds->ex[i].off, ds->ex[i].n, ds->ex[i].limit};
-        h = fnv(h, e, sizeof e);
+        h = peft_fnv1a(h, e, sizeof e);
     }
     for (int s = 0; s < 2; s++) {
-        h = fnv(h, &ds->n_rows[s], sizeof ds->n_rows[s]);
-        h = fnv(h, ds->order[s], (size_t)ds->n_order[s] * sizeof(int));
-        h = fnv(h, ds->row_start[s], ((size_t)ds->n_rows[s] + 1) * sizeof(int));
+        h = peft_fnv1a(h, &ds->n_rows[s], sizeof ds->n_rows[s]);
+        h = peft_fnv1a(h, ds->order[s], (size_t)ds->n_order[s] * sizeof(int));
+        h = peft_fnv1a(h, ds->row_start[s], ((size_t)ds->n_rows[s] + 1) * sizeof(int));
     }
     return h;
 }

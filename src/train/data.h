@@ -59,6 +59,8 @@ int peft_dataset_dropped(const peft_dataset *ds);
 /* A 64-bit hash of everything the rows are made of (tokens, loss flags, examples, split and
  * row order, seq_len, packing): equal for the same file, tokenizer, template and options. */
 uint64_t peft_dataset_hash(const peft_dataset *ds);
+/* FNV-1a over n bytes, continuing from h (start: 0xcbf29ce484222325): the data hashes' step. */
+uint64_t peft_fnv1a(uint64_t h, const void *p, size_t n);
 
 /* Fills one row (T = seq_len):
  *  inputs[T]:  token ids (padded with eos, or 0 when there is none);

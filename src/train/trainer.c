@@ -95,31 +95,57 @@ static int fill_rows(const peft_dataset *ds, int split, const int *rows, int B, 
     return PEFT_OK;
 }
 
+/* What batches are made of: a causal-LM dataset's split (packed rows, next-token targets), or a
+ * classification dataset's examples (padded to the batch's longest, label targets). */
+typedef struct train_src {
+    const peft_dataset *ds;      /* causal-lm, or NULL */
+    int split;
+    const peft_cls_dataset *cls; /* seq-cls / image-cls, or NULL */
+} train_src;
+
+static int src_rows(const train_src *s) {
+    return s->cls ? s->cls->n : s->ds ? peft_dataset_rows(s->ds, s->split) : 0;
+}
+
+static uint64_t src_hash(const train_src *s) {
+    return s->cls ? peft_cls_hash(s->cls) : s->ds ? peft_dataset_hash(s->ds) : 0;
+}
+
 /* ---- evaluation ------------------------------------------------------------------- */
 
 typedef struct batch_bufs {
     int B, T;
     int32_t *in, *tgt, *pos;
     int *rows;
+    peft_cls_batch cls;
 } batch_bufs;
 
-/* The model's batch over bb's rows (positions inside packed examples, next-token targets). */
-static peft_batch bufs_batch(const batch_bufs *bb) {
-    return (peft_batch){.B = bb->B, .T = bb->T, .ids = bb->in, .pos = bb->pos, .targets = bb->tgt};
+/* The model's batch over bb->rows[B] (-1: padding, only at the end): causal-lm rows of T tokens
+ * (positions inside packed examples), or classification examples, the padding rows left out. */
+static int src_batch(const train_src *s, const peft_model *m, batch_bufs *bb, peft_batch *out, peft_err *err) {
+    if (s->cls) {
+        int n = bb->B, pad = m->info.pad_token_id >= 0 ? m->info.pad_token_id : 0;
+        while (n > 0 && bb->rows[n - 1] < 0) n--;
+        int rc = peft_cls_batch_fill(s->cls, bb->rows, n, 0, pad, &bb->cls, err);
+        *out = bb->cls.b;
+        return rc;
+    }
+    *out = (peft_batch){.B = bb->B, .T = bb->T, .ids = bb->in, .pos = bb->pos, .targets = bb->tgt};
+    return fill_rows(s->ds, s->split, bb->rows, bb->B, bb->T, m, bb->in, bb->tgt, bb->pos, err);
 }
 
-static int eval_split(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, peft_acts *acts, batch_bufs *bb,
-                      int split, int max_batches, double *loss, peft_err *err) {
-    int B = bb->B, T = bb->T, n_rows = peft_dataset_rows(ds, split);
+static int eval_split(peft_model *m, peft_adapter_set *set, const train_src *src, peft_acts *acts, batch_bufs *bb,
+                      int max_batches, double *loss, peft_err *err) {
+    int B = bb->B, n_rows = src_rows(src);
     if (set) peft_adapter_set_mode(set, 0, 0); /* `peft eval` of a base model has no adapters */
     double sum = 0;
     long count = 0;
     for (int r0 = 0, k = 0; r0 < n_rows && (max_batches <= 0 || k < max_batches); r0 += B, k++) {
         for (int b = 0; b < B; b++) bb->rows[b] = r0 + b < n_rows ? r0 + b : -1;
-        int rc = fill_rows(ds, split, bb->rows, B, T, m, bb->in, bb->tgt, bb->pos, err);
         double l;
         int counted;
-        peft_batch batch = bufs_batch(bb);
+        peft_batch batch;
+        int rc = src_batch(src, m, bb, &batch, err);
         if (rc == PEFT_OK) rc = peft_model_forward(m, acts, &batch, &l, &counted, err);
         if (rc) return rc;
         sum += l * counted;
@@ -147,6 +173,7 @@ static void bufs_free(batch_bufs *bb) {
     free(bb->tgt);
     free(bb->pos);
     free(bb->rows);
+    peft_cls_batch_free(&bb->cls);
 }
 
 int peft_evaluate(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, int B, int T, int split, int max_batches,
@@ -155,7 +182,8 @@ int peft_evaluate(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, 
     peft_acts *acts = NULL;
     int rc = peft_model_acts_alloc(m, B, T, 0, 0, &acts, err);
     if (rc == PEFT_OK) rc = bufs_alloc(&bb, B, T, err);
-    if (rc == PEFT_OK) rc = eval_split(m, set, ds, acts, &bb, split, max_batches, loss, err);
+    train_src src = {.ds = ds, .split = split};
+    if (rc == PEFT_OK) rc = eval_split(m, set, &src, acts, &bb, max_batches, loss, err);
     bufs_free(&bb);
     peft_model_acts_free(m, acts);
     return rc;
@@ -282,15 +310,15 @@ static void progress_bar(long step, long total, double loss, double tps, double 
 /* Forward and backward of micro-batch `micro` (0 .. grad_accum - 1) of update `step` into the
  * zeroed gradients; its mean loss (over its counted tokens) into *loss. Its rows and dropout
  * seed are functions of (seed, step, micro) only, never of the rank that runs it. */
-static int micro_batch(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o, peft_acts *acts,
+static int micro_batch(peft_model *m, peft_adapter_set *set, const train_src *src, const peft_train_opts *o, peft_acts *acts,
                        batch_bufs *bb, row_order *order, long step, int micro, double *loss, peft_err *err) {
-    int B = o->batch, T = o->seq_len, counted;
+    int B = o->batch, counted;
     long k0 = (step * o->grad_accum + micro) * (long)B;
     for (int b = 0; b < B; b++) bb->rows[b] = row_at(order, k0 + b);
-    int rc = fill_rows(ds, 0, bb->rows, B, T, m, bb->in, bb->tgt, bb->pos, err);
+    peft_batch batch;
+    int rc = src_batch(src, m, bb, &batch, err);
     peft_adapter_set_mode(set, 1, peft_mix64(o->seed ^ ((uint64_t)step << 20) ^ (uint64_t)micro));
     peft_adapter_set_zero_grad(set);
-    peft_batch batch = bufs_batch(bb);
     if (rc == PEFT_OK) rc = peft_model_forward(m, acts, &batch, loss, &counted, err);
     if (rc == PEFT_OK && (rc = peft_model_backward(m, acts, &batch, counted)))
         rc = peft_fail(err, rc, "out of memory for a kernel's scratch (backward pass)");
@@ -337,12 +365,12 @@ static void add_into(float *acc, const float *g, size_t n) {
  * redundantly, keep the parameters equal without sending them). One micro-batch on one
  * process needs no sum. Leaves the mean gradient (sum / G) in the parameters' grad and the
  * mean of the micro-batches' losses in *loss. */
-static int step_gradient(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
+static int step_gradient(peft_model *m, peft_adapter_set *set, const train_src *src, const peft_train_opts *o,
                          const peft_dist *D, peft_acts *acts, batch_bufs *bb, row_order *order, grad_sum *gs, long step,
                          double *loss, peft_err *err) {
     int n = peft_adapter_set_n_params(set), G = o->grad_accum;
     peft_named_param *p = peft_adapter_set_params(set);
-    if (D->size == 1 && G == 1) return micro_batch(m, set, ds, o, acts, bb, order, step, 0, loss, err);
+    if (D->size == 1 && G == 1) return micro_batch(m, set, src, o, acts, bb, order, step, 0, loss, err);
     size_t numel = 0, packet;
     for (int i = 0; i < n; i++) numel += p[i].p.numel;
     packet = 8 + 4 * numel;
@@ -352,7 +380,7 @@ static int step_gradient(peft_model *m, peft_adapter_set *set, const peft_datase
     double loss_sum = 0;
     for (int r0 = 0; r0 < G && rc == PEFT_OK; r0 += D->size) {
         double l = 0;
-        rc = micro_batch(m, set, ds, o, acts, bb, order, step, r0 + D->rank, &l, err);
+        rc = micro_batch(m, set, src, o, acts, bb, order, step, r0 + D->rank, &l, err);
         if (D->size == 1) {
             for (size_t i = 0, off = 0; i < (size_t)n && rc == PEFT_OK; off += p[i].p.numel, i++)
                 add_into(gs->acc + off, p[i].p.grad, p[i].p.numel);
@@ -405,17 +433,15 @@ static int resume_state(const peft_dist *D, const char *ckpt, peft_adapter_set *
 
 /* ---- the loop ----------------------------------------------------------------------- */
 
-int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
-               peft_train_result *res, peft_err *err) {
+/* The loop over train's rows, validating on val's (none: src_rows 0). */
+static int train_loop(peft_model *m, peft_adapter_set *set, const train_src *train, const train_src *val,
+                      const peft_train_opts *o, peft_train_result *res, peft_err *err) {
     static const peft_dist solo = {.rank = 0, .size = 1};
     const peft_dist *D = o->dist ? o->dist : &solo;
     int root = D->rank == 0; /* writes the log, checkpoints and the adapter; validates */
     memset(res, 0, sizeof *res);
     res->first_val_loss = res->final_val_loss = NAN;
-    /* Validation rows: a separate dataset's (all of it) or this one's held-out split. */
-    const peft_dataset *val_ds = o->val_data ? o->val_data : ds;
-    int val_split = o->val_data ? 0 : 1;
-    int B = o->batch, T = o->seq_len, n_train = peft_dataset_rows(ds, 0), n_val = peft_dataset_rows(val_ds, val_split);
+    int B = o->batch, T = o->seq_len, n_train = src_rows(train), n_val = src_rows(val);
     if (B < 1 || T < 2 || o->grad_accum < 1 || o->steps < 1)
         return peft_fail(err, PEFT_EINVAL, "batch, grad_accum and steps must be >= 1 and seq_len >= 2");
     if (n_train < 1) return peft_fail(err, PEFT_EINVAL, "the training split is empty");
@@ -426,8 +452,8 @@ int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, con
     /* one run at a time per output directory; what a killed run left is removed */
     int lock = -1, rc = root ? peft_mkdir(o->out_dir, err) : PEFT_OK;
     if (rc == PEFT_OK && root) rc = peft_dir_lock(o->out_dir, &lock, err);
-    for (int k = 0; k < 2 && rc == PEFT_OK && root; k++) {
-        const peft_dataset *d = k ? o->val_data : ds;
+    for (int k = 0; k < 2 && rc == PEFT_OK && root && train->ds; k++) {
+        const peft_dataset *d = k ? o->val_data : train->ds;
         if (d && peft_dataset_dropped(d))
             fprintf(stderr, "warning: %s data: %d records dropped: their prompt fills --seq-len %d, leaving no completion token "
                     "to learn\n", k ? "validation" : "training", peft_dataset_dropped(d), T);
@@ -454,7 +480,7 @@ int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, con
     snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", o->out_dir);
     snprintf(log_path, sizeof log_path, "%s/train_log.jsonl", o->out_dir);
     snprintf(svg_path, sizeof svg_path, "%s/loss.svg", o->out_dir);
-    char *signature = rc == PEFT_OK ? peft_run_signature(o, m, set, ds, o->val_data) : NULL;
+    char *signature = rc == PEFT_OK ? peft_run_signature(o, m, set, src_hash(train), val->ds && val->ds == train->ds ? 0 : src_hash(val)) : NULL;
     if (rc == PEFT_OK && !signature) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     rc = peft_dist_agree(D, rc, err);
     long step = 0;
@@ -473,7 +499,7 @@ int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, con
     if (rc == PEFT_OK && root && !log) rc = peft_fail(err, PEFT_EIO, "%s: cannot open for writing: %s", log_open, strerror(errno));
 
     if (rc == PEFT_OK && root && n_val > 0 && step == 0) {
-        rc = eval_split(m, set, val_ds, acts, &bb, val_split, o->eval_batches, &res->first_val_loss, err);
+        rc = eval_split(m, set, val, acts, &bb, o->eval_batches, &res->first_val_loss, err);
         if (rc == PEFT_OK) {
             fprintf(log, "{\"step\":0,\"val_loss\":%.6f}\n", res->first_val_loss);
             curve_add(&val_curve, 0, res->first_val_loss);
@@ -487,7 +513,7 @@ int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, con
         /* every rank brings LISA to the same layers: they are a function of (seed, step) */
         if ((rc = peft_dist_agree(D, set_begin_step(set, &opt, step, log, err), err))) break;
         n_params = peft_adapter_set_n_params(set);
-        rc = step_gradient(m, set, ds, o, D, acts, &bb, &order, &gs, step, &loss, err);
+        rc = step_gradient(m, set, train, o, D, acts, &bb, &order, &gs, step, &loss, err);
         if (rc) break;
         /* clipping and the update see the summed gradient, equal on every rank */
         double gnorm = peft_grad_norm(params, n_params);
@@ -531,7 +557,7 @@ int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, con
         if (o->progress) progress_bar(step, o->steps, loss, tps, eta);
         if (n_val > 0 && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)) {
             double vl;
-            rc = eval_split(m, set, val_ds, acts, &bb, val_split, o->eval_batches, &vl, err);
+            rc = eval_split(m, set, val, acts, &bb, o->eval_batches, &vl, err);
             if (rc == PEFT_OK) {
                 res->final_val_loss = vl;
                 fprintf(log, "{\"step\":%ld,\"val_loss\":%.6f}\n", step, vl);
@@ -569,4 +595,17 @@ int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, con
     peft_adamw_free(&opt);
     peft_model_acts_free(m, acts);
     return rc;
+}
+
+int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *o,
+               peft_train_result *res, peft_err *err) {
+    /* Validation rows: a separate dataset's (all of it) or this one's held-out split. */
+    train_src train = {.ds = ds, .split = 0}, val = {.ds = o->val_data ? o->val_data : ds, .split = o->val_data ? 0 : 1};
+    return train_loop(m, set, &train, &val, o, res, err);
+}
+
+int peft_train_cls(peft_model *m, peft_adapter_set *set, const peft_cls_dataset *ds, const peft_cls_dataset *val,
+                   const peft_train_opts *o, peft_train_result *res, peft_err *err) {
+    train_src train = {.cls = ds}, v = {.cls = val};
+    return train_loop(m, set, &train, &v, o, res, err);
 }

@@ -10,6 +10,7 @@
 #include "error.h"
 #include "methods/adapter_set.h"
 #include "models/model.h"
+#include "train/cls_data.h"
 #include "train/data.h"
 #include "train/dist.h"
 #include "train/optim.h"
@@ -56,6 +57,12 @@ typedef struct peft_train_result {
  * validation losses). */
 int peft_train(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, const peft_train_opts *opts,
                peft_train_result *res, peft_err *err);
+
+/* The same for seq-cls / image-cls: micro-batches of o->batch examples of ds (padded to the
+ * batch's longest, at most o->seq_len tokens as loaded), the labels as targets; validation on
+ * all of val (NULL: none). o->val_data is not used. */
+int peft_train_cls(peft_model *m, peft_adapter_set *set, const peft_cls_dataset *ds, const peft_cls_dataset *val,
+                   const peft_train_opts *o, peft_train_result *res, peft_err *err);
 
 /* Mean validation loss over up to max_batches micro-batches (0: all). */
 int peft_evaluate(peft_model *m, peft_adapter_set *set, const peft_dataset *ds, int B, int T, int split,
