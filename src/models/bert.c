@@ -20,13 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/fileio.h"
 #include "core/rng.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
 #include "models/encoder.h"
+#include "models/hf_checkpoint.h"
 
 #define BERT_SITES_PER_LAYER 6
 #define BERT_MAX_DIM (1 << 20)
@@ -88,58 +88,28 @@ struct peft_acts {
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
-static int cfg_int(const cJSON *j, const char *key, int required, int dflt, int lo, int hi, int *out, const char *file,
-                   peft_err *err) {
-    long long v = dflt;
-    int rc = peft_json_int(j, key, required, &v, file, err);
-    if (rc) return rc;
-    if (v < lo || v > hi) return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" = %lld is outside [%d, %d]", file, key, v, lo, hi);
-    *out = (int)v;
-    return PEFT_OK;
-}
-
 static int parse_config(bert_model *m, const cJSON *j, const peft_model_load_opts *opts, const char *file, peft_err *err) {
     int rc = PEFT_OK, TV_default = m->roberta ? 1 : 2, pad_default = m->roberta ? 1 : 0;
-    if (!rc) rc = cfg_int(j, "vocab_size", 1, 0, 1, 1 << 24, &m->V, file, err);
-    if (!rc) rc = cfg_int(j, "hidden_size", 1, 0, 1, BERT_MAX_DIM, &m->C, file, err);
-    if (!rc) rc = cfg_int(j, "num_hidden_layers", 1, 0, 1, BERT_MAX_LAYERS, &m->L, file, err);
-    if (!rc) rc = cfg_int(j, "num_attention_heads", 1, 0, 1, BERT_MAX_DIM, &m->NH, file, err);
-    if (!rc) rc = cfg_int(j, "intermediate_size", 1, 0, 1, BERT_MAX_DIM, &m->F, file, err);
-    if (!rc) rc = cfg_int(j, "max_position_embeddings", 1, 0, 1, BERT_MAX_DIM, &m->P, file, err);
-    if (!rc) rc = cfg_int(j, "type_vocab_size", 0, TV_default, 1, BERT_MAX_DIM, &m->TV, file, err);
-    if (!rc) rc = cfg_int(j, "pad_token_id", 0, pad_default, 0, m->V - 1, &m->pad_id, file, err);
+    if (!rc) rc = peft_cfg_int(j, "vocab_size", 1, 0, 1, 1 << 24, &m->V, file, err);
+    if (!rc) rc = peft_cfg_int(j, "hidden_size", 1, 0, 1, BERT_MAX_DIM, &m->C, file, err);
+    if (!rc) rc = peft_cfg_int(j, "num_hidden_layers", 1, 0, 1, BERT_MAX_LAYERS, &m->L, file, err);
+    if (!rc) rc = peft_cfg_int(j, "num_attention_heads", 1, 0, 1, BERT_MAX_DIM, &m->NH, file, err);
+    if (!rc) rc = peft_cfg_int(j, "intermediate_size", 1, 0, 1, BERT_MAX_DIM, &m->F, file, err);
+    if (!rc) rc = peft_cfg_int(j, "max_position_embeddings", 1, 0, 1, BERT_MAX_DIM, &m->P, file, err);
+    if (!rc) rc = peft_cfg_int(j, "type_vocab_size", 0, TV_default, 1, BERT_MAX_DIM, &m->TV, file, err);
+    if (!rc) rc = peft_cfg_int(j, "pad_token_id", 0, pad_default, 0, m->V - 1, &m->pad_id, file, err);
     if (rc) return rc;
     if (m->C % m->NH)
         return peft_fail(err, PEFT_EFORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", file, m->C, m->NH);
-    double eps = 1e-12, range = 0.02;
-    if ((rc = peft_json_double(j, "layer_norm_eps", 0, &eps, file, err))) return rc;
-    if ((rc = peft_json_double(j, "initializer_range", 0, &range, file, err))) return rc;
-    if (!(eps > 0 && eps < 1)) return peft_fail(err, PEFT_EFORMAT, "%s: \"layer_norm_eps\" = %g is outside (0, 1)", file, eps);
-    if (!(range >= 0 && range < 10))
-        return peft_fail(err, PEFT_EFORMAT, "%s: \"initializer_range\" = %g is outside [0, 10)", file, range);
+    double eps = 1e-12, range;
+    int gelu, NL;
+    if ((rc = peft_cfg_encoder(j, file, &eps, &range, &gelu, err))) return rc;
     m->init_range = (float)range;
-    const char *act = "gelu", *pet = "absolute", *problem = NULL;
-    if ((rc = peft_json_string(j, "hidden_act", 0, &act, file, err))) return rc;
+    const char *pet = "absolute";
     if ((rc = peft_json_string(j, "position_embedding_type", 0, &pet, file, err))) return rc;
-    if ((rc = peft_json_string(j, "problem_type", 0, &problem, file, err))) return rc;
-    int gelu;
-    if (!strcmp(act, "gelu")) gelu = GELU_ERF;
-    else if (!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh")) gelu = GELU_TANH;
-    else return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"hidden_act\" = \"%s\" (supported: gelu, gelu_new, gelu_pytorch_tanh)", file, act);
     if (strcmp(pet, "absolute"))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"position_embedding_type\" = \"%s\" (supported: absolute)", file, pet);
-    if (problem && strcmp(problem, "single_label_classification"))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"problem_type\" = \"%s\" (supported: single_label_classification)", file, problem);
-    /* labels: the load options, else id2label's size, else num_labels, else HF's default 2 */
-    int NL = 2;
-    const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(j, "id2label");
-    if (cJSON_IsObject(id2label)) NL = cJSON_GetArraySize(id2label);
-    else if ((rc = cfg_int(j, "num_labels", 0, 2, 1, BERT_MAX_LABELS, &NL, file, err))) return rc;
-    if (opts && opts->n_labels) NL = opts->n_labels;
-    if (NL == 1)
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: 1 label means regression (MSE) in HF, which %s does not do; use >= 2 labels",
-                         file, m->roberta ? "roberta" : "bert");
-    if (NL < 2 || NL > BERT_MAX_LABELS) return peft_fail(err, PEFT_EFORMAT, "%s: %d labels is outside [2, %d]", file, NL, BERT_MAX_LABELS);
+    if ((rc = peft_cfg_n_labels(j, opts, BERT_MAX_LABELS, m->roberta ? "roberta" : "bert", file, &NL, err))) return rc;
     m->NL = NL;
     if (m->roberta && m->P < m->pad_id + 2)
         return peft_fail(err, PEFT_EFORMAT, "%s: max_position_embeddings %d leaves no position after padding_idx %d", file, m->P, m->pad_id);
@@ -566,42 +536,9 @@ static const float *bert_tensor_values(peft_model *pm, const char *name, int64_t
     return t->data;
 }
 
-/* config.json for the saved model: the loaded one with the class and the labels it now has. */
-static int write_config(const bert_model *m, const char *path, peft_err *err) {
-    cJSON *j = cJSON_Parse(m->config_text);
-    if (!j) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    cJSON *arch = cJSON_CreateStringArray((const char *const[]){m->base.info.hf_class}, 1);
-    cJSON_DeleteItemFromObjectCaseSensitive(j, "architectures");
-    cJSON_AddItemToObject(j, "architectures", arch);
-    const cJSON *old = cJSON_GetObjectItemCaseSensitive(j, "id2label");
-    if (!cJSON_IsObject(old) || cJSON_GetArraySize(old) != m->NL) {
-        cJSON *id2label = cJSON_CreateObject(), *label2id = cJSON_CreateObject();
-        for (int i = 0; i < m->NL; i++) {
-            char k[32], v[40];
-            snprintf(k, sizeof k, "%d", i);
-            snprintf(v, sizeof v, "LABEL_%d", i);
-            cJSON_AddItemToObject(id2label, k, cJSON_CreateString(v));
-            cJSON_AddItemToObject(label2id, v, cJSON_CreateNumber(i));
-        }
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "id2label");
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "label2id");
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "num_labels");
-        cJSON_AddItemToObject(j, "id2label", id2label);
-        cJSON_AddItemToObject(j, "label2id", label2id);
-    }
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!text) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    int rc = peft_write_file_atomic(path, text, strlen(text), err);
-    free(text);
-    return rc;
-}
-
 static int bert_save_hf(peft_model *pm, const char *dir, peft_err *err) {
     bert_model *m = (bert_model *)pm;
     if (!m->slab) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded for its shapes only (no weights)", m->base.dir);
-    if (peft_same_path(dir, m->base.dir))
-        return peft_fail(err, PEFT_EINVAL, "%s: is the base model's directory; write the model elsewhere", dir);
     peft_st_entry *e = calloc((size_t)m->n_tensors, sizeof *e);
     if (!e) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     for (int i = 0; i < m->n_tensors; i++) {
@@ -610,21 +547,11 @@ static int bert_save_hf(peft_model *pm, const char *dir, peft_err *err) {
         e[i].shape[0] = t->shape[0];
         e[i].shape[1] = t->shape[1];
     }
-    static const char *const meta[] = {"format", "pt"};
     static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                                              "vocab.json", "merges.txt"};
-    char src[4200], dst[4200];
-    int rc = peft_mkdir(dir, err);
-    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
-    if (rc == PEFT_OK) rc = peft_st_write(dst, e, m->n_tensors, meta, 1, err);
+    int rc = peft_hf_checkpoint_write(&m->base, dir, m->config_text, m->NL, e, m->n_tensors, side_files,
+                                      (int)(sizeof side_files / sizeof side_files[0]), err);
     free(e);
-    snprintf(dst, sizeof dst, "%s/config.json", dir);
-    if (rc == PEFT_OK) rc = write_config(m, dst, err);
-    for (size_t i = 0; rc == PEFT_OK && i < sizeof side_files / sizeof side_files[0]; i++) {
-        snprintf(src, sizeof src, "%s/%s", m->base.dir, side_files[i]);
-        snprintf(dst, sizeof dst, "%s/%s", dir, side_files[i]);
-        if (peft_file_exists(src)) rc = peft_copy_file(src, dst, err);
-    }
     return rc;
 }
 
