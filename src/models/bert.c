@@ -68,18 +68,15 @@ struct peft_acts {
     bert_model *m;
     int B, T, save_all, training;
     float *slab;
-    float *x;                /* [L+1, N, C]: x[0] the embeddings after LN, x[l+1] layer l's output */
+    peft_encoder_stack st;   /* the layers; st.x[0] the embeddings after LN */
     float *emb;              /* [N, C] the embedding sum (LN input) */
     float *emb_mean, *emb_rstd; /* [N] */
-    peft_encoder_acts *la;   /* [L] with save_all, else [1] (recomputed layer by layer) */
     float *h0;               /* [B, C] the pooled token's hidden state */
     float *z;                /* [B, C] tanh(W1 h0 + b1) */
     float *logits;           /* [B, NL] */
     float *losses;           /* [B] */
     int32_t *pos_ids, *type_ids; /* [N] */
     /* training */
-    peft_encoder_grads g;
-    float *d0, *d1;          /* [N, C] */
     float *dz, *dh0;         /* [B, C] */
     float *dlogits;          /* [B, NL] */
     const int32_t *targets;  /* the last forward's */
@@ -367,7 +364,7 @@ static void bert_free(peft_model *pm) {
 static void acts_free(peft_acts *a) {
     if (!a) return;
     free(a->slab);
-    free(a->la);
+    encoder_stack_free(&a->st);
     free(a->pos_ids);
     free(a->type_ids);
     free(a);
@@ -383,35 +380,28 @@ static int acts_alloc(peft_model *pm, int B, int T, int save_all, int training, 
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     *a = (peft_acts){.m = m, .B = B, .T = T, .save_all = save_all, .training = training};
     const size_t N = (size_t)B * T, C = (size_t)m->C, NL = (size_t)m->NL;
-    const int n_la = save_all ? m->L : 1;
-    const size_t per_la = encoder_acts_floats(&m->enc, B, T), grads = training ? encoder_grads_floats(&m->enc, B, T) : 0;
-    /* the plain buffers (sizes[i] floats for *bufs[i]), then the layers' acts, then the encoder's
-     * backward scratch; training buffers are 0 without training */
+    /* the buffers around the layer stack (sizes[i] floats for *bufs[i]); training buffers are 0
+     * without training */
     const size_t tr = training ? 1 : 0;
-    float **bufs[] = {&a->x, &a->emb, &a->emb_mean, &a->emb_rstd, &a->h0, &a->z, &a->logits, &a->losses,
-                      &a->d0, &a->d1, &a->dz, &a->dh0, &a->dlogits};
-    const size_t sizes[] = {(size_t)(m->L + 1) * N * C, N * C, N, N, B * C, B * C, B * NL, (size_t)B,
-                            tr * N * C, tr * N * C, tr * B * C, tr * B * C, tr * B * NL};
-    size_t total = 0, la_floats = 0;
-    int ok = per_la && (!training || grads) && peft_mul_ok((size_t)n_la, per_la, &la_floats) &&
-             peft_add_ok(la_floats, grads, &total);
+    float **bufs[] = {&a->emb, &a->emb_mean, &a->emb_rstd, &a->h0, &a->z, &a->logits, &a->losses,
+                      &a->dz, &a->dh0, &a->dlogits};
+    const size_t sizes[] = {N * C, N, N, B * C, B * C, B * NL, (size_t)B, tr * B * C, tr * B * C, tr * B * NL};
+    size_t total = 0;
+    int ok = encoder_stack_alloc(&a->st, &m->enc, m->layers, m->L, B, T, save_all, training) == PEFT_OK;
     for (size_t i = 0; ok && i < sizeof sizes / sizeof sizes[0]; i++) ok = peft_add_ok(total, sizes[i], &total);
-    a->la = calloc((size_t)n_la, sizeof *a->la);
     a->pos_ids = malloc(N * sizeof(int32_t));
     a->type_ids = malloc(N * sizeof(int32_t));
-    if (!ok || !a->la || !a->pos_ids || !a->type_ids || !(a->slab = malloc(total * sizeof(float)))) {
+    if (!ok || !a->pos_ids || !a->type_ids || !(a->slab = malloc(total * sizeof(float)))) {
         acts_free(a);
         return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate activations for a %d x %d batch", m->base.dir, B, T);
     }
     float *p = a->slab;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; p += sizes[i], i++) *bufs[i] = sizes[i] ? p : NULL;
-    for (int l = 0; l < n_la; l++, p += per_la) encoder_acts_point(&a->la[l], p, &m->enc, B, T);
-    if (training) encoder_grads_point(&a->g, p, &m->enc, B, T);
     *out = a;
     return PEFT_OK;
 }
 
-const float *bert_hidden_states(const peft_acts *a) { return a->x + (size_t)a->m->L * a->fwd_B * a->fwd_T * a->m->C; }
+const float *bert_hidden_states(const peft_acts *a) { return encoder_stack_output(&a->st, a->fwd_B, a->fwd_T); }
 const float *bert_pooled(const peft_acts *a) { return a->z; }
 static const float *bert_outputs(const peft_acts *a) { return a->logits; }
 
@@ -451,7 +441,6 @@ static int bert_forward(peft_model *pm, peft_acts *a, const peft_batch *b, doubl
     int rc = prepare_ids(m, a, b, err);
     if (rc) return rc;
     const int B = b->B, T = b->T, N = B * T, C = m->C;
-    const size_t NC = (size_t)N * C;
     a->fwd_B = B, a->fwd_T = T;
     a->targets = b->targets;
     const int save = a->training;
@@ -460,13 +449,10 @@ static int bert_forward(peft_model *pm, peft_acts *a, const peft_batch *b, doubl
     embedding_add_forward(a->emb, a->pos_ids, m->pos, N, C);
     embedding_add_forward(a->emb, a->type_ids, m->type, N, C);
     const peft_norm_site *eln = &m->norm_arr[0];
-    layernorm_forward(a->x, a->emb_mean, a->emb_rstd, a->emb, eln->weight, eln->bias, m->enc.eps, N, C);
-    for (int l = 0; l < m->L && rc == PEFT_OK; l++)
-        rc = encoder_layer_forward(&m->enc, &m->layers[l], &a->la[a->save_all ? l : 0], a->x + (size_t)(l + 1) * NC,
-                                   a->x + (size_t)l * NC, b->lengths, B, T, save && a->save_all);
-    if (rc) return peft_fail(err, rc, "%s: out of memory in the forward", m->base.dir);
+    layernorm_forward(a->st.x, a->emb_mean, a->emb_rstd, a->emb, eln->weight, eln->bias, m->enc.eps, N, C);
+    if ((rc = encoder_stack_forward(&a->st, b->lengths, B, T))) return peft_fail(err, rc, "%s: out of memory in the forward", m->base.dir);
     /* head on the first token: z = tanh(W1 h0 + b1) [B, C], logits = W2 z + b2 [B, NL] */
-    const float *hL = a->x + (size_t)m->L * NC;
+    const float *hL = encoder_stack_output(&a->st, B, T);
     for (int r = 0; r < B; r++) memcpy(a->h0 + (size_t)r * C, hL + (size_t)r * T * C, (size_t)C * sizeof(float));
     if (m->roberta) matmul_forward(a->z, a->h0, m->w1, m->b1, B, C, C);
     else if ((rc = site_forward(&m->site_arr[m->L * BERT_SITES_PER_LAYER], a->z, a->h0, B, save)))
@@ -489,7 +475,6 @@ static int bert_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int 
     bert_model *m = (bert_model *)pm;
     if (!a->training || !a->targets || n_counted <= 0) return n_counted > 0 ? PEFT_EINVAL : PEFT_OK;
     const int B = a->fwd_B, T = a->fwd_T, N = B * T, C = m->C, NL = m->NL;
-    const size_t NC = (size_t)N * C;
     /* dlogits [B, NL] -> head gradients and dz [B, C] -> dpre = dz (1 - z^2) */
     memset(a->dlogits, 0, (size_t)B * NL * sizeof(float));
     crossentropy_backward(a->dlogits, a->logits, a->targets, 1.0f / (float)n_counted, B, NL);
@@ -502,18 +487,11 @@ static int bert_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int 
     if (m->roberta) matmul_backward(a->dh0, m->head[0].grad, m->head[1].grad, a->dz, a->h0, m->w1, B, C, C);
     else rc = site_backward(&m->site_arr[m->L * BERT_SITES_PER_LAYER], a->dh0, a->dz, a->h0, B);
     /* the gradient of the last hidden states is dh0 on each row's first token, 0 elsewhere */
-    float *dy = a->d0, *dx = a->d1;
-    memset(dy, 0, NC * sizeof(float));
-    for (int r = 0; r < B; r++) memcpy(dy + (size_t)r * T * C, a->dh0 + (size_t)r * C, (size_t)C * sizeof(float));
-    for (int l = m->L - 1; l >= 0 && rc == PEFT_OK; l--) {
-        peft_encoder_acts *la = &a->la[a->save_all ? l : 0];
-        const float *xin = a->x + (size_t)l * NC;
-        if (!a->save_all) /* gradient checkpointing: this layer's forward again, saving */
-            rc = encoder_layer_forward(&m->enc, &m->layers[l], la, a->x + (size_t)(l + 1) * NC, xin, b->lengths, B, T, 1);
-        if (rc == PEFT_OK) rc = encoder_layer_backward(&m->enc, &m->layers[l], la, &a->g, dx, dy, xin, b->lengths, B, T);
-        float *t = dy;
-        dy = dx, dx = t;
-    }
+    float *dout = a->st.dout;
+    memset(dout, 0, (size_t)N * C * sizeof(float));
+    for (int r = 0; r < B; r++) memcpy(dout + (size_t)r * T * C, a->dh0 + (size_t)r * C, (size_t)C * sizeof(float));
+    const float *dy = NULL;
+    if (rc == PEFT_OK) rc = encoder_stack_backward(&a->st, b->lengths, B, T, &dy);
     const peft_norm_site *eln = &m->norm_arr[0];
     if (rc == PEFT_OK && (eln->grad || eln->bias_grad)) /* LayerNorm tuning of the embeddings' norm */
         layernorm_backward(NULL, eln->grad, eln->bias_grad, dy, a->emb, eln->weight, a->emb_mean, a->emb_rstd, N, C);
