@@ -230,30 +230,11 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
         else if (!t->optional && w) rc = peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\" for %s", m->base.dir, t->name, m->base.info.arch);
         else if (t->ndim == 2 && p) /* HF's _init_weights: Linear weights normal(0, initializer_range), biases 0 */
             for (size_t k = 0; k < n; k++) p[k] = m->init_range * peft_rng_normal(&rng);
-        for (size_t k = 0; rc == PEFT_OK && p && k < n; k++)
-            if (!isfinite(p[k]))
-                rc = peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value at index %zu", m->base.dir, t->name, k);
-        if (t->optional) {
-            peft_param *hp = &m->head[nh++];
-            snprintf(hp->name, sizeof hp->name, "%.63s", t->name);
-            hp->data = p;
-            hp->grad = NULL; /* given by whoever trains the head (an adapter set) */
-            hp->numel = n;
-            hp->ndim = t->ndim;
-            hp->shape[0] = t->shape[0];
-            hp->shape[1] = t->shape[1];
-            hp->lr_scale = 1.0f;
-        } else {
-            m->base.n_params += n;
-        }
+        if (rc == PEFT_OK)
+            rc = peft_hf_bind_tensor(&m->base, t->optional ? &m->head[nh++] : NULL, t->name, p, n, t->ndim, t->shape, err);
         if (p) p += n;
     }
-    m->base.n_head = nh;
-    m->base.head = m->head;
-    for (int i = 0; i < m->base.n_norms; i++) {
-        m->norm_arr[i].weight = m->norm_arr[i].base;
-        m->norm_arr[i].bias = m->norm_arr[i].bias_base;
-    }
+    peft_hf_bind_done(&m->base, m->head, nh);
     return rc;
 }
 
@@ -289,11 +270,8 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
     snprintf(m->base.dir, sizeof m->base.dir, "%s", path);
     rc = parse_config(m, j, opts, file, err);
     cJSON_Delete(j);
-    if (rc == PEFT_OK && !(m->config_text = malloc(config_len + 1))) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
-    if (rc == PEFT_OK) {
-        memcpy(m->config_text, config_json, config_len);
-        m->config_text[config_len] = 0;
-    }
+    if (rc == PEFT_OK && !(m->config_text = peft_hf_config_copy(config_json, config_len)))
+        rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     peft_model_info *in = &m->base.info;
     in->arch = arch;
     snprintf(in->hf_class, sizeof in->hf_class, "%s", roberta ? "RobertaForSequenceClassification" : "BertForSequenceClassification");
