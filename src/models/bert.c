@@ -294,20 +294,13 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
     in->bos_token_id = -1;
     in->pad_token_id = m->pad_id;
     const int n_sites = m->L * BERT_SITES_PER_LAYER + !roberta, n_norms = 1 + 2 * m->L;
-    m->site_arr = calloc((size_t)n_sites, sizeof *m->site_arr);
-    m->norm_arr = calloc((size_t)n_norms, sizeof *m->norm_arr);
+    const int sites_ok = peft_hf_sites_alloc(&m->base, &m->site_arr, n_sites, &m->norm_arr, n_norms) == PEFT_OK;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     m->tensors = calloc((size_t)(4 + 2 * n_norms + 2 * n_sites + 4), sizeof *m->tensors);
-    m->base.sites = calloc((size_t)n_sites, sizeof *m->base.sites);
-    m->base.norms = calloc((size_t)n_norms, sizeof *m->base.norms);
-    if (!m->site_arr || !m->norm_arr || !m->layers || !m->tensors || !m->base.sites || !m->base.norms) {
+    if (!sites_ok || !m->layers || !m->tensors) {
         m->base.ops->free(&m->base);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
-    m->base.n_sites = n_sites;
-    m->base.n_norms = n_norms;
-    for (int i = 0; i < n_sites; i++) m->base.sites[i] = &m->site_arr[i];
-    for (int i = 0; i < n_norms; i++) m->base.norms[i] = &m->norm_arr[i];
     list_tensors(m);
     peft_weights *w = NULL;
     if (!(opts && opts->shapes_only)) rc = peft_weights_open(path, &w, err);
@@ -326,12 +319,9 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
 static void bert_free(peft_model *pm) {
     bert_model *m = (bert_model *)pm;
     if (!m) return;
-    free(m->site_arr);
-    free(m->norm_arr);
+    peft_hf_sites_free(&m->base, m->site_arr, m->norm_arr);
     free(m->layers);
     free(m->tensors);
-    free(m->base.sites);
-    free(m->base.norms);
     free(m->slab);
     free(m->config_text);
     free(m);

@@ -139,3 +139,23 @@ void peft_hf_bind_done(peft_model *m, peft_param *head, int n_head) {
         m->norms[i]->bias = m->norms[i]->bias_base;
     }
 }
+
+int peft_hf_sites_alloc(peft_model *m, peft_site **site_arr, int n_sites, peft_norm_site **norm_arr, int n_norms) {
+    *site_arr = calloc((size_t)n_sites, sizeof **site_arr);
+    *norm_arr = calloc((size_t)n_norms, sizeof **norm_arr);
+    m->sites = calloc((size_t)n_sites, sizeof *m->sites);
+    m->norms = calloc((size_t)n_norms, sizeof *m->norms);
+    if (!*site_arr || !*norm_arr || !m->sites || !m->norms) return PEFT_ENOMEM;
+    m->n_sites = n_sites;
+    m->n_norms = n_norms;
+    for (int i = 0; i < n_sites; i++) m->sites[i] = &(*site_arr)[i];
+    for (int i = 0; i < n_norms; i++) m->norms[i] = &(*norm_arr)[i];
+    return PEFT_OK;
+}
+
+void peft_hf_sites_free(peft_model *m, peft_site *site_arr, peft_norm_site *norm_arr) {
+    free(site_arr);
+    free(norm_arr);
+    free(m->sites);
+    free(m->norms);
+}

@@ -45,4 +45,10 @@ int peft_hf_bind_tensor(peft_model *m, peft_param *hp, const char *name, const f
 /* After every tensor is bound: m's head is head[n_head], and each norm uses its base weight/bias. */
 void peft_hf_bind_done(peft_model *m, peft_param *head, int n_head);
 
+/* Allocates *site_arr[n_sites] and *norm_arr[n_norms] (zeroed) and m's sites / norms lists
+ * pointing at them; PEFT_ENOMEM when out of memory (what was allocated is freed by
+ * peft_hf_sites_free, which takes NULLs too). */
+int peft_hf_sites_alloc(peft_model *m, peft_site **site_arr, int n_sites, peft_norm_site **norm_arr, int n_norms);
+void peft_hf_sites_free(peft_model *m, peft_site *site_arr, peft_norm_site *norm_arr);
+
 #endif

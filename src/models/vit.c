@@ -298,20 +298,13 @@ static int vit_load(const char *path, const char *config_json, size_t config_len
     in->patch_size = m->P;
     m->base.compute = "f32";
     const int n_sites = m->L * VIT_SITES_PER_LAYER, n_norms = 2 * m->L + 1;
-    m->site_arr = calloc((size_t)n_sites, sizeof *m->site_arr);
-    m->norm_arr = calloc((size_t)n_norms, sizeof *m->norm_arr);
+    const int sites_ok = peft_hf_sites_alloc(&m->base, &m->site_arr, n_sites, &m->norm_arr, n_norms) == PEFT_OK;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     m->tensors = calloc((size_t)(4 + 2 * n_norms + 2 * n_sites + 2), sizeof *m->tensors);
-    m->base.sites = calloc((size_t)n_sites, sizeof *m->base.sites);
-    m->base.norms = calloc((size_t)n_norms, sizeof *m->base.norms);
-    if (!m->site_arr || !m->norm_arr || !m->layers || !m->tensors || !m->base.sites || !m->base.norms) {
+    if (!sites_ok || !m->layers || !m->tensors) {
         m->base.ops->free(&m->base);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
-    m->base.n_sites = n_sites;
-    m->base.n_norms = n_norms;
-    for (int i = 0; i < n_sites; i++) m->base.sites[i] = &m->site_arr[i];
-    for (int i = 0; i < n_norms; i++) m->base.norms[i] = &m->norm_arr[i];
     list_tensors(m);
     peft_weights *w = NULL;
     if (!(opts && opts->shapes_only)) rc = peft_weights_open(path, &w, err);
@@ -328,12 +321,9 @@ static int vit_load(const char *path, const char *config_json, size_t config_len
 static void vit_free(peft_model *pm) {
     vit_model *m = (vit_model *)pm;
     if (!m) return;
-    free(m->site_arr);
-    free(m->norm_arr);
+    peft_hf_sites_free(&m->base, m->site_arr, m->norm_arr);
     free(m->layers);
     free(m->tensors);
-    free(m->base.sites);
-    free(m->base.norms);
     free(m->slab);
     free(m->config_text);
     free(m);
