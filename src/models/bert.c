@@ -20,13 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/fileio.h"
 #include "core/rng.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "methods/adapter.h"
 #include "models/encoder.h"
+#include "models/hf_checkpoint.h"
 
 #define BERT_SITES_PER_LAYER 6
 #define BERT_MAX_DIM (1 << 20)
@@ -68,18 +68,15 @@ struct peft_acts {
     bert_model *m;
     int B, T, save_all, training;
     float *slab;
-    float *x;                /* [L+1, N, C]: x[0] the embeddings after LN, x[l+1] layer l's output */
+    peft_encoder_stack st;   /* the layers; st.x[0] the embeddings after LN */
     float *emb;              /* [N, C] the embedding sum (LN input) */
     float *emb_mean, *emb_rstd; /* [N] */
-    peft_encoder_acts *la;   /* [L] with save_all, else [1] (recomputed layer by layer) */
     float *h0;               /* [B, C] the pooled token's hidden state */
     float *z;                /* [B, C] tanh(W1 h0 + b1) */
     float *logits;           /* [B, NL] */
     float *losses;           /* [B] */
     int32_t *pos_ids, *type_ids; /* [N] */
     /* training */
-    peft_encoder_grads g;
-    float *d0, *d1;          /* [N, C] */
     float *dz, *dh0;         /* [B, C] */
     float *dlogits;          /* [B, NL] */
     const int32_t *targets;  /* the last forward's */
@@ -88,58 +85,28 @@ struct peft_acts {
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
-static int cfg_int(const cJSON *j, const char *key, int required, int dflt, int lo, int hi, int *out, const char *file,
-                   peft_err *err) {
-    long long v = dflt;
-    int rc = peft_json_int(j, key, required, &v, file, err);
-    if (rc) return rc;
-    if (v < lo || v > hi) return peft_fail(err, PEFT_EFORMAT, "%s: \"%s\" = %lld is outside [%d, %d]", file, key, v, lo, hi);
-    *out = (int)v;
-    return PEFT_OK;
-}
-
 static int parse_config(bert_model *m, const cJSON *j, const peft_model_load_opts *opts, const char *file, peft_err *err) {
     int rc = PEFT_OK, TV_default = m->roberta ? 1 : 2, pad_default = m->roberta ? 1 : 0;
-    if (!rc) rc = cfg_int(j, "vocab_size", 1, 0, 1, 1 << 24, &m->V, file, err);
-    if (!rc) rc = cfg_int(j, "hidden_size", 1, 0, 1, BERT_MAX_DIM, &m->C, file, err);
-    if (!rc) rc = cfg_int(j, "num_hidden_layers", 1, 0, 1, BERT_MAX_LAYERS, &m->L, file, err);
-    if (!rc) rc = cfg_int(j, "num_attention_heads", 1, 0, 1, BERT_MAX_DIM, &m->NH, file, err);
-    if (!rc) rc = cfg_int(j, "intermediate_size", 1, 0, 1, BERT_MAX_DIM, &m->F, file, err);
-    if (!rc) rc = cfg_int(j, "max_position_embeddings", 1, 0, 1, BERT_MAX_DIM, &m->P, file, err);
-    if (!rc) rc = cfg_int(j, "type_vocab_size", 0, TV_default, 1, BERT_MAX_DIM, &m->TV, file, err);
-    if (!rc) rc = cfg_int(j, "pad_token_id", 0, pad_default, 0, m->V - 1, &m->pad_id, file, err);
+    if (!rc) rc = peft_cfg_int(j, "vocab_size", 1, 0, 1, 1 << 24, &m->V, file, err);
+    if (!rc) rc = peft_cfg_int(j, "hidden_size", 1, 0, 1, BERT_MAX_DIM, &m->C, file, err);
+    if (!rc) rc = peft_cfg_int(j, "num_hidden_layers", 1, 0, 1, BERT_MAX_LAYERS, &m->L, file, err);
+    if (!rc) rc = peft_cfg_int(j, "num_attention_heads", 1, 0, 1, BERT_MAX_DIM, &m->NH, file, err);
+    if (!rc) rc = peft_cfg_int(j, "intermediate_size", 1, 0, 1, BERT_MAX_DIM, &m->F, file, err);
+    if (!rc) rc = peft_cfg_int(j, "max_position_embeddings", 1, 0, 1, BERT_MAX_DIM, &m->P, file, err);
+    if (!rc) rc = peft_cfg_int(j, "type_vocab_size", 0, TV_default, 1, BERT_MAX_DIM, &m->TV, file, err);
+    if (!rc) rc = peft_cfg_int(j, "pad_token_id", 0, pad_default, 0, m->V - 1, &m->pad_id, file, err);
     if (rc) return rc;
     if (m->C % m->NH)
         return peft_fail(err, PEFT_EFORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", file, m->C, m->NH);
-    double eps = 1e-12, range = 0.02;
-    if ((rc = peft_json_double(j, "layer_norm_eps", 0, &eps, file, err))) return rc;
-    if ((rc = peft_json_double(j, "initializer_range", 0, &range, file, err))) return rc;
-    if (!(eps > 0 && eps < 1)) return peft_fail(err, PEFT_EFORMAT, "%s: \"layer_norm_eps\" = %g is outside (0, 1)", file, eps);
-    if (!(range >= 0 && range < 10))
-        return peft_fail(err, PEFT_EFORMAT, "%s: \"initializer_range\" = %g is outside [0, 10)", file, range);
+    double eps = 1e-12, range;
+    int gelu, NL;
+    if ((rc = peft_cfg_encoder(j, file, &eps, &range, &gelu, err))) return rc;
     m->init_range = (float)range;
-    const char *act = "gelu", *pet = "absolute", *problem = NULL;
-    if ((rc = peft_json_string(j, "hidden_act", 0, &act, file, err))) return rc;
+    const char *pet = "absolute";
     if ((rc = peft_json_string(j, "position_embedding_type", 0, &pet, file, err))) return rc;
-    if ((rc = peft_json_string(j, "problem_type", 0, &problem, file, err))) return rc;
-    int gelu;
-    if (!strcmp(act, "gelu")) gelu = GELU_ERF;
-    else if (!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh")) gelu = GELU_TANH;
-    else return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"hidden_act\" = \"%s\" (supported: gelu, gelu_new, gelu_pytorch_tanh)", file, act);
     if (strcmp(pet, "absolute"))
         return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"position_embedding_type\" = \"%s\" (supported: absolute)", file, pet);
-    if (problem && strcmp(problem, "single_label_classification"))
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: \"problem_type\" = \"%s\" (supported: single_label_classification)", file, problem);
-    /* labels: the load options, else id2label's size, else num_labels, else HF's default 2 */
-    int NL = 2;
-    const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(j, "id2label");
-    if (cJSON_IsObject(id2label)) NL = cJSON_GetArraySize(id2label);
-    else if ((rc = cfg_int(j, "num_labels", 0, 2, 1, BERT_MAX_LABELS, &NL, file, err))) return rc;
-    if (opts && opts->n_labels) NL = opts->n_labels;
-    if (NL == 1)
-        return peft_fail(err, PEFT_EUNSUPPORTED, "%s: 1 label means regression (MSE) in HF, which %s does not do; use >= 2 labels",
-                         file, m->roberta ? "roberta" : "bert");
-    if (NL < 2 || NL > BERT_MAX_LABELS) return peft_fail(err, PEFT_EFORMAT, "%s: %d labels is outside [2, %d]", file, NL, BERT_MAX_LABELS);
+    if ((rc = peft_cfg_n_labels(j, opts, BERT_MAX_LABELS, m->roberta ? "roberta" : "bert", file, &NL, err))) return rc;
     m->NL = NL;
     if (m->roberta && m->P < m->pad_id + 2)
         return peft_fail(err, PEFT_EFORMAT, "%s: max_position_embeddings %d leaves no position after padding_idx %d", file, m->P, m->pad_id);
@@ -263,30 +230,11 @@ static int bind_tensors(bert_model *m, const peft_weights *w, peft_err *err) {
         else if (!t->optional && w) rc = peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\" for %s", m->base.dir, t->name, m->base.info.arch);
         else if (t->ndim == 2 && p) /* HF's _init_weights: Linear weights normal(0, initializer_range), biases 0 */
             for (size_t k = 0; k < n; k++) p[k] = m->init_range * peft_rng_normal(&rng);
-        for (size_t k = 0; rc == PEFT_OK && p && k < n; k++)
-            if (!isfinite(p[k]))
-                rc = peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value at index %zu", m->base.dir, t->name, k);
-        if (t->optional) {
-            peft_param *hp = &m->head[nh++];
-            snprintf(hp->name, sizeof hp->name, "%.63s", t->name);
-            hp->data = p;
-            hp->grad = NULL; /* given by whoever trains the head (an adapter set) */
-            hp->numel = n;
-            hp->ndim = t->ndim;
-            hp->shape[0] = t->shape[0];
-            hp->shape[1] = t->shape[1];
-            hp->lr_scale = 1.0f;
-        } else {
-            m->base.n_params += n;
-        }
+        if (rc == PEFT_OK)
+            rc = peft_hf_bind_tensor(&m->base, t->optional ? &m->head[nh++] : NULL, t->name, p, n, t->ndim, t->shape, err);
         if (p) p += n;
     }
-    m->base.n_head = nh;
-    m->base.head = m->head;
-    for (int i = 0; i < m->base.n_norms; i++) {
-        m->norm_arr[i].weight = m->norm_arr[i].base;
-        m->norm_arr[i].bias = m->norm_arr[i].bias_base;
-    }
+    peft_hf_bind_done(&m->base, m->head, nh);
     return rc;
 }
 
@@ -322,11 +270,8 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
     snprintf(m->base.dir, sizeof m->base.dir, "%s", path);
     rc = parse_config(m, j, opts, file, err);
     cJSON_Delete(j);
-    if (rc == PEFT_OK && !(m->config_text = malloc(config_len + 1))) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
-    if (rc == PEFT_OK) {
-        memcpy(m->config_text, config_json, config_len);
-        m->config_text[config_len] = 0;
-    }
+    if (rc == PEFT_OK && !(m->config_text = peft_hf_config_copy(config_json, config_len)))
+        rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     peft_model_info *in = &m->base.info;
     in->arch = arch;
     snprintf(in->hf_class, sizeof in->hf_class, "%s", roberta ? "RobertaForSequenceClassification" : "BertForSequenceClassification");
@@ -349,20 +294,13 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
     in->bos_token_id = -1;
     in->pad_token_id = m->pad_id;
     const int n_sites = m->L * BERT_SITES_PER_LAYER + !roberta, n_norms = 1 + 2 * m->L;
-    m->site_arr = calloc((size_t)n_sites, sizeof *m->site_arr);
-    m->norm_arr = calloc((size_t)n_norms, sizeof *m->norm_arr);
+    const int sites_ok = peft_hf_sites_alloc(&m->base, &m->site_arr, n_sites, &m->norm_arr, n_norms) == PEFT_OK;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     m->tensors = calloc((size_t)(4 + 2 * n_norms + 2 * n_sites + 4), sizeof *m->tensors);
-    m->base.sites = calloc((size_t)n_sites, sizeof *m->base.sites);
-    m->base.norms = calloc((size_t)n_norms, sizeof *m->base.norms);
-    if (!m->site_arr || !m->norm_arr || !m->layers || !m->tensors || !m->base.sites || !m->base.norms) {
+    if (!sites_ok || !m->layers || !m->tensors) {
         m->base.ops->free(&m->base);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
-    m->base.n_sites = n_sites;
-    m->base.n_norms = n_norms;
-    for (int i = 0; i < n_sites; i++) m->base.sites[i] = &m->site_arr[i];
-    for (int i = 0; i < n_norms; i++) m->base.norms[i] = &m->norm_arr[i];
     list_tensors(m);
     peft_weights *w = NULL;
     if (!(opts && opts->shapes_only)) rc = peft_weights_open(path, &w, err);
@@ -381,12 +319,9 @@ static int bert_load(const char *path, const char *config_json, size_t config_le
 static void bert_free(peft_model *pm) {
     bert_model *m = (bert_model *)pm;
     if (!m) return;
-    free(m->site_arr);
-    free(m->norm_arr);
+    peft_hf_sites_free(&m->base, m->site_arr, m->norm_arr);
     free(m->layers);
     free(m->tensors);
-    free(m->base.sites);
-    free(m->base.norms);
     free(m->slab);
     free(m->config_text);
     free(m);
@@ -397,7 +332,7 @@ static void bert_free(peft_model *pm) {
 static void acts_free(peft_acts *a) {
     if (!a) return;
     free(a->slab);
-    free(a->la);
+    encoder_stack_free(&a->st);
     free(a->pos_ids);
     free(a->type_ids);
     free(a);
@@ -413,35 +348,28 @@ static int acts_alloc(peft_model *pm, int B, int T, int save_all, int training, 
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     *a = (peft_acts){.m = m, .B = B, .T = T, .save_all = save_all, .training = training};
     const size_t N = (size_t)B * T, C = (size_t)m->C, NL = (size_t)m->NL;
-    const int n_la = save_all ? m->L : 1;
-    const size_t per_la = encoder_acts_floats(&m->enc, B, T), grads = training ? encoder_grads_floats(&m->enc, B, T) : 0;
-    /* the plain buffers (sizes[i] floats for *bufs[i]), then the layers' acts, then the encoder's
-     * backward scratch; training buffers are 0 without training */
+    /* the buffers around the layer stack (sizes[i] floats for *bufs[i]); training buffers are 0
+     * without training */
     const size_t tr = training ? 1 : 0;
-    float **bufs[] = {&a->x, &a->emb, &a->emb_mean, &a->emb_rstd, &a->h0, &a->z, &a->logits, &a->losses,
-                      &a->d0, &a->d1, &a->dz, &a->dh0, &a->dlogits};
-    const size_t sizes[] = {(size_t)(m->L + 1) * N * C, N * C, N, N, B * C, B * C, B * NL, (size_t)B,
-                            tr * N * C, tr * N * C, tr * B * C, tr * B * C, tr * B * NL};
-    size_t total = 0, la_floats = 0;
-    int ok = per_la && (!training || grads) && peft_mul_ok((size_t)n_la, per_la, &la_floats) &&
-             peft_add_ok(la_floats, grads, &total);
+    float **bufs[] = {&a->emb, &a->emb_mean, &a->emb_rstd, &a->h0, &a->z, &a->logits, &a->losses,
+                      &a->dz, &a->dh0, &a->dlogits};
+    const size_t sizes[] = {N * C, N, N, B * C, B * C, B * NL, (size_t)B, tr * B * C, tr * B * C, tr * B * NL};
+    size_t total = 0;
+    int ok = encoder_stack_alloc(&a->st, &m->enc, m->layers, m->L, B, T, save_all, training) == PEFT_OK;
     for (size_t i = 0; ok && i < sizeof sizes / sizeof sizes[0]; i++) ok = peft_add_ok(total, sizes[i], &total);
-    a->la = calloc((size_t)n_la, sizeof *a->la);
     a->pos_ids = malloc(N * sizeof(int32_t));
     a->type_ids = malloc(N * sizeof(int32_t));
-    if (!ok || !a->la || !a->pos_ids || !a->type_ids || !(a->slab = malloc(total * sizeof(float)))) {
+    if (!ok || !a->pos_ids || !a->type_ids || !(a->slab = malloc(total * sizeof(float)))) {
         acts_free(a);
         return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate activations for a %d x %d batch", m->base.dir, B, T);
     }
     float *p = a->slab;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; p += sizes[i], i++) *bufs[i] = sizes[i] ? p : NULL;
-    for (int l = 0; l < n_la; l++, p += per_la) encoder_acts_point(&a->la[l], p, &m->enc, B, T);
-    if (training) encoder_grads_point(&a->g, p, &m->enc, B, T);
     *out = a;
     return PEFT_OK;
 }
 
-const float *bert_hidden_states(const peft_acts *a) { return a->x + (size_t)a->m->L * a->fwd_B * a->fwd_T * a->m->C; }
+const float *bert_hidden_states(const peft_acts *a) { return encoder_stack_output(&a->st, a->fwd_B, a->fwd_T); }
 const float *bert_pooled(const peft_acts *a) { return a->z; }
 static const float *bert_outputs(const peft_acts *a) { return a->logits; }
 
@@ -481,7 +409,6 @@ static int bert_forward(peft_model *pm, peft_acts *a, const peft_batch *b, doubl
     int rc = prepare_ids(m, a, b, err);
     if (rc) return rc;
     const int B = b->B, T = b->T, N = B * T, C = m->C;
-    const size_t NC = (size_t)N * C;
     a->fwd_B = B, a->fwd_T = T;
     a->targets = b->targets;
     const int save = a->training;
@@ -490,13 +417,10 @@ static int bert_forward(peft_model *pm, peft_acts *a, const peft_batch *b, doubl
     embedding_add_forward(a->emb, a->pos_ids, m->pos, N, C);
     embedding_add_forward(a->emb, a->type_ids, m->type, N, C);
     const peft_norm_site *eln = &m->norm_arr[0];
-    layernorm_forward(a->x, a->emb_mean, a->emb_rstd, a->emb, eln->weight, eln->bias, m->enc.eps, N, C);
-    for (int l = 0; l < m->L && rc == PEFT_OK; l++)
-        rc = encoder_layer_forward(&m->enc, &m->layers[l], &a->la[a->save_all ? l : 0], a->x + (size_t)(l + 1) * NC,
-                                   a->x + (size_t)l * NC, b->lengths, B, T, save && a->save_all);
-    if (rc) return peft_fail(err, rc, "%s: out of memory in the forward", m->base.dir);
+    layernorm_forward(a->st.x, a->emb_mean, a->emb_rstd, a->emb, eln->weight, eln->bias, m->enc.eps, N, C);
+    if ((rc = encoder_stack_forward(&a->st, b->lengths, B, T))) return peft_fail(err, rc, "%s: out of memory in the forward", m->base.dir);
     /* head on the first token: z = tanh(W1 h0 + b1) [B, C], logits = W2 z + b2 [B, NL] */
-    const float *hL = a->x + (size_t)m->L * NC;
+    const float *hL = encoder_stack_output(&a->st, B, T);
     for (int r = 0; r < B; r++) memcpy(a->h0 + (size_t)r * C, hL + (size_t)r * T * C, (size_t)C * sizeof(float));
     if (m->roberta) matmul_forward(a->z, a->h0, m->w1, m->b1, B, C, C);
     else if ((rc = site_forward(&m->site_arr[m->L * BERT_SITES_PER_LAYER], a->z, a->h0, B, save)))
@@ -519,7 +443,6 @@ static int bert_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int 
     bert_model *m = (bert_model *)pm;
     if (!a->training || !a->targets || n_counted <= 0) return n_counted > 0 ? PEFT_EINVAL : PEFT_OK;
     const int B = a->fwd_B, T = a->fwd_T, N = B * T, C = m->C, NL = m->NL;
-    const size_t NC = (size_t)N * C;
     /* dlogits [B, NL] -> head gradients and dz [B, C] -> dpre = dz (1 - z^2) */
     memset(a->dlogits, 0, (size_t)B * NL * sizeof(float));
     crossentropy_backward(a->dlogits, a->logits, a->targets, 1.0f / (float)n_counted, B, NL);
@@ -532,18 +455,11 @@ static int bert_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int 
     if (m->roberta) matmul_backward(a->dh0, m->head[0].grad, m->head[1].grad, a->dz, a->h0, m->w1, B, C, C);
     else rc = site_backward(&m->site_arr[m->L * BERT_SITES_PER_LAYER], a->dh0, a->dz, a->h0, B);
     /* the gradient of the last hidden states is dh0 on each row's first token, 0 elsewhere */
-    float *dy = a->d0, *dx = a->d1;
-    memset(dy, 0, NC * sizeof(float));
-    for (int r = 0; r < B; r++) memcpy(dy + (size_t)r * T * C, a->dh0 + (size_t)r * C, (size_t)C * sizeof(float));
-    for (int l = m->L - 1; l >= 0 && rc == PEFT_OK; l--) {
-        peft_encoder_acts *la = &a->la[a->save_all ? l : 0];
-        const float *xin = a->x + (size_t)l * NC;
-        if (!a->save_all) /* gradient checkpointing: this layer's forward again, saving */
-            rc = encoder_layer_forward(&m->enc, &m->layers[l], la, a->x + (size_t)(l + 1) * NC, xin, b->lengths, B, T, 1);
-        if (rc == PEFT_OK) rc = encoder_layer_backward(&m->enc, &m->layers[l], la, &a->g, dx, dy, xin, b->lengths, B, T);
-        float *t = dy;
-        dy = dx, dx = t;
-    }
+    float *dout = a->st.dout;
+    memset(dout, 0, (size_t)N * C * sizeof(float));
+    for (int r = 0; r < B; r++) memcpy(dout + (size_t)r * T * C, a->dh0 + (size_t)r * C, (size_t)C * sizeof(float));
+    const float *dy = NULL;
+    if (rc == PEFT_OK) rc = encoder_stack_backward(&a->st, b->lengths, B, T, &dy);
     const peft_norm_site *eln = &m->norm_arr[0];
     if (rc == PEFT_OK && (eln->grad || eln->bias_grad)) /* LayerNorm tuning of the embeddings' norm */
         layernorm_backward(NULL, eln->grad, eln->bias_grad, dy, a->emb, eln->weight, a->emb_mean, a->emb_rstd, N, C);
@@ -566,42 +482,9 @@ static const float *bert_tensor_values(peft_model *pm, const char *name, int64_t
     return t->data;
 }
 
-/* config.json for the saved model: the loaded one with the class and the labels it now has. */
-static int write_config(const bert_model *m, const char *path, peft_err *err) {
-    cJSON *j = cJSON_Parse(m->config_text);
-    if (!j) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    cJSON *arch = cJSON_CreateStringArray((const char *const[]){m->base.info.hf_class}, 1);
-    cJSON_DeleteItemFromObjectCaseSensitive(j, "architectures");
-    cJSON_AddItemToObject(j, "architectures", arch);
-    const cJSON *old = cJSON_GetObjectItemCaseSensitive(j, "id2label");
-    if (!cJSON_IsObject(old) || cJSON_GetArraySize(old) != m->NL) {
-        cJSON *id2label = cJSON_CreateObject(), *label2id = cJSON_CreateObject();
-        for (int i = 0; i < m->NL; i++) {
-            char k[32], v[40];
-            snprintf(k, sizeof k, "%d", i);
-            snprintf(v, sizeof v, "LABEL_%d", i);
-            cJSON_AddItemToObject(id2label, k, cJSON_CreateString(v));
-            cJSON_AddItemToObject(label2id, v, cJSON_CreateNumber(i));
-        }
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "id2label");
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "label2id");
-        cJSON_DeleteItemFromObjectCaseSensitive(j, "num_labels");
-        cJSON_AddItemToObject(j, "id2label", id2label);
-        cJSON_AddItemToObject(j, "label2id", label2id);
-    }
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!text) return peft_fail(err, PEFT_ENOMEM, "out of memory");
-    int rc = peft_write_file_atomic(path, text, strlen(text), err);
-    free(text);
-    return rc;
-}
-
 static int bert_save_hf(peft_model *pm, const char *dir, peft_err *err) {
     bert_model *m = (bert_model *)pm;
     if (!m->slab) return peft_fail(err, PEFT_EINVAL, "%s: the model was loaded for its shapes only (no weights)", m->base.dir);
-    if (peft_same_path(dir, m->base.dir))
-        return peft_fail(err, PEFT_EINVAL, "%s: is the base model's directory; write the model elsewhere", dir);
     peft_st_entry *e = calloc((size_t)m->n_tensors, sizeof *e);
     if (!e) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     for (int i = 0; i < m->n_tensors; i++) {
@@ -610,21 +493,11 @@ static int bert_save_hf(peft_model *pm, const char *dir, peft_err *err) {
         e[i].shape[0] = t->shape[0];
         e[i].shape[1] = t->shape[1];
     }
-    static const char *const meta[] = {"format", "pt"};
     static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                                              "vocab.json", "merges.txt"};
-    char src[4200], dst[4200];
-    int rc = peft_mkdir(dir, err);
-    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
-    if (rc == PEFT_OK) rc = peft_st_write(dst, e, m->n_tensors, meta, 1, err);
+    int rc = peft_hf_checkpoint_write(&m->base, dir, m->config_text, m->NL, e, m->n_tensors, side_files,
+                                      (int)(sizeof side_files / sizeof side_files[0]), err);
     free(e);
-    snprintf(dst, sizeof dst, "%s/config.json", dir);
-    if (rc == PEFT_OK) rc = write_config(m, dst, err);
-    for (size_t i = 0; rc == PEFT_OK && i < sizeof side_files / sizeof side_files[0]; i++) {
-        snprintf(src, sizeof src, "%s/%s", m->base.dir, side_files[i]);
-        snprintf(dst, sizeof dst, "%s/%s", dir, side_files[i]);
-        if (peft_file_exists(src)) rc = peft_copy_file(src, dst, err);
-    }
     return rc;
 }
 

@@ -2,6 +2,7 @@
  * backward side by side. Shapes: N = B*T rows, C hidden, F intermediate. */
 #include "encoder.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -182,5 +183,73 @@ int encoder_layer_backward(const peft_encoder_cfg *c, const peft_encoder_layer *
         memcpy(dx, d1, NC * sizeof(float));
         rc = attn_backward(c, L, a, g, dx, d1, x, &ao, B, T);
     }
+    return rc;
+}
+
+/* ---- the layer stack ---------------------------------------------------------------------- */
+
+int encoder_stack_alloc(peft_encoder_stack *s, const peft_encoder_cfg *c, const peft_encoder_layer *layers, int L, int B,
+                        int T, int save_all, int training) {
+    *s = (peft_encoder_stack){.c = c, .layers = layers, .L = L, .save_all = save_all, .training = training};
+    const int n_la = save_all ? L : 1;
+    const size_t per_la = encoder_acts_floats(c, B, T), grads = training ? encoder_grads_floats(c, B, T) : 0;
+    /* x [L+1, N, C], the acts, then training's grads, dout, dtmp */
+    size_t NC, x_floats, la_floats, total;
+    int ok = per_la && (!training || grads) && peft_mul_ok((size_t)B * (size_t)T, (size_t)c->C, &NC) &&
+             peft_mul_ok((size_t)L + 1, NC, &x_floats) && peft_mul_ok((size_t)n_la, per_la, &la_floats) &&
+             peft_add_ok(x_floats, la_floats, &total) && peft_add_ok(total, grads, &total) &&
+             peft_add_ok(total, training ? 2 * NC : 0, &total);
+    s->la = ok ? calloc((size_t)n_la, sizeof *s->la) : NULL;
+    s->slab = s->la ? malloc(total * sizeof(float)) : NULL;
+    if (!s->slab) {
+        encoder_stack_free(s);
+        return PEFT_ENOMEM;
+    }
+    float *p = s->slab;
+    s->x = p;
+    p += x_floats;
+    for (int l = 0; l < n_la; l++, p += per_la) encoder_acts_point(&s->la[l], p, c, B, T);
+    if (training) {
+        encoder_grads_point(&s->g, p, c, B, T);
+        s->dout = p + grads;
+        s->dtmp = s->dout + NC;
+    }
+    return PEFT_OK;
+}
+
+void encoder_stack_free(peft_encoder_stack *s) {
+    free(s->slab);
+    free(s->la);
+    s->slab = NULL;
+    s->la = NULL;
+}
+
+const float *encoder_stack_output(const peft_encoder_stack *s, int B, int T) {
+    return s->x + (size_t)s->L * B * T * s->c->C;
+}
+
+int encoder_stack_forward(peft_encoder_stack *s, const int32_t *lengths, int B, int T) {
+    const size_t NC = (size_t)B * T * s->c->C;
+    int rc = PEFT_OK;
+    for (int l = 0; l < s->L && rc == PEFT_OK; l++)
+        rc = encoder_layer_forward(s->c, &s->layers[l], &s->la[s->save_all ? l : 0], s->x + (size_t)(l + 1) * NC,
+                                   s->x + (size_t)l * NC, lengths, B, T, s->training && s->save_all);
+    return rc;
+}
+
+int encoder_stack_backward(peft_encoder_stack *s, const int32_t *lengths, int B, int T, const float **dx0) {
+    const size_t NC = (size_t)B * T * s->c->C;
+    float *dy = s->dout, *dx = s->dtmp;
+    int rc = PEFT_OK;
+    for (int l = s->L - 1; l >= 0 && rc == PEFT_OK; l--) {
+        peft_encoder_acts *la = &s->la[s->save_all ? l : 0];
+        const float *xin = s->x + (size_t)l * NC;
+        if (!s->save_all) /* gradient checkpointing: this layer's forward again, saving */
+            rc = encoder_layer_forward(s->c, &s->layers[l], la, s->x + (size_t)(l + 1) * NC, xin, lengths, B, T, 1);
+        if (rc == PEFT_OK) rc = encoder_layer_backward(s->c, &s->layers[l], la, &s->g, dx, dy, xin, lengths, B, T);
+        float *t = dy;
+        dy = dx, dx = t;
+    }
+    *dx0 = dy;
     return rc;
 }

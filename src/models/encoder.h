@@ -83,4 +83,33 @@ int encoder_layer_backward(const peft_encoder_cfg *c, const peft_encoder_layer *
                            peft_encoder_grads *g, float *dx, const float *dout, const float *x, const int32_t *lengths,
                            int B, int T);
 
+/* L layers run in sequence, with what their forward keeps for backward. The architecture writes
+ * its embeddings into x (layer 0's input), runs the stack, reads encoder_stack_output, and for
+ * backward writes d(loss)/d(x_L) into dout and reads d(loss)/d(x_0) back from backward's dx0.
+ * Without save_all one scratch acts is kept and each layer's forward runs again, saving, right
+ * before its backward (gradient checkpointing: the layer inputs x[l] are always kept). */
+typedef struct peft_encoder_stack {
+    const peft_encoder_cfg *c;
+    const peft_encoder_layer *layers; /* [L], the caller's */
+    int L, save_all, training;
+    float *slab;
+    float *x;                         /* [L+1, B*T, C] of the forward's B x T: x[0] the input, x[l+1] layer l's output */
+    peft_encoder_acts *la;            /* [L] with save_all, else [1] */
+    peft_encoder_grads g;             /* training: the layers' backward scratch */
+    float *dout, *dtmp;               /* training: [B*T, C] each, swapped layer by layer */
+} peft_encoder_stack;
+
+/* Allocates a stack for up to B x T rows (training: the backward buffers too); PEFT_ENOMEM when
+ * the sizes overflow or memory runs out (s then holds nothing to free). */
+int encoder_stack_alloc(peft_encoder_stack *s, const peft_encoder_cfg *c, const peft_encoder_layer *layers, int L, int B,
+                        int T, int save_all, int training);
+void encoder_stack_free(peft_encoder_stack *s);
+/* x_L [B*T, C] after a forward on B x T rows. */
+const float *encoder_stack_output(const peft_encoder_stack *s, int B, int T);
+/* x[l+1] = layer l (x[l]) for l < L; a training stack with save_all saves every layer. */
+int encoder_stack_forward(peft_encoder_stack *s, const int32_t *lengths, int B, int T);
+/* From dout = d(loss)/d(x_L) (overwritten) to *dx0 = d(loss)/d(x_0) (one of the stack's buffers),
+ * after encoder_stack_forward on the same batch; accumulates the layers' adapter / norm gradients. */
+int encoder_stack_backward(peft_encoder_stack *s, const int32_t *lengths, int B, int T, const float **dx0);
+
 #endif

@@ -1,6 +1,7 @@
 /* hf_checkpoint.c: config.json reading and checkpoint writing shared by bert.c and vit.c. */
 #include "hf_checkpoint.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,4 +101,61 @@ int peft_hf_checkpoint_write(const peft_model *m, const char *dir, const char *c
         if (peft_file_exists(src)) rc = peft_copy_file(src, dst, err);
     }
     return rc;
+}
+
+char *peft_hf_config_copy(const char *config_json, size_t config_len) {
+    char *text = malloc(config_len + 1);
+    if (!text) return NULL;
+    memcpy(text, config_json, config_len);
+    text[config_len] = 0;
+    return text;
+}
+
+int peft_hf_bind_tensor(peft_model *m, peft_param *hp, const char *name, const float *p, size_t n, int ndim,
+                        const int64_t *shape, peft_err *err) {
+    for (size_t k = 0; p && k < n; k++)
+        if (!isfinite(p[k]))
+            return peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value at index %zu", m->dir, name, k);
+    if (!hp) {
+        m->n_params += n;
+        return PEFT_OK;
+    }
+    snprintf(hp->name, sizeof hp->name, "%.63s", name);
+    hp->data = (float *)p;
+    hp->grad = NULL;
+    hp->numel = n;
+    hp->ndim = ndim;
+    hp->shape[0] = shape[0];
+    hp->shape[1] = ndim > 1 ? shape[1] : 0;
+    hp->lr_scale = 1.0f;
+    return PEFT_OK;
+}
+
+void peft_hf_bind_done(peft_model *m, peft_param *head, int n_head) {
+    m->n_head = n_head;
+    m->head = head;
+    for (int i = 0; i < m->n_norms; i++) {
+        m->norms[i]->weight = m->norms[i]->base;
+        m->norms[i]->bias = m->norms[i]->bias_base;
+    }
+}
+
+int peft_hf_sites_alloc(peft_model *m, peft_site **site_arr, int n_sites, peft_norm_site **norm_arr, int n_norms) {
+    *site_arr = calloc((size_t)n_sites, sizeof **site_arr);
+    *norm_arr = calloc((size_t)n_norms, sizeof **norm_arr);
+    m->sites = calloc((size_t)n_sites, sizeof *m->sites);
+    m->norms = calloc((size_t)n_norms, sizeof *m->norms);
+    if (!*site_arr || !*norm_arr || !m->sites || !m->norms) return PEFT_ENOMEM;
+    m->n_sites = n_sites;
+    m->n_norms = n_norms;
+    for (int i = 0; i < n_sites; i++) m->sites[i] = &(*site_arr)[i];
+    for (int i = 0; i < n_norms; i++) m->norms[i] = &(*norm_arr)[i];
+    return PEFT_OK;
+}
+
+void peft_hf_sites_free(peft_model *m, peft_site *site_arr, peft_norm_site *norm_arr) {
+    free(site_arr);
+    free(norm_arr);
+    free(m->sites);
+    free(m->norms);
 }

@@ -78,16 +78,13 @@ struct peft_acts {
     float *slab;
     float *cols;              /* [B*NP, Cin*P*P] im2col of the images */
     float *pe;                /* [B*NP, C] patch embeddings */
-    float *x;                 /* [L+1, B*T, C]: x[0] the embeddings, x[l+1] layer l's output */
-    peft_encoder_acts *la;    /* [L] with save_all, else [1] (recomputed layer by layer) */
+    peft_encoder_stack st;    /* the layers; st.x[0] the embeddings */
     float *h0;                /* [B, C] the CLS token of x[L] */
     float *fmean, *frstd;     /* [B] vit.layernorm's statistics */
     float *z;                 /* [B, C] LN(h0) */
     float *logits;            /* [B, NL] */
     float *losses;            /* [B] */
     /* training */
-    peft_encoder_grads g;
-    float *d0, *d1;           /* [B*T, C] */
     float *dz, *dh0;          /* [B, C] */
     float *dlogits;           /* [B, NL] */
     const int32_t *targets;   /* the last forward's */
@@ -246,30 +243,11 @@ static int bind_tensors(vit_model *m, const peft_weights *w, peft_err *err) {
         if (st) rc = peft_weights_read_f32(w, st->name, t->ndim, t->shape, p, err);
         else if (w && !t->head) rc = peft_fail(err, PEFT_ESHAPE, "%s: missing tensor \"%s\" for vit", m->base.dir, t->name);
         else if (p) init_head(p, n, t->ndim, m->init_range, &rng);
-        for (size_t k = 0; rc == PEFT_OK && p && k < n; k++)
-            if (!isfinite(p[k]))
-                rc = peft_fail(err, PEFT_ENUMERIC, "%s: tensor \"%s\" holds a non-finite value at index %zu", m->base.dir, t->name, k);
-        if (t->head) {
-            peft_param *hp = &m->head[nh++];
-            snprintf(hp->name, sizeof hp->name, "%.63s", t->name);
-            hp->data = p;
-            hp->grad = NULL; /* until an adapter set trains the head (model.h) */
-            hp->numel = n;
-            hp->ndim = t->ndim;
-            hp->shape[0] = t->shape[0];
-            hp->shape[1] = t->shape[1];
-            hp->lr_scale = 1.0f;
-        } else {
-            m->base.n_params += n;
-        }
+        if (rc == PEFT_OK)
+            rc = peft_hf_bind_tensor(&m->base, t->head ? &m->head[nh++] : NULL, t->name, p, n, t->ndim, t->shape, err);
         if (p) p += n;
     }
-    m->base.n_head = nh;
-    m->base.head = m->head;
-    for (int i = 0; i < m->base.n_norms; i++) {
-        m->norm_arr[i].weight = m->norm_arr[i].base;
-        m->norm_arr[i].bias = m->norm_arr[i].bias_base;
-    }
+    peft_hf_bind_done(&m->base, m->head, nh);
     return rc;
 }
 
@@ -296,11 +274,8 @@ static int vit_load(const char *path, const char *config_json, size_t config_len
     snprintf(m->base.dir, sizeof m->base.dir, "%s", path);
     rc = parse_config(m, j, opts, file, err);
     cJSON_Delete(j);
-    if (rc == PEFT_OK && !(m->config_text = malloc(config_len + 1))) rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
-    if (rc == PEFT_OK) {
-        memcpy(m->config_text, config_json, config_len);
-        m->config_text[config_len] = 0;
-    }
+    if (rc == PEFT_OK && !(m->config_text = peft_hf_config_copy(config_json, config_len)))
+        rc = peft_fail(err, PEFT_ENOMEM, "out of memory");
     peft_model_info *in = &m->base.info;
     in->arch = "vit";
     snprintf(in->hf_class, sizeof in->hf_class, "ViTForImageClassification");
@@ -323,20 +298,13 @@ static int vit_load(const char *path, const char *config_json, size_t config_len
     in->patch_size = m->P;
     m->base.compute = "f32";
     const int n_sites = m->L * VIT_SITES_PER_LAYER, n_norms = 2 * m->L + 1;
-    m->site_arr = calloc((size_t)n_sites, sizeof *m->site_arr);
-    m->norm_arr = calloc((size_t)n_norms, sizeof *m->norm_arr);
+    const int sites_ok = peft_hf_sites_alloc(&m->base, &m->site_arr, n_sites, &m->norm_arr, n_norms) == PEFT_OK;
     m->layers = calloc((size_t)m->L, sizeof *m->layers);
     m->tensors = calloc((size_t)(4 + 2 * n_norms + 2 * n_sites + 2), sizeof *m->tensors);
-    m->base.sites = calloc((size_t)n_sites, sizeof *m->base.sites);
-    m->base.norms = calloc((size_t)n_norms, sizeof *m->base.norms);
-    if (!m->site_arr || !m->norm_arr || !m->layers || !m->tensors || !m->base.sites || !m->base.norms) {
+    if (!sites_ok || !m->layers || !m->tensors) {
         m->base.ops->free(&m->base);
         return peft_fail(err, PEFT_ENOMEM, "out of memory");
     }
-    m->base.n_sites = n_sites;
-    m->base.n_norms = n_norms;
-    for (int i = 0; i < n_sites; i++) m->base.sites[i] = &m->site_arr[i];
-    for (int i = 0; i < n_norms; i++) m->base.norms[i] = &m->norm_arr[i];
     list_tensors(m);
     peft_weights *w = NULL;
     if (!(opts && opts->shapes_only)) rc = peft_weights_open(path, &w, err);
@@ -353,12 +321,9 @@ static int vit_load(const char *path, const char *config_json, size_t config_len
 static void vit_free(peft_model *pm) {
     vit_model *m = (vit_model *)pm;
     if (!m) return;
-    free(m->site_arr);
-    free(m->norm_arr);
+    peft_hf_sites_free(&m->base, m->site_arr, m->norm_arr);
     free(m->layers);
     free(m->tensors);
-    free(m->base.sites);
-    free(m->base.norms);
     free(m->slab);
     free(m->config_text);
     free(m);
@@ -369,7 +334,7 @@ static void vit_free(peft_model *pm) {
 static void acts_free(peft_acts *a) {
     if (!a) return;
     free(a->slab);
-    free(a->la);
+    encoder_stack_free(&a->st);
     free(a);
 }
 
@@ -383,31 +348,21 @@ static int acts_alloc(peft_model *pm, int B, int T, int save_all, int training, 
     if (!a) return peft_fail(err, PEFT_ENOMEM, "out of memory");
     *a = (peft_acts){.m = m, .B = B, .save_all = save_all, .training = training};
     const int TT = m->NP + 1;
-    const size_t N = (size_t)B * TT, C = (size_t)m->C, NL = (size_t)m->NL, BP = (size_t)B * m->NP;
-    const int n_la = save_all ? m->L : 1;
-    const size_t per_la = encoder_acts_floats(&m->enc, B, TT), grads = training ? encoder_grads_floats(&m->enc, B, TT) : 0;
-    /* cols, pe, x, la, h0, fmean, frstd, z, logits, losses; training: grads, d0, d1, dz, dh0, dlogits */
-    size_t sz[] = {BP * m->CIN * m->P * m->P, BP * C, (size_t)(m->L + 1) * N * C, (size_t)n_la * per_la, B * C,
-                   (size_t)B, (size_t)B, B * C, B * NL, (size_t)B, grads, training ? N * C : 0, training ? N * C : 0,
-                   training ? B * C : 0, training ? B * C : 0, training ? B * NL : 0};
+    const size_t C = (size_t)m->C, NL = (size_t)m->NL, BP = (size_t)B * m->NP, tr = training ? 1 : 0;
+    /* the buffers around the layer stack (sz[i] floats for *dst[i]); training buffers are 0 without training */
+    float **dst[] = {&a->cols, &a->pe, &a->h0, &a->fmean, &a->frstd, &a->z, &a->logits, &a->losses,
+                     &a->dz, &a->dh0, &a->dlogits};
+    const size_t sz[] = {BP * m->CIN * m->P * m->P, BP * C, B * C, (size_t)B, (size_t)B, B * C, B * NL, (size_t)B,
+                         tr * B * C, tr * B * C, tr * B * NL};
     size_t total = 0;
-    int ok = per_la && (!training || grads);
+    int ok = encoder_stack_alloc(&a->st, &m->enc, m->layers, m->L, B, TT, save_all, training) == PEFT_OK;
     for (size_t i = 0; ok && i < sizeof sz / sizeof sz[0]; i++) ok = peft_add_ok(total, sz[i], &total);
-    a->la = calloc((size_t)n_la, sizeof *a->la);
-    if (!ok || !a->la || !(a->slab = malloc(total * sizeof(float)))) {
+    if (!ok || !(a->slab = malloc(total * sizeof(float)))) {
         acts_free(a);
         return peft_fail(err, PEFT_ENOMEM, "%s: cannot allocate activations for a batch of %d images", m->base.dir, B);
     }
     float *p = a->slab;
-    float **dst[] = {&a->cols, &a->pe, &a->x, NULL, &a->h0, &a->fmean, &a->frstd, &a->z, &a->logits, &a->losses,
-                     NULL, &a->d0, &a->d1, &a->dz, &a->dh0, &a->dlogits};
-    for (size_t i = 0; i < sizeof sz / sizeof sz[0]; i++) {
-        if (dst[i]) *dst[i] = sz[i] ? p : NULL;
-        else if (i == 3)
-            for (int l = 0; l < n_la; l++) encoder_acts_point(&a->la[l], p + (size_t)l * per_la, &m->enc, B, TT);
-        else if (training) encoder_grads_point(&a->g, p, &m->enc, B, TT);
-        p += sz[i];
-    }
+    for (size_t i = 0; i < sizeof sz / sizeof sz[0]; p += sz[i], i++) *dst[i] = sz[i] ? p : NULL;
     *out = a;
     return PEFT_OK;
 }
@@ -432,23 +387,19 @@ static int vit_forward(peft_model *pm, peft_acts *a, const peft_batch *b, double
     int rc = check_batch(m, a, b, err);
     if (rc) return rc;
     const int B = b->B, T = m->NP + 1, C = m->C;
-    const size_t NC = (size_t)B * T * C;
     a->fwd_B = B;
     a->targets = b->targets;
     /* embeddings: x0[b] = [cls; patches(b)] + pos   [B, T, C] */
     patch_embed_forward(a->pe, a->cols, b->pixels, m->patch_w, m->patch_b, B, m->CIN, m->S, m->S, m->P, C);
     for (int r = 0; r < B; r++) {
-        float *x0 = a->x + (size_t)r * T * C;
+        float *x0 = a->st.x + (size_t)r * T * C;
         memcpy(x0, m->cls, (size_t)C * sizeof(float));
         memcpy(x0 + C, a->pe + (size_t)r * m->NP * C, (size_t)m->NP * C * sizeof(float));
         for (size_t i = 0; i < (size_t)T * C; i++) x0[i] += m->pos[i];
     }
-    for (int l = 0; l < m->L && rc == PEFT_OK; l++)
-        rc = encoder_layer_forward(&m->enc, &m->layers[l], &a->la[a->save_all ? l : 0], a->x + (size_t)(l + 1) * NC,
-                                   a->x + (size_t)l * NC, NULL, B, T, a->training && a->save_all);
-    if (rc) return peft_fail(err, rc, "%s: out of memory in the forward", m->base.dir);
+    if ((rc = encoder_stack_forward(&a->st, NULL, B, T))) return peft_fail(err, rc, "%s: out of memory in the forward", m->base.dir);
     /* head on the CLS token: z = LN(h0) [B, C], logits = W z + b [B, NL] */
-    const float *hL = a->x + (size_t)m->L * NC;
+    const float *hL = encoder_stack_output(&a->st, B, T);
     for (int r = 0; r < B; r++) memcpy(a->h0 + (size_t)r * C, hL + (size_t)r * T * C, (size_t)C * sizeof(float));
     const peft_norm_site *fln = &m->norm_arr[2 * m->L];
     layernorm_forward(a->z, a->fmean, a->frstd, a->h0, fln->weight, fln->bias, m->enc.eps, B, C);
@@ -470,7 +421,6 @@ static int vit_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int n
     (void)b; /* no layer reads the batch again: no padding, frozen embeddings */
     if (!a->training || !a->targets || n_counted <= 0) return n_counted > 0 ? PEFT_EINVAL : PEFT_OK;
     const int B = a->fwd_B, T = m->NP + 1, C = m->C, NL = m->NL;
-    const size_t NC = (size_t)B * T * C;
     /* dlogits [B, NL] -> classifier gradients and dz [B, C] -> through vit.layernorm to dh0 [B, C] */
     memset(a->dlogits, 0, (size_t)B * NL * sizeof(float));
     crossentropy_backward(a->dlogits, a->logits, a->targets, 1.0f / (float)n_counted, B, NL);
@@ -480,20 +430,11 @@ static int vit_backward(peft_model *pm, peft_acts *a, const peft_batch *b, int n
     const peft_norm_site *fln = &m->norm_arr[2 * m->L];
     layernorm_backward(a->dh0, fln->grad, fln->bias_grad, a->dz, a->h0, fln->weight, a->fmean, a->frstd, B, C);
     /* the gradient of the last hidden states is dh0 on each image's CLS token, 0 elsewhere */
-    float *dy = a->d0, *dx = a->d1;
-    memset(dy, 0, NC * sizeof(float));
-    for (int r = 0; r < B; r++) memcpy(dy + (size_t)r * T * C, a->dh0 + (size_t)r * C, (size_t)C * sizeof(float));
-    int rc = PEFT_OK;
-    for (int l = m->L - 1; l >= 0 && rc == PEFT_OK; l--) {
-        peft_encoder_acts *la = &a->la[a->save_all ? l : 0];
-        const float *xin = a->x + (size_t)l * NC;
-        if (!a->save_all) /* gradient checkpointing: this layer's forward again, saving */
-            rc = encoder_layer_forward(&m->enc, &m->layers[l], la, a->x + (size_t)(l + 1) * NC, xin, NULL, B, T, 1);
-        if (rc == PEFT_OK) rc = encoder_layer_backward(&m->enc, &m->layers[l], la, &a->g, dx, dy, xin, NULL, B, T);
-        float *t = dy;
-        dy = dx, dx = t;
-    }
-    return rc; /* the embeddings (patch conv, CLS, positions) are frozen */
+    float *dout = a->st.dout;
+    memset(dout, 0, (size_t)B * T * C * sizeof(float));
+    for (int r = 0; r < B; r++) memcpy(dout + (size_t)r * T * C, a->dh0 + (size_t)r * C, (size_t)C * sizeof(float));
+    const float *dx0; /* unused: the embeddings (patch conv, CLS, positions) are frozen */
+    return encoder_stack_backward(&a->st, NULL, B, T, &dx0);
 }
 
 /* ---- tensors and saving ------------------------------------------------------------------- */
