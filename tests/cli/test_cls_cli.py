@@ -76,6 +76,7 @@ def main():
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tok.enable_truncation(64)
+    tok.no_padding()  # the MiniLM tokenizer.json pads to 128; no attention mask is passed below
     probs, preds = [], []
     with torch.no_grad():
         for text, _ in rows:
@@ -93,7 +94,7 @@ def main():
         got = np.array([l["label"] for l in lines])
         err = max(float(np.abs(np.array(l["probs"]) - p).max()) for l, p in zip(lines, probs))
         check((got == preds).all(), f"predict labels equal HF PEFT's argmax ({int((got == preds).sum())}/{len(rows)})")
-        check(err < 5e-4, f"predict probabilities vs HF PEFT: max error {err:.2e} (observed 1.8e-4: not yet explained)")
+        check(err < 1e-4, f"predict probabilities vs HF PEFT: max error {err:.2e}")
     r = subprocess.run([PEFT_BIN, "eval", "--model", model_dir, "--adapter", out, "--task", "seq-cls", "--data", test,
                         "--seq-len", "64"], capture_output=True, text=True, env=env)
     vals = dict(l.split() for l in r.stdout.splitlines() if len(l.split()) == 2)
