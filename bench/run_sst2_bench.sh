@@ -39,7 +39,8 @@ peft="$build/peft"
 for f in "$shared/data/sst2/train.tsv" "$dev" /usr/bin/time "$py"; do
     [ -e "$f" ] || { echo "run_sst2_bench: missing $f" >&2; exit 1; }
 done
-if [ "$skip_peft" = 0 ] && ! "$peft" train --help 2>&1 | grep -q -- '--task'; then
+# the help text is read whole first: grep -q would close the pipe early (SIGPIPE under pipefail)
+if [ "$skip_peft" = 0 ] && ! grep -q -- '--task' <<<"$("$peft" train --help 2>&1)"; then
     echo "run_sst2_bench: $peft has no --task (seq-cls not built); use --skip-peft" >&2; exit 1
 fi
 export OMP_NUM_THREADS="$threads" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
